@@ -1,0 +1,1 @@
+"""The present layer: JSON documents and Rich tables for people."""

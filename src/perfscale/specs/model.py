@@ -1,0 +1,188 @@
+"""ModelSpec: the architecture facts every engine needs, from a Hugging Face config.
+
+Field names differ across families (GPT-2 `n_embd`, T5 `d_model`, OPT `ffn_dim`, ...): we read
+them through transformers' own config classes and their `attribute_map`, so a family
+transformers knows works without a table of our own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from perfscale.errors import ConfigFileError, UnsupportedModelError
+from perfscale.specs import catalog
+from perfscale.specs.config_file import ConfigSource, resolve_config
+from perfscale.specs.param_count import ParamCounts, build_meta_model, count_model, fingerprint
+
+# Fields every config must give (under its standard name or the family's alias).
+_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+# Feed-forward width under each family's name; None means "4 x hidden" (GPT-2, Falcon).
+_INTERMEDIATE_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size")
+_EXPERT_NAMES = ("num_local_experts", "num_experts", "n_routed_experts")
+_EXPERTS_PER_TOKEN_NAMES = ("num_experts_per_tok", "moe_topk", "num_experts_per_token")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What perfscale knows about a model. Sizes are counts; parameters are exact."""
+
+    name: str
+    source: str  # catalog | local | hub
+    location: str
+    hub_id: str | None
+    model_type: str
+    architecture: str
+    is_encoder_decoder: bool
+    num_layers: int  # decoder layers for decoder/enc-dec models, encoder layers for encoders
+    num_encoder_layers: int | None
+    num_decoder_layers: int | None
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tied_embeddings: bool
+    num_experts: int | None
+    experts_per_token: int | None
+    max_positions: int | None
+    params: ParamCounts
+    published_params: int | None = None
+    published_source: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> str:
+        return self.model_type
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.num_experts)
+
+    def to_dict(self, with_config: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        data["family"] = self.family
+        if not with_config:
+            data.pop("config")
+        return data
+
+    def config_object(self):
+        """The transformers config object (imports transformers)."""
+        return make_config_object(self.config, self.location)
+
+
+def make_config_object(config: dict[str, Any], location: str):
+    from transformers import AutoConfig
+
+    values = dict(config)
+    model_type = values.pop("model_type", None)
+    if not model_type:
+        raise ConfigFileError(
+            f"Model config {location} has no 'model_type' field, so its architecture is unknown. "
+            "Add it (e.g. \"model_type\": \"llama\") or pass a catalogue name (`perfscale models`)."
+        )
+    for key in ("auto_map", "transformers_version", "_name_or_path"):
+        values.pop(key, None)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except ValueError as exc:
+        raise UnsupportedModelError(
+            f"Model config {location}: model_type {model_type!r} is unknown to this transformers "
+            f"version ({exc}). Upgrade transformers or pass a supported model."
+        ) from exc
+    except (TypeError, AttributeError) as exc:
+        raise ConfigFileError(f"Model config {location} has a malformed field: {exc}.") from exc
+
+
+def _first(obj: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _check_required(raw: dict[str, Any], cfg: Any, location: str) -> None:
+    aliases = getattr(type(cfg), "attribute_map", {}) or {}
+    missing = [f for f in _REQUIRED if f not in raw and aliases.get(f) not in raw]
+    if missing:
+        named = [f"{f} (or {aliases[f]})" if f in aliases else f for f in missing]
+        raise ConfigFileError(
+            f"Model config {location} is incomplete: missing {', '.join(named)}. "
+            "Use the model's full config.json from the Hub, or a catalogue name (`perfscale models`)."
+        )
+
+
+def _kv_heads(cfg: Any, heads: int) -> int:
+    # Falcon: new_decoder_architecture uses num_kv_heads; multi_query means one KV head.
+    if getattr(cfg, "model_type", "") == "falcon":
+        if getattr(cfg, "new_decoder_architecture", False):
+            return int(cfg.num_kv_heads)
+        return 1 if getattr(cfg, "multi_query", False) else heads
+    return int(_first(cfg, ("num_key_value_heads", "num_kv_heads")) or heads)
+
+
+def _cached_counts(raw: dict[str, Any], architecture: str | None) -> ParamCounts | None:
+    cached = catalog.param_count_cache().get(fingerprint(raw, architecture or ""))
+    if not cached:
+        return None
+    return ParamCounts(**{k: v for k, v in cached.items() if not k.startswith("_")})
+
+
+def spec_from_source(src: ConfigSource) -> ModelSpec:
+    raw = src.config
+    cfg = make_config_object(raw, src.location)
+    _check_required(raw, cfg, src.location)
+    architectures = raw.get("architectures") or []
+    architecture = architectures[0] if architectures else None
+    counts = _cached_counts(raw, architecture) if src.kind == "catalog" else None
+    if counts is None:
+        model = build_meta_model(cfg, architecture)
+        counts, architecture = count_model(model), type(model).__name__
+    hidden = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    enc_dec = bool(getattr(cfg, "is_encoder_decoder", False))
+    layers = int(cfg.num_hidden_layers)
+    decoder_layers = int(getattr(cfg, "num_decoder_layers", None) or layers) if enc_dec else None
+    intermediate = _first(cfg, _INTERMEDIATE_NAMES)
+    head_dim = _first(cfg, ("head_dim",)) or hidden // heads
+    tie = getattr(cfg, "tie_word_embeddings", None)
+    if tie is None:
+        tie = bool(getattr(cfg, "tie_encoder_decoder", False))
+    return ModelSpec(
+        name=src.name,
+        source=src.kind,
+        location=src.location,
+        hub_id=src.hub_id,
+        model_type=cfg.model_type,
+        architecture=architecture or "",
+        is_encoder_decoder=enc_dec,
+        num_layers=decoder_layers if enc_dec else layers,
+        num_encoder_layers=layers if enc_dec else None,
+        num_decoder_layers=decoder_layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=_kv_heads(cfg, heads),
+        head_dim=int(head_dim),
+        intermediate_size=int(intermediate or 4 * hidden),
+        vocab_size=int(cfg.vocab_size),
+        tied_embeddings=bool(tie),
+        num_experts=_first(cfg, _EXPERT_NAMES),
+        experts_per_token=_first(cfg, _EXPERTS_PER_TOKEN_NAMES),
+        max_positions=_first(cfg, ("max_position_embeddings", "n_positions")),
+        params=counts,
+        published_params=src.published_params,
+        published_source=src.published_source,
+        config=raw,
+    )
+
+
+def load_model_spec(model: str) -> ModelSpec:
+    """ModelSpec from a catalogue name, a local folder or config.json, or a hub id."""
+    return spec_from_source(resolve_config(model))
+
+
+def spec_from_config(config: dict[str, Any], name: str = "custom") -> ModelSpec:
+    """ModelSpec from a config dict already in hand (tests, tiny models)."""
+    return spec_from_source(ConfigSource(name=name, kind="local", location=f"<{name}>", config=config))
