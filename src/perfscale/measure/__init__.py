@@ -1,0 +1,1 @@
+"""The measure engine: real runs on this machine, in fresh subprocesses, with a stop rule and statistics."""
