@@ -1,0 +1,48 @@
+"""DeepSpeed config JSON for a RunConfig's ZeRO settings.
+
+Keys follow the DeepSpeed configuration reference (deepspeed.ai/docs/config-json). Bucket sizes
+are DeepSpeed's documented defaults (5e8 elements), stated so a user can tune them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from perfscale.config import RunConfig
+from perfscale.specs.hardware import Topology
+
+BUCKET_ELEMENTS = 500_000_000  # DeepSpeed default reduce/allgather bucket size (elements)
+
+
+def deepspeed_config(config: RunConfig, topology: Topology) -> dict[str, Any]:
+    stage = config.zero
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": BUCKET_ELEMENTS,
+        "allgather_bucket_size": BUCKET_ELEMENTS,
+    }
+    if config.offload in ("optimizer", "optimizer+params") and stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if config.offload == "optimizer+params" and stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if stage == 3:
+        zero["stage3_prefetch_bucket_size"] = BUCKET_ELEMENTS
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    micro = config.workload.batch
+    accumulation = config.workload.grad_accum
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * topology.world_size,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": config.precision in ("bf16", "bf16-mixed")},
+        "fp16": {"enabled": config.precision in ("fp16", "fp16-mixed"), "loss_scale": 0, "initial_scale_power": 16},
+        "zero_optimization": zero,
+    }
+
+
+def deepspeed_json(config: RunConfig, topology: Topology) -> str:
+    return json.dumps(deepspeed_config(config, topology), indent=2) + "\n"
