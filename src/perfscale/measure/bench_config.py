@@ -1,0 +1,356 @@
+"""BenchConfig: one configuration to measure (scenario + model + RunConfig + bench-only knobs).
+
+The same object is the Python API of `measure`/`compare`, the JSON file format that bench writes and
+compare reads, and (through `parse_inline`) the compact command-line syntax of `perfscale compare`.
+All problems are checked here, before any process starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from perfscale.config.run_config import RunConfig, parse_targets
+from perfscale.errors import InvalidConfigError, UnsupportedModelError
+from perfscale.measure.stats import StopRule
+from perfscale.specs.workload import InferWorkload, TrainWorkload
+
+SCENARIOS = ("train", "encode", "generate")
+TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
+BACKENDS = ("eager", "compile", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "selftest": "none"}
+# Encoder quantization schemes (names of perfscale.runtimes.encoder, issue 7).
+try:  # the runtimes module (issue 7) owns the list; this fallback only keeps validation working without it
+    from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
+except ImportError:  # pragma: no cover
+    ENCODER_QUANTIZATION = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
+# Workload defaults per scenario when the user gives none: sized to take seconds on 2 CPU cores.
+DEFAULT_WORKLOADS = {
+    "train": TrainWorkload(batch=4, seq=128, grad_accum=1),
+    "generate": InferWorkload(batch=1, prompt=64, new_tokens=32),
+    # encode: `batch` sentences per forward, `prompt` = truncation length in tokens (MiniLM: 256).
+    "encode": InferWorkload(batch=32, prompt=256, new_tokens=0),
+    "selftest": InferWorkload(batch=1, prompt=64, new_tokens=0),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused."""
+
+    scenario: str = "train"
+    model: str | None = None  # catalogue name, local folder, or hub id; None = the scenario's default
+    run: RunConfig | None = None  # None = the scenario's default workload with default knobs
+    backend: str = "eager"  # eager | compile (torch.compile) | onnxruntime (encode only)
+    device: str = "auto"  # auto = cuda when available, else cpu
+    threads: int | None = None  # torch/ORT intra-op threads; None = library default
+    dataloader_workers: int = 0  # train: DataLoader num_workers
+    pin_memory: bool = False  # train: DataLoader pin_memory (CUDA only has an effect)
+    encoder_quantization: str = "none"  # encode: none | int8-dynamic | int8-per-channel | ... (runtimes.encoder)
+    sentences: int | None = None  # encode: sentences per iteration; None = 4 batches
+    seed: int = 0
+    label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # selftest: fault, size
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            workload = DEFAULT_WORKLOADS.get(self.scenario, DEFAULT_WORKLOADS["train"])
+            object.__setattr__(self, "run", RunConfig(workload=workload, compile=self.backend == "compile"))
+        if self.model is None:
+            object.__setattr__(self, "model", DEFAULT_MODELS.get(self.scenario, DEFAULT_MODELS["train"]))
+        if self.run.compile and self.backend == "eager":  # --compile is the same as --backend compile
+            object.__setattr__(self, "backend", "compile")
+        problems = self.problems()
+        if problems:
+            raise InvalidConfigError(
+                "Invalid bench configuration:\n  - " + "\n  - ".join(problems) + "\nFix these values and run again."
+            )
+        unsupported = self.unsupported()
+        if unsupported:
+            raise UnsupportedModelError(unsupported)
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        if self.scenario not in SCENARIOS + TEST_SCENARIOS:
+            p.append(f"scenario {self.scenario!r} is not one of: {', '.join(SCENARIOS)}")
+            return p
+        if self.backend not in BACKENDS:
+            p.append(f"backend {self.backend!r} is not one of: {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            p.append(f"device {self.device!r} is not one of: {', '.join(DEVICES)}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            p.append(f"threads must be a positive integer, got {self.threads!r}")
+        if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
+            p.append(f"dataloader_workers must be an integer >= 0, got {self.dataloader_workers!r}")
+        if self.encoder_quantization not in ENCODER_QUANTIZATION:
+            p.append(f"encoder quantization {self.encoder_quantization!r} is not one of: {', '.join(ENCODER_QUANTIZATION)}")
+        if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 1):
+            p.append(f"sentences must be a positive integer, got {self.sentences!r}")
+        wants_train = self.scenario == "train"
+        if wants_train != self.run.is_train and self.scenario != "selftest":
+            p.append(
+                f"scenario {self.scenario} needs {'a training' if wants_train else 'an inference'} workload, "
+                f"got {self.run.workload.mode}: {'use --batch/--seq' if wants_train else 'add --infer or use --prompt/--new-tokens'}"
+            )
+        if self.backend == "onnxruntime" and self.scenario != "encode":
+            p.append(f"backend onnxruntime is for the encode scenario only, not {self.scenario}: use eager or compile")
+        if self.encoder_quantization != "none" and self.scenario != "encode":
+            p.append("encoder quantization applies to the encode scenario only")
+        if self.run.compile != (self.backend == "compile"):
+            p.append(f"compile={self.run.compile} contradicts backend {self.backend!r}: give one of them")
+        if self.scenario == "generate" and self.run.workload.new_tokens < 1:
+            p.append("generate needs new_tokens >= 1")
+        if self.scenario == "encode" and not p:
+            from perfscale.errors import PerfscaleError
+            from perfscale.measure.scenarios.encode import encoder_settings
+
+            try:  # the runtime's own validation, before any process starts
+                encoder_settings(self)
+            except PerfscaleError as exc:
+                p.append(str(exc))
+            except TypeError as exc:
+                p.append(f"extra['encoder'] holds an unknown encoder setting: {exc}")
+        return p
+
+    def unsupported(self) -> str | None:
+        """Knobs a single-process benchmark cannot run; None when all is runnable."""
+        r = self.run
+        multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1), ("offload", "none")) if getattr(r, k) != default]
+        if multi:
+            return (
+                f"perfscale bench measures one process on one device; {', '.join(multi)} needs several ranks. "
+                "Drop these knobs to measure the per-device step, or use `perfscale trace`/`plan` for multi-device layouts."
+            )
+        if r.kv_cache_dtype != "auto":
+            return f"kv_cache_dtype {r.kv_cache_dtype!r} is not measurable with transformers' generate here: use auto"
+        return None
+
+    # ----- identity and serialisation -----
+    @property
+    def is_inference(self) -> bool:
+        return self.scenario in ("encode", "generate")
+
+    @property
+    def display(self) -> str:
+        """Short human label: the user's label or the knobs that differ from defaults."""
+        if self.label:
+            return self.label
+        parts = [self.scenario, self.backend]
+        if self.run.precision != "fp32":
+            parts.append(self.run.precision)
+        if self.encoder_quantization != "none":
+            parts.append(self.encoder_quantization)
+        if self.run.checkpointing:
+            parts.append("ckpt")
+        if self.run.lora:
+            parts.append(f"lora{self.run.lora_r}")
+        if self.scenario == "generate" and self.run.cache != "dynamic":
+            parts.append(f"{self.run.cache}-cache")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
+        return {**data, "run": self.run.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidConfigError(f"Unknown bench configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
+        if data.get("run") is not None:
+            data["run"] = RunConfig.from_dict(data["run"])
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Stable hash of what is measured (label excluded): tune finds earlier runs by it."""
+        data = self.to_dict()
+        data.pop("label", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Accuracy gate of an inference variant against the fp32 eager reference on the same inputs.
+
+    Embeddings: cosine per sentence. 0.99 mean keeps retrieval rankings (FIELD-NOTES: ORT int8
+    per-channel 0.990/0.978 passes; default dynamic int8 0.943/0.854 does not).
+    LMs: teacher-forced logits on the benchmark's prompts; top-1 agreement and max |logit diff|.
+    """
+
+    min_mean_cosine: float = 0.99
+    min_min_cosine: float = 0.95
+    min_top1_agreement: float = 0.95
+    max_abs_logit_diff: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----- the inline syntax of `perfscale compare` -----
+INLINE_KEYS = {
+    # key: (field path, type)
+    "scenario": ("scenario", str), "model": ("model", str), "backend": ("backend", str), "device": ("device", str),
+    "threads": ("threads", int), "workers": ("dataloader_workers", int), "pin_memory": ("pin_memory", bool),
+    "quant": ("encoder_quantization", str), "sentences": ("sentences", int), "seed": ("seed", int), "label": ("label", str),
+    "batch": ("workload.batch", int), "seq": ("workload.seq", int), "grad_accum": ("workload.grad_accum", int),
+    "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
+    "precision": ("run.precision", str), "optimizer": ("run.optimizer", str), "checkpointing": ("run.checkpointing", bool),
+    "attn": ("run.attn", str), "lora_r": ("run.lora_r", int), "lora_targets": ("run.lora_targets", str),
+    "compile": ("run.compile", bool), "cache": ("run.cache", str), "quantization": ("run.quantization", str),
+}
+INLINE_HELP = (
+    "A configuration is a JSON file (written by `perfscale bench --save-config` or `tune`, or a bench --json "
+    "output), or inline `key=value` pairs joined by commas, applied on top of the shared flags, e.g. "
+    "`backend=onnxruntime,quant=int8-per-channel` or `precision=bf16-mixed,checkpointing=true`. "
+    "Keys: " + ", ".join(INLINE_KEYS) + ". lora_targets joins modules with '+': lora_targets=q_proj+v_proj."
+)
+
+
+def _convert(key: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise InvalidConfigError(f"{key}={text!r}: expected true or false.")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidConfigError(f"{key}={text!r}: expected an integer.") from None
+    return text
+
+
+def apply_overrides(base: BenchConfig, overrides: dict[str, Any]) -> BenchConfig:
+    """A new BenchConfig with `key: value` overrides (INLINE_KEYS names) applied and re-validated."""
+    top: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    workload = base.run.workload.to_dict()
+    for key, value in overrides.items():
+        path = INLINE_KEYS[key][0]
+        if path.startswith("workload."):
+            workload[path.split(".", 1)[1]] = value
+        elif path.startswith("run."):
+            run[path.split(".", 1)[1]] = value
+        else:
+            top[path] = value
+    scenario = top.get("scenario", base.scenario)
+    if scenario != base.scenario and not any(k.startswith(("batch", "seq", "prompt", "new_tokens", "grad")) for k in overrides):
+        workload = DEFAULT_WORKLOADS.get(scenario, base.run.workload).to_dict()
+    mode = "train" if scenario == "train" else "infer"
+    if workload.get("mode") != mode:  # switching train <-> infer: start from that scenario's default sizes
+        default = DEFAULT_WORKLOADS.get(scenario, DEFAULT_WORKLOADS["train"]).to_dict()
+        workload = default | {k: v for k, v in workload.items() if k in default and k != "mode"}
+    wl_fields = {k: v for k, v in workload.items() if k != "mode"}
+    wl = TrainWorkload(**wl_fields) if mode == "train" else InferWorkload(**wl_fields)
+    run_data = base.run.to_dict() | run
+    if "lora_targets" in run and isinstance(run["lora_targets"], str):
+        run_data["lora_targets"] = list(parse_targets(run["lora_targets"].replace("+", ",")))
+    backend = top.get("backend", base.backend)
+    if "compile" not in run and "backend" in top:
+        run_data["compile"] = backend == "compile"
+    if "backend" not in top and run_data.get("compile") and not base.run.compile:
+        top["backend"] = "compile"
+    if "backend" not in top and "compile" in run and not run["compile"] and base.backend == "compile":
+        top["backend"] = "eager"
+    run_data.pop("workload")
+    rc = RunConfig.from_dict({"workload": wl.to_dict(), **run_data})
+    if "model" not in top and scenario != base.scenario and base.model == DEFAULT_MODELS.get(base.scenario):
+        top["model"] = None
+    return replace(base, run=rc, **top)
+
+
+def parse_inline(text: str, base: BenchConfig) -> BenchConfig:
+    """'backend=onnxruntime,quant=int8-per-channel' -> BenchConfig (base + these values)."""
+    overrides: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise InvalidConfigError(f"Configuration item {item!r} is not key=value. {INLINE_HELP}")
+        if key not in INLINE_KEYS:
+            from perfscale.errors import closest
+
+            hint = closest(key, INLINE_KEYS)
+            raise InvalidConfigError(
+                f"Unknown configuration key {key!r}{' (did you mean ' + ', '.join(hint) + '?)' if hint else ''}. "
+                f"Valid keys: {', '.join(INLINE_KEYS)}."
+            )
+        overrides[key] = _convert(key, value.strip(), INLINE_KEYS[key][1])
+    return apply_overrides(base, overrides)
+
+
+def load_config_file(path: Path) -> BenchConfig:
+    """A BenchConfig from JSON: a BenchConfig dict, a bench result (`config` key), or a RunConfig dict."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidConfigError(f"Cannot read configuration file {path}: {exc}. Write one with `perfscale bench --save-config PATH`.") from exc
+    if isinstance(data, dict) and "configurations" in data and data["configurations"]:
+        data = data["configurations"][0]
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if isinstance(data, dict) and "scenario" in data:
+        return BenchConfig.from_dict(data)
+    if isinstance(data, dict) and "workload" in data:  # a RunConfig (plan/tune)
+        rc = RunConfig.from_dict(data)
+        return BenchConfig(scenario="train" if rc.is_train else "generate", run=rc)
+    raise InvalidConfigError(f"{path} holds no bench configuration (no 'scenario' or 'workload' key).")
+
+
+def resolve_configuration(text: str, base: BenchConfig) -> BenchConfig:
+    """One command-line configuration: an existing .json file, else the inline syntax."""
+    if text.endswith(".json") or Path(text).is_file():
+        return load_config_file(Path(text))
+    return parse_inline(text, base)
+
+
+__all__ = [
+    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "GateThresholds", "INLINE_HELP", "MeasureOptions", "SCENARIOS",
+    "apply_overrides", "load_config_file", "parse_inline", "resolve_configuration",
+]
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How to measure (not what): warm-up, stop rule, limits and the accuracy gate."""
+
+    stop: StopRule = field(default_factory=lambda: StopRule())
+    warmup: int = 2  # untimed iterations; the first includes torch.compile / ORT session warm-up
+    time_limit: float | None = None  # seconds for the whole process (load + warm-up + timing); None = stop.max_time + 600
+    gate: bool = True  # inference: compare outputs with the fp32 eager reference
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    profile_memory: bool = True  # CPU: one extra untimed, profiled iteration for the peak live tensor bytes
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.warmup, int) or self.warmup < 1:
+            problems.append(f"warmup must be an integer >= 1 (the first iteration is never timed), got {self.warmup!r}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            problems.append(f"time_limit must be > 0 seconds, got {self.time_limit!r}")
+        if problems:
+            raise InvalidConfigError("Bad measurement options: " + "; ".join(problems) + ".")
+
+    @property
+    def effective_time_limit(self) -> float:
+        return self.time_limit if self.time_limit is not None else self.stop.max_time + 600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stop": self.stop.to_dict(), "warmup": self.warmup, "time_limit": self.time_limit, "gate": self.gate,
+                "thresholds": self.thresholds.to_dict(), "profile_memory": self.profile_memory}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeasureOptions:
+        data = dict(data)
+        data["stop"] = StopRule.from_dict(data["stop"])
+        data["thresholds"] = GateThresholds(**data["thresholds"])
+        return cls(**data)

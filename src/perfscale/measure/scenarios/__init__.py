@@ -1,0 +1,8 @@
+"""Benchmark scenarios, one module each; `SCENARIO_MODULES` is the explicit map the worker uses."""
+
+SCENARIO_MODULES = {
+    "train": "perfscale.measure.scenarios.train",
+    "encode": "perfscale.measure.scenarios.encode",
+    "generate": "perfscale.measure.scenarios.generate",
+    "selftest": "perfscale.measure.scenarios.selftest",
+}

@@ -1,0 +1,51 @@
+"""`selftest`: a small matmul step for testing the harness itself (not a CLI scenario).
+
+`extra['fault']` injects each failure the runner must turn into a result:
+- `oom`: ask the CPU allocator for an impossible tensor (DefaultCPUAllocator: can't allocate memory)
+- `hang`: sleep forever in the step (the runner's time limit must kill it)
+- `crash`: the process dies hard (os._exit) after printing to stderr
+- `error`: a Python exception in the step
+`extra['size']` sets the matrix side (default 64); `extra['sleep']` adds a fixed sleep per step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from perfscale.measure.scenarios.common import Scenario
+
+FAULTS = ("none", "oom", "hang", "crash", "error")
+
+
+def setup(config, device: str) -> Scenario:
+    import torch
+
+    fault = config.extra.get("fault", "none")
+    if fault not in FAULTS:
+        raise ValueError(f"selftest fault {fault!r} is not one of {FAULTS}")
+    n = int(config.extra.get("size", 64))
+    pause = float(config.extra.get("sleep", 0.0))
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def step() -> None:
+        if fault == "oom":
+            torch.empty(1 << 60, dtype=torch.uint8)  # 1 EiB: no machine has it
+        elif fault == "hang":
+            time.sleep(10_000)
+        elif fault == "crash":
+            sys.stderr.write("selftest: crashing on purpose\n")
+            sys.stderr.flush()
+            os._exit(3)
+        elif fault == "error":
+            raise RuntimeError("selftest: step failed on purpose")
+        if pause:
+            time.sleep(pause)
+        (a @ b).sum().item()
+
+    def outputs():
+        return {"logits": (a @ b).cpu().numpy()[None]}
+
+    return Scenario(step=step, samples_per_iter=1, tokens_per_iter=n, flops_per_iter=2.0 * n**3, peak_dtype="fp32", outputs=outputs)

@@ -1,0 +1,107 @@
+"""`train`: full optimizer steps (grad_accum x [forward, loss, backward], optimizer step, zero_grad).
+
+Inputs are token ids drawn with a fixed seed (a timing benchmark of random-weight models does not
+depend on the text), served by a torch DataLoader so that workers and pin_memory are measured too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from perfscale.errors import UnsupportedModelError
+from perfscale.measure.scenarios.common import Scenario, build_lm, peak_dtype, train_flops
+
+
+def _optimizer(name: str, params, device: str):
+    import torch
+
+    lr = 1e-4
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
+    if name == "adamw-fused":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False)
+    if name == "adamw-8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise UnsupportedModelError("optimizer adamw-8bit needs bitsandbytes (pip install bitsandbytes; CUDA only): use adamw") from exc
+        return bnb.optim.AdamW8bit(params, lr=lr)
+    raise UnsupportedModelError(f"optimizer {name!r} is not measurable")
+
+
+def setup(config, device: str) -> Scenario:
+    import torch
+
+    run = config.run
+    wl = run.workload
+    if run.quantization != "none":
+        raise UnsupportedModelError(
+            f"QLoRA (quantization {run.quantization}) needs bitsandbytes on CUDA; bench train measures full-precision bases: use quantization none"
+        )
+    spec, model = build_lm(config.model, "train", run.precision, run.attn, device, config.seed)
+    model.config.use_cache = False
+    if run.checkpointing:
+        model.gradient_checkpointing_enable()
+    if run.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(run.lora_targets) or None
+        model = get_peft_model(model, LoraConfig(r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules=targets))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(run.optimizer, params, device)
+
+    vocab = spec.vocab_size
+    gen = torch.Generator().manual_seed(config.seed)
+    n_batches = max(4, wl.grad_accum)
+    data = torch.randint(3, vocab, (n_batches * wl.batch, wl.seq), generator=gen)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=wl.batch, shuffle=False, num_workers=config.dataloader_workers,
+        pin_memory=config.pin_memory and device == "cuda", persistent_workers=config.dataloader_workers > 0, drop_last=True,
+    )
+    batches = _cycle(loader)
+
+    forward = torch.compile(model) if config.backend == "compile" else model
+    mixed = run.precision.endswith("-mixed")
+    amp_dtype = torch.bfloat16 if run.precision.startswith("bf16") else torch.float16
+    scaler = torch.amp.GradScaler(device) if run.precision == "fp16-mixed" and device == "cuda" else None
+
+    def autocast():
+        return torch.autocast(device, dtype=amp_dtype) if mixed else contextlib.nullcontext()
+
+    def step() -> None:
+        for _ in range(wl.grad_accum):
+            ids = next(batches).to(device, non_blocking=True)
+            with autocast():
+                loss = forward(input_ids=ids, labels=ids).loss / wl.grad_accum
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tokens = wl.batch * wl.seq * wl.grad_accum
+    notes = []
+    if run.checkpointing:
+        notes.append("MFU counts model FLOPs: checkpointing's recomputed forward is not counted")
+    return Scenario(
+        step=step, samples_per_iter=wl.batch * wl.grad_accum, tokens_per_iter=tokens,
+        flops_per_iter=train_flops(spec, tokens, wl.seq, run.lora), peak_dtype=peak_dtype(run.precision, device),
+        setup_metrics={"trainable_params": sum(p.numel() for p in params), "model": spec.name}, notes=notes,
+    )
+
+
+def _cycle(loader):
+    while True:  # re-iterate the loader (itertools.cycle would cache batches and skip the loader)
+        yield from loader
