@@ -11,6 +11,7 @@ import typer
 
 from perfscale import __version__
 from perfscale.cli import hardware, models
+from perfscale.cli import bench, compare, results
 
 app = typer.Typer(
     name="perfscale",
@@ -21,6 +22,9 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(hardware.app, name="hardware")
+app.command("bench")(bench.bench)
+app.command("compare")(compare.compare)
+app.command("results")(results.results)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,151 @@
+"""`perfscale bench`: measure one configuration in a fresh process (thin wrapper over measure.runner.measure)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from perfscale.cli import knobs
+
+SCENARIO = typer.Option("train", "--scenario", "-s", help="train | encode | generate.")
+BACKEND = typer.Option(None, "--backend", help="eager | compile (torch.compile) | onnxruntime (encode only). Default eager.")
+ENCODER_QUANT = typer.Option("none", "--encoder-quant", help="encode: none | int8-dynamic | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda.")
+THREADS = typer.Option(None, "--threads", help="Intra-op threads (torch and ONNX Runtime). Default: the library's.")
+WORKERS = typer.Option(0, "--workers", help="train: DataLoader worker processes.")
+PIN_MEMORY = typer.Option(False, "--pin-memory/--no-pin-memory", help="train: DataLoader pin_memory (CUDA).")
+SENTENCES = typer.Option(None, "--sentences", help="encode: corpus sentences per iteration (default 4 batches).")
+MIN_ITERS = typer.Option(10, "--min-iters", help="Stop rule: at least this many timed iterations.")
+MIN_TIME = typer.Option(3.0, "--min-time", help="Stop rule: and at least this many seconds.")
+MAX_TIME = typer.Option(60.0, "--max-time", help="Stop rule: time cap (seconds) even if the CI target is not met (then said so).")
+TARGET_CI = typer.Option(0.02, "--target-ci", help="Stop rule: stop when the 95% CI half-width of the median <= this fraction.")
+WARMUP = typer.Option(2, "--warmup", help="Untimed warm-up iterations (the first carries compile).")
+TIME_LIMIT = typer.Option(None, "--time-limit", help="Kill a run after this many seconds (load included): status timeout. Default max-time + 600.")
+GATE = typer.Option(True, "--gate/--no-gate", help="Inference: check outputs against the fp32 eager reference (extra process).")
+STORE = typer.Option(None, "--store", help="SQLite results file. Default $XDG_CACHE_HOME/perfscale/results.sqlite (~/.cache/...).")
+JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (no progress bar).")
+LABEL = typer.Option(None, "--label", help="A name for this configuration in tables and the store.")
+SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration as JSON (for `perfscale compare FILE ...`).")
+
+
+def base_config(
+    scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
+    lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
+):
+    """A BenchConfig from the shared flags (validated; raises before anything runs)."""
+    from perfscale.errors import InvalidConfigError, choice_error
+    from perfscale.measure.bench_config import DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
+    from perfscale.specs.workload import InferWorkload, TrainWorkload
+
+    if scenario not in SCENARIOS:
+        raise choice_error("scenario", scenario, SCENARIOS, "See `perfscale bench --help`.")
+    default = DEFAULT_WORKLOADS[scenario]
+    if scenario == "train":
+        if prompt is not None or new_tokens is not None:
+            raise InvalidConfigError("--prompt and --new-tokens are for --scenario generate/encode; training uses --batch and --seq.")
+        workload = TrainWorkload(batch=batch or default.batch, seq=seq or default.seq, grad_accum=grad_accum or default.grad_accum)
+    else:
+        if seq is not None or grad_accum is not None:
+            raise InvalidConfigError(f"--seq and --grad-accum are training flags; {scenario} uses --batch and --prompt" + (" and --new-tokens." if scenario == "generate" else " (truncation length)."))
+        if scenario == "encode" and new_tokens is not None:
+            raise InvalidConfigError("--new-tokens does not apply to encode (no generation): drop it.")
+        workload = InferWorkload(batch=batch or default.batch, prompt=prompt or default.prompt,
+                                 new_tokens=default.new_tokens if new_tokens is None else new_tokens)
+    backend = backend or ("compile" if compile else "eager")
+    run = knobs.build_run_config(
+        workload, precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn, lora_r=lora_r,
+        lora_targets=lora_targets, compile=backend == "compile", cache=cache, quantization=quantization,
+    )
+    return BenchConfig(
+        scenario=scenario, model=model, run=run, backend=backend, device=device, threads=threads, dataloader_workers=workers,
+        pin_memory=pin_memory, encoder_quantization=encoder_quant, sentences=sentences, label=label,
+    )
+
+
+def measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate):
+    from perfscale.measure.bench_config import MeasureOptions
+    from perfscale.measure.stats import StopRule
+
+    stop = StopRule(min_iters=min_iters, min_time=min_time, target_rel_ci=target_ci, max_time=max_time)
+    return MeasureOptions(stop=stop, warmup=warmup, time_limit=time_limit, gate=gate)
+
+
+@contextmanager
+def progress(description: str, total: int | None, quiet: bool):
+    """A Rich progress bar on stderr when it is a terminal and not --json; yields an `advance(text)` callable."""
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        yield lambda text=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(text: str | None = None) -> None:
+            bar.update(task, advance=1, description=text or description)
+
+        yield advance
+
+
+def bench(
+    scenario: str = SCENARIO,
+    model: str = knobs.MODEL,
+    batch: int = knobs.BATCH,
+    seq: int = knobs.SEQ,
+    grad_accum: int = knobs.GRAD_ACCUM,
+    prompt: int = knobs.PROMPT,
+    new_tokens: int = knobs.NEW_TOKENS,
+    precision: str = knobs.PRECISION,
+    optimizer: str = knobs.OPTIMIZER,
+    checkpointing: bool = knobs.CHECKPOINTING,
+    attn: str = knobs.ATTN,
+    lora_r: int = knobs.LORA_R,
+    lora_targets: str = knobs.LORA_TARGETS,
+    compile: bool = knobs.COMPILE,
+    cache: str = knobs.CACHE,
+    quantization: str = knobs.QUANTIZATION,
+    backend: str = BACKEND,
+    encoder_quant: str = ENCODER_QUANT,
+    device: str = DEVICE,
+    threads: int = THREADS,
+    workers: int = WORKERS,
+    pin_memory: bool = PIN_MEMORY,
+    sentences: int = SENTENCES,
+    min_iters: int = MIN_ITERS,
+    min_time: float = MIN_TIME,
+    max_time: float = MAX_TIME,
+    target_ci: float = TARGET_CI,
+    warmup: int = WARMUP,
+    time_limit: float = TIME_LIMIT,
+    gate: bool = GATE,
+    store: Path = STORE,
+    label: str = LABEL,
+    save_config: Path = SAVE_CONFIG,
+    as_json: bool = JSON,
+) -> None:
+    """Measure one configuration on this machine: fresh process, warm-up, stop rule, median with 95% CI,
+    throughput, latency, peak memory, MFU, accuracy gate (inference), full environment; stored at once."""
+    from perfscale.measure.runner import measure
+    from perfscale.measure.store import Store
+    from perfscale.report.bench_tables import bench_table
+    from perfscale.report.emit import emit
+
+    config = base_config(
+        scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
+        lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
+    )
+    options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+    if save_config:
+        Path(save_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with Store(store) as db:
+        with progress(f"measuring {config.display}", None, as_json):
+            result = measure(config, options, store=db)
+        doc = {"store": str(db.path), "configurations": [result.to_dict(samples=False)]}
+    emit(doc, as_json, lambda console: console.print(bench_table(doc["configurations"][0])))

@@ -1,0 +1,88 @@
+"""`perfscale compare A B [C ...]`: interleaved runs, ratios to the first with 95% CIs, verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from perfscale.cli import bench as b
+from perfscale.cli import knobs
+from perfscale.measure.bench_config import INLINE_HELP
+
+CONFIGS = typer.Argument(..., help="Two or more configurations. " + INLINE_HELP)
+REPEATS = typer.Option(3, "--repeats", "-r", help="Independent processes per configuration (interleaved A B A B ...).")
+
+
+def compare(
+    configs: list[str] = CONFIGS,
+    scenario: str = b.SCENARIO,
+    model: str = knobs.MODEL,
+    batch: int = knobs.BATCH,
+    seq: int = knobs.SEQ,
+    grad_accum: int = knobs.GRAD_ACCUM,
+    prompt: int = knobs.PROMPT,
+    new_tokens: int = knobs.NEW_TOKENS,
+    precision: str = knobs.PRECISION,
+    optimizer: str = knobs.OPTIMIZER,
+    checkpointing: bool = knobs.CHECKPOINTING,
+    attn: str = knobs.ATTN,
+    lora_r: int = knobs.LORA_R,
+    lora_targets: str = knobs.LORA_TARGETS,
+    compile: bool = knobs.COMPILE,
+    cache: str = knobs.CACHE,
+    quantization: str = knobs.QUANTIZATION,
+    backend: str = b.BACKEND,
+    encoder_quant: str = b.ENCODER_QUANT,
+    device: str = b.DEVICE,
+    threads: int = b.THREADS,
+    workers: int = b.WORKERS,
+    pin_memory: bool = b.PIN_MEMORY,
+    sentences: int = b.SENTENCES,
+    repeats: int = REPEATS,
+    min_iters: int = b.MIN_ITERS,
+    min_time: float = b.MIN_TIME,
+    max_time: float = b.MAX_TIME,
+    target_ci: float = b.TARGET_CI,
+    warmup: int = b.WARMUP,
+    time_limit: float = b.TIME_LIMIT,
+    gate: bool = b.GATE,
+    store: Path = b.STORE,
+    as_json: bool = b.JSON,
+) -> None:
+    """Compare configurations on this machine: each runs in `--repeats` fresh processes, interleaved;
+    each is reported as a ratio to the FIRST with a 95% CI and a verdict ("B is 1.31x faster than A
+    [1.27, 1.35]" or "no significant difference at 95%"), the same for peak memory. Inference variants
+    are gated against the fp32 eager reference: below threshold they are `inaccurate`, not fast.
+
+    The shared flags (--scenario, --model, knobs) are the base of every configuration; each
+    CONFIG overrides them. Example: perfscale compare --scenario encode backend=eager backend=onnxruntime
+    backend=onnxruntime,quant=int8-per-channel
+    """
+    from perfscale.measure.bench_config import resolve_configuration
+    from perfscale.measure.compare import compare as run_compare
+    from perfscale.measure.store import Store
+    from perfscale.report.bench_tables import compare_table, compare_verdicts
+    from perfscale.report.emit import emit
+
+    base = b.base_config(
+        scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
+        lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, None,
+    )
+    parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
+    options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+    with Store(store) as db:
+        with b.progress("compare", len(parsed) * repeats, as_json) as advance:
+            result = run_compare(parsed, options, repeats=repeats, store=db, on_result=lambda r: advance(f"{r.config.display}: {r.status}"))
+        doc = result.to_dict() | {"store": str(db.path)}
+
+    def render(console) -> None:
+        console.print(compare_table(doc))
+        for line in compare_verdicts(doc):
+            console.print(line)
+        if doc["interrupted"]:
+            console.print("[yellow]Interrupted: the runs above finished and are stored; the rest did not run.[/]")
+
+    emit(doc, as_json, render)
+    if result.interrupted:
+        raise typer.Exit(130)

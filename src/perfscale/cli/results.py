@@ -1,0 +1,62 @@
+"""`perfscale results`: list, filter and export the stored runs (table, JSON, CSV, Markdown)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from perfscale.cli import bench as b
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def results(
+    store: Path = b.STORE,
+    scenario: str = typer.Option(None, "--scenario", help="Only this scenario (train | encode | generate)."),
+    model: str = typer.Option(None, "--model", help="Only this model name."),
+    status: str = typer.Option(None, "--status", help="Only this status: ok | inaccurate | oom | timeout | failed | interrupted."),
+    label: str = typer.Option(None, "--label", help="Only labels containing this text."),
+    group: str = typer.Option(None, "--group", help="Only the runs of one bench/compare invocation (its group id)."),
+    run_id: int = typer.Option(None, "--id", help="Only the run with this store id (JSON shows everything about it)."),
+    limit: int = typer.Option(50, "--limit", help="At most this many runs, newest first (0: all)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the export to this file instead of stdout."),
+    as_json: bool = b.JSON,
+) -> None:
+    """List stored measurements, newest first; filter them; export JSON (full records), CSV or Markdown."""
+    from perfscale.errors import choice_error
+    from perfscale.measure.store import Store, store_summary_rows
+    from perfscale.report.bench_tables import results_csv, results_markdown, results_table
+    from perfscale.report.emit import console, print_json
+
+    if as_json:
+        fmt = "json"
+    if fmt not in FORMATS:
+        raise choice_error("format", fmt, FORMATS, "See `perfscale results --help`.")
+    with Store(store) as db:
+        runs = db.runs(scenario=scenario, model=model, status=status, label=label, group=group, limit=None if run_id else (limit or None))
+        if run_id is not None:
+            runs = [r for r in runs if r.id == run_id]
+        path = str(db.path)
+    rows = store_summary_rows(runs)
+    if fmt == "table":
+        console().print(results_table(rows, path))
+        return
+    if fmt == "json":
+        doc = {"store": path, "runs": [r.result.to_dict() for r in runs]}
+        text = json.dumps(doc, indent=2, default=str) + "\n"
+    elif fmt == "csv":
+        text = results_csv(rows)
+    else:
+        text = results_markdown(rows)
+    if output:
+        Path(output).write_text(text)
+        if fmt != "json":
+            typer.echo(f"wrote {len(rows)} runs to {output}", err=True)
+        else:
+            print_json({"store": path, "written": str(output), "runs": len(rows)})
+    else:
+        sys.stdout.write(text)
