@@ -1,0 +1,138 @@
+"""Per-model and per-hardware constants, computed once, so each estimate is plain arithmetic.
+
+`model_constants(spec)` turns a ModelSpec into the numbers the formulas need (parameter groups,
+activation bytes per token per layer for every precision and attention kind). Nothing here imports
+torch: a catalogue model is estimated without building it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from perfscale.estimate import families
+
+# Bytes per element of each dtype class under each precision (see families.py).
+# "-mixed" = torch autocast: fp32 parameters and residual stream, 16-bit matmuls.
+PRECISION_BYTES = {
+    #            param stream compute
+    "fp32": (4, 4, 4),
+    "bf16": (2, 2, 2),
+    "fp16": (2, 2, 2),
+    "bf16-mixed": (4, 4, 2),
+    "fp16-mixed": (4, 4, 2),
+}
+# Dtype whose hardware peak applies to the matmuls of each precision.
+PEAK_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
+ROPE_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
+RMS_FAMILIES = ROPE_FAMILIES + ("t5",)
+
+
+def unit_sizes(h: int, q: int, kv: int, i: int, heads: int) -> dict[str, int]:
+    return {"h": h, "q": q, "kv": kv, "i": i, "heads": heads, "one": 1}
+
+
+def recipe_bytes(recipe, sizes: dict[str, int], stream: int, compute: int) -> tuple[float, float, float]:
+    """(replicated, split, per-s) bytes per token per layer of a recipe.
+
+    replicated: h/one units (not split by tensor parallelism without sequence parallelism);
+    split: q, kv, i, heads units (divided by the TP degree); per-s: the hs unit, multiply by s.
+    """
+    width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1}
+    rep = split = per_s = 0.0
+    for dtype, unit, coef in recipe:
+        b = width[dtype] * coef
+        if unit == "hs":
+            per_s += b * sizes["heads"]
+        elif unit in ("h", "one"):
+            rep += b * sizes[unit]
+        else:
+            split += b * sizes[unit]
+    return rep, split, per_s
+
+
+@dataclass(frozen=True)
+class ModelConstants:
+    """Everything estimate() needs about a model, as plain numbers."""
+
+    name: str
+    model_type: str
+    layers: int  # all transformer layers (encoder + decoder)
+    decoder_layers: int
+    h: int
+    q: int
+    kv: int
+    i: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int | None
+    is_encoder_decoder: bool
+    has_lm_head: bool
+    params_total: int
+    params_embed: int  # input embeddings (token + position)
+    params_head: int  # untied output head (0 when tied to the embeddings)
+    params_layer: float  # one transformer layer (all experts)
+    matmul_layer: float  # linear weights in one layer (all experts)
+    matmul_layer_active: float  # linear weights a token passes through (MoE: top-k experts)
+    head_matmul: int  # vocab x hidden, tied or not
+    largest_matrix: int
+    adafactor_elems: float  # Adafactor's factored second moment: rows + cols per matrix, full per vector
+    lora_dims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    act: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # (precision, attn) -> bytes
+    head_rep: dict[str, float] = field(default_factory=dict)  # final norm per token, per precision
+    rope_per_seq: dict[str, float] = field(default_factory=dict)  # cos + sin bytes per sequence token
+
+
+def model_constants(spec) -> ModelConstants:
+    h, heads, kv_heads, hd = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
+    q, kv, i, vocab = heads * hd, kv_heads * hd, spec.intermediate_size, spec.vocab_size
+    layers = (spec.num_encoder_layers or 0) + (spec.num_decoder_layers or 0) if spec.is_encoder_decoder else spec.num_layers
+    pc = spec.params
+    head_params = pc.lm_head
+    per_layer = (pc.attention + pc.mlp + pc.norms + pc.other) / layers
+    mlp_layer = pc.mlp / layers
+    attn_layer = pc.attention / layers
+    experts, topk = spec.num_experts or 0, spec.experts_per_token or 0
+    active_mlp = mlp_layer * topk / experts if experts and topk else mlp_layer
+    has_head = spec.architecture.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration", "ForMaskedLM"))
+    sizes = unit_sizes(h, q, kv, i, heads)
+    recipe = families.recipe(spec.model_type)
+    attn_sdpa = families._SDPA
+    base = tuple(t for t in recipe if t not in attn_sdpa) if spec.model_type in families.RECIPES else recipe
+    act: dict[tuple[str, str], tuple[float, float, float]] = {}
+    head_rep: dict[str, float] = {}
+    rope: dict[str, float] = {}
+    for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
+        act[(precision, "sdpa")] = recipe_bytes(recipe, sizes, sb, cb)
+        # eager: drop SDPA's saved set (q, k, v, out, logsumexp) when the recipe has it, add eager's.
+        eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
+        if cb < 4:
+            eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
+        has_sdpa = all(t in recipe for t in attn_sdpa)
+        act[(precision, "eager")] = recipe_bytes((base if has_sdpa else recipe) + eager_terms, sizes, sb, cb)
+        # Final norm before the head: the same shape as a layer's norm (RMSNorm: 3 x h + 1).
+        head_rep[precision] = (4 * h + 4 + sb * h + cb * h) if spec.model_type in RMS_FAMILIES else (sb * h + 8 + cb * h)
+        rope[precision] = 2 * hd * sb if spec.model_type in ROPE_FAMILIES else 0.0
+    lin = families.linears(spec.model_type)
+    ext = dict(sizes, **{"2i": 2 * i})
+    lora_dims = {}
+    for name, (a, b) in lin.items():
+        try:
+            lora_dims[name] = (families.dim(a, ext), families.dim(b, ext))
+        except KeyError:
+            continue
+    matrices = [families.dim(a, ext) * families.dim(b, ext) for a, b in lin.values()]
+    rows_cols = sum(families.dim(a, ext) + families.dim(b, ext) for a, b in lin.values())
+    largest = max([vocab * h] + matrices)
+    vectors = pc.norms
+    adafactor = layers * rows_cols + (vocab + h) * (2 if head_params else 1) + vectors
+    return ModelConstants(
+        name=spec.name, model_type=spec.model_type, layers=layers, decoder_layers=spec.num_layers,
+        h=h, q=q, kv=kv, i=i, heads=heads, kv_heads=kv_heads, head_dim=hd, vocab=vocab,
+        max_positions=spec.max_positions, is_encoder_decoder=spec.is_encoder_decoder, has_lm_head=has_head,
+        params_total=pc.total, params_embed=pc.embeddings, params_head=head_params, params_layer=per_layer,
+        matmul_layer=attn_layer + mlp_layer, matmul_layer_active=attn_layer + active_mlp,
+        head_matmul=vocab * h if has_head else 0, largest_matrix=largest, adafactor_elems=adafactor,
+        lora_dims=lora_dims, act=act, head_rep=head_rep, rope_per_seq=rope,
+    )

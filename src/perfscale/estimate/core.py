@@ -1,0 +1,131 @@
+"""estimate(): memory and time of one configuration; `evaluate()` is its allocation-free hot path."""
+
+from __future__ import annotations
+
+from perfscale.errors import InvalidConfigError, TopologyError
+from perfscale.estimate.constants import ModelConstants, model_constants
+from perfscale.estimate.inference import infer_memory
+from perfscale.estimate.knobs import Knobs
+from perfscale.estimate.memory import train_memory
+from perfscale.estimate.overheads import overheads
+from perfscale.estimate.result import BREAKDOWN_KEYS, Estimate, MemoryEstimate, Overhead, TimeEstimate
+from perfscale.estimate.time import infer_time, train_time
+
+_CONSTANTS: dict[tuple, ModelConstants] = {}
+
+
+def constants_for(spec) -> ModelConstants:
+    """ModelConstants of a spec, computed once per model."""
+    if isinstance(spec, ModelConstants):
+        return spec
+    key = (spec.name, spec.location, spec.model_type, spec.hidden_size, spec.num_layers, spec.params.total,
+           spec.vocab_size, spec.intermediate_size)
+    mc = _CONSTANTS.get(key)
+    if mc is None:
+        mc = _CONSTANTS[key] = model_constants(spec)
+    return mc
+
+
+def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
+    """Why a parallel layout cannot work on this model and world size (empty when it can)."""
+    problems = []
+    if mc.heads % k.tp:
+        divisors = [d for d in range(1, mc.heads + 1) if mc.heads % d == 0 and d <= world]
+        problems.append(f"tensor parallel degree {k.tp} does not divide the {mc.heads} attention heads of "
+                        f"{mc.name}: use --tp one of {', '.join(map(str, divisors))}")
+    if k.pp > mc.layers:
+        problems.append(f"pipeline degree {k.pp} exceeds the {mc.layers} layers of {mc.name}: use --pp <= {mc.layers}")
+    if world % (k.tp * k.pp):
+        problems.append(f"tp x pp = {k.tp} x {k.pp} = {k.tp * k.pp} does not divide the world size {world}: "
+                        "choose degrees whose product divides the number of devices")
+    else:
+        dp = world // (k.tp * k.pp)
+        if k.fsdp and (k.fsdp > dp or dp % k.fsdp):
+            problems.append(f"FSDP shard degree {k.fsdp} must divide the data-parallel degree {dp} "
+                            f"(= world {world} / (tp {k.tp} x pp {k.pp}))")
+        if k.mode == "infer" and k.batch % dp:
+            problems.append(f"batch {k.batch} is not divisible by the {dp} data-parallel replicas "
+                            f"(world {world} / (tp {k.tp} x pp {k.pp})): use a batch that is a multiple of {dp}")
+        if k.mode == "train" and k.zero and dp == 1 and k.zero:
+            pass  # ZeRO on one rank is legal (nothing to shard)
+    if k.lora_r is not None and k.lora_targets:
+        known = set(mc.lora_dims) | {n.split(".")[-1] for n in mc.lora_dims} | {"all-linear"}
+        unknown = [t for t in k.lora_targets if t not in known]
+        if unknown:
+            raise InvalidConfigError(
+                f"LoRA targets {', '.join(unknown)} match no linear layer of {mc.name} ({mc.model_type}). "
+                f"Choose from: {', '.join(sorted(known))}."
+            )
+    return problems
+
+
+def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None) -> dict:
+    """All numbers of one configuration as a dict (no validation, no result objects)."""
+    world = nodes * per_node
+    capacity = hw.memory_bytes.value or 0
+    if k.mode == "train":
+        mem = train_memory(mc, k, world)
+        tm = train_time(mc, k, hw, nodes, per_node, efficiency, mem["trainable"])
+        step, tps, split = tm["step"], tm["tokens_per_second"], tm["split"]
+        extra = {"mfu": tm["mfu"], "efficiency": tm["efficiency"], "native": tm["native"]}
+    else:
+        mem = infer_memory(mc, k)
+        tm = infer_time(mc, k, hw, mem["weights"], mem["kv_per_token"], efficiency)
+        step, tps = tm["total"], tm["tokens_per_second"] * max(1, world // (k.tp * k.pp))
+        split = {"compute": tm["ttft"], "exposed_comm": 0.0, "bubble": 0.0, "recompute": 0.0, "decode": tm["per_token"] * k.new_tokens}
+        extra = {"mfu": None, "efficiency": tm["efficiency"], "native": tm["native"], "ttft": tm["ttft"],
+                 "per_token": tm["per_token"], "bound": tm["bound"]}
+    over = overheads(hw.kind, mem["peak"])
+    total = mem["peak"] + sum(o[1] for o in over)
+    fits = total <= capacity
+    if not fits:
+        binding = "memory"
+    elif k.mode == "infer":
+        binding = tm["bound"] if k.new_tokens else "compute"
+    else:
+        parts = {"compute": split["compute"] + split["recompute"], "communication": split["exposed_comm"], "bubble": split["bubble"]}
+        binding = max(parts, key=parts.get)
+    return {"mem": mem, "over": over, "total": total, "fits": fits, "step": step, "tps": tps, "split": split,
+            "binding": binding, "capacity": capacity, "world": world, **extra}
+
+
+def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_budget: float | None = None,
+                price_per_device_hour: float | None = None) -> Estimate:
+    mem = numbers["mem"]
+    memory = MemoryEstimate(
+        peak_bytes=int(round(mem["peak"])),
+        breakdown={key: int(round(mem["breakdown"].get(key, 0.0))) for key in BREAKDOWN_KEYS},
+        phase=mem["phase"],
+        overheads=tuple(Overhead(label, int(round(b)), src) for label, b, src in numbers["over"]),
+        capacity_bytes=int(numbers["capacity"]),
+    )
+    train_seconds = cost = None
+    if token_budget and numbers["tps"] > 0:
+        train_seconds = token_budget / numbers["tps"]
+        if price_per_device_hour is not None:
+            cost = train_seconds / 3600 * numbers["world"] * price_per_device_hour
+    time = TimeEstimate(
+        step_seconds=numbers["step"], tokens_per_second=numbers["tps"], split=dict(numbers["split"]),
+        mfu=numbers["mfu"], efficiency=numbers["efficiency"], native_dtype=numbers["native"],
+        ttft_seconds=numbers.get("ttft"), per_token_seconds=numbers.get("per_token"),
+        train_seconds=train_seconds, cost=cost,
+    )
+    notes = []
+    if not numbers["native"]:
+        notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
+    dp = max(1, numbers["world"] // (k.tp * k.pp))
+    return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
+                    memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,
+                    notes=tuple(notes))
+
+
+def estimate(spec, config, topology, efficiency: float | None = None, token_budget: float | None = None,
+             price_per_device_hour: float | None = None) -> Estimate:
+    """Memory and time of one RunConfig on a topology (< 1 ms; no torch)."""
+    mc = constants_for(spec)
+    k = Knobs.from_run_config(config)
+    problems = layout_problems(mc, k, topology.world_size)
+    if problems:
+        raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
+    numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency)
+    return to_estimate(mc, k, topology, numbers, token_budget, price_per_device_hour)

@@ -1,0 +1,103 @@
+"""What one transformer layer of each family keeps for backward, and its linear layers.
+
+Activation recipes count the tensors autograd saves per token per layer, by dtype class:
+  f32     always 4 bytes (norm statistics, softmax/log-softmax outputs, SDPA logsumexp)
+  stream  the residual stream's dtype: the parameter dtype (fp32 under autocast "-mixed")
+  compute the matmul dtype: 2 bytes under bf16/fp16 and "-mixed" (autocast), else 4
+  mask    1 byte (dropout masks, used by the Megatron reference layer)
+Units: h hidden, q = heads x head_dim, kv = kv_heads x head_dim, i intermediate, heads, one,
+hs = heads x sequence (attention scores per token). Under tensor parallelism the units q, kv, i,
+heads, hs are split across ranks; h and one are replicated unless sequence parallelism is on
+(Korthikanti et al. 2022, section 4.2).
+Source: derived by listing autograd's saved tensors (torch.autograd.graph.saved_tensors_hooks,
+deduplicated by storage) of the transformers 5.x layer code for each family; tested against trace.
+Families not listed use the `llama` recipe (pre-RMSNorm, separate q/k/v, gated MLP).
+"""
+
+from __future__ import annotations
+
+# RMSNorm (Llama-style): the fp32 upcast input, rsqrt, the normalised input, and the weighted output
+# that the next linear saves. Source: LlamaRMSNorm.forward (upcast to fp32, rsqrt, cast back).
+_RMS = (("f32", "h", 1), ("f32", "one", 1), ("stream", "h", 1), ("compute", "h", 1))
+# nn.LayerNorm (aten native_layer_norm saves input, mean, rstd) + the output the next linear saves.
+_LN = (("stream", "h", 1), ("f32", "one", 2), ("compute", "h", 1))
+# Fused SDPA (flash / memory-efficient, CPU flash): q, k, v, the output (= o_proj input), logsumexp.
+_SDPA = (("compute", "q", 2), ("compute", "kv", 2), ("f32", "heads", 1))
+# A separate contiguous copy of the attention output for the output projection (fused-qkv families).
+_OUT_COPY = (("compute", "q", 1),)
+# Gated MLP (SwiGLU): gate output, act output, up output, product (= down_proj input).
+_GATED = (("compute", "i", 4),)
+
+RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "llama": _RMS + _SDPA + _RMS + _GATED,
+    "phi3": _RMS + _SDPA + _OUT_COPY + _RMS + _GATED,
+    # GPT-NeoX: parallel residual (both LayerNorms read the same input), fused qkv with partial RoPE
+    # (q, k, v new tensors after RoPE, output + its copy), GELU: fc1 output + fc2 input.
+    "gpt_neox": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
+    + (("compute", "i", 2),),
+    # OPT: pre-LN, separate q/k/v, ReLU saves its output (= fc2 input).
+    "opt": _LN + _SDPA + _LN + (("compute", "i", 1),),
+    # Falcon (new decoder architecture): parallel attention, ln_attn + ln_mlp on one input, k/v
+    # expanded to all heads, GELU MLP.
+    "falcon": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
+    + (("compute", "i", 2),),
+    # GPT-2: Conv1D c_attn output kept whole (3h), q/out copies, "gelu_new" in Python keeps 4 tensors.
+    "gpt2": _LN + (("compute", "q", 6), ("f32", "heads", 1)) + _LN + (("compute", "i", 5),),
+}
+RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
+RECIPES["mixtral"] = RECIPES["llama"]
+
+# The GPT layer of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+# Transformer Models", section 4.1), 16-bit activations and 1-byte dropout masks: the reference
+# the engine's TP / SP / selective-recomputation arithmetic is tested against.
+MEGATRON_GPT = (
+    ("compute", "h", 1), ("compute", "q", 2), ("compute", "hs", 1), ("mask", "hs", 1),  # QKV in, Q K, softmax, mask
+    ("compute", "hs", 1), ("compute", "q", 1), ("compute", "q", 1), ("mask", "h", 1),  # dropout out, V, proj in, mask
+    ("compute", "h", 1), ("compute", "i", 2), ("mask", "h", 1),  # MLP in, GeLU in + out (i = 4h), mask
+    ("compute", "h", 2),  # two LayerNorm inputs
+)
+
+# Eager attention replaces SDPA's saved set: q, k and v repeated to all heads, the fp32 softmax
+# output (heads x s per token), its cast to the compute dtype when that is 16-bit, and the
+# contiguous output copy for o_proj. Source: eager_attention_forward in modeling_llama.py.
+EAGER = (("compute", "q", 4),)
+EAGER_SCORES_F32 = 1.0  # x heads x s, always fp32 (softmax in fp32)
+EAGER_SCORES_COMPUTE = 1.0  # x heads x s, only when compute is 16-bit (the .to(query.dtype) copy)
+
+# Linear layers per decoder layer: name -> (in_features, out_features) in units of the spec sizes.
+# Used for LoRA parameter counts and validation of --lora-targets.
+_LLAMA_LINEARS = {"q_proj": ("h", "q"), "k_proj": ("h", "kv"), "v_proj": ("h", "kv"), "o_proj": ("q", "h"),
+                  "gate_proj": ("h", "i"), "up_proj": ("h", "i"), "down_proj": ("i", "h")}
+LINEARS: dict[str, dict[str, tuple[str, str]]] = {
+    "llama": _LLAMA_LINEARS, "mistral": _LLAMA_LINEARS, "qwen2": _LLAMA_LINEARS, "gemma2": _LLAMA_LINEARS,
+    "mixtral": {k: v for k, v in _LLAMA_LINEARS.items() if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))},
+    "phi3": {"qkv_proj": ("h", "q+2kv"), "o_proj": ("q", "h"), "gate_up_proj": ("h", "2i"), "down_proj": ("i", "h")},
+    "gpt2": {"c_attn": ("h", "3h"), "c_proj": ("h", "h"), "c_fc": ("h", "i"), "mlp.c_proj": ("i", "h")},
+    "gpt_neox": {"query_key_value": ("h", "3h"), "dense": ("h", "h"), "dense_h_to_4h": ("h", "i"), "dense_4h_to_h": ("i", "h")},
+    "falcon": {"query_key_value": ("h", "q+2kv"), "dense": ("q", "h"), "dense_h_to_4h": ("h", "i"), "dense_4h_to_h": ("i", "h")},
+    "opt": {"q_proj": ("h", "h"), "k_proj": ("h", "h"), "v_proj": ("h", "h"), "out_proj": ("h", "h"), "fc1": ("h", "i"), "fc2": ("i", "h")},
+    "bert": {"query": ("h", "h"), "key": ("h", "h"), "value": ("h", "h"), "dense": ("h", "h"), "intermediate.dense": ("h", "i"), "output.dense": ("i", "h")},
+    "t5": {"q": ("h", "q"), "k": ("h", "q"), "v": ("h", "q"), "o": ("q", "h"), "wi": ("h", "i"), "wo": ("i", "h")},
+}
+LINEARS["roberta"] = LINEARS["bert"]
+# gpt2's "c_proj" matches both the attention and the MLP projection (peft matches by suffix).
+SUFFIX_ALIASES = {"gpt2": {"c_proj": ("c_proj", "mlp.c_proj")}, "bert": {"dense": ("dense", "intermediate.dense", "output.dense")}}
+SUFFIX_ALIASES["roberta"] = SUFFIX_ALIASES["bert"]
+
+
+def recipe(model_type: str) -> tuple[tuple[str, str, float], ...]:
+    return RECIPES.get(model_type, RECIPES["llama"])
+
+
+def linears(model_type: str) -> dict[str, tuple[str, str]]:
+    return LINEARS.get(model_type, _LLAMA_LINEARS)
+
+
+def dim(expr: str, sizes: dict[str, int]) -> int:
+    """'q+2kv' -> sizes['q'] + 2 * sizes['kv']; '3h' -> 3 * sizes['h']."""
+    total = 0
+    for term in expr.split("+"):
+        digits = "".join(ch for ch in term if ch.isdigit())
+        name = term[len(digits):]
+        total += int(digits or 1) * sizes[name]
+    return total

@@ -1,0 +1,203 @@
+"""Training memory per device: model states, activations, transients, and where the peak falls.
+
+Peak = allocated tensor bytes (the same meaning as trace's `peak_bytes`); device overheads that are
+not tensors (CUDA context, workspaces, fragmentation) are separate lines (overheads.py).
+
+Peak candidates of one step (iteration >= 2, so optimizer state exists during forward/backward):
+  backward start   static + saved activations + the loss head's transients (fp32 vocab x tokens)
+  top layer bwd    static + saved activations - head + head grads + one layer's backward transient
+  end of backward  static + all grads + the embedding's incoming gradient
+  optimizer step   parameters + grads + optimizer state + the optimizer's temporaries
+Derived from the order in which autograd frees saved tensors; tested against trace.
+"""
+
+from __future__ import annotations
+
+from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
+from perfscale.estimate.knobs import Knobs
+
+# Bytes per weight of a frozen quantized base (QLoRA / weight-only quantization).
+# int8: 1 byte + one fp16 scale per output row (negligible, ignored); int4: 4 bits + an fp16 scale
+# and zero per group of 128 (GPTQ/AWQ default group size); nf4: 4 bits + 8-bit absmax per 64 weights
+# and fp32 second-level scales per 256 blocks (bitsandbytes double quantization; QLoRA paper
+# Dettmers et al. 2023, section 3: 0.127 bits/param of constants).
+QUANT_BYTES = {"none": None, "int8": 1.0, "int4": 0.5 + 4 / 128, "nf4": 0.5 + 0.127 / 8}
+# FSDP / ZeRO-3: unsharded units in flight (the one computing + one prefetched).
+UNITS_IN_FLIGHT = 2
+
+
+def optimizer_bytes(mc: ModelConstants, optimizer: str, state_bytes: int, trainable: float, lora: bool) -> float:
+    """Optimizer state bytes per trainable parameter (excluding fp32 master weights).
+
+    AdamW: m and v (Loshchilov & Hutter 2019; torch keeps them in the parameter dtype);
+    SGD momentum: one buffer; 8-bit AdamW: two uint8 states + one fp32 absmax per 2048-block
+    (Dettmers et al. 2022, blockwise quantization); Adafactor: factored second moment, rows + cols
+    per matrix (Shazeer & Stern 2018), beta1=None (transformers' default, no first moment).
+    """
+    if optimizer in ("adamw", "adamw-fused"):
+        return 2.0 * state_bytes
+    if optimizer == "sgd":
+        return 1.0 * state_bytes
+    if optimizer == "adamw-8bit":
+        return 2.0 + 2 * 4 / 2048
+    if optimizer == "adafactor":
+        if lora or trainable <= 0:
+            return 0.1 * state_bytes  # adapters: r x d matrices, rows + cols ~ (r + d) / (r d)
+        return state_bytes * mc.adafactor_elems / mc.params_total
+    return 2.0 * state_bytes
+
+
+def lora_params(mc: ModelConstants, r: int, targets: tuple[str, ...]) -> float:
+    """Adapter parameters: r x (in + out) per targeted linear per layer (Hu et al. 2021)."""
+    total = 0
+    for name, (n_in, n_out) in mc.lora_dims.items():
+        short = name.split(".")[-1]
+        if name in targets or short in targets or "all-linear" in targets:
+            total += r * (n_in + n_out)
+    return total * mc.layers
+
+
+def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None = None) -> float:
+    """Saved activation bytes per token of one layer, with TP / SP / selective recomputation.
+
+    Korthikanti et al. 2022, section 4.2: TP splits the attention and MLP internals (units q, kv, i,
+    heads, hs) by t; sequence parallelism also splits the LayerNorm/dropout parts (h, one);
+    selective recomputation drops the attention-score terms (hs) and recomputes them.
+    """
+    rep, split, per_s = mc.act[(compute_override or k.precision, k.attn)]
+    t = k.tp
+    if k.selective:
+        per_s = 0.0
+    return (rep / t if k.sequence_parallel else rep) + split / t + per_s * k.seq / t
+
+
+def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
+    """(param, grad, optimizer-state dtype, master-weight bytes, activation precision key, label).
+
+    torch autocast ("-mixed", no ZeRO/FSDP): fp32 params/grads/states, 16-bit casts of the weights
+    saved for backward. DeepSpeed ZeRO with mixed precision: 16-bit params and grads, fp32 master
+    + optimizer states = 12 bytes/param for Adam (Rajbhandari et al. 2020, section 3.1).
+    FSDP2 MixedPrecisionPolicy(param_dtype=16-bit): fp32 sharded params/grads/states, the model
+    runs in 16 bits on the all-gathered copies.
+    """
+    pb, _sb, _cb = PRECISION_BYTES[k.precision]
+    mixed = k.precision.endswith("-mixed")
+    half = k.precision.split("-")[0]
+    if mixed and k.zero:
+        return 2, 2, 4, 4, half, "deepspeed-mixed"
+    if mixed and k.fsdp:
+        return 4, 4, 4, 0, half, "fsdp-mixed"
+    return pb, pb, pb, 0, k.precision, "autocast" if mixed else "plain"
+
+
+def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
+    """Per-device training memory of the worst pipeline stage. Returns plain numbers."""
+    pb, gb, stb, master, act_key, label = regime(k)
+    _p, sb, cb = PRECISION_BYTES[act_key]
+    tp, pp = k.tp, k.pp
+    dp = max(1, world // (tp * pp))
+    shard = k.fsdp if k.fsdp else dp
+    lora = k.lora_r is not None
+    tokens = k.batch * k.seq
+    layers_stage = mc.layers / pp
+    layer_params = mc.params_layer / tp
+    embed, head = mc.params_embed / tp, mc.params_head / tp
+    tied_copy = mc.params_embed / tp if (mc.params_head == 0 and mc.has_lm_head and pp > 1) else 0.0
+
+    best = None
+    for stage in ("first", "last") if pp > 1 else ("only",):
+        first, last = stage in ("first", "only"), stage in ("last", "only")
+        p_dev = layers_stage * layer_params + (embed if first else 0.0) + ((head + tied_copy) if last and pp > 1 else (head if last else 0.0))
+        head_dev = (head if head else (embed if last else 0.0)) if last else 0.0
+        if lora:
+            trainable = lora_params(mc, k.lora_r, k.lora_targets) / pp / tp
+            qb = QUANT_BYTES.get(k.quantization) or pb
+            # Embeddings and the head stay in the 16/32-bit dtype under bitsandbytes quantization.
+            frozen_bytes = (p_dev - (embed if first else 0) - (head_dev if last else 0)) * qb + ((embed if first else 0) + (head_dev if last else 0)) * pb
+            t_pb, t_gb, t_stb = 4, 4, 4  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
+        else:
+            trainable, frozen_bytes = p_dev, 0.0
+            t_pb, t_gb, t_stb = pb, gb, stb
+        opt_per = optimizer_bytes(mc, k.optimizer, t_stb, trainable, lora) + (master if not lora else 0)
+        z = k.zero
+        full_shard = z == 3 or bool(k.fsdp)
+        params = frozen_bytes / (shard if full_shard else 1) + trainable * t_pb / (shard if full_shard else 1)
+        grads = trainable * t_gb / (shard if (z >= 2 or k.fsdp) else 1)
+        opt = trainable * opt_per / (shard if (z >= 1 or k.fsdp) else 1)
+        if k.offload != "none":
+            opt = 0.0  # optimizer states (and fp32 master weights) live in CPU memory
+        if k.offload == "optimizer+params":
+            params = 0.0
+        gather = 0.0
+        if full_shard or k.offload == "optimizer+params":
+            # Unsharded copies of the units in flight, in the compute dtype (FSDP2 all-gather output).
+            unit = layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else t_pb)
+            gather = UNITS_IN_FLIGHT * unit if not lora else UNITS_IN_FLIGHT * layer_params * (QUANT_BYTES.get(k.quantization) or pb)
+        # Activations.
+        inflight = min(pp, k.accum) if first and pp > 1 else 1
+        a_layer = layer_act_bytes(mc, k, act_key)
+        rep_h = sb * mc.h / (tp if k.sequence_parallel else 1)
+        if k.checkpointing:
+            saved = layers_stage * rep_h * tokens * inflight  # each layer keeps its input (Chen et al. 2016)
+            recompute = a_layer * tokens
+        else:
+            saved = layers_stage * a_layer * tokens * inflight
+            recompute = 0.0
+        if label == "autocast":
+            # autocast's 16-bit weight copies are saved for backward (torch autocast cast cache).
+            casts_layers = (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
+            saved += 0.0 if lora else casts_layers * (0 if k.checkpointing else 1)
+            recompute += casts_layers if k.checkpointing and not lora else 0.0
+            if lora:
+                saved += (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
+        saved += mc.rope_per_seq[act_key] * k.seq * (1 if pp == 1 else 1)
+        head_saved = head_trans = 0.0
+        if last and mc.has_lm_head:
+            v = mc.vocab / tp
+            # final norm + fp32 log-softmax output + int64 labels (transformers ForCausalLMLoss upcasts
+            # logits to fp32; cross_entropy = log_softmax + nll_loss saves the log-softmax output)
+            head_saved = (mc.head_rep[act_key] + 4 * v + 8) * tokens
+            if label == "autocast":
+                head_saved += mc.head_matmul / tp * cb
+            # backward start: grad of the log-softmax output and of the fp32 logits; a 16-bit copy
+            # of the latter when the logits were computed in 16 bits.
+            head_trans = (8 * v + (cb * v if cb < 4 else 0) - 8) * tokens
+        layer_trans = tokens * (2 * mc.i * cb + 2 * mc.h * sb) / tp
+        emb_trans = tokens * mc.h * sb if first else 0.0
+        grads_in_static = k.accum > 1
+        static = params + opt + (grads if grads_in_static else 0.0)
+        head_grad = 0.0 if grads_in_static or lora else (head_dev * t_gb / (shard if (z >= 2 or k.fsdp) else 1))
+        cands = {
+            "backward": (static + gather + saved + head_saved + head_trans, saved + head_saved, head_trans),
+            "backward-layers": (static + gather + saved + head_grad + layer_trans + recompute, saved + recompute, layer_trans),
+            "backward-end": (static + gather + (0.0 if grads_in_static else grads) + emb_trans, 0.0, emb_trans),
+        }
+        opt_temp = 0.0
+        if k.offload == "none" and not (z and label == "deepspeed-mixed"):
+            if k.optimizer == "adamw":
+                opt_temp = trainable * t_stb / (shard if (z >= 1 or k.fsdp) else 1)  # foreach: sqrt(v) list
+            elif k.optimizer == "adafactor":
+                big = (mc.largest_matrix if not lora else 0) / tp
+                opt_temp = big * 4 * (2 if t_pb == 4 else 4)  # (grad^2 + eps) and the update, fp32
+        cands["optimizer"] = (params + grads + opt + opt_temp, 0.0, opt_temp)
+        phase = max(cands, key=lambda c: cands[c][0])
+        peak, acts, temps = cands[phase]
+        grads_at = grads if (phase in ("backward-end", "optimizer") or grads_in_static) else (head_grad if phase == "backward-layers" else 0.0)
+        result = {
+            "peak": peak,
+            "phase": "optimizer" if phase == "optimizer" else ("backward" if phase != "forward" else "forward"),
+            "breakdown": {
+                "parameters": params + (gather if phase != "optimizer" else 0.0),
+                "gradients": grads_at,
+                "optimizer_state": opt + (opt_temp if False else 0.0),
+                "activations": acts,
+                "temporaries": temps,
+                "kv_cache": 0.0,
+                "other": 0.0,
+            },
+            "trainable": trainable * (pp * tp),
+            "stage": stage,
+        }
+        if best is None or peak > best["peak"]:
+            best = result
+    return best

@@ -1,0 +1,129 @@
+"""Typed results of the estimate engine: one configuration (Estimate) and a ranked plan (PlanResult)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BREAKDOWN_KEYS = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "kv_cache", "other")
+
+
+@dataclass(frozen=True)
+class Overhead:
+    label: str
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per device. `peak_bytes` = allocated tensor bytes (trace's meaning), overheads NOT included."""
+
+    peak_bytes: int
+    breakdown: dict[str, int]
+    phase: str
+    overheads: tuple[Overhead, ...]
+    capacity_bytes: int
+
+    @property
+    def overhead_bytes(self) -> int:
+        return sum(o.bytes for o in self.overheads)
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak plus the overhead lines: what must fit in the device."""
+        return self.peak_bytes + self.overhead_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.total_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["overheads"] = [asdict(o) for o in self.overheads]
+        data["total_bytes"] = self.total_bytes
+        data["headroom_bytes"] = self.headroom_bytes
+        return data
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Training: one optimizer step. Inference: one generate() call (prefill + new tokens)."""
+
+    step_seconds: float
+    tokens_per_second: float
+    split: dict[str, float]  # compute, exposed_comm, bubble, recompute (training)
+    mfu: float | None
+    efficiency: float
+    native_dtype: bool
+    ttft_seconds: float | None = None
+    per_token_seconds: float | None = None
+    train_seconds: float | None = None  # time to train on the token budget, when given
+    cost: float | None = None  # device-hours x price, when given
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Memory and time of one configuration on one topology."""
+
+    model: str
+    topology: str
+    world_size: int
+    knobs: dict[str, Any]
+    memory: MemoryEstimate
+    time: TimeEstimate
+    fits: bool
+    binding: str  # memory | compute | communication | bubble | bandwidth
+    data_parallel: int
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "topology": self.topology,
+            "world_size": self.world_size,
+            "data_parallel": self.data_parallel,
+            "knobs": self.knobs,
+            "memory": self.memory.to_dict(),
+            "time": self.time.to_dict(),
+            "fits": self.fits,
+            "binding": self.binding,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A ranked search: the top configurations that fit, and why."""
+
+    model: str
+    topology: str
+    hardware_detected: bool  # True when --hardware was omitted and this machine was used
+    mode: str
+    objective: str
+    evaluated: int
+    feasible: int
+    seconds: float
+    open_knobs: tuple[str, ...]
+    configs: tuple[Estimate, ...]
+    advice: tuple[str, ...]
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. largest batch / longest context
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "topology": self.topology,
+            "hardware_detected": self.hardware_detected,
+            "mode": self.mode,
+            "objective": self.objective,
+            "evaluated": self.evaluated,
+            "feasible": self.feasible,
+            "seconds": self.seconds,
+            "open_knobs": list(self.open_knobs),
+            "configs": [c.to_dict() for c in self.configs],
+            "advice": list(self.advice),
+            "extras": self.extras,
+        }

@@ -1,0 +1,152 @@
+"""Step time: FLOPs from the architecture, compute at peak x efficiency, communication, bubble.
+
+FLOPs per token, forward: 2 x (matmul weights a token passes through, incl. the LM head) +
+attention 2 x 2 x s x (heads x head_dim) per layer (QK^T and PV; no causal discount, the
+convention of Narayanan et al. 2021 eq. 3 and PaLM's MFU, Chowdhery et al. 2022 appendix B).
+Training = 3 x forward (backward = 2 x forward; Kaplan et al. 2020 "6N"); full recomputation adds
+one forward (hardware FLOPs, not model FLOPs: MFU counts 3 x forward). A frozen (LoRA) base skips
+its weight gradients: 2 x forward.
+
+Communication (ring collectives, Thakur et al. 2005; bytes per device per direction):
+  all-reduce 2(n-1)/n x bytes, all-gather and reduce-scatter (n-1)/n x bytes each.
+  DDP / ZeRO-1: one gradient all-reduce per step (no_sync during accumulation);
+  ZeRO-2: reduce-scatter per micro-step + parameter all-gather per step;
+  ZeRO-3 / FSDP: all-gather (forward) + all-gather (backward) + reduce-scatter per micro-step
+  (Rajbhandari et al. 2020 section 7: 1.5x DDP volume);
+  TP: 2 all-reduces of b x s x h forward + 2 backward per layer (Shoeybi et al. 2019), +2 when the
+  forward is recomputed; PP: one activation send + one gradient send per micro-batch per stage.
+Overlap rules (stated, not measured): data-parallel gradient traffic overlaps the backward compute,
+ZeRO-3/FSDP forward all-gathers overlap the forward compute (prefetch); TP and PP traffic is on the
+critical path. Pipeline bubble: (p-1)/(m+p-1) of the step (GPipe / 1F1B, Narayanan et al. 2021).
+Groups: TP innermost, then PP, then DP; a group uses NVLink-class bandwidth while it fits in a node,
+else the inter-node bandwidth (per device).
+"""
+
+from __future__ import annotations
+
+from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
+from perfscale.estimate.knobs import Knobs
+
+# Fraction of the dense peak that end-to-end training reaches (MFU-like). Named, overridable
+# (`efficiency=`). GPU 0.45: the middle of published large-model MFU, 38-43% Llama 3 405B on
+# H100 (Dubey et al. 2024, Table 4), 46% Megatron-LM GPT-3 175B on A100 (Korthikanti et al. 2022
+# Table 5 MFU), 52% Megatron 1T (Narayanan et al. 2021). CPU 0.25: measured here (benchmarks/LOG.md).
+DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.25}
+# Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).
+BANDWIDTH_EFFICIENCY = 0.8
+# Achieved fraction of link bandwidth for large collectives (NCCL bus bandwidth vs link peak).
+LINK_EFFICIENCY = 0.8
+# Without native support (no peak for the dtype): emulated; FIELD-NOTES measured bf16 autocast
+# training ~20x slower than fp32 on an AVX2-only CPU.
+EMULATION_PENALTY = 0.05
+
+
+def flops_per_token(mc: ModelConstants, seq: float) -> float:
+    """Forward FLOPs per token at context length `seq`."""
+    matmul = mc.layers * mc.matmul_layer_active + mc.head_matmul
+    return 2.0 * matmul + 4.0 * seq * mc.q * mc.layers
+
+
+def effective_peak(hw, precision: str, efficiency: float | None) -> tuple[float, float, bool]:
+    """(peak FLOP/s for the precision's matmul dtype, efficiency, native?)."""
+    dtype = PEAK_DTYPE[precision]
+    peak = hw.peak(dtype)
+    eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY.get(hw.kind, 0.45)
+    if peak:
+        return peak, eff, True
+    base = hw.peak("fp32") or hw.peak("bf16") or 1e12
+    return base * EMULATION_PENALTY, eff, False
+
+
+def _bw(hw, spans_nodes: bool) -> float:
+    link = hw.inter_node if spans_nodes else hw.intra_node
+    return (link.bandwidth.value or hw.memory_bandwidth.value or 1e9) * LINK_EFFICIENCY
+
+
+def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None,
+               trainable: float) -> dict:
+    """`trainable`: trainable parameters of the whole model (gradients that data parallelism syncs)."""
+    world = nodes * per_node
+    tp, pp = k.tp, k.pp
+    dp = max(1, world // (tp * pp))
+    peak, eff, native = effective_peak(hw, k.precision, efficiency)
+    rate = peak * eff
+    fwd = flops_per_token(mc, k.seq)
+    tokens_replica = k.batch * k.seq * k.accum
+    backward_factor = 1.0 if k.lora_r is not None else 2.0
+    compute = tokens_replica * fwd * (1 + backward_factor) / (tp * pp) / rate
+    recompute = tokens_replica * fwd / (tp * pp) / rate if k.checkpointing else 0.0
+    if k.selective and not k.checkpointing:
+        recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / (tp * pp) / rate
+    cb = PRECISION_BYTES[k.precision][2]
+    # Data-parallel traffic: gradients of the trainable parameters on this device.
+    gbytes = trainable / (tp * pp) * (2 if k.precision != "fp32" and k.lora_r is None else 4)
+    dp_bw = _bw(hw, nodes > 1 and dp > 1)
+    ring = (dp - 1) / dp if dp > 1 else 0.0
+    shard_full = k.zero == 3 or bool(k.fsdp)
+    if shard_full:
+        dp_comm = 3 * ring * gbytes * k.accum / dp_bw
+        overlappable = compute  # forward gathers overlap forward, the rest overlaps backward
+    elif k.zero == 2:
+        dp_comm = ring * gbytes * (k.accum + 1) / dp_bw
+        overlappable = compute * 2 / 3
+    else:
+        dp_comm = 2 * ring * gbytes / dp_bw
+        overlappable = compute * 2 / 3 / k.accum  # the last micro-step's backward
+    exposed = max(0.0, dp_comm - overlappable)
+    tp_comm = 0.0
+    if tp > 1:
+        tp_bw = _bw(hw, tp > per_node)
+        n_ar = 4 + (2 if k.checkpointing else 0)
+        tp_comm = n_ar * (mc.layers / pp) * 2 * (tp - 1) / tp * k.batch * k.seq * mc.h * cb * k.accum / tp_bw
+    pp_comm = bubble = 0.0
+    if pp > 1:
+        pp_bw = _bw(hw, tp * pp > per_node)
+        pp_comm = 2 * k.accum * k.batch * k.seq * mc.h * cb / tp / pp_bw
+        bubble = (compute + recompute + tp_comm) * (pp - 1) / k.accum  # = (p-1)/(m+p-1) of the step
+    exposed += tp_comm + pp_comm
+    step = compute + recompute + exposed + bubble
+    tokens_global = tokens_replica * dp
+    tps = tokens_global / step if step > 0 else 0.0
+    model_flops = 3 * fwd * tps
+    mfu = model_flops / (world * hw.peak(PEAK_DTYPE[k.precision])) if native and hw.peak(PEAK_DTYPE[k.precision]) else None
+    return {
+        "step": step,
+        "split": {"compute": compute, "exposed_comm": exposed, "bubble": bubble, "recompute": recompute},
+        "comm_total": dp_comm + tp_comm + pp_comm,
+        "tokens_per_second": tps,
+        "mfu": mfu,
+        "efficiency": eff,
+        "native": native,
+        "flops_per_token": fwd * 3,
+    }
+
+
+def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: float, efficiency: float | None) -> dict:
+    """TTFT = prefill FLOPs at peak x efficiency; each decode step reads the weights and the KV
+    cache once: max(bytes / (bandwidth x 0.8), FLOPs / (peak x efficiency)) (roofline, Williams et
+    al. 2009; decode memory-bound, Pope et al. 2022). TP adds 2 all-reduces per layer per token."""
+    peak, eff, native = effective_peak(hw, k.precision, efficiency)
+    rate = peak * eff / k.tp
+    prefill = k.batch * k.prompt * flops_per_token(mc, k.prompt / 2) / rate
+    bw = (hw.memory_bandwidth.value or 1e11) * BANDWIDTH_EFFICIENCY
+    avg_ctx = k.prompt + k.new_tokens / 2
+    read = weights + kv_per_token * avg_ctx * k.batch
+    decode_mem = read / bw
+    decode_flops = k.batch * flops_per_token(mc, avg_ctx) / rate
+    tp_lat = 0.0
+    if k.tp > 1:
+        cb = PRECISION_BYTES[k.precision][2]
+        tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / _bw(hw, False) + 10e-6)  # + ~10 us latency each
+        prefill += 2 * mc.layers * 2 * k.batch * k.prompt * mc.h * cb / _bw(hw, False)
+    per_token = max(decode_mem, decode_flops) + tp_lat
+    total = prefill + per_token * k.new_tokens
+    return {
+        "ttft": prefill,
+        "per_token": per_token,
+        "total": total,
+        "bound": "bandwidth" if decode_mem >= decode_flops else "compute",
+        "tokens_per_second": k.batch * k.new_tokens / total if total > 0 and k.new_tokens else k.batch * k.prompt / total if total else 0.0,
+        "native": native,
+        "efficiency": eff,
+    }
