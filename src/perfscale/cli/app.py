@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from perfscale.errors import PerfscaleError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: typer returns (not raises) the code of typer.Exit(code) and of Ctrl-C.
+        code = app(args=argv, standalone_mode=False)
     except PerfscaleError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         typer.echo(f"internal error: {type(exc).__name__}: {exc}. Please report it with the command you ran.", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

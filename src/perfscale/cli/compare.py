@@ -80,9 +80,8 @@ def compare(
         console.print(compare_table(doc))
         for line in compare_verdicts(doc):
             console.print(line)
-        if doc["interrupted"]:
-            console.print("[yellow]Interrupted: the runs above finished and are stored; the rest did not run.[/]")
 
     emit(doc, as_json, render)
-    if result.interrupted:
+    if result.interrupted:  # after printing what finished
+        typer.echo("Interrupted: the finished runs are stored; the rest did not run.", err=True)
         raise typer.Exit(130)
