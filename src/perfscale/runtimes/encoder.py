@@ -29,6 +29,7 @@ from perfscale.runtimes.source import EncoderSource, resolve_encoder
 BACKENDS = ("eager", "compile", "onnxruntime")
 QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
 PRECISIONS = ("fp32", "bf16")
+ENGINES = ("perfscale", "sentence-transformers")
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,18 @@ class EncoderSettings:
     """Truncate sentences to this many tokens; None: the model's own maximum (256 for MiniLM)."""
     opset: int = 18
     """ONNX opset for export (onnxruntime backend)."""
+    engine: str = "perfscale"
+    """perfscale | sentence-transformers: the latter is the baseline a user has today,
+    `SentenceTransformer(folder).encode(sentences)` with its defaults (backend eager, fp32 only)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.engine not in ENGINES:
+            raise choice_error("encoder engine", self.engine, ENGINES, "")
+        if self.engine == "sentence-transformers" and (
+            self.backend != "eager" or self.quantization != "none" or self.precision != "fp32"
+        ):
+            problems.append("engine 'sentence-transformers' is the plain baseline: backend eager, fp32, no quantization")
         if self.backend not in BACKENDS:
             raise choice_error("encoder backend", self.backend, BACKENDS, "See `perfscale tune --infer --help`.")
         if self.quantization not in QUANTIZATIONS:
@@ -100,6 +110,8 @@ class EncoderSettings:
 
     def label(self) -> str:
         """Short human name, e.g. 'onnxruntime+fusions int8-per-channel b64 t2'."""
+        if self.engine == "sentence-transformers":
+            return "sentence-transformers" + (f" b{self.batch_size}" if self.batch_size != 32 else "") + (f" t{self.threads}" if self.threads else "")
         parts = [self.backend + ("+fusions" if self.fusions else "")]
         if self.quantization != "none":
             parts.append(self.quantization)
@@ -139,6 +151,8 @@ class Encoder:
         sentences = list(sentences)
         if not sentences:
             return np.zeros((0, self.source.hidden_size), dtype=np.float32)
+        if getattr(self._run_batch, "whole_list", False):
+            return self._run_batch(sentences)
         tokens = self.tokenizer(sentences, truncation=True, max_length=self.max_length, padding=False)
         ids = tokens["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if self.settings.sort_by_length else list(range(len(ids)))
@@ -219,13 +233,13 @@ def load_tokenizer(source: EncoderSource):
         ) from exc
 
 
-def load_torch_model(source: EncoderSource):
+def load_torch_model(source: EncoderSource, attn: str | None = None):
     from transformers import AutoModel
 
     from perfscale.errors import UnsupportedModelError
 
     try:
-        model = AutoModel.from_pretrained(source.path, dtype="float32")
+        model = AutoModel.from_pretrained(source.path, dtype="float32", attn_implementation=attn)
     except Exception as exc:
         raise UnsupportedModelError(f"Cannot load {source.name!r} from {source.path} with transformers AutoModel: {exc}.") from exc
     return model.eval()
@@ -278,6 +292,24 @@ def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cac
     return run
 
 
+def _sentence_transformers_runner(source: EncoderSource, settings: EncoderSettings):
+    """The baseline: SentenceTransformer(folder).encode(sentences), its defaults (batch 32, sorted by characters)."""
+    from perfscale.errors import UnsupportedModelError
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise UnsupportedModelError("The sentence-transformers baseline needs: pip install sentence-transformers (or perfscale[infer]).") from exc
+    model = SentenceTransformer(source.path, device="cpu")
+
+    def run(sentences: list[str]) -> np.ndarray:
+        with torch_threads(settings.threads):
+            return np.asarray(model.encode(sentences, batch_size=settings.batch_size, show_progress_bar=False), dtype=np.float32)
+
+    run.whole_list = True  # type: ignore[attr-defined]
+    return run
+
+
 def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSettings | None = None, cache_dir=None) -> Encoder:
     """An encoder ready to `encode(list[str])`.
 
@@ -287,7 +319,9 @@ def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSetting
     settings = settings or EncoderSettings()
     source = model if isinstance(model, EncoderSource) else resolve_encoder(model)
     tokenizer = load_tokenizer(source)
-    if settings.backend == "onnxruntime":
+    if settings.engine == "sentence-transformers":
+        run = _sentence_transformers_runner(source, settings)
+    elif settings.backend == "onnxruntime":
         run = _ort_runner(source, settings, tokenizer, cache_dir)
     else:
         run = _torch_runner(source, settings)

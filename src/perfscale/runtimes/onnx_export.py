@@ -42,7 +42,7 @@ def model_cache_dir(source, opset: int, cache_dir=None) -> Path:
 
     key = json.dumps(
         {"path": source.path, "weights": source.weights_fingerprint(), "opset": opset, "torch": torch.__version__,
-         "onnxruntime": onnxruntime.__version__, "format": 1},
+         "onnxruntime": onnxruntime.__version__, "format": 2},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -87,7 +87,12 @@ def _export(source, names: list[str], opset: int, path: Path) -> None:
 
     from perfscale.runtimes.encoder import load_torch_model
 
-    model = load_torch_model(source)
+    # Eager attention exports as MatMul-Softmax-MatMul, the pattern ORT's attention fusion knows;
+    # the SDPA path does not fuse (0 Attention nodes fused, measured here).
+    try:
+        model = load_torch_model(source, attn="eager")
+    except UnsupportedModelError:
+        model = load_torch_model(source)
 
     class Positional(torch.nn.Module):
         """Positional arguments in `names` order: the exporter binds input names by position."""

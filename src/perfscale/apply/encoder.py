@@ -1,0 +1,33 @@
+"""`perfscale.apply.encoder(result)`: the tuned encoder, ready to `encode(list[str])`.
+
+Exported ONNX and quantized files are reused from the cache the tuner filled (keyed by model,
+opset, settings and library versions: perfscale.runtimes.onnx_export), or made once if missing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from perfscale.errors import InvalidConfigError
+
+
+def encoder(result: Any, *, model: str | None = None, cache_dir: str | os.PathLike | None = None, **overrides: Any):
+    """An Encoder for the winner of `perfscale tune --infer`.
+
+    `result`: the EncoderTuneResult, the dict parsed from `perfscale tune --infer --json`, or the path
+    of a result saved with `--save`. `model` overrides where the model is loaded from (e.g. the same
+    model in another folder); `overrides` change single settings (e.g. threads=4).
+    """
+    from perfscale.runtimes.encoder import EncoderSettings, load_encoder
+    from perfscale.tune.infer import load_result
+
+    tuned = load_result(result)
+    settings = dict(tuned.winner_settings)
+    settings.update(overrides)
+    try:
+        es = EncoderSettings.from_dict(settings)
+    except TypeError as exc:
+        raise InvalidConfigError(f"The tune result holds settings this perfscale does not know: {exc}. Re-run the tuner.") from exc
+    where = model or (tuned.model if tuned.model == "minilm" else tuned.model_path)
+    return load_encoder(where, es, cache_dir=cache_dir)
