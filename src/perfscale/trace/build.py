@@ -1,0 +1,177 @@
+"""Build the real transformers model with fake weights: no memory, any size, any dtype.
+
+The model is built on the meta device in the target dtype (weights tied the way `from_pretrained`
+ties them, LoRA adapters added by peft there), then every meta parameter and buffer is replaced by
+a fake tensor of the same shape and dtype on the trace device, shared parameters kept shared.
+Why meta-then-fake (FIELD-NOTES): `.to(dtype)` fails on fake-built models and peft moves adapters
+with `.to`, so nothing may be moved after the fake tensors exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any
+
+from perfscale.config.run_config import RunConfig
+from perfscale.errors import InvalidConfigError, UnsupportedModelError
+from perfscale.specs.model import ModelSpec
+
+# Training precision -> dtype of the stored weights (mixed keeps fp32 master weights).
+WEIGHT_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-mixed": "float32", "fp16-mixed": "float32"}
+AUTOCAST_DTYPE = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16"}
+# Config fields that list one entry per layer and must be cut when tracing fewer layers.
+_PER_LAYER_LISTS = ("layer_types", "block_types", "attention_types_per_layer")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def layer_count_key(config_obj: Any) -> str | None:
+    """The config attribute holding the repeated-layer count (None: no single stack to repeat)."""
+    if getattr(config_obj, "is_encoder_decoder", False):
+        return None
+    return "num_hidden_layers" if hasattr(config_obj, "num_hidden_layers") else None
+
+
+def layers_identical(config_obj: Any) -> bool:
+    """Whether every layer of the stack runs the same code on the same shapes (repeat.py's premise)."""
+    for name in _PER_LAYER_LISTS:
+        values = getattr(config_obj, name, None)
+        if isinstance(values, (list, tuple)) and len(set(map(str, values))) > 1:
+            return False
+    return True
+
+
+def make_config(spec: ModelSpec, config: RunConfig, num_layers: int | None = None):
+    """The transformers config for this run, optionally cut to `num_layers` repeated layers."""
+    cfg = spec.config_object()
+    cfg._attn_implementation = config.attn
+    if hasattr(cfg, "use_cache"):
+        cfg.use_cache = not config.is_train
+    if num_layers is not None:
+        key = layer_count_key(cfg)
+        if key is None:
+            raise UnsupportedModelError(f"{spec.name}: no single repeated layer stack to cut.")
+        full = getattr(cfg, key)
+        setattr(cfg, key, num_layers)
+        for name in _PER_LAYER_LISTS:
+            values = getattr(cfg, name, None)
+            if isinstance(values, list) and len(values) == full:
+                setattr(cfg, name, values[:num_layers])
+    return cfg
+
+
+def decoder_layers(model: Any) -> list:
+    """The repeated blocks: the longest ModuleList of identically-typed modules."""
+    import torch
+
+    best: list = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            if len({type(m) for m in module}) == 1 and len(list(module[0].parameters())) > 0:
+                best = list(module)
+    return best
+
+
+def _leaf_linear_names(model: Any) -> list[str]:
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear,)) or type(module).__name__ in ("Conv1D",):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _apply_lora(model: Any, config: RunConfig, spec: ModelSpec):
+    from peft import LoraConfig, get_peft_model
+
+    available = _leaf_linear_names(model)
+    targets = list(config.lora_targets)
+    if targets:
+        missing = [t for t in targets if not any(re.fullmatch(rf"(.*\.)?{re.escape(t)}", n) for n, _ in model.named_modules())]
+        if missing:
+            raise InvalidConfigError(
+                f"LoRA targets {', '.join(missing)} match no module of {spec.name}. Linear modules there: "
+                f"{', '.join(available)}. Pass --lora-targets with some of these."
+            )
+    lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, target_modules=targets or None)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:  # peft has no default targets for this model type
+        raise InvalidConfigError(
+            f"LoRA on {spec.name}: {exc}. Name the target modules with --lora-targets (Linear modules: "
+            f"{', '.join(available)})."
+        ) from exc
+
+
+def build_meta(spec: ModelSpec, config: RunConfig, num_layers: int | None = None):
+    """The real model on the meta device: weights in the run's dtype, tied, LoRA applied, mode set."""
+    import torch
+
+    from perfscale.specs.param_count import model_class
+
+    cfg = make_config(spec, config, num_layers)
+    dtype = torch_dtype(WEIGHT_DTYPE[config.precision] if config.is_train else {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.precision])
+    cls = model_class(cfg, spec.architecture)
+    with torch.device("meta"):
+        model = cls._from_config(cfg, dtype=dtype, attn_implementation=config.attn)
+    model.tie_weights()
+    if config.is_train:
+        if config.lora:
+            model = _apply_lora(model, config, spec)
+        if config.checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", True):
+                raise InvalidConfigError(f"{spec.name} does not support gradient checkpointing: drop --checkpointing.")
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        model.train()
+    else:
+        model.eval()
+    return model
+
+
+def materialize_fake(model: Any, fake_mode: Any, device: str) -> None:
+    """Replace every meta parameter/buffer by a fake tensor on `device` (same shape, dtype, sharing)."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    with fake_mode:
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                if id(param) not in memo:
+                    data = torch.empty(param.shape, dtype=param.dtype, device=device)
+                    memo[id(param)] = torch.nn.Parameter(data, requires_grad=param.requires_grad)
+                module._parameters[name] = memo[id(param)]
+            for name, buf in list(module._buffers.items()):
+                if buf is None:
+                    continue
+                if id(buf) not in memo:
+                    memo[id(buf)] = torch.empty(buf.shape, dtype=buf.dtype, device=device)
+                module._buffers[name] = memo[id(buf)]
+
+
+@contextlib.contextmanager
+def fake_mode_for(device: str):
+    """A FakeTensorMode whose default device is `device` (tensors created in forward land there)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    with mode, torch.device(device):
+        yield mode
+
+
+def build_fake(spec: ModelSpec, config: RunConfig, fake_mode: Any, device: str, num_layers: int | None = None):
+    model = build_meta(spec, config, num_layers)
+    materialize_fake(model, fake_mode, device)
+    return model
+
+
+__all__ = ["AUTOCAST_DTYPE", "WEIGHT_DTYPE", "build_fake", "build_meta", "decoder_layers", "fake_mode_for", "layers_identical", "make_config"]

@@ -1,0 +1,97 @@
+"""Per-rank memory of FSDP2 (`fully_shard`) at world size N, traced in one process.
+
+A fake process group (torch.testing's FakeStore, backend "fake") lets `fully_shard` shard over N
+ranks while only rank 0 runs; collectives return fake tensors of the right size. Each repeated
+layer is its own FSDP unit (the usual auto-wrap), the root holds embeddings and head.
+Mixed precision follows accelerate's FSDP2 setup: `MixedPrecisionPolicy(param_dtype=16-bit,
+reduce_dtype=fp32)` plus autocast. `FSDPMemTracker` categorises sharded/unsharded parameters and
+gradients and the all-gather / reduce-scatter buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from perfscale.config.run_config import RunConfig
+from perfscale.errors import InvalidConfigError
+from perfscale.specs.model import ModelSpec
+from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, torch_dtype
+from perfscale.trace.result import RawTrace
+from perfscale.trace.train_step import (
+    check_train_config,
+    make_inputs,
+    make_optimizer,
+    regions_of,
+    run_step_loop,
+    unsupported,
+)
+
+MAX_WORLD = 64
+
+
+@contextlib.contextmanager
+def fake_process_group(world_size: int):
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise InvalidConfigError("trace --fsdp needs its own fake process group, but torch.distributed is already initialised in this process.")
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def trace_fsdp(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from perfscale.trace.tracker import region_fsdp_tracker
+
+    check_train_config(config)
+    n = config.fsdp
+    if not 1 <= n <= MAX_WORLD:
+        raise InvalidConfigError(f"fsdp {n}: trace covers FSDP world sizes 1..{MAX_WORLD}; use `perfscale plan` beyond.")
+    if config.lora:
+        raise InvalidConfigError("LoRA with --fsdp is not traced (frozen sharded bases); trace LoRA on one device or use `perfscale plan`.")
+    with fake_process_group(n):
+        mesh = init_device_mesh(device, (n,))  # outside the fake mode: it reads real rank tensors
+        return _trace_sharded(spec, config, device, emulation, num_layers, mesh)
+
+
+def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers, mesh) -> RawTrace:
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from perfscale.trace.tracker import region_fsdp_tracker
+
+    n = config.fsdp
+    wl = config.workload
+    with fake_mode_for(device) as fake_mode:
+        model = build_fake(spec, config, fake_mode, device, num_layers)
+        layers = decoder_layers(model)
+        mp = MixedPrecisionPolicy()
+        if config.precision in AUTOCAST_DTYPE:
+            mp = MixedPrecisionPolicy(param_dtype=torch_dtype(AUTOCAST_DTYPE[config.precision]), reduce_dtype=torch.float32)
+        for layer in layers:
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(config.optimizer, params, spec.name)
+        inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
+        tracker = region_fsdp_tracker(model, opt, layers)
+        tracker.track_inputs(tuple(inputs.values()))
+        try:
+            with emulation(), tracker:
+                run_step_loop(model, opt, inputs, tracker, config, device)
+        except (torch._subclasses.fake_tensor.DataDependentOutputException,
+                torch._subclasses.fake_tensor.DynamicOutputShapeException) as exc:
+            raise unsupported(spec, exc) from exc
+    raw = RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
+    raw.notes.append(f"FSDP2 fully_shard per layer + root, world size {n}, fake process group; per-rank bytes")
+    return raw
+
+
+__all__ = ["MAX_WORLD", "fake_process_group", "trace_fsdp"]

@@ -1,0 +1,169 @@
+"""Trace training steps: forward, backward, optimizer step, on fake tensors, >= 2 iterations.
+
+Iteration 1 creates the optimizer state; iteration 2 runs forward and backward with it alive,
+which is where a real run peaks. With gradient accumulation each iteration runs `grad_accum`
+micro-steps whose gradients persist between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any
+
+from perfscale.config.run_config import RunConfig
+from perfscale.errors import InvalidConfigError, UnsupportedModelError
+from perfscale.specs.model import ModelSpec
+from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, torch_dtype
+from perfscale.trace.result import RawTrace
+from perfscale.trace.tracker import RegionMemTracker, to_breakdown
+
+ITERATIONS = 2
+
+
+def check_train_config(config: RunConfig) -> None:
+    """Knob combinations the trace cannot run, with the reason and what to do instead."""
+    if config.optimizer == "adafactor" and config.lora:
+        raise InvalidConfigError(
+            "optimizer 'adafactor' with LoRA (a frozen base model): Adafactor's factored second moments only "
+            "apply to the full weight matrices, which LoRA freezes; use optimizer adamw (adapters are small)."
+        )
+    if config.optimizer == "adamw-8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise InvalidConfigError(
+                "optimizer 'adamw-8bit' needs bitsandbytes, which is not importable here "
+                f"({exc}). Install it (pip install bitsandbytes) or choose adamw / adamw-fused / sgd / adafactor."
+            ) from exc
+    if config.quantization != "none":
+        raise InvalidConfigError(
+            f"quantization {config.quantization!r}: the trace engine builds fake weights and cannot run "
+            "bitsandbytes kernels; use `perfscale plan` (estimate engine) for QLoRA."
+        )
+    for name, value in (("tp", config.tp), ("pp", config.pp)):
+        if value != 1:
+            raise InvalidConfigError(f"{name}={value}: trace covers one device and FSDP (--fsdp); use `perfscale plan` for tensor/pipeline parallel.")
+    if config.zero:
+        raise InvalidConfigError("zero stages are traced as FSDP full shard: use --fsdp N instead of --zero, or `perfscale plan`.")
+    if config.offload != "none":
+        raise InvalidConfigError("offload: the trace engine tracks device memory without CPU offload; use `perfscale plan`.")
+
+
+def make_optimizer(name: str, params: list, model_name: str):
+    """The optimizer as a CUDA run constructs it (foreach, the CUDA default, stated explicitly)."""
+    import torch
+
+    if not params:
+        raise InvalidConfigError(f"{model_name}: no trainable parameters (everything is frozen), so {name!r} has nothing to update.")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    if name == "adamw-fused":
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=1e-3, foreach=True)
+    if name == "adamw-8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    raise InvalidConfigError(f"optimizer {name!r} is not traced.")
+
+
+def _forward_target(model: Any):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base
+
+
+def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) -> dict[str, Any]:
+    import torch
+
+    ids = torch.randint(0, spec.vocab_size, (batch, seq), device=device)
+    params = inspect.signature(_forward_target(model).forward).parameters
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if "labels" in params:
+        inputs["labels"] = ids
+    return inputs
+
+
+def loss_of(model: Any, inputs: dict[str, Any]):
+    out = model(**inputs)
+    loss = getattr(out, "loss", None)
+    if loss is None:  # a base model without a head: a scalar of its first output
+        loss = out[0].mean()
+    return loss
+
+
+class _NoHandle:
+    def remove(self) -> None:
+        pass
+
+
+def skip_frozen(tracker: Any, model: Any) -> None:
+    """MemTracker hooks every parameter; frozen ones (a LoRA base) refuse hooks."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            tracker._param_to_grad_hook_handles[p] = (_NoHandle(), _NoHandle())
+
+
+def autocast_context(config: RunConfig, device: str):
+    import torch
+
+    if config.precision not in AUTOCAST_DTYPE:
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch_dtype(AUTOCAST_DTYPE[config.precision]))
+
+
+def run_step_loop(model, opt, inputs, tracker, config: RunConfig, device: str) -> None:
+    accum = config.workload.grad_accum
+    for it in range(ITERATIONS):
+        for micro in range(accum):
+            tracker.step = f"iter{it}/micro{micro}"
+            if it or micro:
+                tracker.reset_mod_stats()
+            with autocast_context(config, device):
+                loss = loss_of(model, inputs)
+            (loss / accum if accum > 1 else loss).backward()
+            del loss
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def regions_of(tracker: Any) -> dict[tuple, tuple[int, dict[str, int]]]:
+    return {key: (total, to_breakdown(snap)) for key, (total, snap) in tracker.regions.items()}
+
+
+def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
+    """One traced run of ITERATIONS optimizer steps. `emulation` is a context manager factory."""
+    import torch
+
+    check_train_config(config)
+    wl = config.workload
+    with fake_mode_for(device) as fake_mode:
+        model = build_fake(spec, config, fake_mode, device, num_layers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(config.optimizer, params, spec.name)
+        inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
+        tracker = RegionMemTracker(model, decoder_layers(model))
+        skip_frozen(tracker, model)
+        tracker.track_external(model, opt, *inputs.values())
+        try:
+            with emulation(), tracker:
+                run_step_loop(model, opt, inputs, tracker, config, device)
+        except torch._subclasses.fake_tensor.DataDependentOutputException as exc:
+            raise unsupported(spec, exc) from exc
+        except torch._subclasses.fake_tensor.DynamicOutputShapeException as exc:
+            raise unsupported(spec, exc) from exc
+    return RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
+
+
+def unsupported(spec: ModelSpec, exc: Exception) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{spec.name} ({spec.architecture}) cannot run under fake tensors: its code needs tensor values "
+        f"(data-dependent shapes or control flow, e.g. MoE routing): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}. "
+        "Use the estimate engine instead: `perfscale plan` with the same flags."
+    )
+
+
+__all__ = ["ITERATIONS", "check_train_config", "make_optimizer", "trace_train", "unsupported"]
