@@ -12,6 +12,8 @@ import typer
 from perfscale import __version__
 from perfscale.cli import hardware, models
 from perfscale.cli import bench, compare, results
+from perfscale.cli import tune
+from perfscale.cli import trace
 
 app = typer.Typer(
     name="perfscale",
@@ -25,6 +27,8 @@ app.add_typer(hardware.app, name="hardware")
 app.command("bench")(bench.bench)
 app.command("compare")(compare.compare)
 app.command("results")(results.results)
+app.command("tune")(tune.tune)
+app.command("trace")(trace.trace)
 
 
 def _version(value: bool) -> None:

@@ -284,7 +284,9 @@ def tune_encoder(
             variants.append(v)
             continue
         run(v)
-    passing = [v for v in variants if v.status == "ok" and v.stage != "baseline"]
+    passing = [v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")]
+    if not passing:
+        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment)
     best = max(passing, key=lambda v: v.screen_rate or 0.0)
     for stage, overrides in _knob_stages(best.settings, quick, cores):
         for override in overrides:
@@ -293,7 +295,7 @@ def tune_encoder(
             if v.status == "ok" and (v.screen_rate or 0) > (best.screen_rate or 0) * 1.02:
                 best = v
     # Finalists: the best, then the fastest passing variants of other runtimes.
-    ranked = sorted((v for v in variants if v.status == "ok" and v.stage != "baseline"), key=lambda v: -(v.screen_rate or 0))
+    ranked = sorted((v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")), key=lambda v: -(v.screen_rate or 0))
     chosen = [best] + [v for v in ranked if v is not best]
     finals: list[Variant] = []
     for v in chosen:
@@ -317,6 +319,19 @@ def tune_encoder(
         measurement=measurement, environment=collect_environment("cpu"), notes=notes,
         elapsed_s=time.perf_counter() - started,
     )
+
+def _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment) -> EncoderTuneResult:
+    """No variant passed the gate (or ran): the baseline stays, and each variant says why it lost."""
+    baseline = variants[0]
+    why = "; ".join(f"{v.label}: {v.status} ({v.reason})" for v in variants if v.stage not in ("baseline", "reference"))
+    return EncoderTuneResult(
+        model=source.name, model_path=source.path, gate=thresholds.to_dict(), corpus_sentences=len(corpus), variants=variants,
+        winner=baseline.label, winner_settings=baseline.settings, speedup=None,
+        verdict=f"no variant passed the accuracy gate and ran: keep the baseline. {why}",
+        measurement={"method": "none: nothing to measure against the baseline", "repeats": 0, "sentences_per_iteration": 0},
+        environment=collect_environment("cpu"), notes=notes, elapsed_s=time.perf_counter() - started,
+    )
+
 
 def _decide(baseline: Variant, finals: list[Variant]):
     """The finalist with the highest measured speed-up, if significantly faster than the baseline."""

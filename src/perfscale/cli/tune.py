@@ -1,0 +1,115 @@
+"""`perfscale tune --infer`: the fastest accuracy-gated way to run a model on this CPU.
+
+Plain `perfscale tune` (training) is issue 6: `_tune_training` is the place it plugs in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from perfscale.cli import knobs
+from perfscale.errors import InvalidConfigError
+from perfscale.report.emit import emit
+
+_DECODER_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def model_kind(model: str) -> str:
+    """encoder | decoder: local folders by their config's architectures, catalogue names are LMs except minilm."""
+    from perfscale.runtimes.source import _MINILM_NAMES
+
+    if model.lower() in _MINILM_NAMES:
+        return "encoder"
+    path = Path(model).expanduser()
+    config = path / "config.json" if path.is_dir() else None
+    if config is not None and config.is_file():
+        try:
+            arch = json.loads(config.read_text()).get("architectures") or []
+        except (OSError, json.JSONDecodeError):
+            arch = []
+        return "decoder" if any(str(a).endswith(_DECODER_ARCH_SUFFIXES) for a in arch) else "encoder"
+    return "decoder" if not path.exists() else "encoder"
+
+
+def _split_ints(text: str | None, what: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise InvalidConfigError(f"{what} must be comma-separated integers, e.g. 12,40,90; got {text!r}.") from exc
+
+
+def _progress(as_json: bool):
+    """A spinner on stderr for people; nothing in --json mode."""
+    if as_json:
+        return None, (lambda _m: None)
+    from rich.console import Console
+
+    status = Console(stderr=True).status("tuning ...")
+    return status, (lambda message: status.update(f"tune: {message}"))
+
+
+def _tune_training() -> None:
+    raise InvalidConfigError(
+        "Training tuning (`perfscale tune` without --infer) is not available yet. "
+        "Use `perfscale tune --infer --model minilm` to tune inference, or `perfscale bench`/`perfscale compare` to measure training configurations."
+    )
+
+
+def tune(
+    infer: bool = knobs.INFER,
+    model: str = typer.Option(None, "--model", "-m", help="Encoder: 'minilm' or a local encoder folder. Decoder: perfscale-tiny-llama, a small catalogue LM or a local causal-LM folder. Default: minilm."),
+    quick: bool = typer.Option(False, "--quick", help="A small search, one measurement process per finalist (seconds to a minute)."),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", help="Stop trying new variants after this many seconds (the final measurement still runs)."),
+    min_mean_cosine: float = typer.Option(0.99, "--min-mean-cosine", help="Encoder gate: mean cosine vs fp32 eager over the corpus."),
+    min_min_cosine: float = typer.Option(0.97, "--min-min-cosine", help="Encoder gate: lowest cosine of any sentence vs fp32 eager."),
+    backends: str = typer.Option("eager,compile,onnxruntime", "--backends", help="Encoder runtimes to search, comma-separated."),
+    repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved measurement (default 3; 1 with --quick)."),
+    prompt_lengths: str = typer.Option(None, "--prompt-lengths", help="Decoder: comma-separated prompt lengths in tokens (a server's spread)."),
+    new_tokens: int = typer.Option(None, "--new-tokens", help="Decoder: tokens to generate per prompt (default 16)."),
+    batch: int = typer.Option(None, "--batch", help="Decoder: batch size to try besides 1 (default 4)."),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="Include torch.compile variants (default: yes, no with --quick)."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Where exported ONNX files go (default $XDG_CACHE_HOME/perfscale)."),
+    save: str = typer.Option(None, "--save", help="Write the result to this JSON file (for perfscale.apply)."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+) -> None:
+    """Find the fastest configuration that keeps outputs right: `--infer` for inference (training: not yet)."""
+    if not infer:
+        _tune_training()
+        return
+    from perfscale.report import infer_tables
+
+    model = model or "minilm"
+    kind = model_kind(model)
+    status, progress = _progress(as_json)
+    if status is not None:
+        status.start()
+    try:
+        if kind == "encoder":
+            from perfscale.tune.infer import tune_encoder
+
+            result = tune_encoder(
+                model, quick=quick, budget_seconds=budget_seconds, min_mean_cosine=min_mean_cosine, min_min_cosine=min_min_cosine,
+                backends=tuple(b.strip() for b in backends.split(",") if b.strip()), include_compile=compile_, repeats=repeats,
+                cache_dir=cache_dir, progress=progress,
+            )
+            render = infer_tables.render_encoder
+        else:
+            from perfscale.tune.infer_decoder import tune_decoder
+
+            result = tune_decoder(
+                model, prompt_lengths=_split_ints(prompt_lengths, "--prompt-lengths"), new_tokens=new_tokens or 16,
+                batch=batch or 4, quick=quick, include_compile=compile_, passes=repeats, progress=progress,
+            )
+            render = infer_tables.render_decoder
+    finally:
+        if status is not None:
+            status.stop()
+    if save:
+        result.save(save)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: render(console, document, save))

@@ -1,0 +1,73 @@
+"""Rich rendering of `perfscale tune --infer` results (encoder and decoder)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perfscale.report.units import seconds
+
+
+def _ci(sp: dict[str, Any] | None) -> str:
+    if not sp:
+        return "n/a"
+    return f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]"
+
+
+def encoder_table(doc: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"tune --infer {doc['model']}: {doc['corpus_sentences']} sentences, gate mean cos >= {doc['gate']['min_mean_cosine']}, min >= {doc['gate']['min_min_cosine']}")
+    for col in ("variant", "stage", "status", "mean cos", "min cos", "screen sent/s", "measured sent/s", "speed-up vs baseline (95% CI)", "why"):
+        table.add_column(col, justify="left" if col in ("variant", "stage", "status", "why") else "right", overflow="fold")
+    for v in doc["variants"]:
+        acc = v.get("accuracy") or {}
+        m = v.get("measured") or {}
+        thr = (m.get("throughput") or {}).get("median")
+        style = "bold green" if v["label"] == doc["winner"] else None
+        table.add_row(
+            v["label"], v["stage"], v["status"],
+            f"{acc['mean_cosine']:.4f}" if "mean_cosine" in acc else ("ref" if acc.get("reference") else "n/a"),
+            f"{acc['min_cosine']:.4f}" if "min_cosine" in acc else "",
+            f"{v['screen_rate']:.0f}" if v.get("screen_rate") else "n/a",
+            f"{thr:.0f}" if thr else "", _ci(m.get("speedup")), v.get("reason") or "", style=style,
+        )
+    return table
+
+
+def render_encoder(console, doc: dict[str, Any], saved: str | None = None) -> None:
+    console.print(encoder_table(doc))
+    console.print(f"[bold]winner:[/bold] {doc['winner']}  ({doc['verdict']})")
+    meas = doc["measurement"]
+    console.print(f"measured with {meas['method']}: {meas['repeats']} process(es) per configuration, "
+                  f"{meas['sentences_per_iteration']} sentences per iteration; shared machines make timings noisy: trust the CI.")
+    for note in doc.get("notes", []):
+        console.print(f"note: {note}")
+    console.print("\n[bold]use it:[/bold]" + (f" (saved to {saved})" if saved else " (save with --save tuned.json)"))
+    console.print(doc["apply_snippet"], markup=False, highlight=False)
+
+
+def decoder_table(doc: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"tune --infer {doc['model']}: prompts {doc['prompt_lengths']} tokens, {doc['new_tokens']} new tokens, {doc['passes']} timed passes")
+    for col in ("variant", "status", "tokens/s", "TTFT", "time/token", "graphs", "speed-up (95% CI)", "why"):
+        table.add_column(col, justify="left" if col in ("variant", "status", "why") else "right", overflow="fold")
+    for v in doc["variants"]:
+        tps = (v.get("tokens_per_s") or {}).get("median")
+        table.add_row(
+            v["label"], v["status"], f"{tps:.1f}" if tps else "n/a", seconds((v.get("ttft_s") or {}).get("median")),
+            seconds((v.get("tpot_s") or {}).get("median")), str(v.get("graphs", 0)) + (" (limit hit)" if v.get("recompile_limit_hit") else ""),
+            _ci(v.get("speedup")), v.get("reason") or "", style="bold green" if v["label"] == doc["winner"] else None,
+        )
+    return table
+
+
+def render_decoder(console, doc: dict[str, Any], saved: str | None = None) -> None:
+    console.print(decoder_table(doc))
+    console.print(f"[bold]winner:[/bold] {doc['winner']}  ({doc['verdict']})")
+    rc = doc["recompiles"]
+    console.print(f"recompilations (torch.compile, dynamic=False) over {len(rc['lengths'])} prompt lengths: "
+                  f"{rc['unbucketed']} graphs unbucketed{' (limit hit)' if rc.get('unbucketed_limit_hit') else ''}, "
+                  f"{rc['bucketed']} with buckets {rc['buckets']}")
+    console.print("\n[bold]use it:[/bold]" + (f" (saved to {saved})" if saved else " (save with --save tuned.json)"))
+    console.print(doc["apply_snippet"], markup=False, highlight=False)
