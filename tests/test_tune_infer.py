@@ -1,0 +1,126 @@
+"""`perfscale tune --infer`: the encoder search end to end (CLI, JSON, save, apply) and its failure paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from perfscale.errors import InvalidConfigError
+
+from test_runtimes_encoder import SENTENCES, make_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder-tune"))
+
+
+def _cli(*args, env_cache):
+    import os
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(env_cache))
+    return subprocess.run([sys.executable, "-c", "from perfscale.cli.app import run; run()", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_tune_infer_quick_json_save_and_apply(tiny, tmp_path):
+    import perfscale.apply
+    from perfscale.runtimes.encoder import EncoderSettings, load_encoder
+    from perfscale.tune.infer import load_result
+
+    saved = tmp_path / "tuned.json"
+    proc = _cli("tune", "--infer", "--model", str(tiny), "--quick", "--backends", "eager,onnxruntime", "--json", "--save", str(saved),
+                env_cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
+    labels = [v["label"] for v in doc["variants"]]
+    assert labels[:2] == ["sentence-transformers", "fp32 eager (reference)"]
+    assert "onnxruntime+fusions int8-dynamic b32" in labels and "onnxruntime+fusions int8-per-channel b32" in labels
+    by = {v["label"]: v for v in doc["variants"]}
+    # Every non-skipped variant was gated against fp32 eager on the whole sentence list.
+    for v in doc["variants"][2:]:
+        if v["status"] != "skipped":
+            assert v["accuracy"]["n"] == doc["corpus_sentences"], v
+            assert (v["status"] == "inaccurate") == (not v["accuracy"]["passed"])
+    assert by["onnxruntime b32"]["accuracy"]["min_cosine"] > 0.9999
+    assert by["sentence-transformers"]["accuracy"]["mean_cosine"] > 0.99999
+    # The baseline and the finalists were measured in fresh processes with a speed-up CI vs the baseline.
+    measured = [v for v in doc["variants"] if v["measured"]]
+    assert measured[0]["label"] == "sentence-transformers" and len(measured) >= 2
+    for v in measured[1:]:
+        sp = v["measured"]["speedup"]
+        if sp:
+            assert sp["ci_low"] <= sp["ratio"] <= sp["ci_high"]
+    winner = by[doc["winner"]]
+    assert winner["status"] == "ok" and winner["accuracy"]["passed"]
+    if doc["speedup"]:
+        assert doc["speedup"]["ci_low"] > 1
+    assert "perfscale.apply.encoder" in doc["apply_snippet"]
+    # Apply: from the saved path, the parsed dict and the result object give the same encoder.
+    assert json.loads(saved.read_text())["winner"] == doc["winner"]
+    cache = tmp_path / "cache" / "perfscale"
+    expected = load_encoder(str(tiny), EncoderSettings.from_dict(doc["winner_settings"]), cache_dir=cache).encode(SENTENCES)
+    for source in (saved, str(saved), doc, load_result(doc)):
+        out = perfscale.apply.encoder(source, cache_dir=cache).encode(SENTENCES)
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_gate_nobody_passes_keeps_baseline_and_says_why(tiny, tmp_path):
+    from perfscale.tune.infer import tune_encoder
+
+    result = tune_encoder(str(tiny), quick=True, backends=("onnxruntime",), sentences=SENTENCES, min_mean_cosine=1.0,
+                          min_min_cosine=1.0, cache_dir=tmp_path)
+    assert result.winner == "sentence-transformers" and result.speedup is None
+    tried = [v for v in result.variants if v.stage == "runtime"]
+    assert tried and all(v.status == "inaccurate" and "cosine" in v.reason for v in tried)
+    assert "keep the baseline" in result.verdict
+    for v in tried:
+        assert v.label in result.verdict
+    json.dumps(result.to_dict())  # serialisable
+
+
+def test_budget_skips_variants_and_bad_values(tiny, tmp_path):
+    from perfscale.tune.infer import tune_encoder
+
+    with pytest.raises(InvalidConfigError, match="tensorrt"):
+        tune_encoder(str(tiny), backends=("eager", "tensorrt"))
+    with pytest.raises(InvalidConfigError, match="budget"):
+        tune_encoder(str(tiny), budget_seconds=0)
+    with pytest.raises(InvalidConfigError, match="cosine"):
+        tune_encoder(str(tiny), min_mean_cosine=1.5)
+    result = tune_encoder(str(tiny), quick=True, backends=("eager",), sentences=SENTENCES[:3], budget_seconds=1e-6,
+                          min_mean_cosine=1.0, min_min_cosine=1.0, cache_dir=tmp_path)
+    runtime = [v for v in result.variants if v.stage == "runtime"]
+    assert runtime and all(v.status == "skipped" and "budget" in v.reason for v in runtime)
+    assert result.winner == "sentence-transformers"
+
+
+def test_cli_bad_input_exit_codes(tiny, tmp_path):
+    import shutil
+
+    proc = _cli("tune", env_cache=tmp_path)
+    assert proc.returncode == 2 and "not available yet" in proc.stderr and "--infer" in proc.stderr
+    broken = tmp_path / "no-tokenizer"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny / name, broken / name)
+    proc = _cli("tune", "--infer", "--model", str(broken), "--quick", "--json", env_cache=tmp_path)
+    assert proc.returncode == 2 and "no tokenizer" in proc.stderr and proc.stdout == ""
+    proc = _cli("tune", "--infer", "--model", str(tiny), "--backends", "eager,tensorrt", env_cache=tmp_path)
+    assert proc.returncode == 2 and "tensorrt" in proc.stderr and "onnxruntime" in proc.stderr
+
+
+def test_apply_rejects_what_is_not_a_result(tmp_path):
+    import perfscale.apply
+
+    with pytest.raises(InvalidConfigError, match="winner_settings"):
+        perfscale.apply.encoder({"winner": "x"})
+    with pytest.raises(InvalidConfigError, match="Cannot read"):
+        perfscale.apply.encoder(tmp_path / "missing.json")
+    with pytest.raises(InvalidConfigError, match="decoder"):
+        perfscale.apply.decoder({"kind": "encoder", "winner_settings": {}})
