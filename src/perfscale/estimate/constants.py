@@ -37,7 +37,8 @@ def recipe_bytes(recipe, sizes: dict[str, int], stream: int, compute: int) -> tu
     replicated: h/one units (not split by tensor parallelism without sequence parallelism);
     split: q, kv, i, heads units (divided by the TP degree); per-s: the hs unit, multiply by s.
     """
-    width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1}
+    width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1,
+             "autocast": compute if (stream == 4 and compute < 4) else 0}
     rep = split = per_s = 0.0
     for dtype, unit, coef in recipe:
         b = width[dtype] * coef
@@ -82,6 +83,9 @@ class ModelConstants:
     act: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # (precision, attn) -> bytes
     head_rep: dict[str, float] = field(default_factory=dict)  # final norm per token, per precision
     rope_per_seq: dict[str, float] = field(default_factory=dict)  # cos + sin bytes per sequence token
+    rms_norm: bool = True
+    parallel_block: bool = False  # attention and MLP read one norm output (GPT-NeoX, Falcon)
+    mlp_out_exclusive: bool = True
 
 
 def model_constants(spec) -> ModelConstants:
@@ -135,4 +139,6 @@ def model_constants(spec) -> ModelConstants:
         matmul_layer=attn_layer + mlp_layer, matmul_layer_active=attn_layer + active_mlp,
         head_matmul=vocab * h if has_head else 0, largest_matrix=largest, adafactor_elems=adafactor,
         lora_dims=lora_dims, act=act, head_rep=head_rep, rope_per_seq=rope,
+        rms_norm=spec.model_type in RMS_FAMILIES, parallel_block=spec.model_type in ("gpt_neox", "falcon"),
+        mlp_out_exclusive=families.MLP_OUT_EXCLUSIVE.get(spec.model_type, True),
     )

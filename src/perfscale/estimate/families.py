@@ -5,6 +5,9 @@ Activation recipes count the tensors autograd saves per token per layer, by dtyp
   stream  the residual stream's dtype: the parameter dtype (fp32 under autocast "-mixed")
   compute the matmul dtype: 2 bytes under bf16/fp16 and "-mixed" (autocast), else 4
   mask    1 byte (dropout masks, used by the Megatron reference layer)
+  autocast  2 bytes only under torch autocast with an fp32 stream ("-mixed"), else 0: autocast
+          casts a non-leaf input separately for each linear that reads it (the cast cache holds
+          only leaf tensors, i.e. weights), so q/k/v each save their own 16-bit copy of the input
 Units: h hidden, q = heads x head_dim, kv = kv_heads x head_dim, i intermediate, heads, one,
 hs = heads x sequence (attention scores per token). Under tensor parallelism the units q, kv, i,
 heads, hs are split across ranks; h and one are replicated unless sequence parallelism is on
@@ -29,14 +32,15 @@ _OUT_COPY = (("compute", "q", 1),)
 _GATED = (("compute", "i", 4),)
 
 RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "llama": _RMS + _SDPA + _RMS + _GATED,
+    # extra autocast copies: q/k/v read one norm output (2 extra), gate/up another (1 extra)
+    "llama": _RMS + _SDPA + _RMS + _GATED + (("autocast", "h", 3),),
     "phi3": _RMS + _SDPA + _OUT_COPY + _RMS + _GATED,
     # GPT-NeoX: parallel residual (both LayerNorms read the same input), fused qkv with partial RoPE
     # (q, k, v new tensors after RoPE, output + its copy), GELU: fc1 output + fc2 input.
     "gpt_neox": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
     + (("compute", "i", 2),),
     # OPT: pre-LN, separate q/k/v, ReLU saves its output (= fc2 input).
-    "opt": _LN + _SDPA + _LN + (("compute", "i", 1),),
+    "opt": _LN + _SDPA + _LN + (("compute", "i", 1), ("autocast", "h", 2)),
     # Falcon (new decoder architecture): parallel attention, ln_attn + ln_mlp on one input, k/v
     # expanded to all heads, GELU MLP.
     "falcon": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
@@ -101,3 +105,16 @@ def dim(expr: str, sizes: dict[str, int]) -> int:
         name = term[len(digits):]
         total += int(digits or 1) * sizes[name]
     return total
+
+
+# LoRA (frozen base): a frozen linear does not save its input (its input gradient needs only the
+# weight), a frozen RMSNorm weight does not save the normalised input, and nothing upstream of the
+# first layer needs a gradient. Which linear reads which saved tensor, by target name:
+LORA_ATTN_IN = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "query", "key", "value", "q", "k", "v"}
+LORA_MLP_IN = {"gate_proj", "up_proj", "gate_up_proj", "c_fc", "dense_h_to_4h", "fc1", "wi", "intermediate.dense"}
+LORA_MLP_OUT = {"down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2", "wo", "output.dense"}
+# Families whose MLP output projection reads a tensor nothing else saves (gated: the product;
+# GELU: the activation output). ReLU (OPT) saves its output anyway.
+MLP_OUT_EXCLUSIVE = {"opt": False}
+# Families whose attention output projection reads a private contiguous copy (see recipes).
+OUT_COPY_FAMILIES = ("phi3", "gpt_neox", "falcon")

@@ -13,6 +13,7 @@ Derived from the order in which autograd frees saved tensors; tested against tra
 
 from __future__ import annotations
 
+from perfscale.estimate import families
 from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
 from perfscale.estimate.knobs import Knobs
 
@@ -55,6 +56,46 @@ def lora_params(mc: ModelConstants, r: int, targets: tuple[str, ...]) -> float:
         if name in targets or short in targets or "all-linear" in targets:
             total += r * (n_in + n_out)
     return total * mc.layers
+
+
+def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, float]:
+    """(per-layer, once) change in saved bytes per token when the base is frozen (LoRA).
+
+    Derived from autograd's saved tensors under peft (see families.py); tested against trace.
+    """
+    _p, sb, cb = PRECISION_BYTES[act_key]
+    autocast = sb == 4 and cb < 4
+    targets = {t.split(".")[-1] for t in k.lora_targets} | set(k.lora_targets)
+    every = "all-linear" in targets
+    attn_t = len(targets & families.LORA_ATTN_IN) if not every else 3
+    mlp_t = len(targets & families.LORA_MLP_IN) if not every else 2
+    out_t = every or bool(targets & families.LORA_MLP_OUT)
+    n_targets = len([n for n in mc.lora_dims if n in targets or n.split(".")[-1] in targets]) if not every else len(mc.lora_dims)
+    h, t = mc.h, k.tp
+    delta = 0.0
+    n_norms = 1 if mc.parallel_block else 2
+    if mc.rms_norm:
+        delta -= n_norms * sb * h  # normalised input kept only for the (frozen) norm weight
+    # Linear inputs after each norm: the recipe counts one copy per block (+ autocast extras).
+    fan = {"attn": 3 if mc.model_type not in ("phi3", "gpt2", "gpt_neox", "falcon") else 1,
+           "mlp": 2 if mc.model_type not in ("phi3", "gpt2", "gpt_neox", "falcon", "opt") else 1}
+    recipe_copies = (1 + (fan["attn"] - 1 if autocast else 0)) + (1 + (fan["mlp"] - 1 if autocast else 0))
+    if autocast:
+        kept = attn_t + mlp_t  # each targeted lora_A casts its own copy
+    else:
+        kept = (1 if attn_t else 0) + (1 if mlp_t else 0)
+    delta -= (recipe_copies - kept) * cb * h
+    out_names = {"o_proj", "dense", "out_proj", "c_proj", "o"}
+    if mc.model_type in families.OUT_COPY_FAMILIES and not (every or targets & out_names):
+        delta -= cb * mc.q / t  # the output projection's private input copy
+    if mc.mlp_out_exclusive and not out_t:
+        delta -= cb * mc.i / t
+    delta += n_targets * k.lora_r * (cb if autocast else PRECISION_BYTES[act_key][2])  # lora_B inputs
+    # The first layer's norm input has no gradient upstream (frozen embeddings): nothing saved.
+    once = -((4 * h + 4) if mc.rms_norm else (sb * h + 8))
+    # The final norm keeps only its fp32 input and rsqrt; the frozen head keeps nothing.
+    once -= (sb * h + cb * h) if mc.rms_norm else cb * h
+    return delta, once
 
 
 def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None = None) -> float:
@@ -136,6 +177,10 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
         # Activations.
         inflight = min(pp, k.accum) if first and pp > 1 else 1
         a_layer = layer_act_bytes(mc, k, act_key)
+        lora_once = 0.0
+        if lora:
+            d_layer, lora_once = lora_act_delta(mc, k, act_key)
+            a_layer += d_layer
         rep_h = sb * mc.h / (tp if k.sequence_parallel else 1)
         if k.checkpointing:
             saved = layers_stage * rep_h * tokens * inflight  # each layer keeps its input (Chen et al. 2016)
@@ -150,7 +195,9 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             recompute += casts_layers if k.checkpointing and not lora else 0.0
             if lora:
                 saved += (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
-        saved += mc.rope_per_seq[act_key] * k.seq * (1 if pp == 1 else 1)
+        saved += mc.rope_per_seq[act_key] * k.seq
+        if lora and not k.checkpointing:
+            saved += lora_once * tokens * (1 if first else 0)
         head_saved = head_trans = 0.0
         if last and mc.has_lm_head:
             v = mc.vocab / tp
@@ -159,9 +206,9 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             head_saved = (mc.head_rep[act_key] + 4 * v + 8) * tokens
             if label == "autocast":
                 head_saved += mc.head_matmul / tp * cb
-            # backward start: grad of the log-softmax output and of the fp32 logits; a 16-bit copy
-            # of the latter when the logits were computed in 16 bits.
-            head_trans = (8 * v + (cb * v if cb < 4 else 0) - 8) * tokens
+            # backward start: the grads of the log-softmax output and of the fp32 logits alive
+            # together, while the int64 labels are already freed.
+            head_trans = (8 * v - 8) * tokens
         layer_trans = tokens * (2 * mc.i * cb + 2 * mc.h * sb) / tp
         emb_trans = tokens * mc.h * sb if first else 0.0
         grads_in_static = k.accum > 1
