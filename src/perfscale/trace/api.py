@@ -54,15 +54,17 @@ def resolve_device(device: str | None, emulate_cuda: bool | None) -> tuple[str, 
 
 
 def _emulation(emulate: bool):
+    from perfscale.trace.build import real_data_branches
     from perfscale.trace.cuda_emulation import CudaAutocast, cuda_rounding
 
     @contextlib.contextmanager
     def ctx():
-        if not emulate:
-            yield
-            return
-        with cuda_rounding(True), CudaAutocast():
-            yield
+        with real_data_branches():
+            if not emulate:
+                yield
+                return
+            with cuda_rounding(True), CudaAutocast():
+                yield
 
     return ctx
 

@@ -15,12 +15,13 @@ import contextlib
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.model import ModelSpec
-from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, torch_dtype
+from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, new_fake_mode, torch_dtype
 from perfscale.trace.result import RawTrace
 from perfscale.trace.train_step import (
     check_train_config,
     make_inputs,
     make_optimizer,
+    FAKE_FAILURES,
     regions_of,
     run_step_loop,
     unsupported,
@@ -69,8 +70,9 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
 
     n = config.fsdp
     wl = config.workload
-    with fake_mode_for(device) as fake_mode:
-        model = build_fake(spec, config, fake_mode, device, num_layers)
+    fake_mode = new_fake_mode()
+    model = build_fake(spec, config, fake_mode, device, num_layers)
+    with fake_mode_for(fake_mode, device):
         layers = decoder_layers(model)
         mp = MixedPrecisionPolicy()
         if config.precision in AUTOCAST_DTYPE:
@@ -86,8 +88,7 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
         try:
             with emulation(), tracker:
                 run_step_loop(model, opt, inputs, tracker, config, device)
-        except (torch._subclasses.fake_tensor.DataDependentOutputException,
-                torch._subclasses.fake_tensor.DynamicOutputShapeException) as exc:
+        except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     raw = RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
     raw.notes.append(f"FSDP2 fully_shard per layer + root, world size {n}, fake process group; per-rank bytes")

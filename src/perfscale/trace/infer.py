@@ -17,7 +17,7 @@ from typing import Any
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.specs.model import ModelSpec
-from perfscale.trace.build import build_fake, decoder_layers, fake_mode_for
+from perfscale.trace.build import build_fake, decoder_layers, fake_mode_for, new_fake_mode
 from perfscale.trace.result import RawTrace
 from perfscale.trace.tracker import KV, RegionMemTracker, to_breakdown
 
@@ -69,13 +69,14 @@ def _kv_bytes(tracker: Any) -> int:
 def trace_infer(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
     import torch
 
-    from perfscale.trace.train_step import unsupported
+    from perfscale.trace.train_step import FAKE_FAILURES, unsupported
 
     check_infer_config(spec, config)
     wl = config.workload
     prompt, new = wl.prompt, wl.new_tokens
-    with fake_mode_for(device) as fake_mode:
-        model = build_fake(spec, config, fake_mode, device, num_layers)
+    fake_mode = new_fake_mode()
+    model = build_fake(spec, config, fake_mode, device, num_layers)
+    with fake_mode_for(fake_mode, device):
         params = inspect.signature(model.forward).parameters
         accepts_keep = "logits_to_keep" in params
         cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers renames it in 5.x
@@ -117,8 +118,7 @@ def trace_infer(spec: ModelSpec, config: RunConfig, device: str, emulation, num_
                         del out
                         pos += 1
                     kv_bytes = _kv_bytes(tracker)
-        except (torch._subclasses.fake_tensor.DataDependentOutputException,
-                torch._subclasses.fake_tensor.DynamicOutputShapeException) as exc:
+        except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     regions = {key: (total, to_breakdown(snap)) for key, (total, snap) in tracker.regions.items()}
     return RawTrace(regions=regions, module_peaks=dict(tracker.module_peaks), num_layers=num_layers, kv_cache_bytes=kv_bytes)

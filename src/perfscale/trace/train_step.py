@@ -14,11 +14,14 @@ from typing import Any
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.specs.model import ModelSpec
-from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, torch_dtype
+from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, new_fake_mode, torch_dtype
 from perfscale.trace.result import RawTrace
 from perfscale.trace.tracker import RegionMemTracker, to_breakdown
 
 ITERATIONS = 2
+# What model code raises when it cannot run on fake tensors: data-dependent shapes or control flow,
+# or a kernel whose meta implementation rejects the inputs (e.g. grouped_mm in fp32).
+FAKE_FAILURES = (RuntimeError, NotImplementedError)
 
 
 def check_train_config(config: RunConfig) -> None:
@@ -84,6 +87,8 @@ def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) 
     inputs: dict[str, Any] = {"input_ids": ids}
     if "labels" in params:
         inputs["labels"] = ids
+    if getattr(spec, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        inputs["decoder_input_ids"] = ids  # as long as the target; no shift needing decoder_start_token_id
     return inputs
 
 
@@ -140,8 +145,9 @@ def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_
 
     check_train_config(config)
     wl = config.workload
-    with fake_mode_for(device) as fake_mode:
-        model = build_fake(spec, config, fake_mode, device, num_layers)
+    fake_mode = new_fake_mode()
+    model = build_fake(spec, config, fake_mode, device, num_layers)
+    with fake_mode_for(fake_mode, device):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = make_optimizer(config.optimizer, params, spec.name)
         inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
@@ -151,17 +157,17 @@ def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_
         try:
             with emulation(), tracker:
                 run_step_loop(model, opt, inputs, tracker, config, device)
-        except torch._subclasses.fake_tensor.DataDependentOutputException as exc:
-            raise unsupported(spec, exc) from exc
-        except torch._subclasses.fake_tensor.DynamicOutputShapeException as exc:
+        except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     return RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
 
 
 def unsupported(spec: ModelSpec, exc: Exception) -> UnsupportedModelError:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
     return UnsupportedModelError(
-        f"{spec.name} ({spec.architecture}) cannot run under fake tensors: its code needs tensor values "
-        f"(data-dependent shapes or control flow, e.g. MoE routing): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}. "
+        f"{spec.name} ({spec.architecture}) cannot run under fake tensors with this configuration: its code needs "
+        f"tensor values (data-dependent shapes or control flow, e.g. MoE routing) or a kernel that fake tensors "
+        f"cannot run ({type(exc).__name__}: {first}). "
         "Use the estimate engine instead: `perfscale plan` with the same flags."
     )
 
