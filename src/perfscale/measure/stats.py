@@ -185,9 +185,11 @@ class StopChecker:
         n = len(samples)
         if n >= self.rule.max_iters:
             return "iteration_cap"
-        if elapsed >= self.rule.max_time and n >= 2:
+        if n < self.rule.min_iters:  # the minimum is never cut short (the process time limit bounds it)
+            return None
+        if elapsed >= self.rule.max_time:
             return "time_cap"
-        if n < self.rule.min_iters or elapsed < self.rule.min_time or n < self._next_check:
+        if elapsed < self.rule.min_time or n < self._next_check:
             return None
         self._next_check = n + max(1, n // 10)  # geometric spacing of the (bootstrap) checks
         med = float(np.median(samples))

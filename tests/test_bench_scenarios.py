@@ -1,0 +1,134 @@
+"""The three scenarios end to end in fresh processes, on tiny models, with tiny stop rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perfscale.config.run_config import RunConfig
+from perfscale.measure.bench_config import BenchConfig, GateThresholds, MeasureOptions
+from perfscale.measure.corpus import load_sentences
+from perfscale.measure.runner import measure
+from perfscale.measure.stats import StopRule
+from perfscale.specs.workload import InferWorkload
+
+from cli_helpers import run_json
+from tiny_configs import tiny_config
+
+STOP = StopRule(min_iters=3, min_time=0.2, max_time=2.0)
+FAST = MeasureOptions(stop=STOP, warmup=1)
+
+
+def _tiny_llama_dir(tmp_path):
+    d = tmp_path / "tiny-llama"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(tiny_config("llama")))
+    return str(d)
+
+
+def _check_timing(r, dtype="fp32"):
+    assert r.status == "ok", (r.reason, r.stderr_tail)
+    assert len(r.samples) >= STOP.min_iters and all(s > 0 for s in r.samples)
+    assert r.stop_reason in ("converged", "time_cap", "iteration_cap")
+    h = r.headline()
+    assert h["ci_low"] <= h["median"] <= h["ci_high"]
+    assert r.warmup_s and r.load_s > 0
+    env = r.environment
+    assert env["packages"]["torch"] and env["cpu"]["model"] and "torch_intra_op" in env["threads"]
+    assert r.mfu["dtype"] == dtype and r.mfu["flops_per_iter"] > 0
+    if r.mfu["peak_flops"]:
+        assert 0 < r.mfu["value"] < 1.5
+    else:
+        assert r.mfu["value"] is None
+
+
+def test_corpus_is_real_sentences_with_spread_lengths():
+    s = load_sentences()
+    assert 500 <= len(s) <= 2000 and len(set(s)) == len(s)
+    words = sorted(len(x.split()) for x in s)
+    assert words[len(words) // 10] < words[len(words) // 2] < words[9 * len(words) // 10]  # a real spread
+    assert all(x[0].isupper() and x[-1] in ".!?" for x in s)
+    assert load_sentences(len(s) + 3)[-1] == s[2]
+
+
+def test_generate_latency_and_gate(tmp_path):
+    model = _tiny_llama_dir(tmp_path)
+    wl = InferWorkload(batch=1, prompt=16, new_tokens=8)
+    # bf16 logits differ from fp32: a zero tolerance must flag the variant inaccurate (the gate really
+    # runs the fp32 eager reference in its own process and compares).
+    strict = MeasureOptions(stop=STOP, warmup=1, thresholds=GateThresholds(max_abs_logit_diff=0.0))
+    r = measure(BenchConfig(scenario="generate", model=model, run=RunConfig(workload=wl, precision="bf16")), strict)
+    assert r.status == "inaccurate", (r.reason, r.stderr_tail)
+    assert r.accuracy["kind"] == "logits" and r.accuracy["max_abs_logit_diff"] > 0 and 0 <= r.accuracy["top1_agreement"] <= 1
+    assert "max |logit diff|" in r.reason
+    r.status = "ok"  # timed all the same: check the timing fields
+    _check_timing(r, dtype="bf16")
+    assert r.tokens_per_iter == 8
+    lat = r.latency()
+    assert 0 < lat["ttft"]["median"] < r.time_summary().median
+    assert 0 < lat["tpot"]["median"] < r.time_summary().median
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A 2-layer BERT with a word-level vocabulary from the corpus: a sentence-transformers-like folder."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w.strip(".,;:()\"'").lower() for s in load_sentences() for w in s.split()} - {""})[:400]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w in words if w.isalpha()]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128)
+    transformers.BertModel(config).save_pretrained(d)
+    return str(d)
+
+
+def test_encode_eager_is_its_own_reference(tiny_encoder):
+    pytest.importorskip("perfscale.runtimes.encoder")
+    cfg = BenchConfig(scenario="encode", model=tiny_encoder, run=RunConfig(workload=InferWorkload(batch=8, prompt=64)), sentences=32)
+    r = measure(cfg, FAST)
+    _check_timing(r)
+    assert r.samples_per_iter == 32 and r.setup["tokens"] == r.tokens_per_iter > 32
+    assert r.accuracy["reference"] is True
+    assert r.headline()["unit"] == "sentences/s"
+
+
+@pytest.mark.slow
+def test_encode_onnxruntime_int8_is_gated(tiny_encoder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("perfscale.runtimes.encoder")
+    wl = RunConfig(workload=InferWorkload(batch=8, prompt=64))
+    cfg = BenchConfig(scenario="encode", model=tiny_encoder, run=wl, sentences=32, backend="onnxruntime",
+                      encoder_quantization="int8-dynamic", extra={"onnx_cache_dir": str(tmp_path)})
+    r = measure(cfg, FAST)
+    assert r.status in ("ok", "inaccurate"), (r.reason, r.stderr_tail)
+    assert r.accuracy["kind"] == "embeddings" and -1 <= r.accuracy["min_cosine"] <= r.accuracy["mean_cosine"] <= 1.0001
+    assert r.memory["peak_live_tensor_bytes"] is None and r.memory["cpu_peak_rss"] > 0  # ORT arena: RSS only
+    assert r.mfu["dtype"] == "int8"
+
+
+def test_bench_cli_train_json_document(tmp_path):
+    """`perfscale bench --scenario train --json`: one document with the headline numbers, memory and MFU."""
+    store = tmp_path / "r.sqlite"
+    save = tmp_path / "cfg.json"
+    doc = run_json("bench", "--scenario", "train", "--model", _tiny_llama_dir(tmp_path), "--batch", "2", "--seq", "32",
+                   "--optimizer", "sgd", "--min-iters", "3", "--min-time", "0.2", "--max-time", "2", "--warmup", "1",
+                   "--store", str(store), "--save-config", str(save), "--label", "cli-run")
+    (conf,) = doc["configurations"]
+    assert conf["status"] == "ok" and conf["label"] == "cli-run" and conf["unit"] == "tokens/s"
+    assert conf["ci_low"] <= conf["median"] <= conf["ci_high"]
+    assert conf["median"] == pytest.approx(64 / conf["time_per_iter"]["median"])
+    assert conf["tokens_per_iter"] == 64 and conf["samples_per_iter"] == 2
+    mem = conf["memory"]
+    assert conf["peak_memory_bytes"] == mem["cpu_peak_rss"] > mem["peak_live_tensor_bytes"] > 0
+    assert conf["mfu"]["dtype"] == "fp32" and conf["mfu"]["flops_per_iter"] > 0
+    assert conf["accuracy"] is None  # no gate for training
+    assert conf["environment"]["packages"]["transformers"] and conf["store_id"] == 1
+    assert json.loads(save.read_text())["label"] == "cli-run"
+    assert doc["store"] == str(store)
