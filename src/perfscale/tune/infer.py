@@ -212,7 +212,7 @@ def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: 
 def tune_encoder(
     model: str = "minilm", *, quick: bool = False, budget_seconds: float | None = None, min_mean_cosine: float = 0.99,
     min_min_cosine: float = 0.97, sentences: list[str] | None = None, backends: tuple[str, ...] = ("eager", "compile", "onnxruntime"),
-    include_compile: bool | None = None, repeats: int | None = None, finalists: int = 3, cache_dir=None,
+    include_compile: bool | None = None, repeats: int | None = None, finalists: int | None = None, cache_dir=None,
     progress: Progress | None = None,
 ) -> EncoderTuneResult:
     """Search encoder runtimes and knobs; return the fastest variant that passes the accuracy gate.
@@ -247,6 +247,7 @@ def tune_encoder(
     cpu = detect_cpu()
     cores = max(1, cpu.physical_cores)
     include_compile = (not quick) if include_compile is None else include_compile
+    finalists = finalists or (2 if quick else 3)  # each finalist costs `repeats` fresh processes
     notes: list[str] = []
 
     def over_budget() -> bool:
