@@ -66,7 +66,11 @@ def make_optimizer(name: str, params: list, model_name: str):
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
     if name == "adafactor":
-        return torch.optim.Adafactor(params, lr=1e-3, foreach=True)
+        # transformers' Adafactor as Trainer(optim="adafactor") builds it (fixed lr, no parameter scaling);
+        # torch.optim.Adafactor reads its step counter with .item(), which fake tensors cannot.
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=1e-3, scale_parameter=False, relative_step=False, warmup_init=False)
     if name == "adamw-8bit":
         import bitsandbytes as bnb
 
