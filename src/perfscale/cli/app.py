@@ -10,7 +10,7 @@ import sys
 import typer
 
 from perfscale import __version__
-from perfscale.cli import hardware, models
+from perfscale.cli import hardware, models, plan
 from perfscale.cli import bench, compare, results
 from perfscale.cli import tune
 from perfscale.cli import trace
@@ -29,6 +29,7 @@ app.command("compare")(compare.compare)
 app.command("results")(results.results)
 app.command("tune")(tune.tune)
 app.command("trace")(trace.trace)
+app.command("plan")(plan.plan)
 
 
 def _version(value: bool) -> None:

@@ -37,8 +37,9 @@ def recipe_bytes(recipe, sizes: dict[str, int], stream: int, compute: int) -> tu
     replicated: h/one units (not split by tensor parallelism without sequence parallelism);
     split: q, kv, i, heads units (divided by the TP degree); per-s: the hs unit, multiply by s.
     """
-    width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1,
-             "autocast": compute if (stream == 4 and compute < 4) else 0}
+    amp = stream == 4 and compute < 4
+    width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1, "autocast": compute if amp else 0,
+             "amp_f32": 4 if amp else compute, "amp_extra32": 4 if amp else 0}
     rep = split = per_s = 0.0
     for dtype, unit, coef in recipe:
         b = width[dtype] * coef
@@ -102,8 +103,15 @@ def model_constants(spec) -> ModelConstants:
     has_head = spec.architecture.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration", "ForMaskedLM"))
     sizes = unit_sizes(h, q, kv, i, heads)
     recipe = families.recipe(spec.model_type)
-    attn_sdpa = families._SDPA
-    base = tuple(t for t in recipe if t not in attn_sdpa) if spec.model_type in families.RECIPES else recipe
+    core = list(families.SDPA_CORE.get(spec.model_type, families._SDPA))
+    base_terms = []
+    for term in recipe:
+        if term in core:
+            core.remove(term)
+        else:
+            base_terms.append(term)
+    has_core = not core
+    base = tuple(base_terms)
     act: dict[tuple[str, str], tuple[float, float, float]] = {}
     head_rep: dict[str, float] = {}
     rope: dict[str, float] = {}
@@ -113,8 +121,7 @@ def model_constants(spec) -> ModelConstants:
         eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
         if cb < 4:
             eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
-        has_sdpa = all(t in recipe for t in attn_sdpa)
-        act[(precision, "eager")] = recipe_bytes((base if has_sdpa else recipe) + eager_terms, sizes, sb, cb)
+        act[(precision, "eager")] = recipe_bytes((base if has_core else recipe) + eager_terms, sizes, sb, cb)
         # Final norm before the head: the same shape as a layer's norm (RMSNorm: 3 x h + 1).
         head_rep[precision] = (4 * h + 4 + sb * h + cb * h) if spec.model_type in RMS_FAMILIES else (sb * h + 8 + cb * h)
         rope[precision] = 2 * hd * sb if spec.model_type in ROPE_FAMILIES else 0.0

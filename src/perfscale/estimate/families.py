@@ -45,8 +45,11 @@ RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
     # expanded to all heads, GELU MLP.
     "falcon": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
     + (("compute", "i", 2),),
-    # GPT-2: Conv1D c_attn output kept whole (3h), q/out copies, "gelu_new" in Python keeps 4 tensors.
-    "gpt2": _LN + (("compute", "q", 6), ("f32", "heads", 1)) + _LN + (("compute", "i", 5),),
+    # GPT-2: Conv1D c_attn output kept whole (3h), q/out copies; "gelu_new" in Python keeps x, 0.5x,
+    # tanh, 1 + tanh and its product (c_proj input). CUDA autocast runs pow in fp32, so under
+    # "-mixed" tanh and 1 + tanh are fp32 and an fp32 copy of x is kept too.
+    "gpt2": _LN + (("compute", "q", 6), ("f32", "heads", 1)) + _LN
+    + (("compute", "i", 3), ("amp_f32", "i", 2), ("amp_extra32", "i", 1)),
 }
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
@@ -60,6 +63,16 @@ MEGATRON_GPT = (
     ("compute", "h", 1), ("compute", "i", 2), ("mask", "h", 1),  # MLP in, GeLU in + out (i = 4h), mask
     ("compute", "h", 2),  # two LayerNorm inputs
 )
+
+GATED_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
+
+# The attention core each recipe saves under SDPA (replaced by EAGER under attn="eager").
+SDPA_CORE = {
+    "phi3": _SDPA + _OUT_COPY,
+    "gpt_neox": (("compute", "q", 5), ("f32", "heads", 1)),
+    "falcon": (("compute", "q", 5), ("f32", "heads", 1)),
+    "gpt2": (("compute", "q", 6), ("f32", "heads", 1)),
+}
 
 # Eager attention replaces SDPA's saved set: q, k and v repeated to all heads, the fp32 softmax
 # output (heads x s per token), its cast to the compute dtype when that is 16-bit, and the

@@ -58,6 +58,18 @@ def lora_params(mc: ModelConstants, r: int, targets: tuple[str, ...]) -> float:
     return total * mc.layers
 
 
+def model_states(trainable: float, param_b: float, grad_b: float, opt_b: float, stage: int, nd: int) -> tuple[float, float, float]:
+    """(parameters, gradients, optimizer state) bytes per device under ZeRO stage 0-3 over nd ranks.
+
+    Rajbhandari et al. 2020 ("ZeRO", section 5, Figure 1): stage 1 shards the optimizer state
+    (P_os), stage 2 also the gradients (P_os+g), stage 3 also the parameters (P_os+g+p).
+    FSDP full shard = stage 3.
+    """
+    return (trainable * param_b / (nd if stage >= 3 else 1),
+            trainable * grad_b / (nd if stage >= 2 else 1),
+            trainable * opt_b / (nd if stage >= 1 else 1))
+
+
 def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, float]:
     """(per-layer, once) change in saved bytes per token when the base is frozen (LoRA).
 
@@ -162,9 +174,8 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
         opt_per = optimizer_bytes(mc, k.optimizer, t_stb, trainable, lora) + (master if not lora else 0)
         z = k.zero
         full_shard = z == 3 or bool(k.fsdp)
-        params = frozen_bytes / (shard if full_shard else 1) + trainable * t_pb / (shard if full_shard else 1)
-        grads = trainable * t_gb / (shard if (z >= 2 or k.fsdp) else 1)
-        opt = trainable * opt_per / (shard if (z >= 1 or k.fsdp) else 1)
+        params, grads, opt = model_states(trainable, t_pb, t_gb, opt_per, 3 if k.fsdp else z, shard)
+        params += frozen_bytes / (shard if full_shard else 1)
         if k.offload != "none":
             opt = 0.0  # optimizer states (and fp32 master weights) live in CPU memory
         if k.offload == "optimizer+params":
@@ -174,6 +185,14 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             # Unsharded copies of the units in flight, in the compute dtype (FSDP2 all-gather output).
             unit = layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else t_pb)
             gather = UNITS_IN_FLIGHT * unit if not lora else UNITS_IN_FLIGHT * layer_params * (QUANT_BYTES.get(k.quantization) or pb)
+        gather_bwd = 0.0
+        if k.fsdp and not lora:
+            # FSDP2 backward: one unit's unsharded gradients (reduce-scatter input, compute dtype)
+            # beside the gathered parameters; with a 16-bit param_dtype the root also keeps the
+            # fp32 embedding output and its cast. Derived from the FSDP2 trace (FSDPMemTracker).
+            gather_bwd = layer_params * (cb if label == "fsdp-mixed" else t_pb)
+            if label == "fsdp-mixed" and first:
+                gather_bwd += tokens * mc.h * 4
         # Activations.
         inflight = min(pp, k.accum) if first and pp > 1 else 1
         a_layer = layer_act_bytes(mc, k, act_key)
@@ -209,13 +228,27 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             # backward start: the grads of the log-softmax output and of the fp32 logits alive
             # together, while the int64 labels are already freed.
             head_trans = (8 * v - 8) * tokens
-        layer_trans = tokens * (2 * mc.i * cb + 2 * mc.h * sb) / tp
+        # One layer's backward: gradients of its widest intermediates (two for a gated MLP, whose
+        # product rule needs both branches' gradients; OPT's ReLU likewise; one for GELU MLPs) and of the residual stream.
+        wide = 2 if mc.model_type in families.GATED_FAMILIES + ("opt",) else 1  # ReLU saves its output too
+        layer_trans = tokens * (wide * mc.i * cb + 2 * mc.h * sb) / tp
         emb_trans = tokens * mc.h * sb if first else 0.0
         grads_in_static = k.accum > 1
         static = params + opt + (grads if grads_in_static else 0.0)
         head_grad = 0.0 if grads_in_static or lora else (head_dev * t_gb / (shard if (z >= 2 or k.fsdp) else 1))
+        # Bottom layer's backward: every other layer's gradients exist, only this layer's
+        # activations (recomputed under checkpointing) are left.
+        gshard = shard if (z >= 2 or k.fsdp) else 1
+        g_layer = 0.0 if lora else layer_params * t_gb / gshard
+        tied = mc.params_head == 0 and mc.has_lm_head
+        # A tied embedding already holds the head's gradient before the bottom layer runs.
+        g_embed = 0.0 if (lora or tied) else (embed * t_gb / gshard if first else 0.0)
+        bottom_acts = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0)
+                       + (mc.matmul_layer / tp * cb if label == "autocast" else 0.0) + mc.rope_per_seq[act_key] * k.seq)
+        bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
         cands = {
-            "backward": (static + gather + saved + head_saved + head_trans, saved + head_saved, head_trans),
+            "backward-bottom": (params + opt + gather + bottom_grads + bottom_acts + layer_trans, bottom_acts, layer_trans),
+            "backward": (static + gather + gather_bwd + saved + head_saved + head_trans, saved + head_saved, head_trans + gather_bwd),
             "backward-layers": (static + gather + saved + head_grad + layer_trans + recompute, saved + recompute, layer_trans),
             "backward-end": (static + gather + (0.0 if grads_in_static else grads) + emb_trans, 0.0, emb_trans),
         }
@@ -229,7 +262,8 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
         cands["optimizer"] = (params + grads + opt + opt_temp, 0.0, opt_temp)
         phase = max(cands, key=lambda c: cands[c][0])
         peak, acts, temps = cands[phase]
-        grads_at = grads if (phase in ("backward-end", "optimizer") or grads_in_static) else (head_grad if phase == "backward-layers" else 0.0)
+        grads_at = grads if (phase in ("backward-end", "optimizer") or grads_in_static) else (
+            head_grad if phase == "backward-layers" else bottom_grads if phase == "backward-bottom" else 0.0)
         result = {
             "peak": peak,
             "phase": "optimizer" if phase == "optimizer" else ("backward" if phase != "forward" else "forward"),

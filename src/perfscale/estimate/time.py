@@ -36,6 +36,11 @@ DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.25}
 BANDWIDTH_EFFICIENCY = 0.8
 # Achieved fraction of link bandwidth for large collectives (NCCL bus bandwidth vs link peak).
 LINK_EFFICIENCY = 0.8
+# CPU offload (ZeRO-Offload, Ren et al. 2021): gradients down and 16-bit parameters up over PCIe
+# each step, the optimizer step on the CPU (reads/writes 16 bytes per parameter at host memory
+# bandwidth); parameter offload also streams the parameters up every micro-step. Not overlapped.
+PCIE_BANDWIDTH = 25e9  # PCIe 4.0 x16 achieved, bytes/s per direction
+HOST_BANDWIDTH = 100e9  # host DRAM, bytes/s
 # Without native support (no peak for the dtype): emulated; FIELD-NOTES measured bf16 autocast
 # training ~20x slower than fp32 on an AVX2-only CPU.
 EMULATION_PENALTY = 0.05
@@ -104,7 +109,13 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
         pp_bw = _bw(hw, tp * pp > per_node)
         pp_comm = 2 * k.accum * k.batch * k.seq * mc.h * cb / tp / pp_bw
         bubble = (compute + recompute + tp_comm) * (pp - 1) / k.accum  # = (p-1)/(m+p-1) of the step
-    exposed += tp_comm + pp_comm
+    offload_t = 0.0
+    if k.offload != "none":
+        p_dev = trainable / (tp * pp) / (dp if (k.zero or k.fsdp) else 1)
+        offload_t = 2 * 2 * p_dev / PCIE_BANDWIDTH + 16 * 2 * p_dev / HOST_BANDWIDTH
+        if k.offload == "optimizer+params":
+            offload_t += 2 * k.accum * 2 * mc.params_total / (tp * pp) / PCIE_BANDWIDTH
+    exposed += tp_comm + pp_comm + offload_t
     step = compute + recompute + exposed + bubble
     tokens_global = tokens_replica * dp
     tps = tokens_global / step if step > 0 else 0.0

@@ -1,0 +1,58 @@
+"""`perfscale plan`: closed-form memory and time, and a ranked search over the open knobs."""
+
+from __future__ import annotations
+
+import typer
+
+from perfscale.cli import knobs as K
+
+HARDWARE = typer.Option(
+    None, "--hardware", "--topology",
+    help="DEVICE, NxDEVICE or NODESxNxDEVICE, e.g. H100-80GB, 8xH100-80GB, 2x8xH100-80GB. "
+    "Omitted: this machine's detected device (said in the output).",
+)
+TOP = typer.Option(5, "--top", help="How many ranked configurations to show.")
+OBJECTIVE = typer.Option("throughput", "--objective", help="throughput | memory | cost.")
+EFFICIENCY = typer.Option(None, "--efficiency", help="Fraction of peak FLOP/s reached (default: 0.45 GPU, 0.25 CPU).")
+TOKENS = typer.Option(None, "--token-budget", help="Tokens to train on: report time (and cost) to train.")
+PRICE = typer.Option(None, "--price", help="Price per device-hour, for the cost of the token budget.")
+JSON = typer.Option(False, "--json", help="Print one JSON document (list `configs`).")
+KV_DTYPE = typer.Option(None, "--kv-cache-dtype", help="auto | fp8 (inference KV cache).")
+
+
+def plan(
+    model: str = K.MODEL, hardware: str = HARDWARE, train: bool = K.TRAIN, infer: bool = K.INFER,
+    batch: int = K.BATCH, seq: int = K.SEQ, grad_accum: int = K.GRAD_ACCUM, prompt: int = K.PROMPT,
+    new_tokens: int = K.NEW_TOKENS, precision: str = K.PRECISION, optimizer: str = K.OPTIMIZER,
+    checkpointing: bool = K.CHECKPOINTING, attn: str = K.ATTN, lora_r: int = K.LORA_R, lora_targets: str = K.LORA_TARGETS,
+    zero: int = K.ZERO, fsdp: int = K.FSDP, tp: int = K.TP, pp: int = K.PP, offload: str = K.OFFLOAD,
+    quantization: str = K.QUANTIZATION, cache: str = K.CACHE, kv_cache_dtype: str = KV_DTYPE, top: int = TOP,
+    objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
+    as_json: bool = JSON,
+) -> None:
+    """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
+
+    Give every knob to evaluate one configuration. Without --hardware, plans for this machine.
+    """
+    from perfscale.config.run_config import parse_targets
+    from perfscale.estimate.plan import plan as run_plan
+    from perfscale.report.emit import emit
+    from perfscale.report.plan_tables import render_plan
+
+    workload = K.workload_from_options(train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum,
+                                       prompt=prompt, new_tokens=new_tokens)
+    fixed = dict(precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn, lora_r=lora_r,
+                 lora_targets=parse_targets(lora_targets) if lora_targets else None, zero=zero, fsdp=fsdp, tp=tp, pp=pp,
+                 offload=offload, quantization=quantization, cache=cache, kv_cache_dtype=kv_cache_dtype,
+                 grad_accum=grad_accum)
+    core = ("precision", "optimizer", "checkpointing", "attn", "tp", "pp") if workload.mode == "train" else ("precision", "tp", "attn")
+    if all(fixed[name] is not None for name in core):
+        # Every knob given: one configuration, exactly as stated (open remaining knobs take defaults).
+        defaults = {"zero": 0, "offload": "none", "grad_accum": workload.grad_accum if workload.mode == "train" else None,
+                    "quantization": "none", "cache": "dynamic", "kv_cache_dtype": "auto"}
+        for name, value in defaults.items():
+            if fixed.get(name) is None and not (name == "zero" and fixed.get("fsdp")):
+                fixed[name] = value
+    result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
+                      token_budget=token_budget, price_per_device_hour=price, **fixed)
+    emit(result.to_dict(), as_json, lambda console: render_plan(result, console))

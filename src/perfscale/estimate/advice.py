@@ -1,0 +1,89 @@
+"""Advice in words: which of the guides' methods made the difference, and what bounds the step."""
+
+from __future__ import annotations
+
+from perfscale.report.units import gib
+
+
+def _share(fitting, pred) -> bool:
+    return bool(fitting) and all(pred(k) for _n, k in fitting)
+
+
+def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> list[str]:
+    words: list[str] = []
+    if not best:
+        return words
+    numbers, k = best[0]
+    if workload.mode == "train":
+        if used_lora:
+            words.append("Full fine-tuning fits nowhere on this topology: fits only with LoRA (frozen base, "
+                         "adapters on every linear layer, r=16).")
+        needs = []
+        if _share(fitting, lambda c: c.checkpointing):
+            needs.append("gradient checkpointing")
+        if _share(fitting, lambda c: c.zero or c.fsdp):
+            needs.append("ZeRO/FSDP sharding")
+        if _share(fitting, lambda c: c.offload != "none"):
+            needs.append("CPU offload")
+        if _share(fitting, lambda c: c.tp > 1 or c.pp > 1):
+            needs.append("tensor or pipeline parallelism")
+        if _share(fitting, lambda c: c.optimizer in ("adamw-8bit", "adafactor", "sgd")):
+            needs.append("a lighter optimizer (8-bit AdamW or Adafactor)")
+        if needs:
+            words.append("Fits only with " + " and ".join(needs) + ".")
+        if k.precision.endswith("-mixed"):
+            fp32 = k.copy(precision="fp32")
+            n32 = evaluate_fn(fp32)
+            if n32["tps"] > 0:
+                words.append(f"Mixed precision ({k.precision}): {numbers['tps'] / n32['tps']:.1f}x the fp32 throughput "
+                             f"(peak {k.precision.split('-')[0]} vs fp32 on {topo.hardware.name}).")
+        split = numbers["split"]
+        step = numbers["step"] or 1.0
+        binding = numbers["binding"]
+        if binding == "communication":
+            words.append(f"The step is communication-bound: {split['exposed_comm'] / step:.0%} of it is exposed "
+                         "communication; fewer shards, larger micro-batches or gradient accumulation hide more of it.")
+        elif binding == "bubble":
+            words.append(f"Pipeline bubble is {split['bubble'] / step:.0%} of the step: raise gradient accumulation "
+                         "(more micro-batches) or lower --pp.")
+        elif split.get("recompute"):
+            words.append(f"Recomputation costs {split['recompute'] / step:.0%} of the step (checkpointing's price for memory).")
+        if numbers.get("mfu") is not None:
+            words.append(f"Expected MFU {numbers['mfu']:.0%} at efficiency {numbers['efficiency']:.2f} (override with --efficiency).")
+    else:
+        if numbers.get("bound") == "bandwidth" and k.new_tokens:
+            q4 = evaluate_fn(k.copy(quantization="int4"))
+            if q4["step"] > 0 and k.quantization == "none":
+                ratio = numbers["per_token"] / q4["per_token"]
+                words.append(f"Decode is memory-bound: int4 weights ~{ratio:.1f}x faster per token "
+                             f"({numbers['per_token'] * 1e3:.2f} ms -> {q4['per_token'] * 1e3:.2f} ms).")
+            else:
+                words.append("Decode is memory-bandwidth-bound: each new token reads all weights and the KV cache once.")
+        kv = numbers["mem"]["breakdown"].get("kv_cache", 0)
+        if kv > numbers["mem"]["breakdown"]["parameters"]:
+            words.append(f"The KV cache ({gib(kv)}) outweighs the weights: an fp8 cache halves it.")
+    return words
+
+
+def nothing_fits_message(mc, topo, numbers, k, train: bool, single: bool = False) -> str:
+    cap = numbers["capacity"]
+    short = numbers["total"] - cap
+    head = (f"This configuration does not fit" if single else f"No configuration of {mc.name} fits") + \
+        f" on {topo.label}: the smallest needs {gib(numbers['total'])} per device " \
+        f"(peak {gib(numbers['mem']['peak'])} + overheads) against {gib(cap)}, short by {gib(short)}."
+    fixes = []
+    if train:
+        states = numbers["mem"]["breakdown"]["parameters"] + numbers["mem"]["breakdown"]["optimizer_state"]
+        acts = numbers["mem"]["breakdown"]["activations"] + numbers["mem"]["breakdown"]["temporaries"]
+        if acts > short:
+            fixes.append("a smaller --batch or --seq (activations are "
+                         f"{gib(acts)})" + ("" if k.checkpointing else ", or --checkpointing"))
+        need_devices = max(1, int(-(-(16 * mc.params_total) // (cap * 0.7))))
+        fixes.append(f"more devices with ZeRO-3/FSDP (model states of full AdamW training need ~{need_devices} "
+                     f"x {topo.hardware.name} at 16 bytes/parameter)")
+        if k.lora_r is None:
+            fixes.append("LoRA/QLoRA (--lora-r 16 --quantization nf4) to freeze and quantize the base")
+    else:
+        fixes.append("int4/nf4 weights (--quantization int4), an fp8 KV cache, a smaller batch or context, "
+                     "or tensor parallelism over more devices")
+    return head + " To fit: " + "; ".join(fixes) + "."

@@ -1,0 +1,144 @@
+"""plan(): enumerate the open knobs, drop what does not fit, rank, and say why in words."""
+
+from __future__ import annotations
+
+import itertools
+import time as _time
+from typing import Any
+
+from perfscale.errors import InvalidConfigError, TopologyError
+from perfscale.estimate.advice import advice_lines, nothing_fits_message
+from perfscale.estimate.core import constants_for, evaluate, layout_problems, to_estimate
+from perfscale.estimate.inference import largest_batch, longest_context
+from perfscale.estimate.knobs import Knobs
+from perfscale.estimate.result import PlanResult
+from perfscale.tune import rank as ranking
+from perfscale.tune import space
+
+KNOB_NAMES = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp",
+              "offload", "quantization", "cache", "kv_cache_dtype", "grad_accum")
+
+
+def _resolve_topology(topology) -> tuple[Any, bool]:
+    from perfscale.specs import Topology, get_hardware, parse_topology
+
+    if topology is None:
+        return Topology(hardware=get_hardware("local")), True
+    if isinstance(topology, str):
+        return parse_topology(topology), False
+    return topology, False
+
+
+def _resolve_model(model):
+    if isinstance(model, str):
+        from perfscale.specs import load_model_spec
+
+        return load_model_spec(model)
+    return model
+
+
+def plan(model, topology=None, workload=None, objective: str = "throughput", top: int = 5,
+         efficiency: float | None = None, token_budget: float | None = None,
+         price_per_device_hour: float | None = None, **fixed: Any) -> PlanResult:
+    """Search the open knobs (those not given in `fixed`) and rank what fits.
+
+    model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
+    workload: TrainWorkload / InferWorkload; fixed: knob=value for knobs the user gave
+    (precision, optimizer, checkpointing, attn, lora_r, lora_targets, zero, fsdp, tp, pp, offload,
+    quantization, cache, kv_cache_dtype, grad_accum).
+    """
+    from perfscale.specs.workload import TrainWorkload
+
+    started = _time.perf_counter()
+    if objective not in ranking.OBJECTIVES:
+        raise InvalidConfigError(f"Unknown objective: {objective!r}. Choose from: {', '.join(ranking.OBJECTIVES)}.")
+    if not isinstance(top, int) or top < 1:
+        raise InvalidConfigError(f"top must be a positive integer, got {top!r}.")
+    unknown = sorted(set(fixed) - set(KNOB_NAMES))
+    if unknown:
+        raise InvalidConfigError(f"Unknown knobs: {', '.join(unknown)}. Valid knobs: {', '.join(KNOB_NAMES)}.")
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    spec = _resolve_model(model)
+    topo, detected = _resolve_topology(topology)
+    workload = workload or TrainWorkload(batch=1, seq=512)
+    mc = constants_for(spec)
+    hw, nodes, per_node, world = topo.hardware, topo.nodes, topo.devices_per_node, topo.world_size
+    train = workload.mode == "train"
+
+    # Validate the fixed knobs once through RunConfig (the choices in every message).
+    probe_fields = {k: v for k, v in fixed.items() if k != "grad_accum"}
+    if "lora_targets" in probe_fields:
+        probe_fields["lora_targets"] = tuple(probe_fields["lora_targets"])
+    from perfscale.config.run_config import RunConfig
+
+    probe = Knobs.from_run_config(RunConfig(workload=workload, **probe_fields))
+    if train:
+        base = probe.copy(accum=workload.grad_accum)
+        fixed.setdefault("grad_accum", None)
+        if fixed.get("grad_accum") is None and workload.grad_accum != 1:
+            fixed["grad_accum"] = workload.grad_accum
+    else:
+        base = probe
+    problems = layout_problems(mc, probe.copy(tp=fixed.get("tp", 1), pp=fixed.get("pp", 1)), world)
+    if problems and ("tp" in fixed or "pp" in fixed or not train):
+        raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
+
+    def candidates(with_lora: bool):
+        if train:
+            b = base
+            if with_lora:
+                b = base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims))
+            fx = dict(fixed)
+            if with_lora and "precision" not in fx:
+                pass
+            return space.train_space(b, fx, mc.heads, mc.layers, world, per_node, hw)
+        return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
+
+    evaluated, fitting, smallest = 0, [], None
+    used_lora = False
+    single = list(itertools.islice(candidates(False), 2))
+    if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
+        k = single[0]
+        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency)
+        est = to_estimate(mc, k, topo, numbers, token_budget, price_per_device_hour)
+        words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers["fits"] else [], [(numbers, k)], False,
+                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency))
+        if not numbers["fits"]:
+            words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
+        if detected:
+            words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
+        return PlanResult(model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode,
+                          objective=objective, evaluated=1, feasible=int(numbers["fits"]),
+                          seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
+    for attempt in ((False, True) if train and "lora_r" not in fixed else (False,)):
+        for k in candidates(attempt):
+            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency)
+            evaluated += 1
+            if numbers["fits"]:
+                fitting.append((numbers, k))
+            elif smallest is None or numbers["total"] < smallest[0]["total"]:
+                smallest = (numbers, k)
+        if fitting:
+            used_lora = attempt
+            break
+    if not fitting:
+        if smallest is None:
+            raise InvalidConfigError("No configuration could be formed from the given knobs; loosen a fixed knob.")
+        raise InvalidConfigError(nothing_fits_message(mc, topo, smallest[0], smallest[1], train))
+    best = ranking.rank(fitting, objective, top)
+    estimates = tuple(to_estimate(mc, k, topo, n, token_budget, price_per_device_hour) for n, k in best)
+    extras: dict[str, Any] = {}
+    if not train:
+        k0 = best[0][1]
+        cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
+        extras["largest_batch"] = largest_batch(mc, k0, cap)
+        extras["longest_context"] = longest_context(mc, k0, cap)
+    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency))
+    if detected:
+        words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
+    open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)
+    return PlanResult(
+        model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode, objective=objective,
+        evaluated=evaluated, feasible=len(fitting), seconds=_time.perf_counter() - started, open_knobs=open_knobs,
+        configs=estimates, advice=tuple(words), extras=extras,
+    )

@@ -1,0 +1,28 @@
+"""Rank evaluated configurations by an objective; ties go to the simpler configuration."""
+
+from __future__ import annotations
+
+OBJECTIVES = ("throughput", "memory", "cost")
+
+
+def complexity(k) -> int:
+    """How far a configuration is from the plain default (fewer changes first on ties)."""
+    score = 0
+    score += k.checkpointing if k.mode == "train" else 0
+    score += (k.zero > 0) + bool(k.fsdp) + (k.offload != "none") * 2 if k.mode == "train" else 0
+    score += (k.tp > 1) + (k.pp > 1) + (k.quantization != "none")
+    score += 0 if k.mode != "train" or k.optimizer in ("adamw-fused", "adamw") else 1
+    return score
+
+
+def sort_key(objective: str, numbers: dict, k) -> tuple:
+    if objective == "memory":
+        return (numbers["mem"]["peak"], -numbers["tps"], complexity(k))
+    # throughput, and cost (device-hours per token = world / tokens-per-second: the same order on
+    # a fixed topology).
+    return (-round(numbers["tps"], 6), complexity(k), -k.batch, numbers["mem"]["peak"])
+
+
+def rank(evaluated: list[tuple], objective: str, top: int) -> list[tuple]:
+    """evaluated: (numbers, knobs) pairs that fit; returns the best `top`."""
+    return sorted(evaluated, key=lambda nk: sort_key(objective, nk[0], nk[1]))[:top]

@@ -1,0 +1,98 @@
+"""The knob space of a model on a topology: every open knob's candidate values, as Knobs objects.
+
+A knob the user fixed has one value; an open knob (None) takes the values below. Choices a
+hardware cannot run natively (e.g. bf16 without native bf16 matmuls) are left out of open knobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from perfscale.estimate.knobs import Knobs
+
+TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "offload", "micro_batch")
+INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def train_precisions(hw) -> list[str]:
+    out = []
+    if hw.peak("bf16"):
+        out.append("bf16-mixed")
+    elif hw.peak("fp16"):
+        out.append("fp16-mixed")
+    out.append("fp32")
+    return out
+
+
+def infer_precisions(hw) -> list[str]:
+    out = [p for p in ("bf16", "fp16") if hw.peak(p)][:1]
+    return out + ["fp32"]
+
+
+def tp_choices(heads: int, world: int, per_node: int) -> list[int]:
+    # TP stays inside a node (its all-reduces are on the critical path) and divides the heads.
+    return [t for t in divisors(world) if t <= per_node and heads % t == 0]
+
+
+def pp_choices(layers: int, world_over_tp: int) -> list[int]:
+    return [p for p in divisors(world_over_tp) if p <= layers and p <= 64]
+
+
+def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw,
+                lora_fallback: bool = False) -> Iterator[Knobs]:
+    """All training configurations: `fixed` maps knob -> value for the knobs the user gave."""
+    def pick(name, options):
+        return [fixed[name]] if fixed.get(name) is not None else options
+
+    precisions = pick("precision", train_precisions(hw))
+    optimizers = pick("optimizer", ["adamw-fused", "adamw", "adamw-8bit", "adafactor"])
+    ckpts = pick("checkpointing", [False, True])
+    attns = pick("attn", ["sdpa"])
+    tps = pick("tp", tp_choices(heads, world, per_node))
+    offloads = pick("offload", ["none", "optimizer", "optimizer+params"])
+    per_replica = base.batch * base.accum
+    micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(per_replica) if m <= base.batch]
+    for tp in tps:
+        pps = pick("pp", pp_choices(layers, world // tp)) if world % tp == 0 else []
+        for pp in pps:
+            if world % (tp * pp):
+                continue
+            dp = world // (tp * pp)
+            if fixed.get("fsdp") is not None:
+                shardings = [(0, fixed["fsdp"])]
+            elif fixed.get("zero") is not None:
+                shardings = [(fixed["zero"], None)]
+            else:
+                shardings = [(0, None)] + ([(1, None), (2, None), (3, None), (0, dp)] if dp > 1 else [(3, None)] if pp == 1 else [])
+            for (zero, fsdp), precision, optimizer, ckpt, attn, offload, mb in itertools.product(
+                shardings, precisions, optimizers, ckpts, attns, offloads, micro
+            ):
+                if offload != "none" and not (zero or fsdp):
+                    continue  # CPU offload comes with ZeRO (DeepSpeed) or FSDP
+                if offload == "optimizer+params" and not (zero == 3 or fsdp):
+                    continue
+                accum = per_replica // mb
+                if pp > 1 and accum < pp:
+                    continue  # 1F1B needs at least p micro-batches
+                yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, zero=zero,
+                                fsdp=fsdp, tp=tp, pp=pp, offload=offload, batch=mb, accum=accum)
+
+
+def infer_space(base: Knobs, fixed: dict, heads: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
+    def pick(name, options):
+        return [fixed[name]] if fixed.get(name) is not None else options
+
+    kv_dtypes = pick("kv_cache_dtype", ["auto"] + (["fp8"] if hw.peak("fp8") else []))
+    for precision, quant, kvd, tp, attn, cache in itertools.product(
+        pick("precision", infer_precisions(hw)), pick("quantization", ["none", "int8", "int4", "nf4"]), kv_dtypes,
+        pick("tp", tp_choices(heads, world, per_node)), pick("attn", ["sdpa"]), pick("cache", ["dynamic", "static"]),
+    ):
+        dp = world // tp
+        if base.batch % dp and fixed.get("tp") is None and tp != world:
+            continue
+        yield base.copy(precision=precision, quantization=quant, kv_cache_dtype=kvd, tp=tp, pp=1, attn=attn, cache=cache)
