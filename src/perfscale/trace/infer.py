@@ -63,7 +63,7 @@ def _instrument_cache(cache: Any, tracker: Any) -> None:
 
 
 def _kv_bytes(tracker: Any) -> int:
-    return int(sum(s.get(KV, 0) for s in tracker._curr_mem_snap.values()))
+    return int(sum(s.get(KV, 0) for s in tracker._device_snaps()))
 
 
 def trace_infer(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:

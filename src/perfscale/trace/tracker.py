@@ -97,8 +97,13 @@ class RegionMixin:
             self._update_and_maybe_create_winfos(t, KV)  # type: ignore[attr-defined]
 
     # --- module entry levels (for the top-modules table) ------------------------------------
+    def _device_snaps(self) -> list[dict]:
+        # Meta tensors are shape bookkeeping (DTensor sharding propagation runs ops on them on first
+        # use), never device memory.
+        return [s for dev, s in self._curr_mem_snap.items() if getattr(dev, "type", None) != "meta"]  # type: ignore[attr-defined]
+
     def _total(self) -> int:
-        return sum(s.get(_TOTAL_KEY, 0) for s in self._curr_mem_snap.values())  # type: ignore[attr-defined]
+        return sum(s.get(_TOTAL_KEY, 0) for s in self._device_snaps())
 
     def _note_entry(self, module) -> None:  # noqa: ANN001
         name = self._mod_tracker.get_known_fqn(module)  # type: ignore[attr-defined]
@@ -155,7 +160,7 @@ class RegionMixin:
             entry[1] = self._merged_snapshot()
 
     def _merged_snapshot(self) -> dict:
-        snaps = list(self._curr_mem_snap.values())  # type: ignore[attr-defined]
+        snaps = self._device_snaps()
         if len(snaps) == 1:
             return dict(snaps[0])
         merged: dict = {}
