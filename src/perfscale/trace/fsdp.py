@@ -105,10 +105,11 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
         opt = make_optimizer(config.optimizer, params, spec.name)
         inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
         tracker = region_fsdp_tracker(model, opt, layers)
-        tracker.track_inputs(tuple(inputs.values()))
         try:
-            with emulation(), tracker:
-                run_step_loop(model, opt, inputs, tracker, config, device)
+            with emulation():
+                tracker.track_inputs(tuple(inputs.values()))  # inside: CUDA rounding applies
+                with tracker:
+                    run_step_loop(model, opt, inputs, tracker, config, device)
         except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     raw = RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)

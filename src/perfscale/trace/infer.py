@@ -83,41 +83,42 @@ def trace_infer(spec: ModelSpec, config: RunConfig, device: str, emulation, num_
         ids = torch.randint(0, spec.vocab_size, (wl.batch, prompt), device=device)
         cache = _make_cache(model, config, prompt + new)
         tracker = RegionMemTracker(model, decoder_layers(model), inference=True)
-        tracker.track_external(model, ids)
         _instrument_cache(cache, tracker)
         kv_bytes = 0
         try:
-            with emulation(), tracker, torch.no_grad():
-                keep = {"logits_to_keep": 1} if accepts_keep else {}
-                tracker.step, tracker.phase_label = "run", "prefill"
-                out = model(input_ids=ids, **{cache_kw: cache}, use_cache=True, **keep)
-                token = out.logits[:, -1:].argmax(-1)
-                del out
-                kv_bytes = _kv_bytes(tracker)
-                decode_steps = new - 1
-                if decode_steps >= 1:
-                    pos = prompt
-                    if decode_steps > 2 and config.cache == "dynamic":
-                        # Untracked: bring the dynamic cache to prompt + new - 3 tokens.
-                        tracker.phase_label = None
-                        fill = decode_steps - 2
-                        filler = torch.randint(0, spec.vocab_size, (wl.batch, fill), device=device)
-                        tracker.reset_mod_stats()
-                        out = model(input_ids=filler, **{cache_kw: cache}, use_cache=True, **keep)
-                        del out, filler
-                        pos += fill
-                    elif decode_steps > 2:
-                        pos += decode_steps - 2
-                    tracker.phase_label = "decode"
-                    for _ in range(min(decode_steps, 2)):
-                        tracker.reset_mod_stats()
-                        position = torch.arange(pos, pos + 1, device=device).unsqueeze(0).expand(wl.batch, 1)
-                        out = model(input_ids=token, **{cache_kw: cache}, use_cache=True,
-                                    position_ids=position, cache_position=torch.arange(pos, pos + 1, device=device), **keep)
-                        token = out.logits[:, -1:].argmax(-1)
-                        del out
-                        pos += 1
+            with emulation():
+                tracker.track_external(model, ids)  # inside: CUDA rounding applies
+                with tracker, torch.no_grad():
+                    keep = {"logits_to_keep": 1} if accepts_keep else {}
+                    tracker.step, tracker.phase_label = "run", "prefill"
+                    out = model(input_ids=ids, **{cache_kw: cache}, use_cache=True, **keep)
+                    token = out.logits[:, -1:].argmax(-1)
+                    del out
                     kv_bytes = _kv_bytes(tracker)
+                    decode_steps = new - 1
+                    if decode_steps >= 1:
+                        pos = prompt
+                        if decode_steps > 2 and config.cache == "dynamic":
+                            # Untracked: bring the dynamic cache to prompt + new - 3 tokens.
+                            tracker.phase_label = None
+                            fill = decode_steps - 2
+                            filler = torch.randint(0, spec.vocab_size, (wl.batch, fill), device=device)
+                            tracker.reset_mod_stats()
+                            out = model(input_ids=filler, **{cache_kw: cache}, use_cache=True, **keep)
+                            del out, filler
+                            pos += fill
+                        elif decode_steps > 2:
+                            pos += decode_steps - 2
+                        tracker.phase_label = "decode"
+                        for _ in range(min(decode_steps, 2)):
+                            tracker.reset_mod_stats()
+                            position = torch.arange(pos, pos + 1, device=device).unsqueeze(0).expand(wl.batch, 1)
+                            out = model(input_ids=token, **{cache_kw: cache}, use_cache=True,
+                                        position_ids=position, cache_position=torch.arange(pos, pos + 1, device=device), **keep)
+                            token = out.logits[:, -1:].argmax(-1)
+                            del out
+                            pos += 1
+                        kv_bytes = _kv_bytes(tracker)
         except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     regions = {key: (total, to_breakdown(snap)) for key, (total, snap) in tracker.regions.items()}

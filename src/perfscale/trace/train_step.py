@@ -157,10 +157,11 @@ def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_
         inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
         tracker = RegionMemTracker(model, decoder_layers(model))
         skip_frozen(tracker, model)
-        tracker.track_external(model, opt, *inputs.values())
         try:
-            with emulation(), tracker:
-                run_step_loop(model, opt, inputs, tracker, config, device)
+            with emulation():
+                tracker.track_external(model, opt, *inputs.values())  # inside: CUDA rounding applies
+                with tracker:
+                    run_step_loop(model, opt, inputs, tracker, config, device)
         except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     return RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
