@@ -17,6 +17,6 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.version.cuda)"
 } 2>&1 | tee "$OUT/env.txt"
-timeout 200 python3 benchmarks/gpu_trace_check.py --out "$OUT/trace_gpu.json" 2>&1 | tee "$OUT/trace_gpu.log"
-timeout 200 python3 benchmarks/gpu_bench_check.py --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
-timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -n 30 | tee "$OUT/pytest_gpu.log"
+timeout 150 python3 benchmarks/gpu_trace_check.py --out "$OUT/trace_gpu.json" 2>&1 | tee "$OUT/trace_gpu.log"
+timeout 150 python3 benchmarks/gpu_bench_check.py --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -n 30 | tee "$OUT/pytest_gpu.log"
