@@ -1,0 +1,71 @@
+"""Estimated training throughput vs published end-to-end numbers (target: within 15%).
+
+Each row: a published run, rebuilt as a spec + RunConfig + topology, estimated with the default
+efficiency, and compared on per-GPU throughput in the paper's own unit.
+Writes benchmarks/results/plan_vs_published.json. Run: python benchmarks/plan_vs_published.py
+
+Sources
+- [MEG21] Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters
+  Using Megatron-LM" (SC21), Table 1 (weak scaling, A100-80GB, seq 2048, vocab 51200, full
+  activation recomputation, fp16 mixed precision): per-GPU achieved TFLOP/s counted with their
+  eq. 3, 96 B s l h^2 (1 + s/6h + V/16lh) per iteration (forward + backward + recomputed forward).
+- [LLAMA3] Dubey et al. 2024, "The Llama 3 Herd of Models", Table 4: 405B, seq 8192, BF16 MFU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from perfscale.config import RunConfig
+from perfscale.estimate import estimate
+from perfscale.specs import TrainWorkload, load_model_spec, parse_topology, spec_from_config
+
+
+def gpt(h: int, layers: int, heads: int, name: str):
+    return spec_from_config({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": h, "n_layer": layers,
+                             "n_head": heads, "n_positions": 2048, "vocab_size": 51200}, name)
+
+
+def megatron_tflops(spec, tokens_per_s_per_gpu: float, s: int = 2048) -> float:
+    """[MEG21] eq. 3 per token: 96 l h^2 (1 + s/6h + V/16lh) / s ... per sequence of s tokens."""
+    h, l, v = spec.hidden_size, spec.num_layers, spec.vocab_size
+    per_seq = 96 * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
+    return tokens_per_s_per_gpu / s * per_seq / 1e12
+
+
+ROWS = [
+    # (label, spec builder, topology, tp, pp, per-replica batch (micro x accum), published value, unit, source)
+    ("GPT 1.7B, 32 GPUs, TP1", lambda: gpt(2304, 24, 24, "gpt-1.7b"), "4x8xA100-80GB", 1, 1, (4, 4), 137, "TFLOP/s/GPU", "[MEG21] Table 1 row 1"),
+    ("GPT 7.5B, 128 GPUs, TP4", lambda: gpt(4096, 36, 32, "gpt-7.5b"), "16x8xA100-80GB", 4, 1, (4, 4), 142, "TFLOP/s/GPU", "[MEG21] Table 1 row 3"),
+    ("GPT 18.4B, 256 GPUs, TP8", lambda: gpt(6144, 40, 48, "gpt-18.4b"), "32x8xA100-80GB", 8, 1, (4, 8), 135, "TFLOP/s/GPU", "[MEG21] Table 1 row 4"),
+    ("Llama 3 405B, 8192 GPUs, TP8 PP16 DP64", lambda: load_model_spec("llama-3.1-405b"), "1024x8xH100-80GB", 8, 16, (1, 32), 0.43, "MFU", "[LLAMA3] Table 4 row 1"),
+]
+
+
+def run() -> dict:
+    out = []
+    for label, build, topo_text, tp, pp, (micro, accum), published, unit, source in ROWS:
+        spec = build()
+        topo = parse_topology(topo_text)
+        seq = 2048 if unit == "TFLOP/s/GPU" else 8192
+        config = RunConfig(TrainWorkload(micro, seq, accum), precision="bf16-mixed", optimizer="adamw",
+                           checkpointing=unit == "TFLOP/s/GPU", tp=tp, pp=pp, zero=1 if unit == "MFU" else 0)
+        est = estimate(spec, config, topo)
+        per_gpu = est.time.tokens_per_second / topo.world_size
+        value = megatron_tflops(spec, per_gpu, seq) if unit == "TFLOP/s/GPU" else est.time.mfu
+        err = (value - published) / published
+        out.append({"run": label, "source": source, "unit": unit, "published": published, "estimated": value,
+                    "error": err, "within_15pct": abs(err) <= 0.15, "fits": est.fits, "binding": est.binding,
+                    "split": est.time.split, "efficiency": est.time.efficiency})
+    return {"benchmark": "plan_vs_published", "rows": out}
+
+
+if __name__ == "__main__":
+    doc = run()
+    path = Path(__file__).parent / "results"
+    path.mkdir(exist_ok=True)
+    (path / "plan_vs_published.json").write_text(json.dumps(doc, indent=2))
+    for r in doc["rows"]:
+        print(f"{r['run']:<40} {r['unit']:<12} published {r['published']:<6} estimated {r['estimated']:.3g} "
+              f"error {r['error']:+.1%} fits={r['fits']} binding={r['binding']}  {r['source']}")
