@@ -53,16 +53,16 @@ def _progress(as_json: bool):
     return status, (lambda message: status.update(f"tune: {message}"))
 
 
-def _tune_training() -> None:
-    raise InvalidConfigError(
-        "Training tuning (`perfscale tune` without --infer) is not available yet. "
-        "Use `perfscale tune --infer --model minilm` to tune inference, or `perfscale bench`/`perfscale compare` to measure training configurations."
-    )
+def _tune_training(**flags) -> None:
+    """Training (issue 6): perfscale.cli.tune_train."""
+    from perfscale.cli.tune_train import tune_training_cli
+
+    tune_training_cli(**flags)
 
 
 def tune(
     infer: bool = knobs.INFER,
-    model: str = typer.Option(None, "--model", "-m", help="Encoder: 'minilm' or a local encoder folder. Decoder: perfscale-tiny-llama, a small catalogue LM or a local causal-LM folder. Default: minilm."),
+    model: str = typer.Option(None, "--model", "-m", help="Encoder: 'minilm' or a local encoder folder. Decoder: perfscale-tiny-llama, a small catalogue LM or a local causal-LM folder. Default: minilm (--infer); training: perfscale-tiny-llama or any LM."),
     quick: bool = typer.Option(False, "--quick", help="A small search, one measurement process per finalist (seconds to a minute)."),
     budget_seconds: float = typer.Option(None, "--budget-seconds", help="Stop trying new variants after this many seconds (the final measurement still runs)."),
     min_mean_cosine: float = typer.Option(0.99, "--min-mean-cosine", help="Encoder gate: mean cosine vs fp32 eager over the corpus."),
@@ -76,11 +76,30 @@ def tune(
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where exported ONNX files go (default $XDG_CACHE_HOME/perfscale)."),
     save: str = typer.Option(None, "--save", help="Write the result to this JSON file (for perfscale.apply)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+    seq: int = typer.Option(None, "--seq", help="Training: sequence length in tokens (default 64)."),
+    global_batch: int = typer.Option(None, "--global-batch", help="Training: sequences per optimizer step, kept fixed while micro-batch x accumulation varies (default 8)."),
+    hardware: str = typer.Option(None, "--hardware", help="Training: plan for a topology you do not have, e.g. 8xH100-80GB (estimated ranking, not measured). Default: this machine, measured."),
+    allow_lora: bool = typer.Option(False, "--allow-lora", help="Training: LoRA may be chosen (it trains an adapter, not the whole model)."),
+    allow_optimizer_change: bool = typer.Option(False, "--allow-optimizer-change", help="Training: other optimizer algorithms (SGD, Adafactor) besides AdamW's implementations."),
+    store: str = typer.Option(None, "--store", help="Training: SQLite journal of the trials (default: the bench store)."),
+    resume: bool = typer.Option(False, "--resume", help="Training: continue the last interrupted tune of this exact setup; finished trials are not re-measured."),
+    emit_: str = typer.Option(None, "--emit", help="Training: write the winner as trainer | accelerate | deepspeed | fsdp | torchrun | all (comma list)."),
+    out: str = typer.Option(None, "--out", help="Training: folder for --emit (default ./perfscale-tuned)."),
+    trace_top: int = typer.Option(None, "--trace-top", help="Training: candidates whose fit trace confirms (default 1, plus the baseline and the winner)."),
 ) -> None:
-    """Find the fastest configuration that keeps outputs right: `--infer` for inference (training: not yet)."""
+    """Find the fastest configuration: training by default (vs Trainer defaults), `--infer` for inference (outputs gated)."""
     if not infer:
-        _tune_training()
+        _tune_training(
+            model=model, quick=quick, budget_seconds=budget_seconds, repeats=repeats, compile_=compile_, save=save, as_json=as_json,
+            seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
+            store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
+            batch=batch, cache_dir=cache_dir,
+        )
         return
+    from perfscale.cli.tune_train import reject_training_flags
+
+    reject_training_flags(seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
+                          store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top)
     from perfscale.report import infer_tables
 
     model = model or "minilm"

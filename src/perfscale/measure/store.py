@@ -155,6 +155,13 @@ class Store:
         """Every stored run of a configuration (by BenchConfig.fingerprint()), oldest first: tune resumes from it."""
         return [r.result for r in reversed(self.runs(fingerprint=fingerprint))]
 
+    def latest_group(self, prefix: str) -> str | None:
+        """The newest group name starting with `prefix` (tune finds the session to resume by it)."""
+        row = self._db.execute(
+            "SELECT grp FROM runs WHERE substr(grp, 1, ?) = ? ORDER BY id DESC LIMIT 1", (len(prefix), prefix)
+        ).fetchone()
+        return row[0] if row else None
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 

@@ -1,0 +1,95 @@
+"""`perfscale tune` (training, the default mode): the CLI side of perfscale.tune.train.tune_training.
+
+cli/tune.py owns the verb and its flags; this module turns the training flags into a tune, prints
+the result (Rich or one JSON document) and writes the emitted files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from perfscale.errors import InvalidConfigError
+
+QUICK_BUDGET_S = 60.0
+# Flags of `tune --infer` that mean nothing for training; given without --infer they are a mistake.
+INFER_ONLY = {"prompt_lengths": "--prompt-lengths", "new_tokens": "--new-tokens", "batch": "--batch", "cache_dir": "--cache-dir"}
+TRAIN_ONLY = {"seq": "--seq", "global_batch": "--global-batch", "hardware": "--hardware", "allow_lora": "--allow-lora",
+              "allow_optimizer_change": "--allow-optimizer-change", "store": "--store", "resume": "--resume", "emit": "--emit",
+              "out": "--out", "trace_top": "--trace-top"}
+
+
+def reject_training_flags(**given: Any) -> None:
+    """`tune --infer` with a training flag: say which, instead of ignoring it."""
+    bad = [TRAIN_ONLY[k] for k, v in given.items() if k in TRAIN_ONLY and v not in (None, False)]
+    if bad:
+        raise InvalidConfigError(f"{', '.join(bad)} tune training; drop them with --infer (or drop --infer to tune training).")
+
+
+def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
+                      allow_optimizer_change, store, resume, emit, out, trace_top, **infer_flags) -> None:
+    from perfscale.report.emit import emit as print_result
+    from perfscale.tune.train import TrainTuneOptions, tune_training
+
+    bad = [INFER_ONLY[k] for k, v in infer_flags.items() if k in INFER_ONLY and v is not None]
+    if bad:
+        raise InvalidConfigError(f"{', '.join(bad)} tune inference: add --infer, or for training use --global-batch and --seq.")
+    formats = None
+    if emit:
+        from perfscale.export.emit import parse_formats
+
+        formats = parse_formats(emit)  # a bad format fails now, before minutes of measuring
+    elif out:
+        raise InvalidConfigError("--out says where --emit writes: add --emit trainer (or accelerate, deepspeed, fsdp, torchrun, all).")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise InvalidConfigError(f"--budget-seconds must be > 0, got {budget_seconds}.")
+    base = TrainTuneOptions()
+    options = TrainTuneOptions(
+        model=model or base.model, seq=seq or base.seq, global_batch=global_batch or base.global_batch, hardware=hardware,
+        allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change, include_compile=compile_,
+        budget_seconds=budget_seconds or (QUICK_BUDGET_S if quick else base.budget_seconds), store=store, resume=resume,
+        trace_top=trace_top, repeats=repeats or (1 if quick else base.repeats),
+    )
+    status, progress = _progress(as_json)
+    if status is not None:
+        status.start()
+    try:
+        result = tune_training(options, progress=progress)
+    finally:
+        if status is not None:
+            status.stop()
+    if formats and result.winner and result.winner.get("run_config"):
+        result.emitted = emit_winner(result, formats, Path(out or "perfscale-tuned"), options)
+    if save:
+        result.save(save)
+    document = result.to_dict()
+    from perfscale.report import tune_tables
+
+    print_result(document, as_json, lambda console: tune_tables.render(console, document))
+
+
+def emit_winner(result, formats: tuple[str, ...], out_dir: Path, options) -> list[dict[str, str]]:
+    """The winner's Trainer / accelerate / DeepSpeed / FSDP / torchrun files under out_dir."""
+    from perfscale.config.run_config import RunConfig
+    from perfscale.export import emit_files
+    from perfscale.specs import load_model_spec
+
+    from perfscale.tune.train import resolve_topology
+
+    config = RunConfig.from_dict(result.winner["run_config"])
+    spec = load_model_spec(options.model)
+    written = emit_files(config, resolve_topology(options), out_dir, formats, spec.hub_id or options.model)
+    return [{"format": f.format, "path": f.path, "description": f.description} for f in written]
+
+
+def _progress(as_json: bool):
+    """A spinner on stderr for people; nothing in --json mode."""
+    if as_json:
+        return None, (lambda _m: None)
+    from rich.console import Console
+
+    status = Console(stderr=True).status("tune: starting")
+    return status, (lambda message: status.update(f"tune: {message}"))
+
+
+__all__ = ["reject_training_flags", "tune_training_cli"]

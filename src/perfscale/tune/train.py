@@ -1,0 +1,403 @@
+"""`perfscale tune` for training: space -> estimate/prune -> trace-confirm -> successive halving -> proof.
+
+1. The space (train_space.py): the knobs that apply to the workload and the hardware.
+2. Estimate every point (< 1 ms each); drop what does not fit with a margin; drop what the estimate
+   puts far behind its best (e.g. checkpointing's recomputation when memory is plentiful); rank.
+3. Trace the top candidates (fake tensors: exact allocated bytes) to confirm they fit.
+4. Measure on this machine by successive halving (halving.py): short trials for the pool, longer for
+   survivors, the Trainer-defaults baseline always in. Each trial is journaled in the bench store as
+   it finishes, so `--resume` re-measures nothing that finished.
+5. Prove it: the winner against the baseline, interleaved, one fresh process per run; the speed-up
+   with its 95% CI (hierarchical bootstrap over processes and iterations, measure/stats.py).
+On hardware you do not have (`--hardware`), steps 4-5 cannot run: the ranking is the estimate's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from perfscale.errors import InvalidConfigError
+from perfscale.measure.bench_config import MeasureOptions
+from perfscale.measure.stats import StopRule
+from perfscale.tune.halving import HalvingRun, Outcome, design_pool, successive_halving
+from perfscale.tune.result import TrainTuneResult, TrialRecord
+from perfscale.tune.train_budget import Clock, Costs, final_plan
+from perfscale.tune.train_estimated import estimated_only, nothing_fits
+from perfscale.tune.train_final import FinalComparison, final_compare, why_it_won
+from perfscale.tune.train_space import Candidate, TrainSpace, baseline_candidate, build_space
+
+DEFAULT_SEQ = 64
+DEFAULT_GLOBAL_BATCH = 8  # Trainer's per_device_train_batch_size default: the baseline needs no accumulation
+DEFAULT_BUDGET_S = 140.0  # the default run must end well inside 3 minutes on 2 loaded cores
+MEMORY_MARGIN = 0.10  # keep 10% of the device free: estimate error, allocator, the rest of the process
+ESTIMATE_TOLERANCE = 0.2  # within 20% of the best estimate the estimate cannot decide: measure
+COMPILE_BUDGET_S = 300.0  # torch.compile joins the default space only with at least this budget
+# Stop rules per rung: rung 0 is a short screen, rung 1 longer; the final proof has its own.
+RUNG_STOPS = (
+    StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.05, max_time=3.0),
+    StopRule(min_iters=5, min_time=1.5, target_rel_ci=0.03, max_time=6.0),
+)
+FINAL_STOP = StopRule(min_iters=5, min_time=2.0, target_rel_ci=0.02, max_time=6.0)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainTuneOptions:
+    """Everything that shapes a training tune (the session key of --resume is built from it)."""
+
+    model: str = "perfscale-tiny-llama"
+    seq: int = DEFAULT_SEQ
+    global_batch: int = DEFAULT_GLOBAL_BATCH
+    hardware: str | None = None  # None / "local": this machine, measured; else a topology, estimated
+    allow_lora: bool = False
+    allow_optimizer_change: bool = False
+    include_compile: bool | None = None  # None: only when the budget allows
+    budget_seconds: float = DEFAULT_BUDGET_S
+    store: str | None = None
+    resume: bool = False
+    trace_top: int | None = None  # None: 2 here, 1 on --hardware
+    repeats: int = 2  # fresh processes per configuration in the final comparison
+    max_pool: int = 10
+    rung_stops: tuple[StopRule, ...] = RUNG_STOPS
+    final_stop: StopRule = FINAL_STOP
+    trial_time_limit: float = 120.0
+    space: TrainSpace | None = None  # an explicit space (benchmarks, tests)
+    faults: dict[str, str] = field(default_factory=dict)  # tests: candidate name -> tune_fault (screen.py)
+
+    @property
+    def local(self) -> bool:
+        return self.hardware is None or self.hardware.lower() == "local"
+
+
+def resolve_topology(options: TrainTuneOptions):
+    from perfscale.specs import parse_topology
+    from perfscale.specs.detect import detect_local
+
+    if options.local:
+        return detect_local().topology
+    return parse_topology(options.hardware)
+
+
+def _capacity(topology, local: bool) -> tuple[int, str]:
+    """Bytes a run may use, and where that number comes from."""
+    cap = int(topology.hardware.memory_bytes.value or 0)
+    if local and topology.hardware.kind == "cpu":
+        import psutil
+
+        avail = psutil.virtual_memory().available
+        if avail < cap:
+            return int(avail), "available RAM now (psutil), not the total: other processes hold the rest"
+    return cap, f"{topology.hardware.name} memory"
+
+
+def _estimate_all(spec, space_cands: list[Candidate], topology, seq: int, capacity: int) -> dict[Candidate, dict[str, Any]]:
+    """Estimate of each candidate; threads and workers do not change it, so equal keys share one."""
+    from perfscale.errors import PerfscaleError
+    from perfscale.estimate import estimate
+
+    cache: dict[Candidate, dict[str, Any]] = {}
+    out = {}
+    for c in space_cands:
+        key = replace(c, threads=None, workers=0)
+        if key not in cache:
+            try:
+                e = estimate(spec, key.run_config(seq), topology)
+                total = e.memory.total_bytes
+                cache[key] = {"tokens_per_s": e.time.tokens_per_second, "step_s": e.time.step_seconds, "peak_bytes": e.memory.peak_bytes,
+                              "total_bytes": total, "capacity_bytes": capacity, "fits": total <= capacity * (1 - MEMORY_MARGIN),
+                              "binding": e.binding}
+            except PerfscaleError as exc:
+                cache[key] = {"error": str(exc), "fits": False}
+        out[c] = cache[key]
+    return out
+
+
+def _rank_key(baseline: Candidate, best_tps: float):
+    """Best estimate first; within the estimate's resolution, larger micro-batches, then fewer changes from the defaults."""
+    def key(item):
+        c, est = item
+        bucket = round(est["tokens_per_s"] / best_tps / 0.02)  # 2% buckets: closer than that is a tie
+        return (-bucket, -c.micro_batch, len(c.differences(baseline)), c.name)
+    return key
+
+
+def _session_key(options: TrainTuneOptions, topology, space: TrainSpace) -> str:
+    data = {"model": options.model, "seq": options.seq, "global_batch": options.global_batch, "topology": topology.label,
+            "space": space.to_dict(), "rungs": [s.to_dict() for s in options.rung_stops], "final": options.final_stop.to_dict(),
+            "repeats": options.repeats, "max_pool": options.max_pool, "faults": options.faults, "trace_top": options.trace_top}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def tune_training(options: TrainTuneOptions | None = None, progress: Progress | None = None, **overrides: Any) -> TrainTuneResult:
+    """Find the fastest training configuration that fits, measured against Trainer's defaults.
+
+    `tune_training(model="perfscale-tiny-llama", seq=64, global_batch=8)`; see TrainTuneOptions.
+    """
+    from perfscale.specs import load_model_spec
+    from perfscale.specs.detect import detect_local
+
+    options = replace(options or TrainTuneOptions(), **overrides)
+    say = progress or (lambda _m: None)
+    clock = Clock(options.budget_seconds)
+    if options.seq < 1 or options.global_batch < 1:
+        raise InvalidConfigError(f"--seq and --global-batch must be positive integers, got {options.seq} and {options.global_batch}.")
+    if options.repeats < 1:
+        raise InvalidConfigError(f"--repeats must be >= 1, got {options.repeats}.")
+    server = None
+    if options.local:  # start the trial worker now: its imports overlap the estimate below
+        from perfscale.tune.screen import TrialServer
+
+        workdir = tempfile.TemporaryDirectory(prefix="perfscale-tune-")
+        server = TrialServer(Path(workdir.name))
+        server.spawn()
+    try:
+        return _tune(options, say, clock, server)
+    finally:
+        if server is not None:
+            server.close()
+            workdir.cleanup()
+
+
+def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> TrainTuneResult:
+    from perfscale.specs import load_model_spec
+    from perfscale.specs.detect import detect_local
+
+    spec = load_model_spec(options.model)
+    topology = resolve_topology(options)
+    hw = topology.hardware
+    notes: list[str] = []
+    include_compile = options.include_compile
+    if include_compile is None:
+        include_compile = options.budget_seconds >= COMPILE_BUDGET_S
+    space = options.space or build_space(
+        hw, topology.world_size, global_batch=options.global_batch, seq=options.seq, local=options.local,
+        allow_lora=options.allow_lora, allow_optimizer_change=options.allow_optimizer_change, include_compile=include_compile,
+        cpu_cores=detect_local().cpu.physical_cores, heads=spec.num_heads, layers=spec.num_layers, per_node=topology.devices_per_node,
+    )
+    notes += list(space.notes)
+    capacity, cap_source = _capacity(topology, options.local)
+    baseline = baseline_candidate(space.global_batch, space.data_parallel)
+    cands = space.candidates()
+    if baseline not in cands:
+        cands.insert(0, baseline)
+    say(f"estimating {len(cands)} configurations")
+    estimates = _estimate_all(spec, cands, topology, space.seq, capacity)
+    records = {c: TrialRecord(name=c.name, knobs=c.knobs(), status="estimated", baseline=c == baseline, estimate=estimates[c]) for c in cands}
+    fitting = [(c, estimates[c]) for c in cands if estimates[c].get("fits")]
+    for c in cands:
+        est = estimates[c]
+        if "error" in est:
+            records[c].status, records[c].reason = "pruned", est["error"]
+        elif not est["fits"]:
+            records[c].status = "pruned"
+            records[c].reason = (f"does not fit: estimated {est['total_bytes'] / 2**30:.2f} GiB > {1 - MEMORY_MARGIN:.0%} of "
+                                 f"{capacity / 2**30:.2f} GiB ({cap_source})")
+    stage_times: dict[str, float] = {"estimate_s": clock.elapsed()}
+    if not fitting:
+        return nothing_fits(options, spec, topology, space, records, notes, clock, capacity)
+    best_tps = max(e["tokens_per_s"] for _, e in fitting)
+    ranked_items = sorted(fitting, key=_rank_key(baseline, best_tps))
+    kept = []
+    for c, est in ranked_items:
+        if est["tokens_per_s"] < best_tps * (1 - ESTIMATE_TOLERANCE) and c != baseline:
+            records[c].status = "pruned"
+            records[c].reason = f"estimated {1 - est['tokens_per_s'] / best_tps:.0%} slower than the best estimate" + (
+                " (checkpointing recomputes the forward)" if c.checkpointing else "")
+        else:
+            kept.append(c)
+    ranked = kept
+    common = dict(options=options, spec=spec, topology=topology, space=space, records=records, notes=notes, clock=clock,
+                  baseline=baseline, stage_times=stage_times, capacity=capacity)
+    if not options.local:
+        return estimated_only(ranked, confirm=_trace_confirm, **common)
+    return _measured(ranked, **common, server=server, progress=say)
+
+
+# ----------------------------------------------------------------- measured here
+def _measured(ranked, *, options, spec, topology, space, records, notes, clock, baseline, stage_times, capacity, server, progress) -> TrainTuneResult:
+    from perfscale.measure.store import Store
+
+    say = progress
+    center, pool, role = design_pool(ranked, baseline, space.knob_values(), options.max_pool)
+    for c, r in role.items():
+        records[c].role = "baseline" if c == baseline and r is None else ("centre" if r is None else f"{r[0]}={r[1]}")
+    for c in ranked:
+        if c not in role and records[c].status == "estimated":
+            records[c].reason = "estimated only: not in the measured pool (the centre and its one-knob neighbours)"
+    store = Store(options.store)
+    key = _session_key(options, topology, space)
+    prefix = f"tune-{key}-"
+    resumed_from = store.latest_group(prefix) if options.resume else None
+    session = resumed_from[len(prefix):].split("-")[0] if resumed_from else uuid.uuid4().hex[:8]
+    group = f"{prefix}{session}"
+    if options.resume and not resumed_from:
+        notes.append("--resume: no earlier session of this exact tune in the store; started a new one")
+    counts = {"reused": 0, "measured": 0}
+    opts = [MeasureOptions(stop=s, warmup=1, time_limit=options.trial_time_limit, gate=False, profile_memory=False)
+            for s in options.rung_stops]
+    trace_top = 1 if options.trace_top is None else options.trace_top
+    try:
+        # 3. Trace-confirm the top of the pool (and the baseline): exact allocated bytes.
+        confirm = [c for c in pool if c != baseline][:trace_top] + ([baseline] if baseline in pool and trace_top else [])
+        _trace_confirm(server, spec, confirm, records, space, capacity, "cpu", say)
+        pool = [c for c in pool if records[c].status != "pruned"]
+        baseline_runs = baseline in pool
+        if not baseline_runs:
+            notes.append(f"the Trainer-defaults baseline ({baseline.name}) is not run: {records[baseline].reason}")
+        stage_times["trace_s"] = clock.elapsed() - sum(stage_times.values())
+
+        # 4. Successive halving, every trial journaled as it finishes.
+        costs = Costs(server, options)
+
+        def measure(cand: Candidate, rung: int) -> Outcome:
+            extra = {"tune_fault": options.faults[cand.name]} if cand.name in options.faults else None
+            config = cand.bench_config(options.model, space.seq, extra=extra)
+            rgroup = f"{group}-r{rung}"
+            prior = store.runs(group=rgroup, fingerprint=config.fingerprint(), limit=1) if resumed_from else []
+            if prior:
+                result, was_reused = prior[0].result, True
+                counts["reused"] += 1
+            else:
+                say(f"rung {rung}: {cand.name}")
+                rung_opts = replace(opts[min(rung, len(opts) - 1)], time_limit=costs.trial_limit())
+                result, was_reused = server.measure(config, rung_opts, group=rgroup), False
+                if result.status == "timeout" and costs.typical_wall():
+                    result.reason = (f"stopped at {rung_opts.time_limit:.0f} s, 3x the typical trial here: "
+                                     "far slower than the others (or hung)")
+                store.add(result)
+                counts["measured"] += 1
+            costs.add(result)
+            rate = (result.throughput().get("tokens_per_s") or {}).get("median") if result.ok else None
+            _record_rung(records[cand], rung, result, was_reused)
+            return Outcome(cand, rung, rate, result.status, result.reason, result, was_reused)
+
+        def keep_going(rung: int) -> bool:
+            # Rung 0 leaves room for two rung-1 trials and the final; rung 1 for the final only.
+            later = 2 * costs.trial(options.rung_stops[1]) if rung == 0 and len(options.rung_stops) > 1 else 0.0
+            stop = options.rung_stops[min(rung, len(options.rung_stops) - 1)]
+            return clock.left() - costs.final(1, "trial") - later > costs.trial(stop)
+
+        def feasible(c: Candidate) -> bool:
+            if c in records:
+                return records[c].status != "pruned"
+            est = _estimate_all(spec, [c], topology, space.seq, capacity)[c]
+            records[c] = TrialRecord(name=c.name, knobs=c.knobs(), status="estimated", estimate=est, role="combined")
+            return bool(est.get("fits"))
+
+        run = successive_halving(center, pool, role, measure, rungs=len(opts), keep_going=keep_going, feasible=feasible)
+        if run.combined is not None and records[run.combined].role is None:
+            records[run.combined].role = "combined"
+        for c in run.skipped:
+            records[c].status, records[c].reason = "not-measured", "in the pool, but the time budget ran out before its trial"
+        stage_times["halving_s"] = clock.elapsed() - sum(stage_times.values())
+        ranking = run.ranking()
+        if not ranking:
+            raise InvalidConfigError(_all_failed_message(records))
+        if trace_top and records[ranking[0].candidate].trace is None:  # confirm the winner's fit too
+            _trace_confirm(server, spec, [ranking[0].candidate], records, space, capacity, "cpu", say)
+            ranking = [o for o in ranking if records[o.candidate].status != "pruned"] or ranking
+
+        # 5. The proof: winner vs baseline, interleaved.
+        plan = final_plan(costs, options, clock)
+        final_opts = MeasureOptions(stop=plan["stop"], warmup=1, time_limit=max(options.trial_time_limit, 120.0), gate=False)
+        notes.append(plan["note"])
+        if plan["isolation"] == "process":
+            from perfscale.measure.runner import run_in_subprocess
+
+            def run_one(config, rep):
+                return run_in_subprocess(config, final_opts, workdir=server.workdir, repeat=rep)
+        else:
+            def run_one(config, rep):
+                return server.measure(config, final_opts, repeat=rep)
+        say("final: winner vs baseline, interleaved")
+        final = final_compare(ranking, baseline if baseline_runs else None, options.model, space.seq, plan["repeats"], store,
+                              f"{group}-final", bool(resumed_from), run_one, say)
+        notes.extend(final.notes)
+    finally:
+        store.close()
+    stage_times["final_s"] = clock.elapsed() - sum(stage_times.values())
+    return _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run, final,
+                            {"id": session, "group": group, "store": str(store.path), "resumed": bool(resumed_from),
+                             "reused_trials": counts["reused"] + final.reused, "measured_trials": counts["measured"] + final.measured})
+
+
+def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
+    tp = (result.throughput().get("tokens_per_s") or {}) if result.ok else {}
+    record.rungs.append({
+        "rung": rung, "status": result.status, "reason": result.reason, "tokens_per_s": tp.get("median"),
+        "ci_low": tp.get("ci_low"), "ci_high": tp.get("ci_high"), "iterations": len(result.samples),
+        "peak_memory_bytes": result.peak_memory_bytes, "wall_s": result.wall_s, "store_id": result.store_id, "reused": reused,
+    })
+    record.status = "measured" if result.ok else result.status if result.status in ("oom", "timeout") else "failed"
+    record.reason = None if result.ok else result.reason
+
+
+def _trace_confirm(server, spec, cands, records, space, capacity, device, say) -> None:
+    """Trace each candidate's RunConfig once; a candidate whose traced peak does not fit is pruned."""
+    done: dict[Any, dict] = {}
+    for c in cands:
+        if c.zero or c.tp > 1 or c.pp > 1 or c.offload != "none":
+            records[c].trace = {"status": "skipped", "reason": "trace models one device or FSDP, not ZeRO/TP/PP/offload"}
+            continue
+        key = replace(c, threads=None, workers=0)
+        if key not in done:
+            say(f"trace: {c.name}")
+            t0 = time.perf_counter()
+            out = server.trace(spec.name if not spec.location else spec.location, key.run_config(space.seq).to_dict(), device)
+            if out.get("status") == "ok":
+                tr = out["trace"]
+                est = records[c].estimate or {}
+                overhead = (est.get("total_bytes") or 0) - (est.get("peak_bytes") or 0)
+                total = tr["peak_bytes"] + overhead
+                done[key] = {"status": "ok", "peak_bytes": tr["peak_bytes"], "total_bytes": total, "fits": total <= capacity * (1 - MEMORY_MARGIN),
+                             "estimate_error": (est["peak_bytes"] / tr["peak_bytes"] - 1) if est.get("peak_bytes") and tr["peak_bytes"] else None,
+                             "seconds": time.perf_counter() - t0, "method": tr.get("method")}
+            else:
+                done[key] = {"status": out.get("status"), "reason": out.get("reason"), "fits": None}
+        records[c].trace = done[key]
+        if done[key].get("fits") is False:
+            records[c].status = "pruned"
+            records[c].reason = f"does not fit by trace: {done[key]['total_bytes'] / 2**30:.2f} GiB traced > {1 - MEMORY_MARGIN:.0%} of {capacity / 2**30:.2f} GiB"
+
+
+def _all_failed_message(records) -> str:
+    failed = [r for r in records.values() if r.status in ("failed", "oom", "timeout")]
+    lines = "; ".join(f"{r.name}: {r.status} ({(r.reason or '')[:160]})" for r in failed[:4])
+    return (f"No measured trial finished ({len(failed)} failed: {lines}). "
+            "Check `perfscale bench` on the baseline, or give more --budget-seconds.")
+
+
+def _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run: HalvingRun,
+                     final: FinalComparison, session) -> TrainTuneResult:
+    from perfscale.export.trainer import trainer_snippet
+
+    winner = final.winner
+    win_rc = winner.run_config(space.seq)
+    why = why_it_won(winner, baseline, run, records)
+    runners = []
+    for o in run.ranking():
+        if o.candidate != winner and len(runners) < 3:
+            runners.append({"name": o.candidate.name, "knobs": o.candidate.knobs(), "tokens_per_s": o.rate, "rung": o.rung,
+                            "vs_winner_screen": (o.rate / final.winner_screen_rate) if final.winner_screen_rate and o.rate else None})
+    if not options.include_compile and not any(c.compile for c in records):
+        pass
+    model_id = spec.hub_id or options.model
+    return TrainTuneResult(
+        model=spec.name, hardware=topology.hardware.description, measured_here=True, ranking="measured",
+        workload={"seq": space.seq, "global_batch": space.global_batch, "tokens_per_step": space.seq * space.global_batch},
+        space=space.to_dict(), winner=final.winner_doc(space.seq), baseline=final.baseline_doc(space.seq, baseline), speedup=final.speedup,
+        why=why, runners_up=runners, trials=list(records.values()), notes=notes, session=session,
+        timing={"wall_s": clock.elapsed(), "budget_s": options.budget_seconds, **stage_times},
+        snippet=trainer_snippet(win_rc, topology, model_id), environment=final.environment,
+    )
+
+
+__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_GLOBAL_BATCH", "DEFAULT_SEQ", "TrainTuneOptions", "tune_training"]

@@ -1,0 +1,252 @@
+"""The training knob space of `perfscale tune`: candidates, the Trainer-defaults baseline, and which
+knobs apply to the workload and the hardware (each left-out value says why).
+
+Written here because tune/space.py (the planner's space, issue 4) had not landed when this was;
+`plan` can later share the enumeration.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from perfscale.config.run_config import RunConfig
+from perfscale.errors import InvalidConfigError
+from perfscale.specs.workload import TrainWorkload
+
+# transformers 5 TrainingArguments defaults a user gets without tuning (training_args.py):
+# per_device_train_batch_size=8, optim="adamw_torch_fused", fp32, no checkpointing, sdpa, no
+# torch.compile, dataloader_num_workers=0, torch's default threads.
+TRAINER_DEFAULT_MICRO_BATCH = 8
+TRAINER_DEFAULT_OPTIMIZER = "adamw-fused"
+# Optimizer *implementations* of the same algorithm (same update, other kernels): always searched.
+SAME_ALGORITHM = ("adamw", "adamw-fused")
+# Other algorithms change the training itself: only when the user allows it (--allow-optimizer-change).
+OTHER_ALGORITHMS_CPU = ("sgd", "adafactor")
+OTHER_ALGORITHMS_GPU = ("sgd", "adafactor", "adamw-8bit")
+LORA_RANK = 16
+MAX_MICRO_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: every knob of a training step at a fixed global batch and sequence."""
+
+    micro_batch: int
+    grad_accum: int
+    precision: str = "fp32"
+    optimizer: str = TRAINER_DEFAULT_OPTIMIZER
+    checkpointing: bool = False
+    attn: str = "sdpa"
+    compile: bool = False
+    threads: int | None = None  # None: torch's default (physical cores)
+    workers: int = 0  # DataLoader num_workers
+    lora_r: int | None = None
+    zero: int = 0
+    fsdp: int | None = None
+    tp: int = 1
+    pp: int = 1
+    offload: str = "none"
+
+    @property
+    def multi_device(self) -> bool:
+        return bool(self.zero or self.fsdp or self.tp > 1 or self.pp > 1 or self.offload != "none")
+
+    @property
+    def name(self) -> str:
+        parts = [f"mb{self.micro_batch}x{self.grad_accum}", self.precision, self.optimizer, self.attn]
+        if self.checkpointing:
+            parts.append("ckpt")
+        if self.compile:
+            parts.append("compile")
+        if self.lora_r:
+            parts.append(f"lora{self.lora_r}")
+        if self.threads:
+            parts.append(f"threads{self.threads}")
+        if self.workers:
+            parts.append(f"workers{self.workers}")
+        for knob, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1)):
+            if getattr(self, knob) != default:
+                parts.append(f"{knob}{getattr(self, knob)}")
+        if self.offload != "none":
+            parts.append(f"offload-{self.offload}")
+        return " ".join(parts)
+
+    def knobs(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def run_config(self, seq: int) -> RunConfig:
+        extra: dict[str, Any] = {}
+        if self.workers:
+            extra["dataloader_num_workers"] = self.workers
+        if self.threads:
+            extra["torch_num_threads"] = self.threads
+        return RunConfig(
+            workload=TrainWorkload(batch=self.micro_batch, seq=seq, grad_accum=self.grad_accum),
+            precision=self.precision, optimizer=self.optimizer, checkpointing=self.checkpointing, attn=self.attn,
+            lora_r=self.lora_r, zero=self.zero, fsdp=self.fsdp, tp=self.tp, pp=self.pp, offload=self.offload,
+            compile=self.compile, extra=extra,
+        )
+
+    def bench_config(self, model: str, seq: int, label: str | None = None, extra: dict[str, Any] | None = None):
+        """The measurable BenchConfig (single device); the RunConfig's extra stays out of it (bench keeps its own fields)."""
+        from perfscale.measure.bench_config import BenchConfig
+
+        run = replace(self.run_config(seq), extra={})
+        return BenchConfig(
+            scenario="train", model=model, run=run, backend="compile" if self.compile else "eager", threads=self.threads,
+            dataloader_workers=self.workers, label=label or self.name, extra=dict(extra or {}),
+        )
+
+    def differences(self, other: Candidate) -> dict[str, tuple[Any, Any]]:
+        """knob -> (other's value, this value) where they differ; micro_batch and grad_accum count as one knob."""
+        mine, theirs = self.knobs(), other.knobs()
+        out = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k] and k != "grad_accum"}
+        return out
+
+
+@dataclass(frozen=True)
+class TrainSpace:
+    """The values searched for each knob, and why other values are left out."""
+
+    global_batch: int
+    seq: int
+    data_parallel: int
+    micro_batches: tuple[int, ...]
+    precisions: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    checkpointing: tuple[bool, ...] = (False, True)
+    attns: tuple[str, ...] = ("sdpa", "eager")
+    compile: tuple[bool, ...] = (False,)
+    threads: tuple[int | None, ...] = (None,)
+    workers: tuple[int, ...] = (0,)
+    lora_ranks: tuple[int | None, ...] = (None,)
+    layouts: tuple[dict[str, Any], ...] = ({},)  # multi-device: zero/fsdp/tp/pp/offload combinations
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def knob_values(self) -> dict[str, tuple]:
+        """The searched values per knob (the order halving varies them in: biggest effects first)."""
+        return {"micro_batch": self.micro_batches, "precision": self.precisions, "checkpointing": self.checkpointing,
+                "lora_r": self.lora_ranks, "compile": self.compile, "attn": self.attns, "optimizer": self.optimizers,
+                "threads": self.threads, "workers": self.workers}
+
+    def size(self) -> int:
+        n = len(self.layouts)
+        for values in self.knob_values().values():
+            n *= len(values)
+        return n
+
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for layout in self.layouts:
+            dp = self.data_parallel_of(layout)
+            for mb, prec, ckpt, lora, comp, attn, opt, thr, wk in itertools.product(*self.knob_values().values()):
+                if self.global_batch % (mb * dp):
+                    continue
+                out.append(Candidate(micro_batch=mb, grad_accum=self.global_batch // (mb * dp), precision=prec, optimizer=opt,
+                                     checkpointing=ckpt, attn=attn, compile=comp, threads=thr, workers=wk, lora_r=lora, **layout))
+        return out
+
+    def data_parallel_of(self, layout: dict[str, Any]) -> int:
+        return max(1, self.data_parallel // (layout.get("tp", 1) * layout.get("pp", 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["size"] = self.size()
+        return data
+
+
+def baseline_candidate(global_batch: int, data_parallel: int = 1) -> Candidate:
+    """What Trainer's defaults give at the same global batch: micro-batch 8 (or less when the global
+    batch is smaller), accumulation to reach the global batch."""
+    mb = TRAINER_DEFAULT_MICRO_BATCH
+    while mb > 1 and global_batch % (mb * data_parallel):
+        mb //= 2
+    return Candidate(micro_batch=mb, grad_accum=max(1, global_batch // (mb * data_parallel)))
+
+
+def _powers_of_two_dividing(n: int, cap: int) -> tuple[int, ...]:
+    out, b = [], 1
+    while b <= min(n, cap):
+        if n % b == 0:
+            out.append(b)
+        b *= 2
+    return tuple(out)
+
+
+def build_space(
+    hardware, world_size: int, *, global_batch: int, seq: int, local: bool, allow_lora: bool = False,
+    allow_optimizer_change: bool = False, include_compile: bool = False, cpu_cores: int | None = None,
+    heads: int | None = None, layers: int | None = None, per_node: int = 1,
+) -> TrainSpace:
+    """The knobs that apply to this workload on this hardware."""
+    if global_batch < 1 or seq < 1:
+        raise InvalidConfigError(f"--global-batch and --seq must be >= 1, got {global_batch} and {seq}.")
+    if global_batch % world_size:
+        raise InvalidConfigError(
+            f"global batch {global_batch} is not divisible by the {world_size} devices: use a multiple of {world_size}, e.g. --global-batch {world_size * max(1, global_batch // world_size)}."
+        )
+    notes: list[str] = []
+    cpu = hardware.kind == "cpu"
+    micro = _powers_of_two_dividing(global_batch // world_size, MAX_MICRO_BATCH)
+    # Precision: only what the hardware runs natively (a peak entry for the dtype).
+    precisions = ["fp32"]
+    if hardware.peak("bf16"):
+        precisions.append("bf16-mixed")
+    else:
+        notes.append(f"bf16 left out: {hardware.name} has no native bf16 matmuls ({hardware.peak_flops['bf16'].source})")
+    if not cpu and not hardware.peak("bf16") and hardware.peak("fp16"):
+        precisions.append("fp16-mixed")
+    if cpu:
+        notes.append("fp16 left out on CPU: no loss scaling for CPU training, and no native fp16 matmuls on most CPUs")
+    optimizers = list(SAME_ALGORITHM)
+    if allow_optimizer_change:
+        optimizers += OTHER_ALGORITHMS_CPU if cpu else OTHER_ALGORITHMS_GPU
+    else:
+        notes.append("optimizer: only AdamW implementations (foreach, fused); other algorithms change training: allow them with --allow-optimizer-change")
+    lora = (None, LORA_RANK) if allow_lora else (None,)
+    if not allow_lora:
+        notes.append("LoRA left out (it trains an adapter, not the model): allow it with --allow-lora")
+    compile_values = (False, True) if include_compile else (False,)
+    if not include_compile:
+        notes.append("torch.compile left out: its first compile takes ~30 s here, more than this budget's share; add --compile (and time) to try it")
+    threads: tuple[int | None, ...] = (None,)
+    workers: tuple[int, ...] = (0,)
+    if local and cpu:
+        cores = cpu_cores or 1
+        threads = (None, 1) if cores > 1 else (None,)
+        workers = (0, 1)
+    elif not local:
+        notes.append("threads and DataLoader workers are not searched on hardware you do not have (not estimable)")
+    layouts: list[dict[str, Any]] = [{}]
+    if world_size > 1:
+        layouts = _layouts(world_size, per_node, heads or 1, layers or 1)
+        notes.append(f"{len(layouts)} parallel layouts (ZeRO, FSDP, TP, PP, offload) for {world_size} devices: estimated, not measured")
+    return TrainSpace(
+        global_batch=global_batch, seq=seq, data_parallel=world_size, micro_batches=micro, precisions=tuple(precisions),
+        optimizers=tuple(optimizers), compile=compile_values, threads=threads, workers=workers, lora_ranks=lora,
+        layouts=tuple(layouts), notes=tuple(notes),
+    )
+
+
+def _layouts(world: int, per_node: int, heads: int, layers: int) -> list[dict[str, Any]]:
+    """Data parallel (ZeRO 0-3, FSDP full shard, optimizer offload) x TP inside a node x PP."""
+    out = []
+    tps = [t for t in (1, 2, 4, 8) if t <= per_node and world % t == 0 and heads % t == 0]
+    pps = [p for p in (1, 2, 4) if p <= layers and world % p == 0]
+    for tp, pp in itertools.product(tps, pps):
+        if world % (tp * pp):
+            continue
+        dp = world // (tp * pp)
+        sharding = [{"zero": z} for z in (0, 1, 2, 3)] + ([{"fsdp": dp}] if dp > 1 else [])
+        for shard in sharding:
+            for offload in ("none", "optimizer"):
+                if offload != "none" and not (shard.get("zero", 0) >= 2 or shard.get("fsdp")):
+                    continue  # offload goes with ZeRO-2/3 or FSDP
+                layout = {**shard, "tp": tp, "pp": pp, "offload": offload}
+                out.append({k: v for k, v in layout.items() if not (k == "zero" and v == 0)})
+    return out
+
+
+__all__ = ["Candidate", "TrainSpace", "baseline_candidate", "build_space"]
