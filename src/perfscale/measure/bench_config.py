@@ -82,6 +82,11 @@ class BenchConfig:
             p.append(f"backend {self.backend!r} is not one of: {', '.join(BACKENDS)}")
         if self.device not in DEVICES:
             p.append(f"device {self.device!r} is not one of: {', '.join(DEVICES)}")
+        elif self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                p.append("device cuda: torch sees no CUDA device here (CPU-only build or no GPU): use device cpu or auto")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             p.append(f"threads must be a positive integer, got {self.threads!r}")
         if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
