@@ -78,3 +78,55 @@ def test_korthikanti_activation_formulas(s, b, h, a, t):
     assert per_layer(sequence_parallel=True, selective=True) == pytest.approx(s * b * h * 34 / t, rel=1e-12)
     # tensor parallel with selective recomputation but no sequence parallelism: sbh(10 + 24/t)
     assert per_layer(selective=True) == pytest.approx(s * b * h * (10 + 24 / t), rel=1e-12)
+
+
+# Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training on GPU Clusters Using
+# Megatron-LM"), section 2.2: under 1F1B the first stage keeps p micro-batches of its L/p layers
+# (L layers of one micro-batch); Korthikanti et al. 2022 section 4.2.3: the interleaved schedule
+# with v chunks multiplies that by 1 + (p - 1)/(p v).
+@pytest.mark.parametrize("p, v, layers", [(4, 1, 32), (4, 2, 32), (8, 4, 64), (16, 2, 96)])
+def test_pipeline_in_flight_activations(p, v, layers):
+    from perfscale.estimate.memory import live_layer_batches, stage_layers
+
+    mc = dataclasses.replace(model_constants(spec_from_config(tiny_config("llama"), "tiny")), layers=layers)
+    k = Knobs(pp=p, pp_virtual=v, accum=4 * p)
+    on_stage, chunks = stage_layers(mc, k, 0)
+    assert on_stage == pytest.approx(layers / p) and len(chunks) == v
+    expected = layers * (1 + (p - 1) / (p * v)) if v > 1 else layers
+    assert live_layer_batches(mc, k, 0, chunks) == pytest.approx(expected)
+    # the last rank runs no warm-up under 1F1B: one micro-batch of its layers
+    if v == 1:
+        assert live_layer_batches(mc, k, p - 1, stage_layers(mc, k, p - 1)[1]) == pytest.approx(layers / p)
+
+
+def test_llama3_stage_balancing():
+    """Dubey et al. 2024 section 3.3.2: with PP 16 the embedding and the head each take one layer
+    slot of 126 + 2 = 128, one slot per chunk (V 8); the first chunk of the first stage holds only
+    the embedding. Rank 0 at its first backward: 2(p-1) + (v-1)p + 1 = 143 chunk forwards, i.e.
+    all 8 chunks x 16 micro-batches + 15 more of chunk 0: 7 layer chunks x 16 = 112 layer sets."""
+    from perfscale.estimate.memory import live_layer_batches, stage_layers
+
+    mc = dataclasses.replace(model_constants(spec_from_config(tiny_config("llama"), "tiny")), layers=126)
+    k = Knobs(pp=16, pp_virtual=8, accum=32, pp_embed_slots=True)
+    first, chunks = stage_layers(mc, k, 0)
+    assert first == 7 and chunks == [0, 1, 1, 1, 1, 1, 1, 1]
+    assert live_layer_batches(mc, k, 0, chunks) == 112
+    last, last_chunks = stage_layers(mc, k, 15)
+    assert last == 7 and last_chunks[-1] == 0
+    assert stage_layers(mc, k, 5)[0] == 8
+
+
+def test_fused_kernel_recipe_counts_liger_saved_tensors():
+    """Fused RMSNorm saves its input + fp32 rstd (Liger LigerRMSNormFunction: X, W, RSTD), the next
+    linear its output; fused SwiGLU saves gate and up (LigerSiLUMulFunction: a, b), down_proj the
+    product; flash/SDPA q, k, v, out + fp32 logsumexp. bf16, per token per layer."""
+    spec = spec_from_config(tiny_config("llama"), "tiny")
+    mc = model_constants(spec)
+    h, q, kv, i, heads = mc.h, mc.q, mc.kv, mc.i, mc.heads
+    rep, split, per_s = mc.act_fused[("bf16", "sdpa")]
+    assert rep == 2 * (2 * h + 4 + 2 * h)
+    assert split == 2 * (2 * q) + 2 * (2 * kv) + 4 * heads + 3 * 2 * i
+    assert per_s == 0
+    assert sum(mc.act_fused[("bf16", "sdpa")]) < sum(mc.act[("bf16", "sdpa")])
+    k = Knobs(precision="bf16", fused=True, seq=16)
+    assert layer_act_bytes(mc, k) == rep + split

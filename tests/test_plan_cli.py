@@ -9,6 +9,9 @@ import sys
 import pytest
 
 from perfscale.cli.app import main
+from perfscale.config import RunConfig
+from perfscale.estimate import estimate
+from perfscale.specs import load_model_spec, parse_topology
 
 
 def _run(args, capsys):
@@ -31,6 +34,14 @@ def test_json_contract_search(capsys):
         assert sum(c["memory"]["breakdown"].values()) == pytest.approx(c["memory"]["peak_bytes"], abs=8)
         assert c["memory"]["total_bytes"] <= c["memory"]["capacity_bytes"]
         assert "precision" in c["knobs"] and "zero" in c["knobs"]
+        # run_config rebuilds the configuration (for tune / compare) and agrees with the knobs
+        rc = RunConfig.from_dict(c["run_config"])
+        assert (rc.precision, rc.zero, rc.tp, rc.pp, rc.pp_virtual, rc.offload) == tuple(
+            c["knobs"][n] for n in ("precision", "zero", "tp", "pp", "pp_virtual", "offload"))
+        assert (rc.workload.batch, rc.workload.seq, rc.workload.grad_accum) == (c["knobs"]["batch"], 4096, c["knobs"]["accum"])
+        again = estimate(load_model_spec("llama-3.1-8b"), rc, parse_topology("8xH100-80GB"))
+        assert again.memory.peak_bytes == c["memory"]["peak_bytes"]
+        assert again.time.step_seconds == pytest.approx(c["time"]["step_seconds"], rel=1e-12)
     tps = [c["time"]["tokens_per_second"] for c in doc["configs"]]
     assert tps == sorted(tps, reverse=True)
     assert doc["evaluated"] > doc["feasible"] >= len(doc["configs"])
@@ -83,6 +94,10 @@ def test_help_mentions_detected_device():
     (["--model", "llama-3.1-8b", "--hardware", "H999"], "H999"),
     (["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
       "--offload", "none"], "short by"),
+    # offload everything, and even the LoRA fallback's frozen 405B base (~765 GiB) exceeds 512 GiB of host RAM
+    (["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
+      "--offload", "optimizer+params", "--host-memory-gib", "512"], "of host RAM per node"),
+    (["--model", "llama-3.1-8b", "--hardware", "8xH100-80GB", "--pp", "4", "--pp-virtual", "16"], "layer slots"),
     (["--model", "perfscale-tiny-llama", "--hardware", "H100-80GB", "--lora-r", "8", "--lora-targets", "nope"], "nope"),
 ])
 def test_bad_input_exit_2(args, needle, capsys):
@@ -90,3 +105,41 @@ def test_bad_input_exit_2(args, needle, capsys):
     assert code == 2, (out, err)
     assert needle in err
     assert "Traceback" not in err
+
+
+def test_405b_full_offload_on_one_gpu_is_short_of_host_ram(capsys):
+    """Full fine-tuning of a 405B model on one H100 with everything offloaded fits the device but
+    needs 18 bytes/parameter of host RAM (DeepSpeed's ZeRO-3 offload estimate): ~6.6 TiB against the
+    nominal 2 TiB node. The search instead finds LoRA (frozen base in host RAM, ~765 GiB)."""
+    full = ["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
+            "--precision", "bf16-mixed", "--optimizer", "adamw", "--checkpointing", "--attn", "sdpa", "--tp", "1",
+            "--pp", "1", "--zero", "3", "--offload", "optimizer+params", "--json"]
+    code, out, _ = _run(full, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    c = doc["configs"][0]
+    assert c["fits"] is False and c["binding"] == "host-memory"
+    assert c["memory"]["total_bytes"] <= c["memory"]["capacity_bytes"]  # the device side fits
+    host, cap = c["memory"]["host_bytes_per_node"], c["memory"]["host_capacity_bytes"]
+    assert host == pytest.approx(18 * load_model_spec("llama-3.1-405b").params.total, rel=2e-3)
+    assert cap == 2 * 2**40
+    assert f"short by {(host - cap) / 2**30:,.2f} GiB" in doc["advice"][0]
+    code, out, _ = _run(full[:full.index("--precision")] + ["--offload", "optimizer+params", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["configs"][0]["knobs"]["lora_r"] == 16 and doc["configs"][0]["fits"]
+    assert "fits only with LoRA" in doc["advice"][0]
+
+
+def test_pp_virtual_flag_cuts_the_bubble(capsys):
+    base = ["--model", "llama-3.1-8b", "--hardware", "8xH100-80GB", "--train", "--batch", "1", "--seq", "2048",
+            "--grad-accum", "8", "--precision", "bf16-mixed", "--optimizer", "adamw", "--no-checkpointing",
+            "--attn", "sdpa", "--tp", "2", "--pp", "4", "--zero", "1", "--json"]
+    steps = {}
+    for v in ("1", "2"):
+        code, out, _ = _run(base + ["--pp-virtual", v], capsys)
+        assert code == 0
+        c = json.loads(out)["configs"][0]
+        assert c["knobs"]["pp_virtual"] == int(v) and c["run_config"].get("pp_virtual", 1) == int(v)
+        steps[v] = c["time"]["split"]["bubble"]
+    assert steps["2"] == pytest.approx(steps["1"] / 2, rel=0.02)

@@ -32,6 +32,8 @@ ZERO = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3.")
 FSDP = typer.Option(None, "--fsdp", help="FSDP full-shard degree (ranks the model is sharded over).")
 TP = typer.Option(None, "--tp", help="Tensor-parallel degree.")
 PP = typer.Option(None, "--pp", help="Pipeline-parallel degree.")
+PP_VIRTUAL = typer.Option(None, "--pp-virtual", help="Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; "
+                          "V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic).")
 OFFLOAD = typer.Option(None, "--offload", help="none | optimizer | optimizer+params (CPU offload).")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")
 QUANTIZATION = typer.Option(None, "--quantization", help="Weight quantization: none | int8 | int4 | nf4.")

@@ -18,6 +18,8 @@ TOKENS = typer.Option(None, "--token-budget", help="Tokens to train on: report t
 PRICE = typer.Option(None, "--price", help="Price per device-hour, for the cost of the token budget.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (list `configs`).")
 KV_DTYPE = typer.Option(None, "--kv-cache-dtype", help="auto | fp8 (inference KV cache).")
+HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per node in GiB, for CPU offload "
+                           "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
 
 def plan(
@@ -25,10 +27,11 @@ def plan(
     batch: int = K.BATCH, seq: int = K.SEQ, grad_accum: int = K.GRAD_ACCUM, prompt: int = K.PROMPT,
     new_tokens: int = K.NEW_TOKENS, precision: str = K.PRECISION, optimizer: str = K.OPTIMIZER,
     checkpointing: bool = K.CHECKPOINTING, attn: str = K.ATTN, lora_r: int = K.LORA_R, lora_targets: str = K.LORA_TARGETS,
-    zero: int = K.ZERO, fsdp: int = K.FSDP, tp: int = K.TP, pp: int = K.PP, offload: str = K.OFFLOAD,
+    zero: int = K.ZERO, fsdp: int = K.FSDP, tp: int = K.TP, pp: int = K.PP, pp_virtual: int = K.PP_VIRTUAL,
+    offload: str = K.OFFLOAD,
     quantization: str = K.QUANTIZATION, cache: str = K.CACHE, kv_cache_dtype: str = KV_DTYPE, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
-    as_json: bool = JSON,
+    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -43,16 +46,17 @@ def plan(
                                        prompt=prompt, new_tokens=new_tokens)
     fixed = dict(precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn, lora_r=lora_r,
                  lora_targets=parse_targets(lora_targets) if lora_targets else None, zero=zero, fsdp=fsdp, tp=tp, pp=pp,
-                 offload=offload, quantization=quantization, cache=cache, kv_cache_dtype=kv_cache_dtype,
+                 pp_virtual=pp_virtual, offload=offload, quantization=quantization, cache=cache, kv_cache_dtype=kv_cache_dtype,
                  grad_accum=grad_accum)
     core = ("precision", "optimizer", "checkpointing", "attn", "tp", "pp") if workload.mode == "train" else ("precision", "tp", "attn")
     if all(fixed[name] is not None for name in core):
         # Every knob given: one configuration, exactly as stated (open remaining knobs take defaults).
-        defaults = {"zero": 0, "offload": "none", "grad_accum": workload.grad_accum if workload.mode == "train" else None,
+        defaults = {"zero": 0, "pp_virtual": 1, "offload": "none", "grad_accum": workload.grad_accum if workload.mode == "train" else None,
                     "quantization": "none", "cache": "dynamic", "kv_cache_dtype": "auto"}
         for name, value in defaults.items():
             if fixed.get(name) is None and not (name == "zero" and fixed.get("fsdp")):
                 fixed[name] = value
     result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
-                      token_budget=token_budget, price_per_device_hour=price, **fixed)
+                      token_budget=token_budget, price_per_device_hour=price,
+                      host_memory=None if host_memory_gib is None else host_memory_gib * 2**30, **fixed)
     emit(result.to_dict(), as_json, lambda console: render_plan(result, console))

@@ -45,7 +45,7 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> l
                          "communication; fewer shards, larger micro-batches or gradient accumulation hide more of it.")
         elif binding == "bubble":
             words.append(f"Pipeline bubble is {split['bubble'] / step:.0%} of the step: raise gradient accumulation "
-                         "(more micro-batches) or lower --pp.")
+                         "(more micro-batches), interleave stages (--pp-virtual 2 or more) or lower --pp.")
         elif split.get("recompute"):
             words.append(f"Recomputation costs {split['recompute'] / step:.0%} of the step (checkpointing's price for memory).")
         if numbers.get("mfu") is not None:
@@ -65,7 +65,27 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> l
     return words
 
 
+def host_short_message(mc, topo, numbers, k, single: bool) -> str:
+    """CPU offload needs more host RAM per node than the node has: by how much, and what helps."""
+    host, cap = numbers["host"], numbers["host_capacity"]
+    per_node = min(topo.devices_per_node, topo.world_size)
+    head = (("This configuration does not fit" if single else f"No configuration of {mc.name} fits") +
+            f" on {topo.label}: CPU offload ({k.offload}) needs {gib(host)} of host RAM per node "
+            f"({gib(host / per_node)} per device x {per_node}) against {gib(cap)}, short by {gib(host - cap)}.")
+    fixes = ["more nodes (ZeRO/FSDP shards the offloaded states over every device)"]
+    if k.offload == "optimizer+params":
+        fixes.append("--offload optimizer (parameters stay on the devices)")
+    if k.optimizer in ("adamw", "adamw-fused"):
+        fixes.append("a lighter optimizer (--optimizer adamw-8bit or adafactor)")
+    if k.lora_r is None:
+        fixes.append("LoRA (--lora-r 16) to freeze the base")
+    fixes.append("or --host-memory-gib if the nodes have more RAM")
+    return head + " To fit: " + "; ".join(fixes) + "."
+
+
 def nothing_fits_message(mc, topo, numbers, k, train: bool, single: bool = False) -> str:
+    if numbers.get("host_short") and not numbers.get("device_short"):
+        return host_short_message(mc, topo, numbers, k, single)
     cap = numbers["capacity"]
     short = numbers["total"] - cap
     head = (f"This configuration does not fit" if single else f"No configuration of {mc.name} fits") + \

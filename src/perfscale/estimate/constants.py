@@ -82,11 +82,34 @@ class ModelConstants:
     adafactor_elems: float  # Adafactor's factored second moment: rows + cols per matrix, full per vector
     lora_dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     act: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # (precision, attn) -> bytes
+    act_fused: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # fused kernels
     head_rep: dict[str, float] = field(default_factory=dict)  # final norm per token, per precision
     rope_per_seq: dict[str, float] = field(default_factory=dict)  # cos + sin bytes per sequence token
     rms_norm: bool = True
     parallel_block: bool = False  # attention and MLP read one norm output (GPT-NeoX, Falcon)
     mlp_out_exclusive: bool = True
+
+
+def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(precision, attn) -> recipe_bytes of one layer, for sdpa and eager attention."""
+    core = list(families.SDPA_CORE.get(model_type, families._SDPA))
+    base_terms = []
+    for term in recipe:
+        if term in core:
+            core.remove(term)
+        else:
+            base_terms.append(term)
+    has_core = not core
+    base = tuple(base_terms)
+    act: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
+        act[(precision, "sdpa")] = recipe_bytes(recipe, sizes, sb, cb)
+        # eager: drop SDPA's saved set (q, k, v, out, logsumexp) when the recipe has it, add eager's.
+        eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
+        if cb < 4:
+            eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
+        act[(precision, "eager")] = recipe_bytes((base if has_core else recipe) + eager_terms, sizes, sb, cb)
+    return act
 
 
 def model_constants(spec) -> ModelConstants:
@@ -102,26 +125,11 @@ def model_constants(spec) -> ModelConstants:
     active_mlp = mlp_layer * topk / experts if experts and topk else mlp_layer
     has_head = spec.architecture.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration", "ForMaskedLM"))
     sizes = unit_sizes(h, q, kv, i, heads)
-    recipe = families.recipe(spec.model_type)
-    core = list(families.SDPA_CORE.get(spec.model_type, families._SDPA))
-    base_terms = []
-    for term in recipe:
-        if term in core:
-            core.remove(term)
-        else:
-            base_terms.append(term)
-    has_core = not core
-    base = tuple(base_terms)
-    act: dict[tuple[str, str], tuple[float, float, float]] = {}
+    act = _act_table(families.recipe(spec.model_type), spec.model_type, sizes)
+    act_fused = _act_table(families.recipe(spec.model_type, fused=True), spec.model_type, sizes)
     head_rep: dict[str, float] = {}
     rope: dict[str, float] = {}
     for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
-        act[(precision, "sdpa")] = recipe_bytes(recipe, sizes, sb, cb)
-        # eager: drop SDPA's saved set (q, k, v, out, logsumexp) when the recipe has it, add eager's.
-        eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
-        if cb < 4:
-            eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
-        act[(precision, "eager")] = recipe_bytes((base if has_core else recipe) + eager_terms, sizes, sb, cb)
         # Final norm before the head: the same shape as a layer's norm (RMSNorm: 3 x h + 1).
         head_rep[precision] = (4 * h + 4 + sb * h + cb * h) if spec.model_type in RMS_FAMILIES else (sb * h + 8 + cb * h)
         rope[precision] = 2 * hd * sb if spec.model_type in ROPE_FAMILIES else 0.0
@@ -145,7 +153,7 @@ def model_constants(spec) -> ModelConstants:
         params_total=pc.total, params_embed=pc.embeddings, params_head=head_params, params_layer=per_layer,
         matmul_layer=attn_layer + mlp_layer, matmul_layer_active=attn_layer + active_mlp,
         head_matmul=vocab * h if has_head else 0, largest_matrix=largest, adafactor_elems=adafactor,
-        lora_dims=lora_dims, act=act, head_rep=head_rep, rope_per_seq=rope,
+        lora_dims=lora_dims, act=act, act_fused=act_fused, head_rep=head_rep, rope_per_seq=rope,
         rms_norm=spec.model_type in RMS_FAMILIES, parallel_block=spec.model_type in ("gpt_neox", "falcon"),
         mlp_out_exclusive=families.MLP_OUT_EXCLUSIVE.get(spec.model_type, True),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate.constants import ModelConstants, model_constants
+from perfscale.estimate.host import host_capacity
 from perfscale.estimate.inference import infer_memory
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import train_memory
@@ -35,6 +36,16 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
                         f"{mc.name}: use --tp one of {', '.join(map(str, divisors))}")
     if k.pp > mc.layers:
         problems.append(f"pipeline degree {k.pp} exceeds the {mc.layers} layers of {mc.name}: use --pp <= {mc.layers}")
+    elif k.pp_virtual > 1:
+        slots = mc.layers + (2 if k.pp_embed_slots else 0)
+        if k.pp == 1:
+            problems.append(f"--pp-virtual {k.pp_virtual} interleaves pipeline stages and needs --pp >= 2")
+        elif k.pp * k.pp_virtual > slots:
+            problems.append(f"pp x pp_virtual = {k.pp} x {k.pp_virtual} chunks exceed the {slots} layer slots of "
+                            f"{mc.name}: use --pp-virtual <= {max(1, slots // k.pp)}")
+        if k.mode == "train" and k.pp > 1 and k.accum % k.pp:
+            problems.append(f"the interleaved schedule runs micro-batches in groups of pp = {k.pp}: gradient "
+                            f"accumulation {k.accum} must be a multiple of {k.pp} (Megatron-LM's rule)")
     if world % (k.tp * k.pp):
         problems.append(f"tp x pp = {k.tp} x {k.pp} = {k.tp * k.pp} does not divide the world size {world}: "
                         "choose degrees whose product divides the number of devices")
@@ -59,8 +70,12 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
     return problems
 
 
-def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None) -> dict:
-    """All numbers of one configuration as a dict (no validation, no result objects)."""
+def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None,
+             host_memory: float | None = None) -> dict:
+    """All numbers of one configuration as a dict (no validation, no result objects).
+
+    host_memory: host RAM per node in bytes (None: the nominal default of estimate/host.py).
+    """
     world = nodes * per_node
     capacity = hw.memory_bytes.value or 0
     if k.mode == "train":
@@ -77,16 +92,24 @@ def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effici
                  "per_token": tm["per_token"], "bound": tm["bound"]}
     over = overheads(hw.kind, mem["peak"])
     total = mem["peak"] + sum(o[1] for o in over)
-    fits = total <= capacity
-    if not fits:
+    # Host RAM per node: each device's offloaded states x the devices that share a node.
+    host = mem.get("host", 0.0) * min(per_node, world)
+    host_cap = host_capacity(hw, host_memory)
+    host_short = host - host_cap if host and host_cap is not None and host > host_cap else 0.0
+    device_short = total - capacity if total > capacity else 0.0
+    fits = not device_short and not host_short
+    if device_short:
         binding = "memory"
+    elif host_short:
+        binding = "host-memory"
     elif k.mode == "infer":
         binding = tm["bound"] if k.new_tokens else "compute"
     else:
         parts = {"compute": split["compute"] + split["recompute"], "communication": split["exposed_comm"], "bubble": split["bubble"]}
         binding = max(parts, key=parts.get)
     return {"mem": mem, "over": over, "total": total, "fits": fits, "step": step, "tps": tps, "split": split,
-            "binding": binding, "capacity": capacity, "world": world, **extra}
+            "binding": binding, "capacity": capacity, "world": world, "host": host, "host_capacity": host_cap,
+            "short": device_short + host_short, "device_short": device_short, "host_short": host_short, **extra}
 
 
 def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_budget: float | None = None,
@@ -98,6 +121,8 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         phase=mem["phase"],
         overheads=tuple(Overhead(label, int(round(b)), src) for label, b, src in numbers["over"]),
         capacity_bytes=int(numbers["capacity"]),
+        host_bytes_per_node=int(round(numbers.get("host", 0.0))),
+        host_capacity_bytes=None if numbers.get("host_capacity") is None else int(numbers["host_capacity"]),
     )
     train_seconds = cost = None
     if token_budget and numbers["tps"] > 0:
@@ -116,16 +141,18 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
     dp = max(1, numbers["world"] // (k.tp * k.pp))
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,
-                    notes=tuple(notes))
+                    notes=tuple(notes), run_config=k.to_run_config().to_dict())
 
 
 def estimate(spec, config, topology, efficiency: float | None = None, token_budget: float | None = None,
-             price_per_device_hour: float | None = None) -> Estimate:
-    """Memory and time of one RunConfig on a topology (< 1 ms; no torch)."""
+             price_per_device_hour: float | None = None, host_memory: float | None = None) -> Estimate:
+    """Memory and time of one RunConfig on a topology (< 1 ms; no torch).
+
+    host_memory: host RAM per node in bytes for CPU offload (default: estimate/host.py)."""
     mc = constants_for(spec)
     k = Knobs.from_run_config(config)
     problems = layout_problems(mc, k, topology.world_size)
     if problems:
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
-    numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency)
+    numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency, host_memory)
     return to_estimate(mc, k, topology, numbers, token_budget, price_per_device_hour)

@@ -54,6 +54,25 @@ RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
 
+# Fused kernels (RunConfig.extra["fused_kernels"]): what training stacks with fused RMSNorm and
+# SwiGLU keep instead of the eager transformers modules above.
+#  RMSNorm: the input in its own dtype + fp32 rstd per token (Liger-Kernel LigerRMSNormFunction
+#    saves X, W, RSTD; TransformerEngine / Apex fused RMSNorm likewise), and the output the next
+#    linear saves; no fp32 upcast copies.
+#  SwiGLU: gate and up outputs only, silu recomputed in backward (LigerSiLUMulFunction saves a, b;
+#    Megatron-LM bias_swiglu saves the fc1 output), plus the product that down_proj saves.
+# Families without RMSNorm / gated MLP keep their recipe (nn.LayerNorm is already one fused op).
+# The LM head and loss stay as modelled for transformers (Liger's fused linear cross-entropy is
+# not modelled: an over-estimate on the last pipeline stage / single device).
+_RMS_FUSED = (("stream", "h", 1), ("f32", "one", 1), ("compute", "h", 1))
+_GATED_FUSED = (("compute", "i", 3),)
+FUSED_RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
+    "llama": _RMS_FUSED + _SDPA + _RMS_FUSED + _GATED_FUSED + (("autocast", "h", 3),),
+    "phi3": _RMS_FUSED + _SDPA + _OUT_COPY + _RMS_FUSED + _GATED_FUSED,
+}
+for _name in ("mistral", "qwen2", "gemma2", "mixtral"):
+    FUSED_RECIPES[_name] = FUSED_RECIPES["llama"]
+
 # The GPT layer of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 # Transformer Models", section 4.1), 16-bit activations and 1-byte dropout masks: the reference
 # the engine's TP / SP / selective-recomputation arithmetic is tested against.
@@ -102,7 +121,9 @@ SUFFIX_ALIASES = {"gpt2": {"c_proj": ("c_proj", "mlp.c_proj")}, "bert": {"dense"
 SUFFIX_ALIASES["roberta"] = SUFFIX_ALIASES["bert"]
 
 
-def recipe(model_type: str) -> tuple[tuple[str, str, float], ...]:
+def recipe(model_type: str, fused: bool = False) -> tuple[tuple[str, str, float], ...]:
+    if fused:
+        return FUSED_RECIPES.get(model_type) or RECIPES.get(model_type, FUSED_RECIPES["llama"])
     return RECIPES.get(model_type, RECIPES["llama"])
 
 

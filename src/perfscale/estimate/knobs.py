@@ -10,13 +10,14 @@ class Knobs:
     __slots__ = (
         "mode", "batch", "seq", "accum", "prompt", "new_tokens", "precision", "optimizer", "checkpointing",
         "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp", "offload", "quantization", "cache",
-        "kv_cache_dtype", "compile", "sequence_parallel", "selective",
+        "kv_cache_dtype", "compile", "sequence_parallel", "selective", "pp_virtual", "pp_embed_slots", "fused",
     )
 
     def __init__(self, mode="train", batch=1, seq=512, accum=1, prompt=0, new_tokens=0, precision="fp32",
                  optimizer="adamw", checkpointing=False, attn="sdpa", lora_r=None, lora_targets=(), zero=0,
                  fsdp=None, tp=1, pp=1, offload="none", quantization="none", cache="dynamic",
-                 kv_cache_dtype="auto", compile=False, sequence_parallel=False, selective=False):
+                 kv_cache_dtype="auto", compile=False, sequence_parallel=False, selective=False, pp_virtual=1,
+                 pp_embed_slots=False, fused=False):
         self.mode, self.batch, self.seq, self.accum = mode, batch, seq, accum
         self.prompt, self.new_tokens = prompt, new_tokens
         self.precision, self.optimizer, self.checkpointing, self.attn = precision, optimizer, checkpointing, attn
@@ -24,6 +25,11 @@ class Knobs:
         self.zero, self.fsdp, self.tp, self.pp, self.offload = zero, fsdp, tp, pp, offload
         self.quantization, self.cache, self.kv_cache_dtype, self.compile = quantization, cache, kv_cache_dtype, compile
         self.sequence_parallel, self.selective = sequence_parallel, selective
+        # pp_virtual: interleaved 1F1B chunks per device; pp_embed_slots: the embedding and the
+        # head/loss each take one layer slot of the pipeline split (Megatron-LM
+        # --account-for-embedding/loss-in-pipeline-split; Llama 3 section 3.3.2); fused: fused
+        # RMSNorm + SwiGLU kernels (Liger-Kernel / Megatron-LM + TransformerEngine), see families.py.
+        self.pp_virtual, self.pp_embed_slots, self.fused = pp_virtual, pp_embed_slots, fused
 
     def copy(self, **changes) -> Knobs:
         new = Knobs.__new__(Knobs)
@@ -48,7 +54,8 @@ class Knobs:
             fsdp=config.fsdp, tp=config.tp, pp=config.pp, offload=config.offload,
             quantization=config.quantization, cache=config.cache, kv_cache_dtype=config.kv_cache_dtype,
             compile=config.compile, sequence_parallel=bool(extra.get("sequence_parallel", False)),
-            selective=extra.get("recompute") == "selective",
+            selective=extra.get("recompute") == "selective", pp_virtual=config.pp_virtual,
+            pp_embed_slots=bool(extra.get("pp_embedding_as_layer", False)), fused=bool(extra.get("fused_kernels", False)),
         )
 
     def to_run_config(self):
@@ -64,11 +71,15 @@ class Knobs:
             extra["sequence_parallel"] = True
         if self.selective:
             extra["recompute"] = "selective"
+        if self.pp_embed_slots:
+            extra["pp_embedding_as_layer"] = True
+        if self.fused:
+            extra["fused_kernels"] = True
         return RunConfig(
             workload=wl, precision=self.precision, optimizer=self.optimizer, checkpointing=self.checkpointing,
             attn=self.attn, lora_r=self.lora_r, lora_targets=self.lora_targets, zero=self.zero, fsdp=self.fsdp,
             tp=self.tp, pp=self.pp, offload=self.offload, compile=self.compile, quantization=self.quantization,
-            cache=self.cache, kv_cache_dtype=self.kv_cache_dtype, extra=extra,
+            cache=self.cache, kv_cache_dtype=self.kv_cache_dtype, extra=extra, pp_virtual=self.pp_virtual,
         )
 
     def as_dict(self) -> dict:
@@ -78,6 +89,7 @@ class Knobs:
             for k in ("prompt", "new_tokens", "cache", "kv_cache_dtype"):
                 data.pop(k)
         else:
-            for k in ("seq", "accum", "optimizer", "checkpointing", "zero", "fsdp", "offload", "selective"):
+            for k in ("seq", "accum", "optimizer", "checkpointing", "zero", "fsdp", "offload", "selective", "pp_virtual",
+                      "pp_embed_slots"):
                 data.pop(k)
         return data

@@ -117,11 +117,53 @@ def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None =
     heads, hs) by t; sequence parallelism also splits the LayerNorm/dropout parts (h, one);
     selective recomputation drops the attention-score terms (hs) and recomputes them.
     """
-    rep, split, per_s = mc.act[(compute_override or k.precision, k.attn)]
+    table = mc.act_fused if k.fused else mc.act
+    rep, split, per_s = table[(compute_override or k.precision, k.attn)]
     t = k.tp
     if k.selective:
         per_s = 0.0
     return (rep / t if k.sequence_parallel else rep) + split / t + per_s * k.seq / t
+
+
+def stage_layers(mc: ModelConstants, k: Knobs, rank: int) -> tuple[float, list[float]]:
+    """(transformer layers on pipeline rank `rank`, layers of each of its `pp_virtual` chunks).
+
+    Layers are split evenly (fractionally) over p x v chunks; chunk c of rank r holds slice
+    c * p + r (Megatron-LM interleaved assignment, Narayanan et al. 2021 section 2.2.2). With
+    `pp_embed_slots` the embedding and the head/loss each take one layer slot, so the first chunk
+    of the first rank holds one layer fewer and the last chunk of the last rank likewise (Llama 3,
+    Dubey et al. 2024 section 3.3.2: "the first model chunk on the first stage has only the
+    embedding, and the last model chunk on the last stage has only output projection and loss").
+    """
+    p, v = k.pp, k.pp_virtual
+    slots = mc.layers + (2 if k.pp_embed_slots else 0)
+    per_chunk = slots / (p * v)
+    chunks = [per_chunk] * v
+    if k.pp_embed_slots:
+        if rank == 0:
+            chunks[0] = max(0.0, chunks[0] - 1)
+        if rank == p - 1:
+            chunks[-1] = max(0.0, chunks[-1] - 1)
+    return sum(chunks), chunks
+
+
+def live_layer_batches(mc: ModelConstants, k: Knobs, rank: int, chunks: list[float]) -> float:
+    """Layer x micro-batch activation sets alive on pipeline rank `rank` when its first backward starts.
+
+    1F1B (PipeDream-Flush, Narayanan et al. 2021 section 2.2.1): rank r runs p - r warm-up
+    forwards, so rank 0 keeps p micro-batches of its L/p layers = L layers of one micro-batch.
+    Interleaved (section 2.2.2; Megatron-LM schedules.py): 2(p - r - 1) + (v - 1) p warm-up chunk
+    forwards plus one, in groups of p micro-batches through chunk 0, 1, ..., v - 1; for rank 0 this
+    is L (1 + (p - 1)/(p v)) layers, Korthikanti et al. 2022 section 4.2.3.
+    """
+    p, v, m = k.pp, k.pp_virtual, k.accum
+    if p == 1:
+        return chunks[0]
+    if v == 1:
+        return min(p - rank, m) * chunks[0]
+    total = min(2 * (p - rank - 1) + (v - 1) * p + 1, v * m)
+    full, rest = divmod(total, p)
+    return sum(p * chunks[j % v] for j in range(full)) + rest * chunks[full % v]
 
 
 def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
@@ -152,7 +194,6 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
     shard = k.fsdp if k.fsdp else dp
     lora = k.lora_r is not None
     tokens = k.batch * k.seq
-    layers_stage = mc.layers / pp
     layer_params = mc.params_layer / tp
     embed, head = mc.params_embed / tp, mc.params_head / tp
     tied_copy = mc.params_embed / tp if (mc.params_head == 0 and mc.has_lm_head and pp > 1) else 0.0
@@ -160,6 +201,9 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
     best = None
     for stage in ("first", "last") if pp > 1 else ("only",):
         first, last = stage in ("first", "only"), stage in ("last", "only")
+        rank = 0 if first else pp - 1
+        layers_stage, chunks = stage_layers(mc, k, rank)
+        live = live_layer_batches(mc, k, rank, chunks)
         p_dev = layers_stage * layer_params + (embed if first else 0.0) + ((head + tied_copy) if last and pp > 1 else (head if last else 0.0))
         head_dev = (head if head else (embed if last else 0.0)) if last else 0.0
         if lora:
@@ -176,9 +220,21 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
         full_shard = z == 3 or bool(k.fsdp)
         params, grads, opt = model_states(trainable, t_pb, t_gb, opt_per, 3 if k.fsdp else z, shard)
         params += frozen_bytes / (shard if full_shard else 1)
+        host = 0.0
         if k.offload != "none":
-            opt = 0.0  # optimizer states (and fp32 master weights) live in CPU memory
+            # ZeRO-Offload (Ren et al. 2021, section 4.1): optimizer states and fp32 master weights
+            # live in CPU memory, and each gradient partition is copied to the CPU as soon as it is
+            # reduced, so the device keeps only the unit being reduced (DeepSpeed's memory
+            # estimator, estimate_zero2/3_model_states_mem_needs: GPU = largest layer with
+            # offload). Host per device: the states + an fp32 (state-dtype) gradient partition;
+            # with parameter offload also the 16-bit parameter partition (+ a frozen base):
+            # 16 + 2 = 18 bytes/parameter for mixed-precision Adam, as DeepSpeed's estimator
+            # counts (its 1.5x pinned-buffer margin is not added).
+            host = opt + trainable * t_stb / shard
+            opt = 0.0
+            grads = layer_params * t_gb if not lora else 0.0
         if k.offload == "optimizer+params":
+            host += params
             params = 0.0
         gather = 0.0
         if full_shard or k.offload == "optimizer+params":
@@ -194,7 +250,6 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             if label == "fsdp-mixed" and first:
                 gather_bwd += tokens * mc.h * 4
         # Activations.
-        inflight = min(pp, k.accum) if first and pp > 1 else 1
         a_layer = layer_act_bytes(mc, k, act_key)
         lora_once = 0.0
         if lora:
@@ -202,10 +257,10 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             a_layer += d_layer
         rep_h = sb * mc.h / (tp if k.sequence_parallel else 1)
         if k.checkpointing:
-            saved = layers_stage * rep_h * tokens * inflight  # each layer keeps its input (Chen et al. 2016)
+            saved = live * rep_h * tokens  # each layer keeps its input (Chen et al. 2016)
             recompute = a_layer * tokens
         else:
-            saved = layers_stage * a_layer * tokens * inflight
+            saved = live * a_layer * tokens
             recompute = 0.0
         if label == "autocast":
             # autocast's 16-bit weight copies are saved for backward (torch autocast cast cache).
@@ -278,6 +333,7 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             },
             "trainable": trainable * (pp * tp),
             "stage": stage,
+            "host": host,
         }
         if best is None or peak > best["peak"]:
             best = result

@@ -16,7 +16,7 @@ from perfscale.tune import rank as ranking
 from perfscale.tune import space
 
 KNOB_NAMES = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp",
-              "offload", "quantization", "cache", "kv_cache_dtype", "grad_accum")
+              "pp_virtual", "offload", "quantization", "cache", "kv_cache_dtype", "grad_accum")
 
 
 def _resolve_topology(topology) -> tuple[Any, bool]:
@@ -39,13 +39,14 @@ def _resolve_model(model):
 
 def plan(model, topology=None, workload=None, objective: str = "throughput", top: int = 5,
          efficiency: float | None = None, token_budget: float | None = None,
-         price_per_device_hour: float | None = None, **fixed: Any) -> PlanResult:
+         price_per_device_hour: float | None = None, host_memory: float | None = None, **fixed: Any) -> PlanResult:
     """Search the open knobs (those not given in `fixed`) and rank what fits.
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
     workload: TrainWorkload / InferWorkload; fixed: knob=value for knobs the user gave
-    (precision, optimizer, checkpointing, attn, lora_r, lora_targets, zero, fsdp, tp, pp, offload,
-    quantization, cache, kv_cache_dtype, grad_accum).
+    (precision, optimizer, checkpointing, attn, lora_r, lora_targets, zero, fsdp, tp, pp, pp_virtual, offload,
+    quantization, cache, kv_cache_dtype, grad_accum). host_memory: host RAM per node in bytes, for CPU
+    offload (default: estimate/host.py, 2 TiB per GPU node).
     """
     from perfscale.specs.workload import TrainWorkload
 
@@ -58,6 +59,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     if unknown:
         raise InvalidConfigError(f"Unknown knobs: {', '.join(unknown)}. Valid knobs: {', '.join(KNOB_NAMES)}.")
     fixed = {k: v for k, v in fixed.items() if v is not None}
+    if host_memory is not None and (isinstance(host_memory, bool) or not isinstance(host_memory, (int, float))
+                                    or host_memory <= 0):
+        raise InvalidConfigError(f"host memory per node must be a positive number of bytes, got {host_memory!r} "
+                                 "(CLI: --host-memory-gib 2048).")
     spec = _resolve_model(model)
     topo, detected = _resolve_topology(topology)
     workload = workload or TrainWorkload(batch=1, seq=512)
@@ -79,8 +84,9 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             fixed["grad_accum"] = workload.grad_accum
     else:
         base = probe
-    problems = layout_problems(mc, probe.copy(tp=fixed.get("tp", 1), pp=fixed.get("pp", 1)), world)
-    if problems and ("tp" in fixed or "pp" in fixed or not train):
+    problems = layout_problems(mc, probe.copy(tp=fixed.get("tp", 1), pp=fixed.get("pp", 1),
+                                              pp_virtual=fixed.get("pp_virtual", 1), accum=base.accum), world)
+    if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed or not train):
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
 
     def candidates(with_lora: bool):
@@ -99,10 +105,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     single = list(itertools.islice(candidates(False), 2))
     if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
         k = single[0]
-        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency)
+        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory)
         est = to_estimate(mc, k, topo, numbers, token_budget, price_per_device_hour)
         words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers["fits"] else [], [(numbers, k)], False,
-                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency))
+                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency, host_memory))
         if not numbers["fits"]:
             words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
         if detected:
@@ -112,11 +118,11 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
                           seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
     for attempt in ((False, True) if train and "lora_r" not in fixed else (False,)):
         for k in candidates(attempt):
-            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency)
+            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory)
             evaluated += 1
             if numbers["fits"]:
                 fitting.append((numbers, k))
-            elif smallest is None or numbers["total"] < smallest[0]["total"]:
+            elif smallest is None or numbers["short"] < smallest[0]["short"]:
                 smallest = (numbers, k)
         if fitting:
             used_lora = attempt
@@ -133,7 +139,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
         extras["largest_batch"] = largest_batch(mc, k0, cap)
         extras["longest_context"] = longest_context(mc, k0, cap)
-    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency))
+    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory))
     if detected:
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
     open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)

@@ -24,6 +24,10 @@ class MemoryEstimate:
     phase: str
     overheads: tuple[Overhead, ...]
     capacity_bytes: int
+    # Host RAM per node that CPU offload needs (offloaded states x devices per node), and the
+    # node's host memory (None: unknown, not checked). See estimate/host.py.
+    host_bytes_per_node: int = 0
+    host_capacity_bytes: int | None = None
 
     @property
     def overhead_bytes(self) -> int:
@@ -76,9 +80,10 @@ class Estimate:
     memory: MemoryEstimate
     time: TimeEstimate
     fits: bool
-    binding: str  # memory | compute | communication | bubble | bandwidth
+    binding: str  # memory | host-memory | compute | communication | bubble | bandwidth
     data_parallel: int
     notes: tuple[str, ...] = ()
+    run_config: dict[str, Any] | None = None  # RunConfig.to_dict() of this configuration (rebuild with from_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +92,7 @@ class Estimate:
             "world_size": self.world_size,
             "data_parallel": self.data_parallel,
             "knobs": self.knobs,
+            "run_config": self.run_config,
             "memory": self.memory.to_dict(),
             "time": self.time.to_dict(),
             "fits": self.fits,

@@ -16,8 +16,12 @@ Communication (ring collectives, Thakur et al. 2005; bytes per device per direct
   TP: 2 all-reduces of b x s x h forward + 2 backward per layer (Shoeybi et al. 2019), +2 when the
   forward is recomputed; PP: one activation send + one gradient send per micro-batch per stage.
 Overlap rules (stated, not measured): data-parallel gradient traffic overlaps the backward compute,
-ZeRO-3/FSDP forward all-gathers overlap the forward compute (prefetch); TP and PP traffic is on the
-critical path. Pipeline bubble: (p-1)/(m+p-1) of the step (GPipe / 1F1B, Narayanan et al. 2021).
+ZeRO-3/FSDP forward all-gathers overlap the forward compute (prefetch); TP traffic is on the
+critical path; PP traffic is on it under plain 1F1B, and overlaps the other chunks' compute under
+the interleaved schedule (Megatron-LM overlap_p2p_comm, on by default for interleaving; Llama 3,
+Dubey et al. 2024 section 3.3.2: asynchronous point-to-point communication). Pipeline bubble: (p-1)/(m+p-1) of the step (GPipe / 1F1B, Narayanan et al. 2021
+section 2.2.1); interleaved 1F1B with v chunks per device: (p-1)/(v m + p-1), at v x the
+point-to-point traffic (same paper, section 2.2.2).
 Groups: TP innermost, then PP, then DP; a group uses NVLink-class bandwidth while it fits in a node,
 else the inter-node bandwidth (per device).
 """
@@ -107,18 +111,22 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
         tp_bw = _bw(hw, tp > per_node)
         n_ar = 4 + (2 if k.checkpointing else 0)
         tp_comm = n_ar * (mc.layers / pp) * 2 * (tp - 1) / tp * k.batch * k.seq * mc.h * cb * k.accum / tp_bw
-    pp_comm = bubble = 0.0
+    pp_comm = pp_exposed = bubble = 0.0
     if pp > 1:
         pp_bw = _bw(hw, tp * pp > per_node)
-        pp_comm = 2 * k.accum * k.batch * k.seq * mc.h * cb / tp / pp_bw
-        bubble = (compute + recompute + tp_comm) * (pp - 1) / k.accum  # = (p-1)/(m+p-1) of the step
+        v = k.pp_virtual
+        # one activation send + one gradient send per micro-batch per chunk boundary (v per device)
+        pp_comm = 2 * v * k.accum * k.batch * k.seq * mc.h * cb / tp / pp_bw
+        # bubble time = (p-1)/(v m) x the ideal time, i.e. (p-1)/(v m + p-1) of the step
+        bubble = (compute + recompute + tp_comm) * (pp - 1) / (v * k.accum)
+    pp_exposed = pp_comm if k.pp_virtual == 1 else max(0.0, pp_comm - (compute + recompute))
     offload_t = 0.0
     if k.offload != "none":
         p_dev = trainable / (tp * pp) / (dp if (k.zero or k.fsdp) else 1)
         offload_t = 2 * 2 * p_dev / PCIE_BANDWIDTH + 16 * 2 * p_dev / HOST_BANDWIDTH
         if k.offload == "optimizer+params":
             offload_t += 2 * k.accum * 2 * mc.params_total / (tp * pp) / PCIE_BANDWIDTH
-    exposed += tp_comm + pp_comm + offload_t
+    exposed += tp_comm + pp_exposed + offload_t
     step = compute + recompute + exposed + bubble
     tokens_global = tokens_replica * dp
     tps = tokens_global / step if step > 0 else 0.0

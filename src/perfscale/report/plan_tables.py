@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from perfscale.report.units import gib, seconds
 
-_SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "offload", "lora_r")
+_SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual",
+                "offload", "lora_r")
 _SHOWN_INFER = ("precision", "quantization", "kv_cache_dtype", "cache", "attn", "batch", "tp")
 
 
@@ -13,6 +14,8 @@ def _knob_text(knobs: dict, mode: str) -> str:
     for name in _SHOWN_TRAIN if mode == "train" else _SHOWN_INFER:
         value = knobs.get(name)
         if value in (None, False, "none", 0) and name not in ("batch",):
+            continue
+        if name == "pp_virtual" and value == 1:
             continue
         parts.append(name if value is True else f"{name}={value}")
     return " ".join(parts)
@@ -46,6 +49,10 @@ def render_plan(result, console) -> None:
             bd.add_row(o.label, gib(o.bytes), o.source)
         bd.add_row("[bold]capacity[/bold]", gib(best.memory.capacity_bytes), result.topology)
         console.print(bd)
+        if best.memory.host_bytes_per_node:
+            cap = best.memory.host_capacity_bytes
+            console.print(f"Host RAM for CPU offload: {gib(best.memory.host_bytes_per_node)} per node"
+                          + ("" if cap is None else f" of {gib(cap)}"))
         t = best.time
         line = ", ".join(f"{k} {seconds(v)}" for k, v in t.split.items() if v)
         console.print(f"Time split: {line}")

@@ -11,7 +11,11 @@ from collections.abc import Iterator
 
 from perfscale.estimate.knobs import Knobs
 
-TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "offload", "micro_batch")
+TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "offload",
+              "micro_batch")
+# Interleaved 1F1B chunks per pipeline device tried when pp_virtual is open (Narayanan et al. 2021
+# section 2.2.2: the bubble falls as 1/v, the point-to-point traffic grows as v).
+PP_VIRTUAL_CHOICES = (1, 2, 4)
 INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache")
 
 
@@ -63,14 +67,16 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
             if world % (tp * pp):
                 continue
             dp = world // (tp * pp)
+            slots = layers + (2 if base.pp_embed_slots else 0)
+            virtuals = [v for v in pick("pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
             if fixed.get("fsdp") is not None:
                 shardings = [(0, fixed["fsdp"])]
             elif fixed.get("zero") is not None:
                 shardings = [(fixed["zero"], None)]
             else:
                 shardings = [(0, None)] + ([(1, None), (2, None), (3, None), (0, dp)] if dp > 1 else [(3, None)] if pp == 1 else [])
-            for (zero, fsdp), precision, optimizer, ckpt, attn, offload, mb in itertools.product(
-                shardings, precisions, optimizers, ckpts, attns, offloads, micro
+            for (zero, fsdp), precision, optimizer, ckpt, attn, offload, mb, virtual in itertools.product(
+                shardings, precisions, optimizers, ckpts, attns, offloads, micro, virtuals
             ):
                 if offload != "none" and not (zero or fsdp):
                     continue  # CPU offload comes with ZeRO (DeepSpeed) or FSDP
@@ -79,8 +85,10 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
                 accum = per_replica // mb
                 if pp > 1 and accum < pp:
                     continue  # 1F1B needs at least p micro-batches
+                if virtual > 1 and accum % pp:
+                    continue  # interleaving runs micro-batches in groups of p (Megatron-LM)
                 yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, zero=zero,
-                                fsdp=fsdp, tp=tp, pp=pp, offload=offload, batch=mb, accum=accum)
+                                fsdp=fsdp, tp=tp, pp=pp, offload=offload, batch=mb, accum=accum, pp_virtual=virtual)
 
 
 def infer_space(base: Knobs, fixed: dict, heads: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
