@@ -84,7 +84,7 @@ class TrialServer:
         self.startup_s = time.perf_counter() - self._spawned_at
 
     def _read_line(self, timeout: float) -> str | None:
-        """One line from the worker, or None on timeout or end of file."""
+        """One line from the worker; None on timeout; "" at end of file (the worker exited)."""
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         data = b""
@@ -98,7 +98,7 @@ class TrialServer:
                 continue
             chunk = os.read(fd, 1)
             if not chunk:
-                return None
+                return ""
             data += chunk
         return data.decode().strip()
 
@@ -155,6 +155,11 @@ class TrialServer:
             raise
         if line == "done":
             return "done", json.loads(Path(job["result_path"]).read_text()), ""
+        if line == "":  # end of file: the worker is exiting; collect its status
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         died = self._proc.poll() is not None
         rc = self._proc.returncode
         tail = self._stop()

@@ -342,7 +342,7 @@ def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
 
 def _trace_confirm(server, spec, cands, records, space, capacity, device, say) -> None:
     """Trace each candidate's RunConfig once; a candidate whose traced peak does not fit is pruned."""
-    done: dict[Any, dict] = {}
+    done: dict[Any, dict] = {replace(c, threads=None, workers=0): r.trace for c, r in records.items() if r.trace}
     for c in cands:
         if c.zero or c.tp > 1 or c.pp > 1 or c.offload != "none":
             records[c].trace = {"status": "skipped", "reason": "trace models one device or FSDP, not ZeRO/TP/PP/offload"}
