@@ -96,5 +96,9 @@ def test_candidate_to_bench_and_run_config():
     rc = c.run_config(64)
     assert rc.extra == {"dataloader_num_workers": 1, "torch_num_threads": 1}
     assert trainer_kwargs(rc, parse_topology("local"))["dataloader_num_workers"] == 1
+    from perfscale.export.trainer import trainer_snippet
+
+    assert "torch.set_num_threads(1)" in trainer_snippet(rc, parse_topology("local"), "m")
+    assert "set_num_threads" not in trainer_snippet(baseline_candidate(8).run_config(64), parse_topology("local"), "m")
     assert json.dumps(c.knobs())  # serialisable
     assert set(c.differences(Candidate(micro_batch=8, grad_accum=1))) == {"micro_batch", "precision", "optimizer", "threads", "workers"}

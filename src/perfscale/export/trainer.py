@@ -70,6 +70,11 @@ def trainer_snippet(config: RunConfig, topology: Topology, model_id: str) -> str
         "import torch",
         "from transformers import AutoModelForCausalLM, Trainer, TrainingArguments",
         "",
+    ]
+    threads = config.extra.get("torch_num_threads")
+    if threads:  # TrainingArguments has no threads option: set torch's intra-op pool directly
+        lines += [f"torch.set_num_threads({int(threads)})"]
+    lines += [
         f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {load})",
     ]
     if config.lora:
