@@ -1,7 +1,7 @@
 """Goal check for issue 6: `tune` vs measuring every configuration, on tiny causal-LM training on CPU.
 
     python benchmarks/tune_vs_exhaustive.py [--model perfscale-tiny-llama] [--seq 64] [--global-batch 8]
-        [--passes 2] [--out benchmarks/results/tune_vs_exhaustive.json]
+        [--passes 2] [--max-time 5] [--out benchmarks/results/tune_vs_exhaustive.json]
 
 The space (>= 24 configurations): micro-batch {1,2,4,8} x accumulation to the global batch,
 precision {fp32, bf16-mixed} where this CPU runs bf16 natively (else checkpointing {off, on}),
@@ -40,12 +40,12 @@ def _space(global_batch: int, seq: int, native_bf16: bool):
     )
 
 
-def exhaustive(space, model: str, passes: int, seed: int, log) -> tuple[dict[str, float], dict[str, list], float]:
+def exhaustive(space, model: str, passes: int, seed: int, max_time: float, log) -> tuple[dict[str, float], dict[str, list], float]:
     from perfscale.measure.bench_config import MeasureOptions
     from perfscale.measure.stats import StopRule
     from perfscale.tune.screen import TrialServer
 
-    options = MeasureOptions(stop=StopRule(min_iters=5, min_time=1.5, target_rel_ci=0.03, max_time=5.0), warmup=1, gate=False,
+    options = MeasureOptions(stop=StopRule(min_iters=3, min_time=min(1.5, max_time), target_rel_ci=0.03, max_time=max_time), warmup=1, gate=False,
                              profile_memory=False, time_limit=300)
     cands = space.candidates()
     order = [c for _ in range(passes) for c in cands]
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--max-time", type=float, default=5.0, help="exhaustive: timed seconds per trial at most (after 3 iterations)")
     parser.add_argument("--budget-seconds", type=float, default=600.0, help="tune's budget (it stops when its halving is done)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/tune_vs_exhaustive.json")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     log(f"space: {n} configurations ({'bf16-mixed' if native else 'checkpointing'} as the 4th knob)")
 
-    best, passes, wall_ex = exhaustive(space, args.model, args.passes, args.seed, log)
+    best, passes, wall_ex = exhaustive(space, args.model, args.passes, args.seed, args.max_time, log)
     log(f"exhaustive: {wall_ex:.0f} s")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

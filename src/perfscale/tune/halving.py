@@ -50,7 +50,8 @@ def design_pool(
     """(centre, pool, role) — role[c] = (knob, value) for a one-knob neighbour, None for centre/baseline.
 
     `ranked`: the feasible candidates, best estimate first. The pool holds the baseline, the centre,
-    then the neighbours knob by knob (knob_values' order: biggest expected effects first), cut at max_pool.
+    then the neighbours round-robin over the knobs (knob_values' order: biggest expected effects
+    first; nearest micro-batches first), cut at max_pool.
     """
     if not ranked:
         return baseline, [], {}

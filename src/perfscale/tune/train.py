@@ -36,7 +36,7 @@ from perfscale.tune.train_space import Candidate, TrainSpace, baseline_candidate
 
 DEFAULT_SEQ = 64
 DEFAULT_GLOBAL_BATCH = 8  # Trainer's per_device_train_batch_size default: the baseline needs no accumulation
-DEFAULT_BUDGET_S = 140.0  # the default run must end well inside 3 minutes on 2 loaded cores
+DEFAULT_BUDGET_S = 120.0  # the default run must end well inside 3 minutes on 2 loaded cores
 MEMORY_MARGIN = 0.10  # keep 10% of the device free: estimate error, allocator, the rest of the process
 ESTIMATE_TOLERANCE = 0.2  # within 20% of the best estimate the estimate cannot decide: measure
 COMPILE_BUDGET_S = 300.0  # torch.compile joins the default space only with at least this budget
@@ -268,7 +268,14 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
             else:
                 say(f"rung {rung}: {cand.name}")
                 rung_opts = replace(opts[min(rung, len(opts) - 1)], time_limit=costs.trial_limit())
-                result, was_reused = server.measure(config, rung_opts, group=rgroup), False
+                if cand.compile:  # dynamo's caches and recompile limits must not carry across trials: own process
+                    from perfscale.measure.runner import run_in_subprocess
+
+                    rung_opts = replace(rung_opts, time_limit=max(rung_opts.time_limit, 300.0))
+                    result = run_in_subprocess(config, rung_opts, workdir=server.workdir, group=rgroup)
+                else:
+                    result = server.measure(config, rung_opts, group=rgroup)
+                was_reused = False
                 if result.status == "timeout" and costs.typical_wall():
                     result.reason = (f"stopped at {rung_opts.time_limit:.0f} s, 3x the typical trial here: "
                                      "far slower than the others (or hung)")
@@ -335,6 +342,7 @@ def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
         "rung": rung, "status": result.status, "reason": result.reason, "tokens_per_s": tp.get("median"),
         "ci_low": tp.get("ci_low"), "ci_high": tp.get("ci_high"), "iterations": len(result.samples),
         "peak_memory_bytes": result.peak_memory_bytes, "wall_s": result.wall_s, "store_id": result.store_id, "reused": reused,
+        "compile_s": result.compile_s if result.config.backend == "compile" else None,  # first compile, reported apart
     })
     record.status = "measured" if result.ok else result.status if result.status in ("oom", "timeout") else "failed"
     record.reason = None if result.ok else result.reason
@@ -387,8 +395,6 @@ def _result_measured(options, spec, topology, space, records, notes, clock, base
         if o.candidate != winner and len(runners) < 3:
             runners.append({"name": o.candidate.name, "knobs": o.candidate.knobs(), "tokens_per_s": o.rate, "rung": o.rung,
                             "vs_winner_screen": (o.rate / final.winner_screen_rate) if final.winner_screen_rate and o.rate else None})
-    if not options.include_compile and not any(c.compile for c in records):
-        pass
     model_id = spec.hub_id or options.model
     return TrainTuneResult(
         model=spec.name, hardware=topology.hardware.description, measured_here=True, ranking="measured",
