@@ -1,6 +1,6 @@
 """MiniLM `encode`: fp32 eager vs torch.compile vs ONNX Runtime vs ONNX Runtime int8, with the accuracy gate.
 
-    python benchmarks/compare_encode_backends.py --out benchmarks/results/encode_backends.json [--repeats 2]
+    python benchmarks/compare_encode_backends.py --out benchmarks/results/encode_backends.json [--repeats 2] [compare flags]
 
 A thin driver over `perfscale compare` (the CLI, as a user would run it); the JSON it prints is saved.
 Equivalent command:
@@ -26,10 +26,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/encode_backends.json"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--store", default=None)
-    parser.add_argument("--extra", nargs="*", default=[], help="more flags for perfscale compare, e.g. --threads 2")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # other flags go to perfscale compare, e.g. --threads 2 --max-time 15
     cmd = [sys.executable, "-c", "from perfscale.cli.app import run; run()", "compare", "--scenario", "encode", *VARIANTS,
-           "--repeats", str(args.repeats), "--json", *args.extra] + (["--store", args.store] if args.store else [])
+           "--repeats", str(args.repeats), "--json", *extra] + (["--store", args.store] if args.store else [])
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -37,7 +36,7 @@ def main() -> int:
         return out.returncode
     doc = json.loads(out.stdout)
     doc["wall_s"] = time.time() - t0
-    doc["command"] = "perfscale compare --scenario encode " + " ".join(VARIANTS) + f" --repeats {args.repeats} " + " ".join(args.extra)
+    doc["command"] = "perfscale compare --scenario encode " + " ".join(VARIANTS) + f" --repeats {args.repeats} " + " ".join(extra)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     for row in doc["configurations"]:
