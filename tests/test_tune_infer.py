@@ -103,8 +103,6 @@ def test_budget_skips_variants_and_bad_values(tiny, tmp_path):
 def test_cli_bad_input_exit_codes(tiny, tmp_path):
     import shutil
 
-    proc = _cli("tune", env_cache=tmp_path)
-    assert proc.returncode == 2 and "not available yet" in proc.stderr and "--infer" in proc.stderr
     broken = tmp_path / "no-tokenizer"
     broken.mkdir()
     for name in ("config.json", "model.safetensors"):
