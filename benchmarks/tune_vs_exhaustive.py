@@ -1,7 +1,7 @@
 """Goal check for issue 6: `tune` vs measuring every configuration, on tiny causal-LM training on CPU.
 
     python benchmarks/tune_vs_exhaustive.py [--model perfscale-tiny-llama] [--seq 64] [--global-batch 8]
-        [--passes 2] [--max-time 5] [--out benchmarks/results/tune_vs_exhaustive.json]
+        [--passes 2] [--max-time 5] [--threads 1] [--out benchmarks/results/tune_vs_exhaustive.json]
 
 The space (>= 24 configurations): micro-batch {1,2,4,8} x accumulation to the global batch,
 precision {fp32, bf16-mixed} where this CPU runs bf16 natively (else checkpointing {off, on}),
@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 
-def _space(global_batch: int, seq: int, native_bf16: bool):
+def _space(global_batch: int, seq: int, native_bf16: bool, threads: int | None):
     from perfscale.tune.train_space import TrainSpace
 
     return TrainSpace(
         global_batch=global_batch, seq=seq, data_parallel=1, micro_batches=(1, 2, 4, 8),
         precisions=("fp32", "bf16-mixed") if native_bf16 else ("fp32",), optimizers=("adamw", "adamw-fused"),
-        checkpointing=(False,) if native_bf16 else (False, True), attns=("sdpa", "eager"),
+        checkpointing=(False,) if native_bf16 else (False, True), attns=("sdpa", "eager"), threads=(threads,),
         notes=("benchmark space: tune_vs_exhaustive.py",),
     )
 
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", type=float, default=5.0, help="exhaustive: timed seconds per trial at most (after 3 iterations)")
     parser.add_argument("--budget-seconds", type=float, default=600.0, help="tune's budget (it stops when its halving is done)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every configuration (0: torch's default). 1 by default: on a shared 2-core box an "
+                             "OpenMP barrier waiting for a busy core makes 2-thread timings swing 5x, which no search can rank")
     parser.add_argument("--out", default="benchmarks/results/tune_vs_exhaustive.json")
     args = parser.parse_args(argv)
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - t_start:6.0f}s] {message}", file=sys.stderr, flush=True)
 
     native = bool(detect_local().hardware.peak("bf16"))
-    space = _space(args.global_batch, args.seq, native)
+    space = _space(args.global_batch, args.seq, native, args.threads or None)
     n = space.size()
     load_before = os.getloadavg()
     log(f"space: {n} configurations ({'bf16-mixed' if native else 'checkpointing'} as the 4th knob)")

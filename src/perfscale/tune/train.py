@@ -186,7 +186,8 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
     capacity, cap_source = _capacity(topology, options.local)
     baseline = baseline_candidate(space.global_batch, space.data_parallel)
     cands = space.candidates()
-    if baseline not in cands:
+    baseline_in_space = baseline in cands
+    if not baseline_in_space:  # measured for the comparison, but not a point of the search
         cands.insert(0, baseline)
     say(f"estimating {len(cands)} configurations")
     estimates = _estimate_all(spec, cands, topology, space.seq, capacity)
@@ -213,7 +214,9 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
                 " (checkpointing recomputes the forward)" if c.checkpointing else "")
         else:
             kept.append(c)
-    ranked = kept
+    ranked = kept if baseline_in_space else [c for c in kept if c != baseline]
+    if not ranked:
+        return nothing_fits(options, spec, topology, space, records, notes, clock, capacity)
     common = dict(options=options, spec=spec, topology=topology, space=space, records=records, notes=notes, clock=clock,
                   baseline=baseline, stage_times=stage_times, capacity=capacity)
     if not options.local:
