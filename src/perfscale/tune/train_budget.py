@@ -33,10 +33,13 @@ class Costs:
         self.fixed: list[float] = []  # model build + warm-up of a trial
         self.steps: list[float] = []  # one timed optimizer step
         self.walls: list[float] = []
+        self.cold: float | None = None  # build + warm-up of the worker's first trial: what a fresh process pays
 
     def add(self, result) -> None:
         if result.ok and result.samples:
             self.fixed.append((result.load_s or 0.0) + sum(result.warmup_s))
+            if self.cold is None:
+                self.cold = self.fixed[-1]
             self.steps.append(sorted(result.samples)[len(result.samples) // 2])
         if result.wall_s:
             self.walls.append(result.wall_s)
@@ -48,12 +51,14 @@ class Costs:
     def typical_wall(self) -> float | None:
         return self._mid(self.walls, 0.0) or None
 
-    def trial(self, stop: StopRule, extra_steps: int = 0) -> float:
-        """A trial under `stop`: build + warm-up, then at least min_iters steps and min_time, capped by max_time."""
+    def trial(self, stop: StopRule, extra_steps: int = 0, cold: bool = False) -> float:
+        """A trial under `stop`: build + warm-up, then at least min_iters steps and min_time, capped by max_time.
+        cold: in a fresh process (model classes imported, kernels created anew)."""
         step = self._mid(self.steps, 2.0)
         timed = max(stop.min_iters * step, min(stop.min_time, stop.max_time))
         timed = max(timed, min(stop.max_time, stop.min_iters * step))
-        return self._mid(self.fixed, 8.0) + timed + extra_steps * step + 0.3
+        fixed = max(self.cold or 0.0, self._mid(self.fixed, 8.0)) if cold else self._mid(self.fixed, 8.0)
+        return fixed + timed + extra_steps * step + 0.3
 
     def trial_limit(self) -> float:
         """Kill a trial that runs 3x longer than the typical one (at least 20 s): it is far slower, or hung."""
@@ -61,9 +66,12 @@ class Costs:
         return self.options.trial_time_limit if typical is None else min(self.options.trial_time_limit, max(20.0, 3 * typical))
 
     def final(self, repeats: int, isolation: str, stop: StopRule | None = None) -> float:
-        per_run = self.trial(stop or self.options.final_stop, extra_steps=1)  # +1: the profiled memory iteration
-        startup = self.server.startup_s or 12.0
-        return 2 * repeats * (per_run + (startup if isolation == "process" else 0.0))
+        """2 configurations x repeats runs; +1 step each for the profiled memory iteration; +20% for a busy machine."""
+        process = isolation == "process"
+        per_run = self.trial(stop or self.options.final_stop, extra_steps=1, cold=process)
+        # A fresh process also imports the model classes, which the worker did before its first trial.
+        startup = 1.5 * (self.server.startup_s or 12.0)
+        return 1.2 * 2 * repeats * (per_run + (startup if process else 0.0))
 
 
 def final_plan(costs: Costs, options, clock: Clock) -> dict[str, Any]:
