@@ -1,5 +1,6 @@
-"""`perfscale tune` (training) end to end on a tiny model: the pipeline, the JSON document, --emit,
-resuming after kill -9, hardware you do not have, nothing fits, and the user's mistakes."""
+"""`perfscale tune` (training) end to end on a tiny model: the pipeline, resuming after kill -9 (whose
+resumed run also checks the CLI's JSON document and --emit all), hardware you do not have, nothing
+fits, and the user's mistakes."""
 
 from __future__ import annotations
 
@@ -73,25 +74,6 @@ def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path):
     assert groups and all(g.startswith(doc["session"]["group"]) for g in groups)
 
 
-@pytest.mark.slow
-def test_cli_tune_json_and_emit_all(tiny, tmp_path):
-    out = tmp_path / "emitted"
-    doc = run_json("tune", "--model", tiny, "--seq", "16", "--global-batch", "4", "--budget-seconds", "45", "--store",
-                   str(tmp_path / "s.sqlite"), "--emit", "all", "--out", str(out), timeout=400)
-    assert doc["kind"] == "tune-train" and doc["ranking"] == "measured"
-    for key in ("winner", "baseline", "speedup", "trials", "why", "runners_up", "notes", "session", "timing"):
-        assert key in doc
-    assert {"ratio", "ci_low", "ci_high"} <= set(doc["speedup"])
-    assert doc["winner"]["throughput"]["median"] > 0 and doc["baseline"]["throughput"]["median"] > 0
-    written = {os.path.basename(e["path"]) for e in doc["emitted"]}
-    assert {"trainer_args.json", "train_snippet.py", "accelerate_config.yaml", "ds_config.json", "fsdp_config.json", "torchrun.sh"} <= written
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(**json.loads((out / "trainer_args.json").read_text()))
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4
-    assert args.per_device_train_batch_size == doc["winner"]["knobs"]["micro_batch"]
-
-
 def _wait_rows(db_path, group_like: str, n: int, proc, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,7 +115,8 @@ def test_kill_9_then_resume_remeasures_nothing_that_finished(tiny, tmp_path):
         before = conn.execute("SELECT grp, fingerprint, id FROM runs").fetchall()
     assert len(before) >= 1
     resume = [a if a != "120" else "20" for a in args[:-1]]  # the budget is not part of the session: a short one finishes it
-    doc = run_json(*resume, "--resume", timeout=400)
+    out = tmp_path / "emitted"
+    doc = run_json(*resume, "--resume", "--emit", "all", "--out", str(out), timeout=400)
     assert doc["session"]["resumed"] and doc["session"]["reused_trials"] >= len(before)
     assert doc["session"]["group"] == before[0][0].rsplit("-", 1)[0]
     with sqlite3.connect(db) as conn:
@@ -143,6 +126,23 @@ def test_kill_9_then_resume_remeasures_nothing_that_finished(tiny, tmp_path):
     assert not finished & set(new), "a trial that had finished was measured again"
     reused = [r for t in doc["trials"] for r in t["rungs"] if r["reused"]]
     assert len(reused) == len([b for b in before if b[0].endswith(("-r0", "-r1"))])
+    _check_cli_document(doc, out)
+
+
+def _check_cli_document(doc, out):
+    """The --json document of the CLI and the files of --emit all."""
+    assert doc["kind"] == "tune-train" and doc["ranking"] == "measured"
+    for key in ("winner", "baseline", "speedup", "trials", "why", "runners_up", "notes", "session", "timing"):
+        assert key in doc
+    assert {"ratio", "ci_low", "ci_high"} <= set(doc["speedup"])
+    assert doc["winner"]["throughput"]["median"] > 0 and doc["baseline"]["throughput"]["median"] > 0
+    written = {os.path.basename(e["path"]) for e in doc["emitted"]}
+    assert {"trainer_args.json", "train_snippet.py", "accelerate_config.yaml", "ds_config.json", "fsdp_config.json", "torchrun.sh"} <= written
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(**json.loads((out / "trainer_args.json").read_text()))
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4
+    assert args.per_device_train_batch_size == doc["winner"]["knobs"]["micro_batch"]
 
 
 def test_hardware_you_do_not_have_is_estimated_and_emits(tmp_path):
