@@ -1,14 +1,28 @@
 """Generation runtime: KV cache kind, torch.compile of the forward, batch size, prompt-length buckets.
 
 Why buckets: a compiled model specialises on shapes. With `dynamic=False`, every new prompt
-length is a new prefill graph (and with a static cache, a new cache length too), so serving
-prompts of many lengths recompiles again and again until dynamo's recompile limit (8), after
-which that code runs uncompiled. Left-padding each prompt up to the smallest bucket >= its length
-bounds the shapes to the number of buckets (the guides' "static shapes with padding buckets",
-from the XLA/TPU advice). The cost: the padded tokens are computed too.
+length is a new prefill graph, so serving prompts of many lengths recompiles again and again until
+dynamo's recompile limit (8 per code object), after which that code runs uncompiled. Left-padding
+each prompt up to the smallest bucket >= its length bounds the prefill shapes to the number of
+buckets (the guides' "static shapes with padding buckets", from the XLA/TPU advice). The cost: the
+padded tokens are computed too (prefill work grows up to the bucket's length).
+
+Buckets alone are not enough with a static cache: transformers sizes it to prompt + new tokens
+(and keeps the largest size seen on the model, `_previous_max_cache_length`), and the cache tensors
+are inputs of the decode step, so each larger bucket also compiled a new *decode* graph (measured:
+6 lengths over 4 buckets, 7-8 graphs either way). With buckets the runner therefore fixes the
+cache length for the whole bucket set: largest bucket + new tokens (`max_cache_len`, passed to
+generate), so one decode graph serves every bucket. One more variant per bucket remains: when no
+row of a batch needs padding (a prompt exactly a bucket long), transformers' generate drops the
+attention mask before calling the forward (SDPA is_causal instead), a call with different inputs,
+so that bucket gets a second prefill graph. Bound, whatever the number of distinct lengths:
+prefill graphs <= 2 x #buckets (padded / exactly full), + 1 decode graph (`graph_bound`).
+The cost of the fixed cache: every decode step attends over the full cache (masked),
+2 x layers x kv_heads x head_dim x max_cache_len x batch x 4 bytes of fp32 cache.
 
 Measured per call: TTFT (prefill plus the first token), time per output token after the first,
-tokens/s, and the number of graphs dynamo compiled (torch._dynamo counters: stats.unique_graphs).
+tokens/s, and the number of graphs dynamo compiled (torch._dynamo counters: stats.unique_graphs),
+per pass and cumulatively after each generate call.
 """
 
 from __future__ import annotations
@@ -39,7 +53,13 @@ class DecoderSettings:
     batch: int = 1
     """Prompts per generate call (left-padded to a common length)."""
     buckets: tuple[int, ...] | None = None
-    """Prompt lengths are left-padded up to the smallest bucket >= length; None: no bucketing."""
+    """Prompt lengths are left-padded up to the smallest bucket >= length; None: no bucketing.
+    With buckets, a partial last batch is filled up to `batch` rows (copies, discarded) so the batch
+    dimension is fixed too."""
+    max_cache_len: int | None = None
+    """Static cache length in tokens, the same for every call so a compiled decode step keeps one shape
+    (transformers generate `max_cache_len`). None: largest bucket + new tokens when bucketed, else
+    transformers' default (prompt + new tokens, growing)."""
     attn: str = "sdpa"
 
     def __post_init__(self) -> None:
@@ -54,6 +74,11 @@ class DecoderSettings:
             if not b or any(not isinstance(x, int) or x < 1 for x in b) or list(b) != sorted(set(b)):
                 raise InvalidConfigError(f"Buckets must be increasing positive integers, e.g. 32,64,128; got {self.buckets!r}.")
             object.__setattr__(self, "buckets", b)
+        if self.max_cache_len is not None:
+            if self.cache != "static":
+                raise InvalidConfigError("max_cache_len sizes the static KV cache; set cache='static' or drop max_cache_len.")
+            if not isinstance(self.max_cache_len, int) or self.max_cache_len < 1:
+                raise InvalidConfigError(f"max_cache_len must be a positive integer, got {self.max_cache_len!r}.")
 
     def label(self) -> str:
         parts = [("compile" + ("" if self.compile_backend == "inductor" else f"[{self.compile_backend}]")) if self.compile else "eager",
@@ -62,10 +87,23 @@ class DecoderSettings:
             parts.append("buckets" + ",".join(map(str, self.buckets)) if len(self.buckets) <= 3 else f"buckets{self.buckets[0]}..{self.buckets[-1]}")
         return " ".join(parts)
 
-    def generate_kwargs(self) -> dict[str, Any]:
+    def cache_length(self, new_tokens: int | None = None) -> int | None:
+        """The fixed static-cache length: max_cache_len, else largest bucket + new_tokens; None: not fixed."""
+        if self.cache != "static":
+            return None
+        if self.max_cache_len is not None:
+            return self.max_cache_len
+        if self.buckets and new_tokens is not None:
+            return self.buckets[-1] + new_tokens
+        return None
+
+    def generate_kwargs(self, new_tokens: int | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {"do_sample": False}
         if self.cache == "static":
             kw["cache_implementation"] = "static"
+            length = self.cache_length(new_tokens)
+            if length is not None:
+                kw["max_cache_len"] = length
         return kw
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
@@ -82,6 +120,11 @@ class DecoderSettings:
         if data.get("buckets") is not None:
             data["buckets"] = tuple(data["buckets"])
         return cls(**data)
+
+
+def graph_bound(buckets: tuple[int, ...]) -> int:
+    """Most graphs a bucketed, static-cache compiled run compiles (module docstring): 2 prefill per bucket + 1 decode."""
+    return 2 * len(buckets) + 1
 
 
 def bucket_length(n: int, buckets: tuple[int, ...] | None) -> int:
@@ -144,6 +187,8 @@ class GenerationRun:
     total_s: float
     new_tokens: int
     graphs: int  # graphs dynamo compiled during this pass (0 when not compiled)
+    graphs_after_call: list[int] = field(default_factory=list)  # cumulative graphs of this pass after each generate call
+    cache_len: int | None = None  # the fixed static-cache length, when the runner fixed one
     recompile_limit_hit: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -158,9 +203,18 @@ class GenerationRun:
 
 
 def _graph_count() -> int:
+    """Graphs dynamo handed to a backend so far (each recompile, and each piece of a graph break, is one)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
+
+
+def _recompile_limit_hits() -> int:
+    """Frames dynamo gave up on because the recompile limit was reached (they then run eagerly)."""
+    from torch._dynamo.utils import counters
+
+    return sum(int(n) for reason, n in counters["unimplemented"].items() if "recompile limit" in reason.lower()
+               or "recompile_limit" in reason)
 
 
 class DecoderRunner:
@@ -172,6 +226,10 @@ class DecoderRunner:
         self.model = model
         self.settings = settings
         self._eager_forward = model.forward
+        # transformers keeps the largest static cache length seen on the model and reuses it: forget it, so a
+        # runner's cache length (and so its graph count) does not depend on what ran on this model before.
+        if hasattr(model, "_previous_max_cache_length"):
+            del model._previous_max_cache_length
         if settings.compile:
             model.forward = torch.compile(model.forward, backend=settings.compile_backend, dynamic=False)
 
@@ -201,10 +259,14 @@ class DecoderRunner:
         s = self.settings
         out_tokens: list[list[int]] = [[] for _ in prompts]
         padded, ttft, tpot = [], [], []
-        graphs_before = _graph_count()
+        graphs_before, limit_hits_before = _graph_count(), _recompile_limit_hits()
+        graphs_after_call: list[int] = []
+        gen_kw = s.generate_kwargs(new_tokens)
         t_all = time.perf_counter()
         for start in range(0, len(prompts), s.batch):
             idx = list(range(start, min(start + s.batch, len(prompts))))
+            if s.buckets:  # a fixed batch dimension too: fill a short last batch with copies (dropped below)
+                idx += [idx[-1]] * (s.batch - len(idx))
             length = bucket_length(max(len(prompts[i]) for i in idx), s.buckets)
             ids = torch.full((len(idx), length), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), length), dtype=torch.long)
@@ -217,21 +279,26 @@ class DecoderRunner:
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                    pad_token_id=pad, logits_processor=LogitsProcessorList([Stamp()]), **s.generate_kwargs(),
+                    pad_token_id=pad, logits_processor=LogitsProcessorList([Stamp()]), **gen_kw,
                 )
             end = time.perf_counter()
             ttft.append(stamps[0] - t0 if stamps else end - t0)
             tpot.append((stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 0.0)
-            for row, i in enumerate(idx):
+            for row, i in enumerate(idx[: min(s.batch, len(prompts) - start)]):
                 out_tokens[i] = out[row, length:].tolist()
+            graphs_after_call.append(_graph_count() - graphs_before if s.compile else 0)
         total = time.perf_counter() - t_all
         graphs = _graph_count() - graphs_before if s.compile else 0
         limit = int(getattr(dynamo_config, "recompile_limit", getattr(dynamo_config, "cache_size_limit", 8)))
         run = GenerationRun(settings=s.to_dict(), tokens=out_tokens, padded_lengths=padded, ttft_s=ttft, tpot_s=tpot,
-                            total_s=total, new_tokens=new_tokens, graphs=graphs)
-        if s.compile and _graph_count() >= limit:
+                            total_s=total, new_tokens=new_tokens, graphs=graphs, graphs_after_call=graphs_after_call,
+                            cache_len=gen_kw.get("max_cache_len"))
+        if run.cache_len is not None and max(padded) + new_tokens > run.cache_len:
+            run.notes.append(f"prompts padded to {max(padded)} tokens need a cache of {max(padded) + new_tokens} > max_cache_len "
+                             f"{run.cache_len}: the cache grew (new graphs); make the largest bucket cover the longest prompt")
+        if s.compile and _recompile_limit_hits() > limit_hits_before:
             run.recompile_limit_hit = True
-            run.notes.append(f"dynamo's recompile limit ({limit}) was reached: further shapes run uncompiled")
+            run.notes.append(f"dynamo's recompile limit ({limit}) was reached: further shapes ran uncompiled (eager)")
         return run
 
 

@@ -51,7 +51,7 @@ class DecoderTuneResult:
     winner: str
     winner_settings: dict[str, Any]
     verdict: str
-    recompiles: dict[str, Any]  # {"unbucketed": graphs, "bucketed": graphs, "buckets": [...], "lengths": n}
+    recompiles: dict[str, Any]  # {"unbucketed": graphs, "bucketed": graphs, "bucketed_bound": n, "buckets": [...], "lengths": [...]}
     passes: int
     environment: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -75,14 +75,18 @@ class DecoderTuneResult:
         return path
 
 
-def _candidates(quick: bool, include_compile: bool, buckets: tuple[int, ...], batch: int):
+def _candidates(quick: bool, include_compile: bool, buckets: tuple[int, ...], batch: int, new_tokens: int):
     from perfscale.runtimes.decoder import DecoderSettings
 
-    out = [DecoderSettings(cache="static"), DecoderSettings(batch=batch), DecoderSettings(cache="static", batch=batch, buckets=buckets)]
+    # Bucketed static caches get one length for the whole bucket set (largest bucket + new tokens), written into
+    # the settings so that perfscale.apply.decoder's generate kwargs carry it (else each bucket compiles its own decode).
+    cache_len = buckets[-1] + new_tokens
+    out = [DecoderSettings(cache="static"), DecoderSettings(batch=batch),
+           DecoderSettings(cache="static", batch=batch, buckets=buckets, max_cache_len=cache_len)]
     if include_compile:
-        out.append(DecoderSettings(cache="static", compile=True, buckets=buckets))
+        out.append(DecoderSettings(cache="static", compile=True, buckets=buckets, max_cache_len=cache_len))
         if not quick:
-            out.append(DecoderSettings(cache="static", compile=True, batch=batch, buckets=buckets))
+            out.append(DecoderSettings(cache="static", compile=True, batch=batch, buckets=buckets, max_cache_len=cache_len))
     return out
 
 
@@ -119,10 +123,16 @@ def _time_variant(model, settings, prompts, new_tokens, passes: int, reference_t
 
 
 def count_recompiles(model, prompts, buckets: tuple[int, ...], new_tokens: int = 2) -> dict[str, Any]:
-    """Graphs dynamo compiles (capture-only backend: no codegen cost) with and without buckets."""
-    from perfscale.runtimes.decoder import DecoderRunner, DecoderSettings, reset_compiler
+    """Graphs dynamo compiles (capture-only backend: no codegen cost) with and without buckets.
 
-    out: dict[str, Any] = {"lengths": sorted({len(p) for p in prompts}), "buckets": list(buckets)}
+    Bucketed, at most two prefill graphs per bucket (padded, and unpadded: an exactly full bucket) plus one decode
+    graph (the static cache has one length for the bucket set): `graph_bound`; unbucketed, each distinct length adds
+    a prefill graph (and a decode graph when the cache grows) until dynamo's recompile limit, then runs eagerly.
+    """
+    from perfscale.runtimes.decoder import DecoderRunner, DecoderSettings, graph_bound, reset_compiler
+
+    out: dict[str, Any] = {"lengths": sorted({len(p) for p in prompts}), "buckets": list(buckets),
+                           "bucketed_bound": graph_bound(buckets)}
     for name, b in (("unbucketed", None), ("bucketed", buckets)):
         reset_compiler()
         runner = DecoderRunner(model, DecoderSettings(cache="static", compile=True, compile_backend="eager", buckets=b))
@@ -173,7 +183,7 @@ def tune_decoder(
     ref_tokens = ref._tokens  # type: ignore[attr-defined]
     ref.label += " (reference)"
     variants, times = [ref], {ref.label: ref_times}
-    for settings in _candidates(quick, include_compile, buckets, batch):
+    for settings in _candidates(quick, include_compile, buckets, batch, new_tokens):
         progress(f"trying {settings.label()}")
         v, t = _time_variant(lm, settings, prompts, new_tokens, passes, ref_tokens)
         variants.append(v)
