@@ -34,11 +34,12 @@ from perfscale.estimate.knobs import Knobs
 # Fraction of the dense peak that end-to-end training reaches (MFU-like). Named, overridable
 # (`efficiency=`). GPU 0.45: the middle of published large-model MFU, 38-43% Llama 3 405B on
 # H100 (Dubey et al. 2024, Table 4), 46% Megatron-LM GPT-3 175B on A100 (Korthikanti et al. 2022
-# Table 5 MFU), 52% Megatron 1T (Narayanan et al. 2021). CPU 0.05: a planning value, not a
-# calibration: perfscale-tiny-llama training here reached 0.016-0.031 of the theoretical AVX-512
-# peak under ~4x CPU contention (benchmarks/LOG.md, 2026-11-27); FIELD-NOTES' large fp32 matmuls
-# reach 0.17-0.3 of it. Override with `efficiency=` / --efficiency.
-DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.05}
+# Table 5 MFU), 52% Megatron 1T (Narayanan et al. 2021). CPU 0.28: fitted on an idle machine here,
+# perfscale-tiny-llama fp32 training (b8, s256) at 0.284 of the detected AVX-512 fp32 peak
+# (benchmarks/plan_vs_cpu.py, benchmarks/LOG.md 2026-11-27); held out, it predicts the same model
+# within 16% but a 4x larger model 31% slow (bigger GEMMs run closer to peak): a planning value.
+# Override with `efficiency=` / --efficiency.
+DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.28}
 # Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).
 BANDWIDTH_EFFICIENCY = 0.8
 # Achieved fraction of link bandwidth for large collectives (NCCL bus bandwidth vs link peak).
