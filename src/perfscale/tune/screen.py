@@ -29,11 +29,11 @@ from typing import Any
 
 import perfscale
 from perfscale.measure.bench_config import BenchConfig, MeasureOptions
+from perfscale.measure.faults import inject_fault
 from perfscale.measure.result import BenchResult
 from perfscale.measure.worker import parse_oom
 
 READY_TIMEOUT = 180.0  # seconds for the worker's imports on a loaded 2-core machine
-FAULTS = ("hang", "crash", "oom", "error")  # BenchConfig.extra['tune_fault']: tests of the fault paths
 
 
 class TrialServer:
@@ -210,23 +210,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _fault(config: BenchConfig) -> None:
-    """Test hook: BenchConfig.extra['tune_fault'] makes this trial misbehave the named way."""
-    fault = config.extra.get("tune_fault")
-    if fault == "hang":
-        time.sleep(10_000)
-    elif fault == "crash":
-        sys.stderr.write("tune trial: crashing on purpose\n")
-        sys.stderr.flush()
-        os._exit(3)
-    elif fault == "oom":
-        import torch
-
-        torch.empty(1 << 60, dtype=torch.uint8)  # 1 EiB: DefaultCPUAllocator refuses it
-    elif fault == "error":
-        raise RuntimeError("tune trial: failing on purpose")
-
-
 def _measure_job(job: dict[str, Any], default_threads: int, environment: dict[str, Any]) -> dict[str, Any]:
     import gc
 
@@ -238,7 +221,7 @@ def _measure_job(job: dict[str, Any], default_threads: int, environment: dict[st
     torch.set_num_threads(default_threads)  # a previous trial may have changed it
     config = BenchConfig.from_dict(job["config"])
     try:
-        _fault(config)
+        inject_fault(config.extra.get("tune_fault"), "tune trial")
         payload = run_job(job)
     except MemoryError as exc:
         payload = {"status": "oom", "oom_bytes": None, "reason": f"MemoryError: {exc}"}

@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
+from perfscale.measure.faults import FAULTS as INJECTABLE, inject_fault
 from perfscale.measure.scenarios.common import Scenario
 
-FAULTS = ("none", "oom", "hang", "crash", "error")
+FAULTS = ("none", *INJECTABLE)
 
 
 def setup(config, device: str) -> Scenario:
@@ -33,16 +32,7 @@ def setup(config, device: str) -> Scenario:
     b = torch.randn(n, n, device=device)
 
     def step() -> None:
-        if fault == "oom":
-            torch.empty(1 << 60, dtype=torch.uint8)  # 1 EiB: no machine has it
-        elif fault == "hang":
-            time.sleep(10_000)
-        elif fault == "crash":
-            sys.stderr.write("selftest: crashing on purpose\n")
-            sys.stderr.flush()
-            os._exit(3)
-        elif fault == "error":
-            raise RuntimeError("selftest: step failed on purpose")
+        inject_fault(fault, "selftest")
         if pause:
             time.sleep(pause)
         (a @ b).sum().item()
