@@ -28,6 +28,7 @@ GATE = typer.Option(True, "--gate/--no-gate", help="Inference: check outputs aga
 STORE = typer.Option(None, "--store", help="SQLite results file. Default $XDG_CACHE_HOME/perfscale/results.sqlite (~/.cache/...).")
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (no progress bar).")
 LABEL = typer.Option(None, "--label", help="A name for this configuration in tables and the store.")
+REPEATS = typer.Option(1, "--repeats", help="Fresh processes to run (interleaving nothing else). With 2 or more, the CI is a two-level bootstrap over processes and iterations, so it also covers process-to-process drift.")
 SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration as JSON (for `perfscale compare FILE ...`).")
 
 
@@ -127,6 +128,7 @@ def bench(
     gate: bool = GATE,
     store: Path = STORE,
     label: str = LABEL,
+    repeats: int = REPEATS,
     save_config: Path = SAVE_CONFIG,
     as_json: bool = JSON,
 ) -> None:
@@ -144,7 +146,20 @@ def bench(
     options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
     if save_config:
         Path(save_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    from perfscale.errors import InvalidConfigError
+
+    if not isinstance(repeats, int) or repeats < 1:
+        raise InvalidConfigError(f"--repeats must be an integer >= 1, got {repeats!r}.")
     with Store(store) as db:
+        if repeats > 1:
+            from perfscale.measure.compare import measure_repeated
+            from perfscale.report.bench_tables import compare_table
+
+            with progress(f"measuring {config.display} in {repeats} processes", None, as_json):
+                row = measure_repeated(config, options, repeats=repeats, store=db)
+            doc = {"store": str(db.path), "repeats": repeats, "reference": row.label, "configurations": [row.to_dict()]}
+            emit(doc, as_json, lambda console: console.print(compare_table(doc)))
+            return
         with progress(f"measuring {config.display}", None, as_json):
             result = measure(config, options, store=db)
         doc = {"store": str(db.path), "configurations": [result.to_dict(samples=False)]}

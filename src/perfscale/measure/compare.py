@@ -186,6 +186,23 @@ def compare(
     """
     if len(configs) < 2:
         raise InvalidConfigError(f"compare needs at least two configurations, got {len(configs)}. Add another one (e.g. backend=compile).")
+    return _interleaved(configs, options, repeats=repeats, store=store, on_result=on_result, workdir=workdir)
+
+
+def measure_repeated(
+    config: BenchConfig, options: MeasureOptions | None = None, *, repeats: int = 3, store=None,
+    on_result: Callable[[BenchResult], None] | None = None, workdir: str | None = None,
+) -> CompareRow:
+    """One configuration in `repeats` fresh processes. Its throughput CI comes from the two-level
+    bootstrap over processes and iterations, so it covers process-to-process drift, which the CI of
+    one process does not (benchmarks/LOG.md: two single-process runs 11% apart with tight CIs)."""
+    return _interleaved([config], options, repeats=repeats, store=store, on_result=on_result, workdir=workdir).rows[0]
+
+
+def _interleaved(
+    configs: list[BenchConfig], options: MeasureOptions | None, *, repeats: int, store,
+    on_result: Callable[[BenchResult], None] | None, workdir: str | None,
+) -> CompareResult:
     if not isinstance(repeats, int) or repeats < 1:
         raise InvalidConfigError(f"repeats must be an integer >= 1, got {repeats!r}.")
     options = options or MeasureOptions()
@@ -223,4 +240,4 @@ def compare(
     return CompareResult(group=group, repeats=repeats, rows=rows, interrupted=interrupted, options=options)
 
 
-__all__ = ["CompareResult", "CompareRow", "compare", "memory_verdict", "speed_verdict"]
+__all__ = ["CompareResult", "CompareRow", "compare", "measure_repeated", "memory_verdict", "speed_verdict"]
