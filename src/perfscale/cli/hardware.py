@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from perfscale.cli import knobs
+
 from perfscale.report.emit import emit
 
 app = typer.Typer(help="The hardware catalogue (with sources) and this machine.", invoke_without_command=True)
 
-JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
 
 def _show_local(as_json: bool) -> None:
@@ -30,7 +31,7 @@ def _show_local(as_json: bool) -> None:
 def list_hardware(
     ctx: typer.Context,
     local: bool = typer.Option(False, "--local", help="Describe this machine instead of the catalogue."),
-    as_json: bool = JSON_OPTION,
+    as_json: bool = knobs.JSON,
 ) -> None:
     """List the hardware catalogue, or with --local describe this machine."""
     if ctx.invoked_subcommand is not None:
@@ -48,7 +49,7 @@ def list_hardware(
 @app.command("show")
 def show(
     name: str = typer.Argument(..., help="Catalogue name or alias, a topology such as 8xH100-80GB, or `local`."),
-    as_json: bool = JSON_OPTION,
+    as_json: bool = knobs.JSON,
 ) -> None:
     """Show one device (or topology) with the source of every number."""
     if name.lower() == "local":

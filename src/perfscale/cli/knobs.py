@@ -14,6 +14,7 @@ from perfscale.config.run_config import RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload
 
+JSON = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 MODEL = typer.Option(None, "--model", "-m", help="Catalogue name, local folder or config.json, or hub id. Default: perfscale-tiny-llama.")
 TRAIN = typer.Option(False, "--train", help="A training step (the default mode).")
 INFER = typer.Option(False, "--infer", help="An inference run: prefill then decode.")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import typer
 
+from perfscale.cli import knobs
+
 from perfscale.report.emit import emit
 
 app = typer.Typer(help="The model catalogue: exact parameter counts per component.", invoke_without_command=True)
 
-JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
 
 @app.callback()
 def list_models(
     ctx: typer.Context,
     family: str = typer.Option(None, "--family", help="Only this family (model_type), e.g. llama, gpt2, t5."),
-    as_json: bool = JSON_OPTION,
+    as_json: bool = knobs.JSON,
 ) -> None:
     """List the catalogue models with their exact parameter counts."""
     if ctx.invoked_subcommand is not None:
@@ -30,7 +31,7 @@ def list_models(
 @app.command("show")
 def show(
     name: str = typer.Argument(..., help="Catalogue name, local folder or config.json, or hub id."),
-    as_json: bool = JSON_OPTION,
+    as_json: bool = knobs.JSON,
 ) -> None:
     """Show one model's architecture and exact parameter counts."""
     from perfscale.report.specs_tables import model_table

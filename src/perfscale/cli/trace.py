@@ -8,7 +8,6 @@ from perfscale.cli import knobs
 from perfscale.report.emit import emit
 
 DEVICE = typer.Option(None, "--device", help="Whose program to trace: cuda (default; emulated on CPU-only torch) | cpu.")
-JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 FULL = typer.Option(False, "--full-layers", help="Trace every layer instead of extrapolating exactly from 4 and 5 layers.")
 
 
@@ -32,7 +31,7 @@ def trace(
     cache: str = knobs.CACHE,
     device: str = DEVICE,
     full_layers: bool = FULL,
-    as_json: bool = JSON_OPTION,
+    as_json: bool = knobs.JSON,
 ) -> None:
     """Run the real model code on fake tensors and report peak allocated memory per device, exactly."""
     from perfscale.trace import trace as run_trace

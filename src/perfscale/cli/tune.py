@@ -75,7 +75,7 @@ def tune(
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="Include torch.compile variants (default: yes, no with --quick)."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where exported ONNX files go (default $XDG_CACHE_HOME/perfscale)."),
     save: str = typer.Option(None, "--save", help="Write the result to this JSON file (for perfscale.apply)."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+    as_json: bool = knobs.JSON,
     seq: int = typer.Option(None, "--seq", help="Training: sequence length in tokens (default 64)."),
     global_batch: int = typer.Option(None, "--global-batch", help="Training: sequences per optimizer step, kept fixed while micro-batch x accumulation varies (default 8)."),
     hardware: str = typer.Option(None, "--hardware", help="Training: plan for a topology you do not have, e.g. 8xH100-80GB (estimated ranking, not measured). Default: this machine, measured."),

@@ -34,6 +34,12 @@ def encoder_table(doc: dict[str, Any]):
     return table
 
 
+def _print_usage(console, doc: dict[str, Any], saved: str | None) -> None:
+    """How to use the winner: the perfscale.apply snippet, and where the result was saved."""
+    console.print("\n[bold]use it:[/bold]" + (f" (saved to {saved})" if saved else " (save with --save tuned.json)"))
+    console.print(doc["apply_snippet"], markup=False, highlight=False)
+
+
 def render_encoder(console, doc: dict[str, Any], saved: str | None = None) -> None:
     console.print(encoder_table(doc))
     console.print(f"[bold]winner:[/bold] {doc['winner']}  ({doc['verdict']})")
@@ -42,8 +48,7 @@ def render_encoder(console, doc: dict[str, Any], saved: str | None = None) -> No
                   f"{meas['sentences_per_iteration']} sentences per iteration; shared machines make timings noisy: trust the CI.")
     for note in doc.get("notes", []):
         console.print(f"note: {note}")
-    console.print("\n[bold]use it:[/bold]" + (f" (saved to {saved})" if saved else " (save with --save tuned.json)"))
-    console.print(doc["apply_snippet"], markup=False, highlight=False)
+    _print_usage(console, doc, saved)
 
 
 def decoder_table(doc: dict[str, Any]):
@@ -69,5 +74,4 @@ def render_decoder(console, doc: dict[str, Any], saved: str | None = None) -> No
     console.print(f"recompilations (torch.compile, dynamic=False) over {len(rc['lengths'])} prompt lengths: "
                   f"{rc['unbucketed']} graphs unbucketed{' (limit hit)' if rc.get('unbucketed_limit_hit') else ''}, "
                   f"{rc['bucketed']} with buckets {rc['buckets']}")
-    console.print("\n[bold]use it:[/bold]" + (f" (saved to {saved})" if saved else " (save with --save tuned.json)"))
-    console.print(doc["apply_snippet"], markup=False, highlight=False)
+    _print_usage(console, doc, saved)
