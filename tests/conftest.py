@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # No test may reach the Hugging Face Hub: a hub id that is not cached must fail fast and clearly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nor read or write the user's perfscale cache (results store, ONNX exports, CPU calibration): a
+# calibration stored by an earlier `perfscale plan --calibrate` would change local CPU estimates.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="perfscale-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

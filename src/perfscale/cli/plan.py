@@ -18,6 +18,12 @@ TOKENS = typer.Option(None, "--token-budget", help="Tokens to train on: report t
 PRICE = typer.Option(None, "--price", help="Price per device-hour, for the cost of the token budget.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (list `configs`).")
 KV_DTYPE = typer.Option(None, "--kv-cache-dtype", help="auto | fp8 (inference KV cache).")
+CALIBRATE = typer.Option(
+    False, "--calibrate",
+    help="On this machine's CPU: time each operation of the step at its shape (seconds, once; stored under "
+    "~/.cache/perfscale/calibration/) and estimate time from those instead of peak x efficiency. Later plans on "
+    "this machine reuse stored timings without the flag.",
+)
 HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per node in GiB, for CPU offload "
                            "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
@@ -31,7 +37,7 @@ def plan(
     offload: str = K.OFFLOAD,
     quantization: str = K.QUANTIZATION, cache: str = K.CACHE, kv_cache_dtype: str = KV_DTYPE, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
-    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY,
+    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -56,7 +62,45 @@ def plan(
         for name, value in defaults.items():
             if fixed.get(name) is None and not (name == "zero" and fixed.get("fsdp")):
                 fixed[name] = value
+    calibration, prepare = _calibration(hardware, calibrate, as_json)
     result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
                       token_budget=token_budget, price_per_device_hour=price,
-                      host_memory=None if host_memory_gib is None else host_memory_gib * 2**30, **fixed)
+                      host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
+                      calibration=calibration, prepare_calibration=prepare, **fixed)
     emit(result.to_dict(), as_json, lambda console: render_plan(result, console))
+
+
+def _calibration(hardware: str | None, calibrate: bool, quiet: bool):
+    """(stored calibration of this CPU, probe callback) when planning for this machine, else (None, None)."""
+    from perfscale.errors import InvalidConfigError
+
+    local = hardware is None or hardware.lower() in ("local", "local-cpu")
+    if not local:
+        if calibrate:
+            raise InvalidConfigError(f"--calibrate times operations on this machine, but --hardware is {hardware!r}: "
+                                     "drop --hardware (or use --hardware local) to plan for this machine.")
+        return None, None
+    from perfscale.specs import get_hardware
+
+    if get_hardware("local").kind != "cpu":
+        if calibrate:
+            raise InvalidConfigError("--calibrate probes CPU operations; this machine plans for its GPU. "
+                                     "Use perfscale bench to measure GPU steps.")
+        return None, None
+    from perfscale.measure.cpu_probe import local_calibration, probe
+
+    calibration = local_calibration()
+    if not calibrate:
+        return (calibration if calibration.times else None), None
+
+    def prepare(spec, needed: list[tuple[str, int]]) -> None:
+        import sys
+
+        if not quiet:
+            print(f"calibrating: timing {len(needed)} operations on this CPU (stored for later plans)", file=sys.stderr)
+        try:
+            probe(needed, calibration, spec=spec)
+        finally:
+            calibration.save()  # keep what was timed even when interrupted
+
+    return calibration, prepare

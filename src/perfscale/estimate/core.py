@@ -71,18 +71,20 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
 
 
 def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None,
-             host_memory: float | None = None) -> dict:
+             host_memory: float | None = None, calibration=None) -> dict:
     """All numbers of one configuration as a dict (no validation, no result objects).
 
     host_memory: host RAM per node in bytes (None: the nominal default of estimate/host.py).
+    calibration: operation times measured on this CPU (estimate/calibration.py), or None.
     """
     world = nodes * per_node
     capacity = hw.memory_bytes.value or 0
     if k.mode == "train":
         mem = train_memory(mc, k, world)
-        tm = train_time(mc, k, hw, nodes, per_node, efficiency, mem["trainable"])
+        tm = train_time(mc, k, hw, nodes, per_node, efficiency, mem["trainable"], calibration)
         step, tps, split = tm["step"], tm["tokens_per_second"], tm["split"]
-        extra = {"mfu": tm["mfu"], "efficiency": tm["efficiency"], "native": tm["native"]}
+        extra = {"mfu": tm["mfu"], "efficiency": tm["efficiency"], "native": tm["native"], "calibrated": tm["calibrated"],
+                 "uncalibrated": tm["uncalibrated"]}
     else:
         mem = infer_memory(mc, k)
         tm = infer_time(mc, k, hw, mem["weights"], mem["kv_per_token"], efficiency)
@@ -136,6 +138,10 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         train_seconds=train_seconds, cost=cost,
     )
     notes = []
+    if numbers.get("calibrated"):
+        notes.append("time from operations measured on this machine (perfscale plan --calibrate), not peak x efficiency")
+    elif numbers.get("uncalibrated"):
+        notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
     if not numbers["native"]:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
     dp = max(1, numbers["world"] // (k.tp * k.pp))
@@ -145,14 +151,18 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
 
 
 def estimate(spec, config, topology, efficiency: float | None = None, token_budget: float | None = None,
-             price_per_device_hour: float | None = None, host_memory: float | None = None) -> Estimate:
+             price_per_device_hour: float | None = None, host_memory: float | None = None,
+             calibration=None) -> Estimate:
     """Memory and time of one RunConfig on a topology (< 1 ms; no torch).
 
-    host_memory: host RAM per node in bytes for CPU offload (default: estimate/host.py)."""
+    host_memory: host RAM per node in bytes for CPU offload (default: estimate/host.py).
+    calibration: a Calibration of this CPU (perfscale.measure.cpu_probe); used for CPU training
+    steps it covers, else the efficiency model applies."""
     mc = constants_for(spec)
     k = Knobs.from_run_config(config)
     problems = layout_problems(mc, k, topology.world_size)
     if problems:
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
-    numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency, host_memory)
+    numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency, host_memory,
+                       calibration)
     return to_estimate(mc, k, topology, numbers, token_budget, price_per_device_hour)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import time as _time
+from collections.abc import Callable
 from typing import Any
 
 from perfscale.errors import InvalidConfigError, TopologyError
+from perfscale.estimate import cpu_step
 from perfscale.estimate.advice import advice_lines, nothing_fits_message
 from perfscale.estimate.core import constants_for, evaluate, layout_problems, to_estimate
 from perfscale.estimate.inference import largest_batch, longest_context
@@ -39,14 +41,17 @@ def _resolve_model(model):
 
 def plan(model, topology=None, workload=None, objective: str = "throughput", top: int = 5,
          efficiency: float | None = None, token_budget: float | None = None,
-         price_per_device_hour: float | None = None, host_memory: float | None = None, **fixed: Any) -> PlanResult:
+         price_per_device_hour: float | None = None, host_memory: float | None = None, calibration=None,
+         prepare_calibration: Callable[[Any, list[tuple[str, int]]], None] | None = None, **fixed: Any) -> PlanResult:
     """Search the open knobs (those not given in `fixed`) and rank what fits.
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
     workload: TrainWorkload / InferWorkload; fixed: knob=value for knobs the user gave
     (precision, optimizer, checkpointing, attn, lora_r, lora_targets, zero, fsdp, tp, pp, pp_virtual, offload,
     quantization, cache, kv_cache_dtype, grad_accum). host_memory: host RAM per node in bytes, for CPU
-    offload (default: estimate/host.py, 2 TiB per GPU node).
+    offload (default: estimate/host.py, 2 TiB per GPU node). calibration: operation times measured on
+    this CPU (estimate/calibration.py); prepare_calibration(spec, needed) is called with the (signature,
+    size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
     """
     from perfscale.specs.workload import TrainWorkload
 
@@ -100,15 +105,27 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             return space.train_space(b, fx, mc.heads, mc.layers, world, per_node, hw)
         return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
 
+    calibrating = (calibration is not None and prepare_calibration is not None and hw.kind == "cpu" and world == 1
+                   and efficiency is None)
+
+    def prepare(knobs_list) -> None:
+        if not calibrating:
+            return
+        needed = {need for k in knobs_list if not cpu_step.unsupported(mc, k) for need in cpu_step.probe_list(mc, k)}
+        missing = sorted(n for n in needed if not calibration.has(*n))
+        if missing:
+            prepare_calibration(spec, missing)
+
     evaluated, fitting, smallest = 0, [], None
     used_lora = False
     single = list(itertools.islice(candidates(False), 2))
     if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
         k = single[0]
-        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory)
+        prepare([k, k.copy(precision="fp32")])  # the advice compares mixed precision with fp32
+        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
         est = to_estimate(mc, k, topo, numbers, token_budget, price_per_device_hour)
         words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers["fits"] else [], [(numbers, k)], False,
-                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency, host_memory))
+                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency, host_memory, calibration))
         if not numbers["fits"]:
             words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
         if detected:
@@ -117,8 +134,12 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
                           objective=objective, evaluated=1, feasible=int(numbers["fits"]),
                           seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
     for attempt in ((False, True) if train and "lora_r" not in fixed else (False,)):
-        for k in candidates(attempt):
-            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory)
+        attempt_candidates = candidates(attempt)
+        if calibrating:  # probe what the whole space runs before ranking it, so every candidate is timed alike
+            attempt_candidates = list(attempt_candidates)
+            prepare(attempt_candidates)
+        for k in attempt_candidates:
+            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
             evaluated += 1
             if numbers["fits"]:
                 fitting.append((numbers, k))
@@ -139,7 +160,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
         extras["largest_batch"] = largest_batch(mc, k0, cap)
         extras["longest_context"] = longest_context(mc, k0, cap)
-    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory))
+    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration))
     if detected:
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
     open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)

@@ -29,6 +29,7 @@ else the inter-node bandwidth (per device).
 from __future__ import annotations
 
 from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
+from perfscale.estimate.cpu_step import calibrated_compute, unsupported
 from perfscale.estimate.knobs import Knobs
 
 # Fraction of the dense peak that end-to-end training reaches (MFU-like). Named, overridable
@@ -77,8 +78,12 @@ def _bw(hw, spans_nodes: bool) -> float:
 
 
 def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None,
-               trainable: float) -> dict:
-    """`trainable`: trainable parameters of the whole model (gradients that data parallelism syncs)."""
+               trainable: float, calibration=None) -> dict:
+    """`trainable`: trainable parameters of the whole model (gradients that data parallelism syncs).
+
+    `calibration` (CPU only, estimate/calibration.py): operation times measured on this machine;
+    when it covers the step (estimate/cpu_step.py) the compute time is their sum instead of
+    peak x efficiency. An explicit `efficiency` always wins."""
     world = nodes * per_node
     tp, pp = k.tp, k.pp
     dp = max(1, world // (tp * pp))
@@ -91,6 +96,14 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     recompute = tokens_replica * fwd / (tp * pp) / rate if k.checkpointing else 0.0
     if k.selective and not k.checkpointing:
         recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / (tp * pp) / rate
+    measured = uncalibrated = None
+    if calibration is not None and efficiency is None and hw.kind == "cpu" and world == 1:
+        measured = calibrated_compute(mc, k, calibration)
+        if measured is None:
+            uncalibrated = unsupported(mc, k) or "some of its operations are not timed on this machine (perfscale plan --calibrate)"
+    if measured is not None:
+        compute, recompute = measured
+        eff = tokens_replica * fwd * (1 + backward_factor) / compute / peak if compute > 0 and native else eff
     cb = PRECISION_BYTES[k.precision][2]
     # Data-parallel traffic: gradients of the trainable parameters on this device.
     gbytes = trainable / (tp * pp) * (2 if k.precision != "fp32" and k.lora_r is None else 4)
@@ -141,6 +154,8 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
         "mfu": mfu,
         "efficiency": eff,
         "native": native,
+        "calibrated": measured is not None,
+        "uncalibrated": uncalibrated,
         "flops_per_token": fwd * 3,
     }
 

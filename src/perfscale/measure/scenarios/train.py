@@ -12,7 +12,8 @@ from perfscale.errors import UnsupportedModelError
 from perfscale.measure.scenarios.common import Scenario, build_lm, peak_dtype, train_flops
 
 
-def _optimizer(name: str, params, device: str):
+def build_optimizer(name: str, params, device: str):
+    """The torch optimizer a bench step uses (also timed alone by measure/cpu_probe.py)."""
     import torch
 
     lr = 1e-4
@@ -55,7 +56,7 @@ def setup(config, device: str) -> Scenario:
         model = get_peft_model(model, LoraConfig(r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules=targets))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(run.optimizer, params, device)
+    optimizer = build_optimizer(run.optimizer, params, device)
 
     vocab = spec.vocab_size
     gen = torch.Generator().manual_seed(config.seed)
