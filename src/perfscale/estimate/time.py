@@ -39,7 +39,8 @@ from perfscale.estimate.knobs import Knobs
 # perfscale-tiny-llama fp32 training (b8, s256) at 0.284 of the detected AVX-512 fp32 peak
 # (benchmarks/plan_vs_cpu.py, benchmarks/LOG.md 2026-11-27); held out, it predicts the same model
 # within 16% but a 4x larger model 31% slow (bigger GEMMs run closer to peak): a planning value.
-# Override with `efficiency=` / --efficiency.
+# Override with `efficiency=` / --efficiency; on this machine, `perfscale plan --calibrate` replaces it
+# with the step's operations timed here (cpu_step.py; 7/7 configurations within 15%, LOG 2026-11-27).
 DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.28}
 # Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).
 BANDWIDTH_EFFICIENCY = 0.8

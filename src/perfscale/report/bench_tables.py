@@ -33,7 +33,18 @@ def bench_table(doc: dict[str, Any]):
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("status", _status(doc["status"]) + (f" — {doc['reason']}" if doc.get("reason") else ""))
-    table.add_row(f"throughput ({doc.get('unit')}), median [95% CI]", _rate_ci(doc.get("median"), doc.get("ci_low"), doc.get("ci_high"), ""))
+    drift = doc.get("machine_drift")
+    if drift is None:
+        table.add_row(f"throughput ({doc.get('unit')}), median [95% CI]", _rate_ci(doc.get("median"), doc.get("ci_low"), doc.get("ci_high"), ""))
+    else:
+        table.add_row(f"throughput ({doc.get('unit')}), median [95% re-run interval]",
+                      _rate_ci(doc.get("median"), doc.get("ci_low"), doc.get("ci_high"), ""))
+        table.add_row("  within this run [95% CI]",
+                      _rate_ci(doc.get("median"), doc.get("within_run_ci_low"), doc.get("within_run_ci_high"), ""))
+        table.add_row("  machine drift between runs",
+                      f"{drift['cv']:.1%} ({drift['source']}: {drift['invocations']} earlier invocations, "
+                      f"last {drift['window_days']:g} days)"
+                      if drift.get("cv") is not None else "unknown: too few earlier invocations on this machine (3 of one configuration suffice)")
     for key, tp in (doc.get("throughput") or {}).items():
         table.add_row(f"  {key.replace('_per_s', '')}/s", _rate_ci(tp["median"], tp["ci_low"], tp["ci_high"], ""))
     t = doc.get("time_per_iter")
@@ -82,7 +93,13 @@ def compare_table(doc: dict[str, Any]):
     title = f"compare ({doc['repeats']} processes each, interleaved; ratios to {doc['reference']})"
     if doc.get("interrupted"):
         title += " — INTERRUPTED, partial"
-    table = Table(title=title)
+    drift = next((row["machine_drift"] for row in doc["configurations"] if row.get("machine_drift")), None)
+    caption = None
+    if drift is not None:  # bench --repeats: the interval includes the drift between invocations
+        caption = (f"throughput interval: 95% re-run interval, the within-run CI widened by {drift['cv']:.1%} machine "
+                   f"drift ({drift['source']})" if drift.get("cv") is not None
+                   else "throughput interval: within-run 95% CI (machine drift unknown: too few earlier invocations)")
+    table = Table(title=title, caption=caption)
     for col in ("configuration", "status", "throughput [95% CI]", "speed vs first", "peak memory", "memory vs first", "accuracy"):
         table.add_column(col, justify="left" if col in ("configuration", "status", "accuracy") else "right")
     for row in doc["configurations"]:
