@@ -19,7 +19,14 @@ from perfscale.estimate.calibration import Calibration, load_calibration
 
 DTYPES = ("fp32", "bf16", "fp16")
 _BANDWIDTH_ELEMENTS = 8 * 1024 * 1024  # 32 MiB per fp32 operand: past the caches of a server CPU
-_OPTIMIZER_TENSORS = 32  # the parameter count is split over this many tensors (a small model's count)
+# The parameter count is split over this many matrices of _OPTIMIZER_COLUMNS columns (a small model's
+# count; matrices, so that Adafactor factors its second moment as it does for weights).
+_OPTIMIZER_TENSORS = 32
+_OPTIMIZER_COLUMNS = 256
+
+
+def _optimizer_rows(params: int) -> int:
+    return max(1, params // (_OPTIMIZER_TENSORS * _OPTIMIZER_COLUMNS))
 
 
 def fingerprint(threads: int | None = None) -> dict:
@@ -112,8 +119,8 @@ def _optimizer(shape: str, params: int) -> Callable[[], object]:
 
     name, dtype = shape.split(":")
     dt = _dtype(dtype)
-    per = max(1, params // _OPTIMIZER_TENSORS)
-    tensors = [torch.nn.Parameter(torch.randn(per, dtype=dt)) for _ in range(_OPTIMIZER_TENSORS)]
+    rows = _optimizer_rows(params)
+    tensors = [torch.nn.Parameter(torch.randn(rows, _OPTIMIZER_COLUMNS, dtype=dt)) for _ in range(_OPTIMIZER_TENSORS)]
     for t in tensors:
         t.grad = torch.randn_like(t)
     opt = build_optimizer(name, tensors, "cpu")
@@ -215,8 +222,7 @@ def build(signature: str, size: int) -> tuple[Callable[[], object], float]:
     if kind == "cross_entropy":
         return _cross_entropy(shape, size), size
     if kind == "optimizer":
-        per = max(1, size // _OPTIMIZER_TENSORS)
-        return _optimizer(shape, size), per * _OPTIMIZER_TENSORS
+        return _optimizer(shape, size), _optimizer_rows(size) * _OPTIMIZER_COLUMNS * _OPTIMIZER_TENSORS
     raise InvalidConfigError(f"unknown operation signature {signature!r}: expected one of linear_fwd, linear_dgrad, "
                              "linear_wgrad, sdpa_fwd, sdpa_fwdbwd, eager_attn_fwd, eager_attn_fwdbwd, cross_entropy, optimizer")
 
