@@ -203,3 +203,25 @@ def test_every_calibrated_family_probes_end_to_end():
                               min_time=0.0, spec=spec)
         compute, _ = cpu_step.calibrated_compute(mc, k, cal)
         assert compute > 0, family
+
+
+def test_dropout_is_declared_not_modelled():
+    """Training dropout (config value, else the family's transformers default) is outside the
+    recipes and the operation model: the estimate says so, and the CPU operation model steps aside."""
+    from perfscale.estimate.constants import training_dropout
+    from perfscale.specs import InferWorkload, spec_from_config
+
+    from tiny_configs import tiny_config
+
+    gpt2 = load_model_spec("gpt2")
+    assert training_dropout(gpt2) == 0.1
+    assert training_dropout(load_model_spec(TINY)) == 0.0
+    omitted = {k: v for k, v in tiny_config("gpt2").items() if not k.endswith("pdrop")}
+    assert training_dropout(spec_from_config(omitted, "gpt2-defaults")) == 0.1  # GPT2Config's default
+    assert training_dropout(spec_from_config(tiny_config("gpt2"), "gpt2-no-dropout")) == 0.0
+    topology = parse_topology("H100-80GB")
+    train = estimate(gpt2, RunConfig(TrainWorkload(batch=1, seq=128)), topology)
+    assert any("dropout 0.1" in note and "does not model" in note for note in train.notes)
+    infer = estimate(gpt2, RunConfig(InferWorkload(batch=1, prompt=16, new_tokens=4), precision="fp32"), topology)
+    assert not any("dropout" in note for note in infer.notes)
+    assert "dropout 0.1" in cpu_step.unsupported(constants_for(gpt2), Knobs(batch=1, seq=128))

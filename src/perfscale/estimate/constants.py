@@ -25,6 +25,17 @@ PRECISION_BYTES = {
 PEAK_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
 ROPE_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
 RMS_FAMILIES = ROPE_FAMILIES + ("t5",)
+# Config keys of dropout probabilities that apply in training (GPT-2, OPT, Falcon, GPT-NeoX, Llama, Phi-3,
+# BERT, T5 names). The activation recipes and the CPU operation model assume 0 (masks not counted).
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout", "activation_dropout",
+                "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
+# What a config that omits them gets: the transformers config classes' non-zero defaults (read off
+# GPT2Config(), OPTConfig(), BertConfig(), RobertaConfig(), T5Config() in transformers 5.x).
+DROPOUT_DEFAULTS = {
+    "gpt2": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}, "opt": {"dropout": 0.1},
+    "bert": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
+    "roberta": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}, "t5": {"dropout_rate": 0.1},
+}
 
 
 def unit_sizes(h: int, q: int, kv: int, i: int, heads: int) -> dict[str, int]:
@@ -88,6 +99,7 @@ class ModelConstants:
     rms_norm: bool = True
     parallel_block: bool = False  # attention and MLP read one norm output (GPT-NeoX, Falcon)
     mlp_out_exclusive: bool = True
+    dropout: float = 0.0  # the largest training dropout probability in the config (see DROPOUT_KEYS)
 
 
 def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str, str], tuple[float, float, float]]:
@@ -156,4 +168,12 @@ def model_constants(spec) -> ModelConstants:
         lora_dims=lora_dims, act=act, act_fused=act_fused, head_rep=head_rep, rope_per_seq=rope,
         rms_norm=spec.model_type in RMS_FAMILIES, parallel_block=spec.model_type in ("gpt_neox", "falcon"),
         mlp_out_exclusive=families.MLP_OUT_EXCLUSIVE.get(spec.model_type, True),
+        dropout=training_dropout(spec),
     )
+
+
+def training_dropout(spec) -> float:
+    """The largest dropout probability the model trains with (config value, else the family default)."""
+    defaults = DROPOUT_DEFAULTS.get(spec.model_type, {})
+    values = [spec.config.get(key, defaults.get(key, 0.0)) for key in DROPOUT_KEYS]
+    return max([float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)] + [0.0])

@@ -144,6 +144,10 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
     if not numbers["native"]:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
+    if k.mode == "train" and mc.dropout > 0:
+        notes.append(f"{mc.name} trains with dropout {mc.dropout:g}, which this estimate does not model: its masks "
+                     "are not in the memory (gpt2 b4 s512 eager: 20% under the trace; sdpa: 2%) and its random "
+                     "numbers not in the time; use perfscale trace / bench, or set the dropout to 0")
     dp = max(1, numbers["world"] // (k.tp * k.pp))
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,

@@ -56,6 +56,8 @@ def unsupported(mc: ModelConstants, k: Knobs) -> str | None:
         return f"{mc.model_type} is not a dense decoder-only family with an operation model"
     if k.mode != "train":
         return "only training steps have an operation model"
+    if mc.dropout > 0:  # CPU bernoulli masks cost ~17% of a GPT-2 step here, and SDPA falls back to math
+        return f"dropout {mc.dropout:g} (masks, random numbers) is not in the operation model"
     # ZeRO/FSDP and offload on one device (the only case the caller times) run the same operations
     if k.tp > 1 or k.pp > 1 or k.quantization != "none":
         return "tensor/pipeline-parallel and quantized steps have no operation model"
