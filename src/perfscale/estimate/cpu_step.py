@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfscale.estimate import families
-from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants, unit_sizes
+from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
 from perfscale.estimate.knobs import Knobs
+from perfscale.estimate.memory import is_lora_target, lora_params
 
 # Bytes the elementwise operations move per byte autograd saves: each saved tensor is written in
 # the forward, read in the backward, and a gradient of its size written (derived, not fitted: a
@@ -82,13 +82,10 @@ def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     dtype = PEAK_DTYPE[k.precision]
     tokens = k.batch * k.seq
     lora = k.lora_r is not None
-    sizes = dict(unit_sizes(mc.h, mc.q, mc.kv, mc.i, mc.heads), **{"2i": 2 * mc.i})
     ops: list[Op] = []
-    targets = set(k.lora_targets) if lora else set()
-    for name, (a, b) in families.linears(mc.model_type).items():
-        fan_in, fan_out = families.dim(a, sizes), families.dim(b, sizes)
+    for name, (fan_in, fan_out) in mc.lora_dims.items():  # every linear of a layer, (in, out)
         ops += _linear_ops(fan_in, fan_out, tokens, dtype, not lora, mc.layers)
-        if lora and (name in targets or name.split(".")[-1] in targets):
+        if lora and is_lora_target(name, k.lora_targets):
             ops += _linear_ops(fan_in, k.lora_r, tokens, dtype, True, mc.layers)
             ops += _linear_ops(k.lora_r, fan_out, tokens, dtype, True, mc.layers)
     attn = "sdpa" if k.attn == "sdpa" else "eager_attn"
@@ -100,7 +97,7 @@ def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     ops.append(Op(f"cross_entropy:{mc.vocab}:fp32", tokens, 1, "head"))
     ops.append(Op(dispatch_signature(mc, k), mc.layers, 1, "framework"))
     param_dtype = "fp32" if PRECISION_BYTES[k.precision][0] == 4 else dtype
-    trainable = _trainable(mc, k, sizes)
+    trainable = lora_params(mc, k.lora_r, k.lora_targets) if lora else mc.params_total
     ops.append(Op(f"optimizer:{k.optimizer}:{param_dtype}", int(trainable), 1.0, "opt"))
     return ops
 
@@ -110,16 +107,6 @@ def dispatch_signature(mc: ModelConstants, k: Knobs) -> str:
     lora = f"{k.lora_r},{'+'.join(sorted(k.lora_targets))}" if k.lora_r is not None else "0,"
     return (f"dispatch:{mc.model_type},{mc.heads},{mc.kv_heads}:{k.precision},{k.attn},{int(k.checkpointing)},"
             f"{k.optimizer},{lora}:{k.seq}")
-
-
-def _trainable(mc: ModelConstants, k: Knobs, sizes: dict[str, int]) -> float:
-    if k.lora_r is None:
-        return mc.params_total
-    total = 0
-    for name, (a, b) in families.linears(mc.model_type).items():
-        if name in k.lora_targets or name.split(".")[-1] in k.lora_targets:
-            total += k.lora_r * (families.dim(a, sizes) + families.dim(b, sizes))
-    return total * mc.layers
 
 
 def elementwise_bytes(mc: ModelConstants, k: Knobs) -> float:

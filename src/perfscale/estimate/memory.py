@@ -48,12 +48,16 @@ def optimizer_bytes(mc: ModelConstants, optimizer: str, state_bytes: int, traina
     return 2.0 * state_bytes
 
 
+def is_lora_target(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether a layer's linear `name` gets an adapter (peft matches by name or suffix)."""
+    return name in targets or name.split(".")[-1] in targets or "all-linear" in targets
+
+
 def lora_params(mc: ModelConstants, r: int, targets: tuple[str, ...]) -> float:
     """Adapter parameters: r x (in + out) per targeted linear per layer (Hu et al. 2021)."""
     total = 0
     for name, (n_in, n_out) in mc.lora_dims.items():
-        short = name.split(".")[-1]
-        if name in targets or short in targets or "all-linear" in targets:
+        if is_lora_target(name, targets):
             total += r * (n_in + n_out)
     return total * mc.layers
 
