@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.estimate.calibration import Calibration, load_calibration
 
-DTYPES = ("fp32", "bf16", "fp16")
 _BANDWIDTH_ELEMENTS = 8 * 1024 * 1024  # 32 MiB per fp32 operand: past the caches of a server CPU
 # The parameter count is split over this many matrices of _OPTIMIZER_COLUMNS columns (a small model's
 # count; matrices, so that Adafactor factors its second moment as it does for weights).
@@ -127,17 +126,9 @@ def _optimizer(shape: str, params: int) -> Callable[[], object]:
     return opt.step
 
 
-def count_dispatches(spec, run_config, num_layers: int) -> int:
-    """Aten calls in one optimizer step of `spec` cut to `num_layers` layers, under the run's
-    precision, attention, checkpointing, LoRA and optimizer (the second step: the first creates
-    optimizer state). Real tensors, uninitialised weights, one sequence of at most 16 tokens:
-    the count does not depend on the sizes, only on the program."""
-    import torch
+def _count_calls(call: Callable[[], object]) -> int:
+    """Aten operations `call` dispatches (TorchDispatchMode sees each one once, below autograd)."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from perfscale.measure.scenarios.train import build_optimizer
-    from perfscale.trace.build import build_meta
-    from perfscale.trace.train_step import autocast_context, loss_of, make_inputs
 
     class Counter(TorchDispatchMode):
         calls = 0
@@ -145,6 +136,21 @@ def count_dispatches(spec, run_config, num_layers: int) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.calls += 1
             return func(*args, **(kwargs or {}))
+
+    counter = Counter()
+    with counter:
+        call()
+    return counter.calls
+
+
+def count_dispatches(spec, run_config, num_layers: int) -> int:
+    """Aten calls in one optimizer step of `spec` cut to `num_layers` layers, under the run's
+    precision, attention, checkpointing, LoRA and optimizer (the second step: the first creates
+    optimizer state). Real tensors, uninitialised weights, one sequence of at most 16 tokens:
+    the count does not depend on the sizes, only on the program."""
+    from perfscale.measure.scenarios.train import build_optimizer
+    from perfscale.trace.build import build_meta
+    from perfscale.trace.train_step import autocast_context, loss_of, make_inputs
 
     model = build_meta(spec, run_config, num_layers).to_empty(device="cpu")
     optimizer = build_optimizer(run_config.optimizer, [p for p in model.parameters() if p.requires_grad], "cpu")
@@ -158,17 +164,13 @@ def count_dispatches(spec, run_config, num_layers: int) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    counter = Counter()
-    with counter:
-        step()
-    return counter.calls
+    return _count_calls(step)
 
 
 def measure_dispatch_seconds(min_time: float) -> float:
     """Framework time per dispatched aten call: a chain of tiny autograd operations, forward and
     backward, whose kernels do next to nothing."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     x = torch.randn(64, requires_grad=True)
 
@@ -179,17 +181,7 @@ def measure_dispatch_seconds(min_time: float) -> float:
         x.grad = None
         y.sum().backward()
 
-    class Counter(TorchDispatchMode):
-        calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls += 1
-            return func(*args, **(kwargs or {}))
-
-    counter = Counter()
-    with counter:
-        chain()
-    return time_call(chain, min_time) / counter.calls
+    return time_call(chain, min_time) / _count_calls(chain)
 
 
 def dispatch_time(signature: str, layers: int, spec, calibration: Calibration, min_time: float) -> float:
