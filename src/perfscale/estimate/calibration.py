@@ -17,17 +17,17 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from perfscale.user_cache import user_cache_dir
 
 SCHEMA = 1
 
 
 def calibration_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "perfscale" / "calibration"
+    return user_cache_dir() / "calibration"
 
 
 @dataclass

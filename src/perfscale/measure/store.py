@@ -17,6 +17,7 @@ from typing import Any
 
 from perfscale.errors import InvalidConfigError
 from perfscale.measure.result import STATUSES, BenchResult
+from perfscale.user_cache import user_cache_dir
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -47,8 +48,7 @@ CREATE INDEX IF NOT EXISTS runs_grp ON runs (grp);
 
 
 def default_store_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "perfscale" / "results.sqlite"
+    return user_cache_dir() / "results.sqlite"
 
 
 def headline(result: BenchResult) -> tuple[float | None, float | None, float | None, str | None]:

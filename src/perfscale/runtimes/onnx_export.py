@@ -24,16 +24,14 @@ import sys
 from pathlib import Path
 
 from perfscale.errors import UnsupportedModelError
+from perfscale.user_cache import user_cache_dir
 
 _EXPORT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """$XDG_CACHE_HOME/perfscale, else ~/.cache/perfscale, unless a folder is given."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "perfscale"
+    return Path(cache_dir) if cache_dir is not None else user_cache_dir()
 
 
 def model_cache_dir(source, opset: int, cache_dir=None) -> Path:
