@@ -103,12 +103,8 @@ def main() -> int:
                     print(f"{label}: {result.status} {result.reason}")
                     return 1
                 measured = result.throughput()["tokens_per_s"]
-                traffic = cpu_step.ELEMENTWISE_TRAFFIC
-                try:  # the calibrated step split into its timed operations and its elementwise traffic
-                    cpu_step.ELEMENTWISE_TRAFFIC = 0.0
-                    ops_seconds = sum(cpu_step.calibrated_compute(mc, k, calibration))
-                finally:
-                    cpu_step.ELEMENTWISE_TRAFFIC = traffic
+                # the calibrated step split into its timed operations and its elementwise traffic
+                ops_seconds = sum(cpu_step.calibrated_compute(mc, k, calibration, traffic=0.0))
                 elementwise = cpu_step.elementwise_bytes(mc, k) / calibration.bandwidth * (1 + (1 / 3 if ckpt else 0))
                 samples[label].append({"round": round_index, "measured_step_seconds": batch * seq / measured["median"],
                                        "measured_tokens_per_s": measured, "stop_reason": result.stop_reason,

@@ -121,9 +121,11 @@ def probe_list(mc: ModelConstants, k: Knobs) -> list[tuple[str, int]]:
     return sorted({(op.signature, op.size) for op in step_ops(mc, k)})
 
 
-def calibrated_compute(mc: ModelConstants, k: Knobs, calibration) -> tuple[float, float] | None:
+def calibrated_compute(mc: ModelConstants, k: Knobs, calibration,
+                       traffic: float = ELEMENTWISE_TRAFFIC) -> tuple[float, float] | None:
     """(compute seconds, recompute seconds) of one optimizer step (accum micro-steps), or None when
-    the calibration lacks an operation this configuration runs."""
+    the calibration lacks an operation this configuration runs. `traffic`: the elementwise
+    coefficient (0: the timed operations alone, as benchmarks/plan_vs_cpu.py splits them)."""
     if calibration is None or calibration.bandwidth is None or unsupported(mc, k):
         return None
     fwd = micro = optimizer = 0.0
@@ -137,7 +139,7 @@ def calibrated_compute(mc: ModelConstants, k: Knobs, calibration) -> tuple[float
         micro += op.coef * seconds
         if op.phase == "fwd":
             fwd += op.coef * seconds
-    traffic = ELEMENTWISE_TRAFFIC * elementwise_bytes(mc, k) / calibration.bandwidth
-    compute = (micro + traffic) * k.accum + optimizer
-    recompute = (fwd + traffic / 3) * k.accum if k.checkpointing else 0.0
+    traffic_s = traffic * elementwise_bytes(mc, k) / calibration.bandwidth
+    compute = (micro + traffic_s) * k.accum + optimizer
+    recompute = (fwd + traffic_s / 3) * k.accum if k.checkpointing else 0.0
     return compute, recompute
