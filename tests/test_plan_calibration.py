@@ -205,11 +205,12 @@ def test_every_calibrated_family_probes_end_to_end():
         assert compute > 0, family
 
 
-def test_dropout_is_declared_not_modelled():
-    """Training dropout (config value, else the family's transformers default) is outside the
-    recipes and the operation model: the estimate says so, and the CPU operation model steps aside."""
+def test_training_dropout_is_read_and_timed():
+    """Training dropout (config value, else the family's transformers default) is part of the
+    estimate: the operation model times its masks and SDPA with dropout, and a stored calibration
+    without them leaves the configuration on the efficiency model instead of ignoring dropout."""
     from perfscale.estimate.constants import training_dropout
-    from perfscale.specs import InferWorkload, spec_from_config
+    from perfscale.specs import spec_from_config
 
     from tiny_configs import tiny_config
 
@@ -219,9 +220,23 @@ def test_dropout_is_declared_not_modelled():
     omitted = {k: v for k, v in tiny_config("gpt2").items() if not k.endswith("pdrop")}
     assert training_dropout(spec_from_config(omitted, "gpt2-defaults")) == 0.1  # GPT2Config's default
     assert training_dropout(spec_from_config(tiny_config("gpt2"), "gpt2-no-dropout")) == 0.0
-    topology = parse_topology("H100-80GB")
-    train = estimate(gpt2, RunConfig(TrainWorkload(batch=1, seq=128)), topology)
-    assert any("dropout 0.1" in note and "does not model" in note for note in train.notes)
-    infer = estimate(gpt2, RunConfig(InferWorkload(batch=1, prompt=16, new_tokens=4), precision="fp32"), topology)
-    assert not any("dropout" in note for note in infer.notes)
-    assert "dropout 0.1" in cpu_step.unsupported(constants_for(gpt2), Knobs(batch=1, seq=128))
+    train = estimate(gpt2, RunConfig(TrainWorkload(batch=1, seq=128)), parse_topology("H100-80GB"))
+    assert not any("dropout" in note for note in train.notes)
+
+    k = Knobs(batch=2, seq=32)
+    with_dropout = constants_for(spec_from_config(omitted, "gpt2-defaults"))
+    without = constants_for(spec_from_config(tiny_config("gpt2"), "gpt2-no-dropout"))
+    assert cpu_step.unsupported(with_dropout, k) is None
+    signatures = {op.signature for op in cpu_step.step_ops(with_dropout, k)}
+    assert {"dropout_fwd:fp32", "dropout_fwdbwd:fp32", "sdpa_fwd:4,4,32,16,0.1:fp32"} <= signatures
+    assert not any("dropout" in op.signature or ",0.1:" in op.signature for op in cpu_step.step_ops(without, k))
+    # A calibration of the dropout-free model lacks the masks: no silent zero, the efficiency model times it.
+    cal = cpu_probe.probe(cpu_step.probe_list(without, k), Calibration(fingerprint={"cpu": "test", "threads": 1}),
+                          min_time=0.0, spec=spec_from_config(tiny_config("gpt2"), "gpt2-no-dropout"))
+    assert cpu_step.calibrated_compute(without, k, cal) is not None
+    assert cpu_step.calibrated_compute(with_dropout, k, cal) is None
+    cal = cpu_probe.probe(cpu_step.probe_list(with_dropout, k), cal, min_time=0.0, spec=spec_from_config(omitted, "gpt2-defaults"))
+    assert cpu_step.calibrated_compute(with_dropout, k, cal)[0] > 0
+    masks = sum(op.coef * cal.seconds(op.signature, op.size) for op in cpu_step.step_ops(with_dropout, k)
+                if op.signature.startswith("dropout"))
+    assert masks > 0  # forward + (forward+backward - forward) of every site

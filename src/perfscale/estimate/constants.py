@@ -26,7 +26,7 @@ PEAK_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "bf16-mixed": "bf1
 ROPE_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
 RMS_FAMILIES = ROPE_FAMILIES + ("t5",)
 # Config keys of dropout probabilities that apply in training (GPT-2, OPT, Falcon, GPT-NeoX, Llama, Phi-3,
-# BERT, T5 names). The activation recipes and the CPU operation model assume 0 (masks not counted).
+# BERT, T5 names); where each one acts is in families.DROPOUT_SITES.
 DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout", "activation_dropout",
                 "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate")
 # What a config that omits them gets: the transformers config classes' non-zero defaults (read off
@@ -94,6 +94,10 @@ class ModelConstants:
     lora_dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     act: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # (precision, attn) -> bytes
     act_fused: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)  # fused kernels
+    # (program "cuda" | "cpu", precision, attn) -> bytes the dropout sites add to `act` (empty: none)
+    dropout_act: dict[tuple[str, str, str], tuple[float, float, float]] = field(default_factory=dict)
+    dropout_embed: dict[tuple[str, str], float] = field(default_factory=dict)  # (program, precision) -> per token
+    dropout_sites: tuple[tuple[str, int], ...] = ()  # (where, count) of the sites with a probability > 0
     head_rep: dict[str, float] = field(default_factory=dict)  # final norm per token, per precision
     rope_per_seq: dict[str, float] = field(default_factory=dict)  # cos + sin bytes per sequence token
     rms_norm: bool = True
@@ -102,8 +106,8 @@ class ModelConstants:
     dropout: float = 0.0  # the largest training dropout probability in the config (see DROPOUT_KEYS)
 
 
-def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str, str], tuple[float, float, float]]:
-    """(precision, attn) -> recipe_bytes of one layer, for sdpa and eager attention."""
+def _without_sdpa_core(recipe, model_type: str):
+    """The recipe without its SDPA saved set (q, k, v, out, logsumexp), or None when it has none."""
     core = list(families.SDPA_CORE.get(model_type, families._SDPA))
     base_terms = []
     for term in recipe:
@@ -111,17 +115,76 @@ def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str
             core.remove(term)
         else:
             base_terms.append(term)
-    has_core = not core
-    base = tuple(base_terms)
+    return None if core else tuple(base_terms)
+
+
+def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(precision, attn) -> recipe_bytes of one layer, for sdpa and eager attention."""
+    base = _without_sdpa_core(recipe, model_type)
     act: dict[tuple[str, str], tuple[float, float, float]] = {}
     for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
         act[(precision, "sdpa")] = recipe_bytes(recipe, sizes, sb, cb)
-        # eager: drop SDPA's saved set (q, k, v, out, logsumexp) when the recipe has it, add eager's.
-        eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
-        if cb < 4:
-            eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
-        act[(precision, "eager")] = recipe_bytes((base if has_core else recipe) + eager_terms, sizes, sb, cb)
+        # eager: drop SDPA's saved set when the recipe has it, add eager's.
+        if model_type in families.EAGER_SOFTMAX_IN_INPUT_DTYPE and sb < 4:
+            eager_terms = families.EAGER + (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
+        else:
+            eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
+            if cb < 4:
+                eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
+        act[(precision, "eager")] = recipe_bytes((base or recipe) + eager_terms, sizes, sb, cb)
     return act
+
+
+def dropout_sites(spec) -> tuple[tuple[str, int], ...]:
+    """(where, count) of the model's training dropout sites whose probability is > 0."""
+    sites = list(families.DROPOUT_SITES.get(spec.model_type, ()))
+    cfg = spec.config
+    if spec.model_type == "falcon":
+        if not cfg.get("new_decoder_architecture") and not cfg.get("parallel_attn", True):
+            sites.append(("attention_dropout", "layer", 1))
+        if cfg.get("alibi"):
+            sites.append(("attention_dropout", "probs", 1))
+    defaults = DROPOUT_DEFAULTS.get(spec.model_type, {})
+    found: dict[str, int] = {}
+    for key, where, count in sites:
+        p = cfg.get(key, defaults.get(key, 0.0))
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0:
+            found[where] = found.get(where, 0) + count
+    return tuple(found.items())
+
+
+def _dropout_tables(recipe, model_type: str, sites, sizes: dict[str, int]) -> tuple[dict, dict]:
+    """What the dropout sites add to the saved bytes per token: per layer, (program, precision,
+    attn) -> (replicated, split, per-s) as recipe_bytes; once, (program, precision) -> embedding mask."""
+    counts = dict(sites)
+    layer_act: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+    embed: dict[tuple[str, str], float] = {}
+    if not counts:
+        return layer_act, embed
+    h, heads = sizes["h"], sizes["heads"]
+    base = _without_sdpa_core(recipe, model_type)
+    for program in ("cuda", "cpu"):
+        def mask(width: int) -> int:
+            return 1 if program == "cuda" else width  # bool mask vs noise in the input's dtype
+
+        for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
+            embed[(program, precision)] = counts.get("embed", 0) * mask(sb) * h
+            rep = counts.get("layer", 0) * mask(cb) * h
+            layer_act[(program, precision, "sdpa")] = (rep, 0.0, 0.0)
+            probs = 0.0
+            if counts.get("probs"):
+                # the mask, and the dropped probabilities that the matmul with V now keeps: they
+                # replace a separate 16-bit copy, not a softmax output that softmax keeps anyway
+                amp = sb == 4 and cb < 4
+                shared = (not amp) if model_type in families.EAGER_SOFTMAX_IN_INPUT_DTYPE else cb == 4
+                probs = heads * (mask(cb) + (cb if shared else 0))
+                if program == "cpu":  # SDPA runs its math kernel: swap its saved set
+                    math = recipe_bytes((base or recipe) + families.CPU_SDPA_DROPOUT, sizes, sb, cb)
+                    fused = recipe_bytes(recipe, sizes, sb, cb)
+                    layer_act[(program, precision, "sdpa")] = (rep + math[0] - fused[0], math[1] - fused[1],
+                                                              math[2] - fused[2])
+            layer_act[(program, precision, "eager")] = (rep, 0.0, probs)
+    return layer_act, embed
 
 
 def model_constants(spec) -> ModelConstants:
@@ -139,6 +202,8 @@ def model_constants(spec) -> ModelConstants:
     sizes = unit_sizes(h, q, kv, i, heads)
     act = _act_table(families.recipe(spec.model_type), spec.model_type, sizes)
     act_fused = _act_table(families.recipe(spec.model_type, fused=True), spec.model_type, sizes)
+    sites = dropout_sites(spec)
+    dropout_act, dropout_embed = _dropout_tables(families.recipe(spec.model_type), spec.model_type, sites, sizes)
     head_rep: dict[str, float] = {}
     rope: dict[str, float] = {}
     for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
@@ -165,7 +230,8 @@ def model_constants(spec) -> ModelConstants:
         params_total=pc.total, params_embed=pc.embeddings, params_head=head_params, params_layer=per_layer,
         matmul_layer=attn_layer + mlp_layer, matmul_layer_active=attn_layer + active_mlp,
         head_matmul=vocab * h if has_head else 0, largest_matrix=largest, adafactor_elems=adafactor,
-        lora_dims=lora_dims, act=act, act_fused=act_fused, head_rep=head_rep, rope_per_seq=rope,
+        lora_dims=lora_dims, act=act, act_fused=act_fused, dropout_act=dropout_act, dropout_embed=dropout_embed,
+        dropout_sites=sites, head_rep=head_rep, rope_per_seq=rope,
         rms_norm=spec.model_type in RMS_FAMILIES, parallel_block=spec.model_type in ("gpt_neox", "falcon"),
         mlp_out_exclusive=families.MLP_OUT_EXCLUSIVE.get(spec.model_type, True),
         dropout=training_dropout(spec),

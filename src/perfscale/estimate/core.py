@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from perfscale.errors import InvalidConfigError, TopologyError
-from perfscale.estimate.constants import ModelConstants, model_constants
+from perfscale.estimate.constants import ModelConstants, dropout_sites, model_constants, training_dropout
 from perfscale.estimate.host import host_capacity
 from perfscale.estimate.inference import infer_memory
 from perfscale.estimate.knobs import Knobs
@@ -20,7 +20,7 @@ def constants_for(spec) -> ModelConstants:
     if isinstance(spec, ModelConstants):
         return spec
     key = (spec.name, spec.location, spec.model_type, spec.hidden_size, spec.num_layers, spec.params.total,
-           spec.vocab_size, spec.intermediate_size)
+           spec.vocab_size, spec.intermediate_size, dropout_sites(spec), training_dropout(spec))
     mc = _CONSTANTS.get(key)
     if mc is None:
         mc = _CONSTANTS[key] = model_constants(spec)
@@ -80,7 +80,7 @@ def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effici
     world = nodes * per_node
     capacity = hw.memory_bytes.value or 0
     if k.mode == "train":
-        mem = train_memory(mc, k, world)
+        mem = train_memory(mc, k, world, "cpu" if hw.kind == "cpu" else "cuda")
         tm = train_time(mc, k, hw, nodes, per_node, efficiency, mem["trainable"], calibration)
         step, tps, split = tm["step"], tm["tokens_per_second"], tm["split"]
         extra = {"mfu": tm["mfu"], "efficiency": tm["efficiency"], "native": tm["native"], "calibrated": tm["calibrated"],
@@ -144,10 +144,6 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
     if not numbers["native"]:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
-    if k.mode == "train" and mc.dropout > 0:
-        notes.append(f"{mc.name} trains with dropout {mc.dropout:g}, which this estimate does not model: its masks "
-                     "are not in the memory (gpt2 b4 s512 eager: 20% under the trace; sdpa: 2%) and its random "
-                     "numbers not in the time; use perfscale trace / bench, or set the dropout to 0")
     dp = max(1, numbers["world"] // (k.tp * k.pp))
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,

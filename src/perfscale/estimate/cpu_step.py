@@ -6,7 +6,10 @@ model predicted a 29M model 31% too slow). So on a CPU with a calibration, the s
 its operations, each timed at its own shape by `perfscale.measure.cpu_probe`:
   - every linear layer: forward x @ W^T, input gradient g @ W, weight gradient g^T @ x (the three
     GEMMs of torch's linear backward; a frozen LoRA base skips the weight gradient), the LM head too;
-  - attention: the SDPA kernel (or the eager matmul-softmax-matmul) forward, and forward+backward;
+  - attention: the SDPA kernel (or the eager matmul-softmax-matmul) forward, and forward+backward,
+    with the attention dropout when the model has one (CPU SDPA then runs its math kernel);
+  - dropout on the residual branches and the embedding output (families.DROPOUT_SITES): the
+    random mask, the scaling multiply and its backward, per element;
   - the loss: cross-entropy over the vocabulary, forward and backward, in fp32 as transformers'
     ForCausalLMLoss upcasts;
   - the optimizer step over the trainable parameters (the same torch optimizer bench builds);
@@ -56,8 +59,6 @@ def unsupported(mc: ModelConstants, k: Knobs) -> str | None:
         return f"{mc.model_type} is not a dense decoder-only family with an operation model"
     if k.mode != "train":
         return "only training steps have an operation model"
-    if mc.dropout > 0:  # CPU bernoulli masks cost ~17% of a GPT-2 step here, and SDPA falls back to math
-        return f"dropout {mc.dropout:g} (masks, random numbers) is not in the operation model"
     # ZeRO/FSDP and offload on one device (the only case the caller times) run the same operations
     if k.tp > 1 or k.pp > 1 or k.quantization != "none":
         return "tensor/pipeline-parallel and quantized steps have no operation model"
@@ -76,6 +77,14 @@ def _linear_ops(fan_in: int, fan_out: int, tokens: int, dtype: str, trainable: b
     return ops
 
 
+def _fwd_bwd_ops(kind: str, shape: str, size: int, count: float, fwd_phase: str = "fwd", backward: bool = True) -> list[Op]:
+    """An operation timed forward alone and forward+backward: the backward is their difference."""
+    ops = [Op(f"{kind}_fwd:{shape}", size, count, fwd_phase)]
+    if backward:
+        ops += [Op(f"{kind}_fwdbwd:{shape}", size, count, "bwd"), Op(f"{kind}_fwd:{shape}", size, -count, "bwd")]
+    return ops
+
+
 def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     """The timed operations of one micro-step (forward, loss, backward), then the optimizer step
     (phase "opt"), which runs once per optimizer step whatever the accumulation."""
@@ -88,11 +97,15 @@ def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
         if lora and is_lora_target(name, k.lora_targets):
             ops += _linear_ops(fan_in, k.lora_r, tokens, dtype, True, mc.layers)
             ops += _linear_ops(k.lora_r, fan_out, tokens, dtype, True, mc.layers)
+    sites = dict(mc.dropout_sites)
     attn = "sdpa" if k.attn == "sdpa" else "eager_attn"
-    shape = f"{mc.heads},{mc.kv_heads},{k.seq},{mc.head_dim}:{dtype}"
-    ops += [Op(f"{attn}_fwd:{shape}", k.batch, mc.layers, "fwd"),
-            Op(f"{attn}_fwdbwd:{shape}", k.batch, mc.layers, "bwd"),
-            Op(f"{attn}_fwd:{shape}", k.batch, -mc.layers, "bwd")]
+    probs = f",{mc.dropout:g}" if sites.get("probs") else ""  # attention dropout probability
+    ops += _fwd_bwd_ops(attn, f"{mc.heads},{mc.kv_heads},{k.seq},{mc.head_dim}{probs}:{dtype}", k.batch, mc.layers)
+    if sites.get("layer"):
+        ops += _fwd_bwd_ops("dropout", dtype, tokens * mc.h, sites["layer"] * mc.layers)
+    if sites.get("embed"):  # on the embedding output, in the parameter dtype; no gradient under LoRA
+        embed_dtype = "fp32" if PRECISION_BYTES[k.precision][0] == 4 else dtype
+        ops += _fwd_bwd_ops("dropout", embed_dtype, tokens * mc.h, sites["embed"], "embed", backward=not lora)
     ops += [Op(op.signature, op.size, op.coef, "head") for op in _linear_ops(mc.h, mc.vocab, tokens, dtype, not lora, 1)]
     ops.append(Op(f"cross_entropy:{mc.vocab}:fp32", tokens, 1, "head"))
     ops.append(Op(dispatch_signature(mc, k), mc.layers, 1, "framework"))

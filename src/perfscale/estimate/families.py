@@ -99,6 +99,35 @@ SDPA_CORE = {
 EAGER = (("compute", "q", 4),)
 EAGER_SCORES_F32 = 1.0  # x heads x s, always fp32 (softmax in fp32)
 EAGER_SCORES_COMPUTE = 1.0  # x heads x s, only when compute is 16-bit (the .to(query.dtype) copy)
+# Families whose eager softmax runs in the scores' dtype instead of softmax(..., dtype=float32):
+# CUDA autocast still promotes it to fp32 (and the probabilities are cast back), but pure 16-bit
+# training keeps one 16-bit probability tensor, shared by softmax and the matmul with V.
+# Source: eager_attention_forward (gpt2) and FalconAttention.forward; tested against trace.
+EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon")
+
+# Dropout sites in training (transformers 5.x modeling code): (config key, where, count) with
+#   layer  a residual branch's output per layer (an h-wide linear output, compute dtype),
+#   embed  the embedding output, once per token (stream dtype),
+#   probs  the attention probabilities (eager attention; CUDA's flash / memory-efficient SDPA
+#          kernels keep an RNG state instead of a mask, CPU SDPA falls back to the math kernel).
+# On CUDA each site keeps a 1-byte bool mask (fused native_dropout); on CPU the noise tensor in
+# the input's dtype (aten/src/ATen/native/Dropout.cpp). A site whose probability is 0 costs nothing.
+DROPOUT_SITES: dict[str, tuple[tuple[str, str, int], ...]] = {
+    "gpt2": (("resid_pdrop", "layer", 2), ("embd_pdrop", "embed", 1), ("attn_pdrop", "probs", 1)),
+    "opt": (("dropout", "layer", 2), ("attention_dropout", "probs", 1)),
+    "phi3": (("resid_pdrop", "layer", 2), ("attention_dropout", "probs", 1)),
+    "gpt_neox": (("hidden_dropout", "layer", 2), ("hidden_dropout", "embed", 1), ("attention_dropout", "probs", 1)),
+    # new decoder architecture / parallel attention: one dropout on attention + MLP output (the
+    # sequential variant also drops the attention output with attention_dropout; alibi drops probs)
+    "falcon": (("hidden_dropout", "layer", 1),),
+}
+for _name in ("llama", "mistral", "qwen2", "gemma2", "mixtral"):
+    DROPOUT_SITES[_name] = (("attention_dropout", "probs", 1),)
+# CPU SDPA with dropout_p > 0 (the math kernel, aten _scaled_dot_product_attention_math): scaled q,
+# k and v expanded to all heads in fp32, the fp32 softmax output, dropout noise and dropped
+# probabilities; the output in the compute dtype (read by the output projection). Tested against
+# trace(device="cpu").
+CPU_SDPA_DROPOUT = (("f32", "q", 3), ("compute", "q", 1), ("f32", "hs", 3))
 
 # Linear layers per decoder layer: name -> (in_features, out_features) in units of the spec sizes.
 # Used for LoRA parameter counts and validation of --lora-targets.

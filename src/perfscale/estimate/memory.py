@@ -114,15 +114,20 @@ def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, f
     return delta, once
 
 
-def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None = None) -> float:
+def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None = None, program: str = "cuda") -> float:
     """Saved activation bytes per token of one layer, with TP / SP / selective recomputation.
 
     Korthikanti et al. 2022, section 4.2: TP splits the attention and MLP internals (units q, kv, i,
     heads, hs) by t; sequence parallelism also splits the LayerNorm/dropout parts (h, one);
     selective recomputation drops the attention-score terms (hs) and recomputes them.
+    program: "cuda" or "cpu", whose dropout keeps different masks (families.DROPOUT_SITES).
     """
     table = mc.act_fused if k.fused else mc.act
-    rep, split, per_s = table[(compute_override or k.precision, k.attn)]
+    key = compute_override or k.precision
+    rep, split, per_s = table[(key, k.attn)]
+    if mc.dropout_act:
+        d_rep, d_split, d_per_s = mc.dropout_act[(program, key, k.attn)]
+        rep, split, per_s = rep + d_rep, split + d_split, per_s + d_per_s
     t = k.tp
     if k.selective:
         per_s = 0.0
@@ -189,8 +194,10 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
     return pb, pb, pb, 0, k.precision, "autocast" if mixed else "plain"
 
 
-def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
-    """Per-device training memory of the worst pipeline stage. Returns plain numbers."""
+def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda") -> dict:
+    """Per-device training memory of the worst pipeline stage. Returns plain numbers.
+
+    program: "cuda" (GPUs and the default trace) or "cpu" (the CPU program's dropout noise)."""
     pb, gb, stb, master, act_key, label = regime(k)
     _p, sb, cb = PRECISION_BYTES[act_key]
     tp, pp = k.tp, k.pp
@@ -254,7 +261,11 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             if label == "fsdp-mixed" and first:
                 gather_bwd += tokens * mc.h * 4
         # Activations.
-        a_layer = layer_act_bytes(mc, k, act_key)
+        a_layer = layer_act_bytes(mc, k, act_key, program)
+        # The embedding output's dropout mask, kept until the bottom layer's backward is done (none
+        # under LoRA: the frozen embedding's output needs no gradient), per micro-batch in flight.
+        embed_mask = mc.dropout_embed.get((program, act_key), 0.0) if first and not lora else 0.0
+        embed_mask /= tp if k.sequence_parallel else 1
         lora_once = 0.0
         if lora:
             d_layer, lora_once = lora_act_delta(mc, k, act_key)
@@ -274,6 +285,7 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
             if lora:
                 saved += (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
         saved += mc.rope_per_seq[act_key] * k.seq
+        saved += embed_mask * tokens * (live / layers_stage if layers_stage else 1.0)
         if lora and not k.checkpointing:
             saved += lora_once * tokens * (1 if first else 0)
         head_saved = head_trans = 0.0
@@ -302,7 +314,7 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int) -> dict:
         tied = mc.params_head == 0 and mc.has_lm_head
         # A tied embedding already holds the head's gradient before the bottom layer runs.
         g_embed = 0.0 if (lora or tied) else (embed * t_gb / gshard if first else 0.0)
-        bottom_acts = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0)
+        bottom_acts = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0) + embed_mask * tokens
                        + (mc.matmul_layer / tp * cb if label == "autocast" else 0.0) + mc.rope_per_seq[act_key] * k.seq)
         bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
         cands = {

@@ -66,7 +66,9 @@ def _attention(kind: str, shape: str, batch: int) -> Callable[[], object]:
     import torch.nn.functional as F
 
     dims, dtype = shape.split(":")
-    heads, kv_heads, seq, head_dim = (int(v) for v in dims.split(","))
+    heads, kv_heads, seq, head_dim, *dropout = dims.split(",")
+    heads, seq, head_dim = int(heads), int(seq), int(head_dim)
+    p = float(dropout[0]) if dropout else 0.0  # attention dropout: CPU SDPA then runs its math kernel
     dt = _dtype(dtype)
     q = torch.randn(batch, heads, seq, head_dim, dtype=dt, requires_grad=True)
     # transformers repeats k/v to all heads (repeat_kv) before the kernel
@@ -78,10 +80,10 @@ def _attention(kind: str, shape: str, batch: int) -> Callable[[], object]:
 
     def forward():
         if kind.startswith("sdpa"):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         scores = torch.matmul(q, k.transpose(2, 3)) * scale + mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dt)
-        return torch.matmul(probs, v)
+        return torch.matmul(F.dropout(probs, p, training=True), v)
 
     if kind.endswith("_fwd"):
         def run_forward():
@@ -92,6 +94,27 @@ def _attention(kind: str, shape: str, batch: int) -> Callable[[], object]:
     def forward_backward():
         q.grad = k.grad = v.grad = None
         forward().backward(grad)
+
+    return forward_backward
+
+
+def _dropout(kind: str, dtype: str, elements: int) -> Callable[[], object]:
+    """F.dropout in training over `elements` values: the random mask and the scaling multiply, and
+    with "_fwdbwd" the backward multiply too (the time does not depend on the probability)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(elements, dtype=_dtype(dtype), requires_grad=True)
+    grad = torch.randn_like(x)
+    if kind.endswith("_fwd"):
+        def run_forward():
+            with torch.no_grad():
+                return F.dropout(x, 0.1, training=True)
+        return run_forward
+
+    def forward_backward():
+        x.grad = None
+        F.dropout(x, 0.1, training=True).backward(grad)
 
     return forward_backward
 
@@ -211,12 +234,15 @@ def build(signature: str, size: int) -> tuple[Callable[[], object], float]:
         return _linear(kind, shape, size), size
     if kind in ("sdpa_fwd", "sdpa_fwdbwd", "eager_attn_fwd", "eager_attn_fwdbwd"):
         return _attention(kind, shape, size), size
+    if kind in ("dropout_fwd", "dropout_fwdbwd"):
+        return _dropout(kind, shape, size), size
     if kind == "cross_entropy":
         return _cross_entropy(shape, size), size
     if kind == "optimizer":
         return _optimizer(shape, size), _optimizer_rows(size) * _OPTIMIZER_COLUMNS * _OPTIMIZER_TENSORS
     raise InvalidConfigError(f"unknown operation signature {signature!r}: expected one of linear_fwd, linear_dgrad, "
-                             "linear_wgrad, sdpa_fwd, sdpa_fwdbwd, eager_attn_fwd, eager_attn_fwdbwd, cross_entropy, optimizer")
+                             "linear_wgrad, sdpa_fwd, sdpa_fwdbwd, eager_attn_fwd, eager_attn_fwdbwd, dropout_fwd, dropout_fwdbwd, "
+                             "cross_entropy, optimizer")
 
 
 def time_call(call: Callable[[], object], min_time: float, min_calls: int = 5) -> float:

@@ -19,7 +19,11 @@ differently from the CUDA one (docs/trace.md lists each difference and its size)
    the call by a function that allocates what the CUDA kernel allocates (sizes below, from
    aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp mha_fwd/mha_bwd and
    mem_eff_attention/kernel_forward.h / kernel_backward.h).
-4. Device overheads outside any tensor: CUDA context, cuBLAS/cuBLASLt workspaces; reported
+4. Dropout: on CUDA `F.dropout` runs the fused `native_dropout`, which keeps a 1-byte bool mask
+   for backward; on CPU it multiplies by a noise tensor of the input's dtype (4 bytes per element
+   in fp32), which autograd keeps instead (aten/src/ATen/native/Dropout.cpp,
+   is_fused_kernel_acceptable). `CudaAutocast` routes `F.dropout` to `native_dropout`.
+5. Device overheads outside any tensor: CUDA context, cuBLAS/cuBLASLt workspaces; reported
    separately (`device_overheads`), never in the peak.
 """
 
@@ -82,6 +86,7 @@ def _policy_table() -> dict[Any, str]:
             if hasattr(owner, name):
                 table[getattr(owner, name)] = "lower"
     table[F.scaled_dot_product_attention] = "sdpa"
+    table[F.dropout] = "dropout"
     return table
 
 
@@ -121,6 +126,8 @@ class CudaAutocast:
                 policy = table.get(func)
                 if policy == "sdpa" and sdpa:
                     return cuda_sdpa(*args, **kwargs)
+                if policy == "dropout":
+                    return cuda_dropout(*args, **kwargs)
                 if policy is None or not torch.is_autocast_enabled("cpu"):
                     return func(*args, **kwargs)
                 if policy == "fp32_dtype":
@@ -138,6 +145,17 @@ class CudaAutocast:
                 return func(*args, **kwargs)
 
         return _Mode()
+
+
+def cuda_dropout(input, p=0.5, training=True, inplace=False):
+    """F.dropout as CUDA runs it: the fused kernel with a bool mask (at::dropout's CUDA branch)."""
+    import torch
+    import torch.nn.functional as F
+
+    if training and 0 < p < 1 and input.numel() > 0:
+        out = torch.native_dropout(input, p, True)[0]
+        return input.copy_(out) if inplace else out
+    return F.dropout(input, p, training, inplace)
 
 
 def _backward_keeping(mode, tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
@@ -269,4 +287,4 @@ def device_overheads(device_kind: str) -> dict[str, Any]:
     return {k: dict(v) for k, v in DEVICE_OVERHEADS.items()}
 
 
-__all__ = ["CudaAutocast", "DEVICE_OVERHEADS", "MIN_BLOCK", "cuda_rounding", "cuda_sdpa", "device_overheads", "round_block", "sdpa_kernel"]
+__all__ = ["CudaAutocast", "cuda_dropout", "DEVICE_OVERHEADS", "MIN_BLOCK", "cuda_rounding", "cuda_sdpa", "device_overheads", "round_block", "sdpa_kernel"]
