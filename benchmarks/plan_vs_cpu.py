@@ -1,12 +1,12 @@
 """The plan's time model against training steps measured on this CPU (issue 4: within 15%).
 
-Two CPU time models against the same measurements (8 configurations: batch, sequence length,
-model size, checkpointing and family vary):
+Two CPU time models against the same measurements (12 configurations: batch, sequence length,
+model size, checkpointing, family and dropout vary):
   - efficiency: step = FLOPs / (detected fp32 peak x efficiency), the model for uncalibrated CPUs;
-    its one parameter is fitted on the first configuration and checked on the 7 others;
+    its one parameter is fitted on the first configuration and checked on the others;
   - calibrated (perfscale plan --calibrate): the step's operations timed alone on this machine at
     their shapes (measure/cpu_probe.py, estimate/cpu_step.py) plus framework time and elementwise
-    traffic. It has no fitted parameter: all 8 configurations are predictions.
+    traffic. It has no fitted parameter: every configuration is a prediction.
 
     python benchmarks/plan_vs_cpu.py --out benchmarks/results/plan_vs_cpu.json
 
@@ -34,15 +34,15 @@ SMALL_LLAMA = {
     "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 8192,
     "max_position_embeddings": 2048, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
 }
-# Another family at the tiny model's size: GPT-2 (LayerNorm, fused Conv1D qkv, GELU MLP, tied head).
-# Dropout off: GPT2Config's default 0.1 is outside the operation model (its CPU masks cost ~17% of
-# this step, and SDPA falls back to the math kernel), which says so and keeps the efficiency model.
-SMALL_GPT2 = {
+# Another family at the tiny model's size: GPT-2 (LayerNorm, fused Conv1D qkv, GELU MLP, tied head),
+# without dropout and with GPT2Config's default 0.1 on the embedding, residual and attention sites
+# (CPU masks cost ~17% of this step, and SDPA falls back to its math kernel).
+SMALL_GPT2_DROPOUT = {
     "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 8,
     "n_inner": 1024, "vocab_size": 8192, "n_positions": 1024, "bos_token_id": 0, "eos_token_id": 0,
-    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
 }
-CONFIGS = {"small-llama": SMALL_LLAMA, "small-gpt2": SMALL_GPT2}
+SMALL_GPT2 = {**SMALL_GPT2_DROPOUT, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+CONFIGS = {"small-llama": SMALL_LLAMA, "small-gpt2": SMALL_GPT2, "small-gpt2-dropout": SMALL_GPT2_DROPOUT}
 # (label, model, batch, seq, checkpointing); the first one calibrates the efficiency model.
 CASES = [
     ("tiny b8 s256", "perfscale-tiny-llama", 8, 256, False),
@@ -53,6 +53,10 @@ CASES = [
     ("small b8 s256", "small-llama", 8, 256, False),
     ("small b4 s512", "small-llama", 4, 512, False),
     ("gpt2 b8 s256", "small-gpt2", 8, 256, False),
+    ("gpt2 b8 s256 ckpt", "small-gpt2", 8, 256, True),
+    ("gpt2-dropout b8 s256", "small-gpt2-dropout", 8, 256, False),
+    ("gpt2-dropout b4 s512", "small-gpt2-dropout", 4, 512, False),
+    ("gpt2-dropout b8 s256 ckpt", "small-gpt2-dropout", 8, 256, True),
 ]
 TOLERANCE = 0.15
 
