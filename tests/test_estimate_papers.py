@@ -119,13 +119,14 @@ def test_llama3_stage_balancing():
 def test_fused_kernel_recipe_counts_liger_saved_tensors():
     """Fused RMSNorm saves its input + fp32 rstd (Liger LigerRMSNormFunction: X, W, RSTD), the next
     linear its output; fused SwiGLU saves gate and up (LigerSiLUMulFunction: a, b), down_proj the
-    product; flash/SDPA q, k, v, out + fp32 logsumexp. bf16, per token per layer."""
+    product; flash/SDPA q, k, v, out + fp32 logsumexp, and o_proj its contiguous copy of out. bf16,
+    per token per layer."""
     spec = spec_from_config(tiny_config("llama"), "tiny")
     mc = model_constants(spec)
     h, q, kv, i, heads = mc.h, mc.q, mc.kv, mc.i, mc.heads
     rep, split, per_s = mc.act_fused[("bf16", "sdpa")]
     assert rep == 2 * (2 * h + 4 + 2 * h)
-    assert split == 2 * (2 * q) + 2 * (2 * kv) + 4 * heads + 3 * 2 * i
+    assert split == 2 * (3 * q) + 2 * (2 * kv) + 4 * heads + 3 * 2 * i
     assert per_s == 0
     assert sum(mc.act_fused[("bf16", "sdpa")]) < sum(mc.act[("bf16", "sdpa")])
     k = Knobs(precision="bf16", fused=True, seq=16)

@@ -50,7 +50,7 @@ def recipe_bytes(recipe, sizes: dict[str, int], stream: int, compute: int) -> tu
     """
     amp = stream == 4 and compute < 4
     width = {"f32": 4, "stream": stream, "compute": compute, "mask": 1, "autocast": compute if amp else 0,
-             "amp_f32": 4 if amp else compute, "amp_extra32": 4 if amp else 0}
+             "amp_f32": 4 if amp else compute}
     rep = split = per_s = 0.0
     for dtype, unit, coef in recipe:
         b = width[dtype] * coef
@@ -108,7 +108,7 @@ class ModelConstants:
 
 def _without_sdpa_core(recipe, model_type: str):
     """The recipe without its SDPA saved set (q, k, v, out, logsumexp), or None when it has none."""
-    core = list(families.SDPA_CORE.get(model_type, families._SDPA))
+    core = list(families.SDPA_CORE.get(model_type, families._ATTN))
     base_terms = []
     for term in recipe:
         if term in core:

@@ -24,32 +24,37 @@ from __future__ import annotations
 _RMS = (("f32", "h", 1), ("f32", "one", 1), ("stream", "h", 1), ("compute", "h", 1))
 # nn.LayerNorm (aten native_layer_norm saves input, mean, rstd) + the output the next linear saves.
 _LN = (("stream", "h", 1), ("f32", "one", 2), ("compute", "h", 1))
-# Fused SDPA (flash / memory-efficient, CPU flash): q, k, v, the output (= o_proj input), logsumexp.
+# Fused SDPA (flash / memory-efficient, CPU flash): q, k, v, the output, logsumexp.
 _SDPA = (("compute", "q", 2), ("compute", "kv", 2), ("f32", "heads", 1))
-# A separate contiguous copy of the attention output for the output projection (fused-qkv families).
+# The contiguous (b, s, heads x head_dim) copy of the attention output that the output projection
+# saves (transpose(1, 2).reshape after the kernel, in every family's attention forward).
 _OUT_COPY = (("compute", "q", 1),)
+_ATTN = _SDPA + _OUT_COPY
+# Fused qkv projection (Phi-3): q and k are new tensors after RoPE, but v stays a view of the qkv
+# output, which keeps all of it (q + 2 kv) alive.
+_ATTN_FUSED_QKV = (("compute", "q", 4), ("compute", "kv", 3), ("f32", "heads", 1))
 # Gated MLP (SwiGLU): gate output, act output, up output, product (= down_proj input).
 _GATED = (("compute", "i", 4),)
 
 RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
     # extra autocast copies: q/k/v read one norm output (2 extra), gate/up another (1 extra)
-    "llama": _RMS + _SDPA + _RMS + _GATED + (("autocast", "h", 3),),
-    "phi3": _RMS + _SDPA + _OUT_COPY + _RMS + _GATED,
+    "llama": _RMS + _ATTN + _RMS + _GATED + (("autocast", "h", 3),),
+    "phi3": _RMS + _ATTN_FUSED_QKV + _RMS + _GATED,
     # GPT-NeoX: parallel residual (both LayerNorms read the same input), fused qkv with partial RoPE
-    # (q, k, v new tensors after RoPE, output + its copy), GELU: fc1 output + fc2 input.
-    "gpt_neox": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
+    # (q, k new after RoPE, v a view keeping the whole qkv output, output + its copy: 7 q, no GQA),
+    # GELU: fc1 output + fc2 input.
+    "gpt_neox": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 7), ("f32", "heads", 1))
     + (("compute", "i", 2),),
     # OPT: pre-LN, separate q/k/v, ReLU saves its output (= fc2 input).
-    "opt": _LN + _SDPA + _LN + (("compute", "i", 1), ("autocast", "h", 2)),
+    "opt": _LN + _ATTN + _LN + (("compute", "i", 1), ("autocast", "h", 2)),
     # Falcon (new decoder architecture): parallel attention, ln_attn + ln_mlp on one input, k/v
     # expanded to all heads, GELU MLP.
     "falcon": _LN + (("f32", "one", 2), ("compute", "h", 1)) + (("compute", "q", 5), ("f32", "heads", 1))
     + (("compute", "i", 2),),
-    # GPT-2: Conv1D c_attn output kept whole (3h), q/out copies; "gelu_new" in Python keeps x, 0.5x,
-    # tanh, 1 + tanh and its product (c_proj input). CUDA autocast runs pow in fp32, so under
-    # "-mixed" tanh and 1 + tanh are fp32 and an fp32 copy of x is kept too.
-    "gpt2": _LN + (("compute", "q", 6), ("f32", "heads", 1)) + _LN
-    + (("compute", "i", 3), ("amp_f32", "i", 2), ("amp_extra32", "i", 1)),
+    # GPT-2: Conv1D c_attn output kept whole (3h: q, k, v are views), the output and its copy;
+    # "gelu_new" in Python keeps five i-wide tensors (x, 0.5x, tanh, 1 + tanh, the product = c_proj
+    # input). CUDA autocast runs pow in fp32, so under "-mixed" three of them are fp32.
+    "gpt2": _LN + (("compute", "q", 5), ("f32", "heads", 1)) + _LN + (("compute", "i", 2), ("amp_f32", "i", 3)),
 }
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
@@ -67,8 +72,8 @@ RECIPES["mixtral"] = RECIPES["llama"]
 _RMS_FUSED = (("stream", "h", 1), ("f32", "one", 1), ("compute", "h", 1))
 _GATED_FUSED = (("compute", "i", 3),)
 FUSED_RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "llama": _RMS_FUSED + _SDPA + _RMS_FUSED + _GATED_FUSED + (("autocast", "h", 3),),
-    "phi3": _RMS_FUSED + _SDPA + _OUT_COPY + _RMS_FUSED + _GATED_FUSED,
+    "llama": _RMS_FUSED + _ATTN + _RMS_FUSED + _GATED_FUSED + (("autocast", "h", 3),),
+    "phi3": _RMS_FUSED + _ATTN_FUSED_QKV + _RMS_FUSED + _GATED_FUSED,
 }
 for _name in ("mistral", "qwen2", "gemma2", "mixtral"):
     FUSED_RECIPES[_name] = FUSED_RECIPES["llama"]
@@ -86,11 +91,12 @@ MEGATRON_GPT = (
 GATED_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
 
 # The attention core each recipe saves under SDPA (replaced by EAGER under attn="eager").
+# Default: _ATTN.
 SDPA_CORE = {
-    "phi3": _SDPA + _OUT_COPY,
-    "gpt_neox": (("compute", "q", 5), ("f32", "heads", 1)),
+    "phi3": _ATTN_FUSED_QKV,
+    "gpt_neox": (("compute", "q", 7), ("f32", "heads", 1)),
     "falcon": (("compute", "q", 5), ("f32", "heads", 1)),
-    "gpt2": (("compute", "q", 6), ("f32", "heads", 1)),
+    "gpt2": (("compute", "q", 5), ("f32", "heads", 1)),
 }
 
 # Eager attention replaces SDPA's saved set: q, k and v repeated to all heads, the fp32 softmax
@@ -179,5 +185,3 @@ LORA_MLP_OUT = {"down_proj", "mlp.c_proj", "dense_4h_to_h", "fc2", "wo", "output
 # Families whose MLP output projection reads a tensor nothing else saves (gated: the product;
 # GELU: the activation output). ReLU (OPT) saves its output anyway.
 MLP_OUT_EXCLUSIVE = {"opt": False}
-# Families whose attention output projection reads a private contiguous copy (see recipes).
-OUT_COPY_FAMILIES = ("phi3", "gpt_neox", "falcon")

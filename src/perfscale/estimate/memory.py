@@ -102,8 +102,8 @@ def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, f
         kept = (1 if attn_t else 0) + (1 if mlp_t else 0)
     delta -= (recipe_copies - kept) * cb * h
     out_names = {"o_proj", "dense", "out_proj", "c_proj", "o"}
-    if mc.model_type in families.OUT_COPY_FAMILIES and not (every or targets & out_names):
-        delta -= cb * mc.q / t  # the output projection's private input copy
+    if not (every or targets & out_names):
+        delta -= cb * mc.q / t  # the output projection's input copy (families._OUT_COPY)
     if mc.mlp_out_exclusive and not out_t:
         delta -= cb * mc.i / t
     delta += n_targets * k.lora_r * (cb if autocast else PRECISION_BYTES[act_key][2])  # lora_B inputs
