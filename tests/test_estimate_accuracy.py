@@ -120,3 +120,24 @@ def test_dropout_masks_vs_trace(device):
     assert median <= 0.02, f"median |error| {median:.2%}"
     assert worst[0] <= 0.05, f"max |error| {worst[0]:.2%} at {worst[1]} {worst[2]}"
     assert median < statistics.median(unmodelled)
+
+
+# Encoder families (post-LN BERT / RoBERTa recipe, with and without dropout). Tolerance 6%: the
+# embedding LayerNorm and RoBERTa's masked-LM head (dense, GELU, LayerNorm) are not separate terms
+# (RoBERTa 4-6% under, BERT within 2%); LoRA on these families is not covered (10% under).
+_ENC = dict(hidden_size=256, intermediate_size=1024)
+_ENC_DROPOUT = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+ENCODER_CASES = [("bert", dict(), False), ("bert", dict(attn="eager", precision="bf16"), False),
+                 ("bert", dict(attn="eager"), True), ("bert", dict(checkpointing=True), True),
+                 ("roberta", dict(precision="bf16-mixed"), False), ("roberta", dict(), True)]
+
+
+@pytest.mark.slow
+def test_encoder_peak_vs_trace():
+    for family, knobs, dropout in ENCODER_CASES:
+        config = tiny_config(family, **_ENC, **(_ENC_DROPOUT if dropout else {k: 0.0 for k in _ENC_DROPOUT}))
+        spec = spec_from_config(config, f"{family}-dropout{int(dropout)}")
+        run = RunConfig(TrainWorkload(8, 128), optimizer="sgd", **knobs)
+        est = estimate(spec, run, H100).memory.peak_bytes
+        traced = trace_api.trace(spec, run).peak_bytes
+        assert abs(est - traced) <= 0.06 * traced, (family, knobs, dropout, est, traced)

@@ -55,7 +55,12 @@ RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
     # "gelu_new" in Python keeps five i-wide tensors (x, 0.5x, tanh, 1 + tanh, the product = c_proj
     # input). CUDA autocast runs pow in fp32, so under "-mixed" three of them are fp32.
     "gpt2": _LN + (("compute", "q", 5), ("f32", "heads", 1)) + _LN + (("compute", "i", 2), ("amp_f32", "i", 3)),
+    # BERT / RoBERTa: post-LN, each LayerNorm's output read by the next linear (the embedding
+    # LayerNorm's, like a final norm, counted once per token); separate q/k/v (2 extra autocast
+    # copies), erf GELU keeps its input and output.
+    "bert": _ATTN + _LN + (("compute", "i", 2), ("autocast", "h", 2)) + _LN,
 }
+RECIPES["roberta"] = RECIPES["bert"]
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
 
@@ -108,8 +113,8 @@ EAGER_SCORES_COMPUTE = 1.0  # x heads x s, only when compute is 16-bit (the .to(
 # Families whose eager softmax runs in the scores' dtype instead of softmax(..., dtype=float32):
 # CUDA autocast still promotes it to fp32 (and the probabilities are cast back), but pure 16-bit
 # training keeps one 16-bit probability tensor, shared by softmax and the matmul with V.
-# Source: eager_attention_forward (gpt2) and FalconAttention.forward; tested against trace.
-EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon")
+# Source: eager_attention_forward (gpt2, bert) and FalconAttention.forward; tested against trace.
+EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon", "bert", "roberta")
 
 # Dropout sites in training (transformers 5.x modeling code): (config key, where, count) with
 #   layer  a residual branch's output per layer (an h-wide linear output, compute dtype),
@@ -129,6 +134,8 @@ DROPOUT_SITES: dict[str, tuple[tuple[str, str, int], ...]] = {
 }
 for _name in ("llama", "mistral", "qwen2", "gemma2", "mixtral"):
     DROPOUT_SITES[_name] = (("attention_dropout", "probs", 1),)
+DROPOUT_SITES["bert"] = DROPOUT_SITES["roberta"] = (
+    ("hidden_dropout_prob", "layer", 2), ("hidden_dropout_prob", "embed", 1), ("attention_probs_dropout_prob", "probs", 1))
 # CPU SDPA with dropout_p > 0 (the math kernel, aten _scaled_dot_product_attention_math): scaled q,
 # k and v expanded to all heads in fp32, the fp32 softmax output, dropout noise and dropped
 # probabilities; the output in the compute dtype (read by the output projection). Tested against

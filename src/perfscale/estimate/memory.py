@@ -94,7 +94,7 @@ def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, f
         delta -= n_norms * sb * h  # normalised input kept only for the (frozen) norm weight
     # Linear inputs after each norm: the recipe counts one copy per block (+ autocast extras).
     fan = {"attn": 3 if mc.model_type not in ("phi3", "gpt2", "gpt_neox", "falcon") else 1,
-           "mlp": 2 if mc.model_type not in ("phi3", "gpt2", "gpt_neox", "falcon", "opt") else 1}
+           "mlp": 2 if mc.model_type not in ("phi3", "gpt2", "gpt_neox", "falcon", "opt", "bert", "roberta") else 1}
     recipe_copies = (1 + (fan["attn"] - 1 if autocast else 0)) + (1 + (fan["mlp"] - 1 if autocast else 0))
     if autocast:
         kept = attn_t + mlp_t  # each targeted lora_A casts its own copy
