@@ -61,6 +61,8 @@ RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
     "bert": _ATTN + _LN + (("compute", "i", 2), ("autocast", "h", 2)) + _LN,
 }
 RECIPES["roberta"] = RECIPES["bert"]
+# Post-LN families: no norm reads the embeddings inside a layer and none precedes the head.
+POST_NORM_FAMILIES = ("bert", "roberta")
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
 

@@ -107,6 +107,9 @@ def lora_act_delta(mc: ModelConstants, k: Knobs, act_key: str) -> tuple[float, f
     if mc.mlp_out_exclusive and not out_t:
         delta -= cb * mc.i / t
     delta += n_targets * k.lora_r * (cb if autocast else PRECISION_BYTES[act_key][2])  # lora_B inputs
+    if mc.model_type in families.POST_NORM_FAMILIES:
+        # the frozen head (a masked-LM head) does not keep the last LayerNorm's output
+        return delta, -cb * h if mc.has_lm_head else 0.0
     # The first layer's norm input has no gradient upstream (frozen embeddings): nothing saved.
     once = -((4 * h + 4) if mc.rms_norm else (sb * h + 8))
     # The final norm keeps only its fp32 input and rsqrt; the frozen head keeps nothing.
