@@ -61,12 +61,30 @@ def _linear(kind: str, shape: str, tokens: int) -> Callable[[], object]:
     return lambda: torch.mm(grad.t(), x)
 
 
+def _forward_or_both(kind: str, forward: Callable[[], object], leaves: list, grad) -> Callable[[], object]:
+    """"..._fwd": `forward` alone (no graph); "..._fwdbwd": forward and backward into `leaves`."""
+    import torch
+
+    if kind.endswith("_fwd"):
+        def run_forward():
+            with torch.no_grad():
+                return forward()
+        return run_forward
+
+    def forward_backward():
+        for leaf in leaves:
+            leaf.grad = None
+        forward().backward(grad)
+
+    return forward_backward
+
+
 def _attention(kind: str, shape: str, batch: int) -> Callable[[], object]:
     import torch
     import torch.nn.functional as F
 
     dims, dtype = shape.split(":")
-    heads, kv_heads, seq, head_dim, *dropout = dims.split(",")
+    heads, _kv_heads, seq, head_dim, *dropout = dims.split(",")
     heads, seq, head_dim = int(heads), int(seq), int(head_dim)
     p = float(dropout[0]) if dropout else 0.0  # attention dropout: CPU SDPA then runs its math kernel
     dt = _dtype(dtype)
@@ -85,17 +103,7 @@ def _attention(kind: str, shape: str, batch: int) -> Callable[[], object]:
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dt)
         return torch.matmul(F.dropout(probs, p, training=True), v)
 
-    if kind.endswith("_fwd"):
-        def run_forward():
-            with torch.no_grad():
-                return forward()
-        return run_forward
-
-    def forward_backward():
-        q.grad = k.grad = v.grad = None
-        forward().backward(grad)
-
-    return forward_backward
+    return _forward_or_both(kind, forward, [q, k, v], grad)
 
 
 def _dropout(kind: str, dtype: str, elements: int) -> Callable[[], object]:
@@ -105,18 +113,7 @@ def _dropout(kind: str, dtype: str, elements: int) -> Callable[[], object]:
     import torch.nn.functional as F
 
     x = torch.randn(elements, dtype=_dtype(dtype), requires_grad=True)
-    grad = torch.randn_like(x)
-    if kind.endswith("_fwd"):
-        def run_forward():
-            with torch.no_grad():
-                return F.dropout(x, 0.1, training=True)
-        return run_forward
-
-    def forward_backward():
-        x.grad = None
-        F.dropout(x, 0.1, training=True).backward(grad)
-
-    return forward_backward
+    return _forward_or_both(kind, lambda: F.dropout(x, 0.1, training=True), [x], torch.randn_like(x))
 
 
 def _cross_entropy(shape: str, tokens: int) -> Callable[[], object]:
