@@ -173,3 +173,36 @@ def test_llama3_405b_published_run_fits_and_is_within_15_percent():
     plain = estimate(spec, dataclasses.replace(cfg, pp_virtual=1), parse_topology("1024x8xH100-80GB"))
     assert plain.time.split["bubble"] / plain.time.step_seconds == pytest.approx(15 / 47, rel=0.05)
     assert abs(plain.time.mfu / 0.43 - 1) > 0.15
+
+
+def test_dropout_mask_bytes_per_program():
+    """Dropout masks per token, as derived in families.DROPOUT_SITES (and traced in
+    test_estimate_accuracy): CUDA keeps 1-byte bool masks, CPU the noise in the input's dtype; an
+    eager attention's dropped probabilities are kept unless they replace a 16-bit copy; sequence
+    parallelism splits the residual masks (Korthikanti et al. 2022, section 4.2), selective
+    recomputation drops the s^2 ones."""
+    from perfscale.estimate.memory import layer_act_bytes
+    from perfscale.specs import spec_from_config
+
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_layer": 2, "n_head": 4,
+              "n_positions": 128, "vocab_size": 320}  # GPT2Config's default dropout 0.1 on every site
+    mc = constants_for(spec_from_config(config, "gpt2-default-dropout"))
+    h, heads = mc.h, mc.heads
+    assert dict(mc.dropout_sites) == {"layer": 2, "embed": 1, "probs": 1}
+    assert mc.dropout_act[("cuda", "fp32", "sdpa")] == (2 * h, 0.0, 0.0)  # flash / efficient keep no mask
+    assert mc.dropout_act[("cuda", "fp32", "eager")] == (2 * h, 0.0, heads * (1 + 4))
+    assert mc.dropout_act[("cuda", "bf16-mixed", "eager")] == (2 * h, 0.0, heads * 1)  # replaces the 16-bit copy
+    assert mc.dropout_act[("cuda", "bf16", "eager")] == (2 * h, 0.0, heads * (1 + 2))  # bf16 softmax output kept
+    assert mc.dropout_act[("cpu", "fp32", "eager")] == (2 * 4 * h, 0.0, heads * (4 + 4))
+    assert mc.dropout_act[("cpu", "fp32", "sdpa")][2] == heads * 3 * 4  # math kernel: 3 fp32 s^2 tensors
+    assert mc.dropout_embed[("cuda", "fp32")] == h and mc.dropout_embed[("cpu", "fp32")] == 4 * h
+
+    base = Knobs(seq=128, attn="eager")
+    plain = dataclasses.replace(mc, dropout_act={}, dropout_embed={}, dropout_sites=())
+    masks = layer_act_bytes(mc, base) - layer_act_bytes(plain, base)
+    assert masks == 2 * h + heads * 5 * 128
+    sp = base.copy(tp=2, sequence_parallel=True)
+    assert layer_act_bytes(mc, sp) - layer_act_bytes(plain, sp) == 2 * h / 2 + heads * 5 * 128 / 2
+    selective = base.copy(selective=True)
+    assert layer_act_bytes(mc, selective) - layer_act_bytes(plain, selective) == 2 * h
+    assert layer_act_bytes(mc, base, program="cpu") - layer_act_bytes(plain, base) == 2 * 4 * h + heads * 8 * 128
