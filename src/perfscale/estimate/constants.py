@@ -97,7 +97,7 @@ class ModelConstants:
     # (program "cuda" | "cpu", precision, attn) -> bytes the dropout sites add to `act` (empty: none)
     dropout_act: dict[tuple[str, str, str], tuple[float, float, float]] = field(default_factory=dict)
     dropout_embed: dict[tuple[str, str], float] = field(default_factory=dict)  # (program, precision) -> per token
-    dropout_sites: tuple[tuple[str, int], ...] = ()  # (where, count) of the sites with a probability > 0
+    dropout_sites: tuple[tuple[str, float], ...] = ()  # (where, count) of the sites with a probability > 0
     head_rep: dict[str, float] = field(default_factory=dict)  # final norm per token, per precision
     rope_per_seq: dict[str, float] = field(default_factory=dict)  # cos + sin bytes per sequence token
     rms_norm: bool = True
@@ -135,8 +135,8 @@ def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str
     return act
 
 
-def dropout_sites(spec) -> tuple[tuple[str, int], ...]:
-    """(where, count) of the model's training dropout sites whose probability is > 0."""
+def dropout_sites(spec) -> tuple[tuple[str, float], ...]:
+    """(where, count per layer or per token) of the model's training dropout sites whose probability is > 0."""
     sites = list(families.DROPOUT_SITES.get(spec.model_type, ()))
     cfg = spec.config
     if spec.model_type == "falcon":
@@ -144,8 +144,14 @@ def dropout_sites(spec) -> tuple[tuple[str, int], ...]:
             sites.append(("attention_dropout", "layer", 1))
         if cfg.get("alibi"):
             sites.append(("attention_dropout", "probs", 1))
+    if spec.model_type == "t5" and spec.is_encoder_decoder:
+        enc, dec = spec.num_encoder_layers or 0, spec.num_decoder_layers or 0
+        per_layer = max(1, enc + dec)
+        gated = str(cfg.get("feed_forward_proj", "relu")).startswith("gated")
+        sites += [("dropout_rate", "layer", (2 * enc + 3 * dec) / per_layer),
+                  ("dropout_rate", "probs", (enc + 2 * dec) / per_layer), ("dropout_rate", "mlp_gated" if gated else "mlp", 1)]
     defaults = DROPOUT_DEFAULTS.get(spec.model_type, {})
-    found: dict[str, int] = {}
+    found: dict[str, float] = {}
     for key, where, count in sites:
         p = cfg.get(key, defaults.get(key, 0.0))
         if isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0:
@@ -170,20 +176,24 @@ def _dropout_tables(recipe, model_type: str, sites, sizes: dict[str, int]) -> tu
         for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
             embed[(program, precision)] = counts.get("embed", 0) * mask(sb) * h
             rep = counts.get("layer", 0) * mask(cb) * h
-            layer_act[(program, precision, "sdpa")] = (rep, 0.0, 0.0)
+            # The MLP activation's mask, and the dropped copy the output projection now keeps when the
+            # activation keeps its own output (T5's ReLU; under autocast T5 re-casts it anyway). A
+            # gated product is kept by nothing else: the dropped copy replaces it.
+            amp = sb == 4 and cb < 4
+            mlp = (counts.get("mlp", 0) * (mask(cb) + (0 if amp else cb)) + counts.get("mlp_gated", 0) * mask(cb)) * sizes["i"]
+            layer_act[(program, precision, "sdpa")] = (rep, mlp, 0.0)
             probs = 0.0
             if counts.get("probs"):
                 # the mask, and the dropped probabilities that the matmul with V now keeps: they
                 # replace a separate 16-bit copy, not a softmax output that softmax keeps anyway
-                amp = sb == 4 and cb < 4
                 shared = (not amp) if model_type in families.EAGER_SOFTMAX_IN_INPUT_DTYPE else cb == 4
                 probs = heads * (mask(cb) + (cb if shared else 0))
                 if program == "cpu":  # SDPA runs its math kernel: swap its saved set
                     math = recipe_bytes((base or recipe) + families.CPU_SDPA_DROPOUT, sizes, sb, cb)
                     fused = recipe_bytes(recipe, sizes, sb, cb)
-                    layer_act[(program, precision, "sdpa")] = (rep + math[0] - fused[0], math[1] - fused[1],
+                    layer_act[(program, precision, "sdpa")] = (rep + math[0] - fused[0], mlp + math[1] - fused[1],
                                                               math[2] - fused[2])
-            layer_act[(program, precision, "eager")] = (rep, 0.0, probs)
+            layer_act[(program, precision, "eager")] = (rep, mlp, probs)
     return layer_act, embed
 
 

@@ -103,6 +103,9 @@ def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     ops += _fwd_bwd_ops(attn, f"{mc.heads},{mc.kv_heads},{k.seq},{mc.head_dim}{probs}:{dtype}", k.batch, mc.layers)
     if sites.get("layer"):
         ops += _fwd_bwd_ops("dropout", dtype, tokens * mc.h, sites["layer"] * mc.layers)
+    mlp = sites.get("mlp", 0) + sites.get("mlp_gated", 0)
+    if mlp:
+        ops += _fwd_bwd_ops("dropout", dtype, tokens * mc.i, mlp * mc.layers)
     if sites.get("embed"):  # on the embedding output, in the parameter dtype; no gradient under LoRA
         embed_dtype = "fp32" if PRECISION_BYTES[k.precision][0] == 4 else dtype
         ops += _fwd_bwd_ops("dropout", embed_dtype, tokens * mc.h, sites["embed"], "embed", backward=not lora)

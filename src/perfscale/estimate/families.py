@@ -115,14 +115,15 @@ EAGER_SCORES_COMPUTE = 1.0  # x heads x s, only when compute is 16-bit (the .to(
 # Families whose eager softmax runs in the scores' dtype instead of softmax(..., dtype=float32):
 # CUDA autocast still promotes it to fp32 (and the probabilities are cast back), but pure 16-bit
 # training keeps one 16-bit probability tensor, shared by softmax and the matmul with V.
-# Source: eager_attention_forward (gpt2, bert) and FalconAttention.forward; tested against trace.
-EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon", "bert", "roberta")
+# Source: eager_attention_forward (gpt2, bert, t5) and FalconAttention.forward; tested against trace.
+EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon", "bert", "roberta", "t5")
 
 # Dropout sites in training (transformers 5.x modeling code): (config key, where, count) with
 #   layer  a residual branch's output per layer (an h-wide linear output, compute dtype),
 #   embed  the embedding output, once per token (stream dtype),
 #   probs  the attention probabilities (eager attention; CUDA's flash / memory-efficient SDPA
-#          kernels keep an RNG state instead of a mask, CPU SDPA falls back to the math kernel).
+#          kernels keep an RNG state instead of a mask, CPU SDPA falls back to the math kernel),
+#   mlp    the MLP's i-wide activation before its output projection (T5; "mlp_gated" after a gated product).
 # On CUDA each site keeps a 1-byte bool mask (fused native_dropout); on CPU the noise tensor in
 # the input's dtype (aten/src/ATen/native/Dropout.cpp). A site whose probability is 0 costs nothing.
 DROPOUT_SITES: dict[str, tuple[tuple[str, str, int], ...]] = {
@@ -136,6 +137,10 @@ DROPOUT_SITES: dict[str, tuple[tuple[str, str, int], ...]] = {
 }
 for _name in ("llama", "mistral", "qwen2", "gemma2", "mixtral"):
     DROPOUT_SITES[_name] = (("attention_dropout", "probs", 1),)
+# T5 (per encoder layer: attention and MLP outputs, probabilities, the MLP activation; per decoder
+# layer also cross-attention; embeddings and final norm outputs of both stacks), counted per
+# layer as the average over encoder and decoder layers in constants.dropout_sites.
+DROPOUT_SITES["t5"] = (("dropout_rate", "embed", 4),)
 DROPOUT_SITES["bert"] = DROPOUT_SITES["roberta"] = (
     ("hidden_dropout_prob", "layer", 2), ("hidden_dropout_prob", "embed", 1), ("attention_probs_dropout_prob", "probs", 1))
 # CPU SDPA with dropout_p > 0 (the math kernel, aten _scaled_dot_product_attention_math): scaled q,
