@@ -150,11 +150,9 @@ def dropout_sites(spec) -> tuple[tuple[str, float], ...]:
         gated = str(cfg.get("feed_forward_proj", "relu")).startswith("gated")
         sites += [("dropout_rate", "layer", (2 * enc + 3 * dec) / per_layer),
                   ("dropout_rate", "probs", (enc + 2 * dec) / per_layer), ("dropout_rate", "mlp_gated" if gated else "mlp", 1)]
-    defaults = DROPOUT_DEFAULTS.get(spec.model_type, {})
     found: dict[str, float] = {}
     for key, where, count in sites:
-        p = cfg.get(key, defaults.get(key, 0.0))
-        if isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0:
+        if _probability(spec, key) > 0:
             found[where] = found.get(where, 0) + count
     return tuple(found.items())
 
@@ -190,9 +188,9 @@ def _dropout_tables(recipe, model_type: str, sites, sizes: dict[str, int]) -> tu
                 probs = heads * (mask(cb) + (cb if shared else 0))
                 if program == "cpu":  # SDPA runs its math kernel: swap its saved set
                     math = recipe_bytes((base or recipe) + families.CPU_SDPA_DROPOUT, sizes, sb, cb)
-                    fused = recipe_bytes(recipe, sizes, sb, cb)
-                    layer_act[(program, precision, "sdpa")] = (rep + math[0] - fused[0], mlp + math[1] - fused[1],
-                                                              math[2] - fused[2])
+                    kernel = recipe_bytes(recipe, sizes, sb, cb)
+                    layer_act[(program, precision, "sdpa")] = (rep + math[0] - kernel[0], mlp + math[1] - kernel[1],
+                                                              math[2] - kernel[2])
             layer_act[(program, precision, "eager")] = (rep, mlp, probs)
     return layer_act, embed
 
@@ -248,8 +246,12 @@ def model_constants(spec) -> ModelConstants:
     )
 
 
+def _probability(spec, key: str) -> float:
+    """A dropout probability of the config (else the family's transformers default; 0 when absent or not a number)."""
+    value = spec.config.get(key, DROPOUT_DEFAULTS.get(spec.model_type, {}).get(key, 0.0))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def training_dropout(spec) -> float:
     """The largest dropout probability the model trains with (config value, else the family default)."""
-    defaults = DROPOUT_DEFAULTS.get(spec.model_type, {})
-    values = [spec.config.get(key, defaults.get(key, 0.0)) for key in DROPOUT_KEYS]
-    return max([float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)] + [0.0])
+    return max(_probability(spec, key) for key in DROPOUT_KEYS)

@@ -53,6 +53,11 @@ class Op:
     phase: str
 
 
+def calibration_applies(calibration, hw, world: int, efficiency: float | None) -> bool:
+    """Whether a calibration may time this step: one CPU device, and no efficiency given explicitly."""
+    return calibration is not None and efficiency is None and hw.kind == "cpu" and world == 1
+
+
 def unsupported(mc: ModelConstants, k: Knobs) -> str | None:
     """Why this configuration has no operation-level CPU model (None when it has one)."""
     if mc.model_type not in CALIBRATED_FAMILIES or mc.is_encoder_decoder or not mc.has_lm_head:
@@ -126,7 +131,8 @@ def dispatch_signature(mc: ModelConstants, k: Knobs) -> str:
 
 
 def elementwise_bytes(mc: ModelConstants, k: Knobs) -> float:
-    """Bytes autograd saves in one micro-step's layers, plus the final norm and the logits (fp32)."""
+    """Bytes autograd saves in one micro-step's layers, plus the final norm and the logits (fp32).
+    Without dropout masks: the dropout probes time their own traffic."""
     rep, split, per_s = mc.act[(k.precision, k.attn)]
     tokens = k.batch * k.seq
     return tokens * (mc.layers * (rep + split + per_s * k.seq) + mc.head_rep[k.precision] + 4 * mc.vocab)

@@ -105,8 +105,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             return space.train_space(b, fx, mc.heads, mc.layers, world, per_node, hw)
         return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
 
-    calibrating = (calibration is not None and prepare_calibration is not None and hw.kind == "cpu" and world == 1
-                   and efficiency is None)
+    calibrating = prepare_calibration is not None and cpu_step.calibration_applies(calibration, hw, world, efficiency)
+
+    def evaluate_k(k: Knobs) -> dict:
+        return evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
 
     def prepare(knobs_list) -> None:
         if not calibrating:
@@ -122,10 +124,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
         k = single[0]
         prepare([k, k.copy(precision="fp32")])  # the advice compares mixed precision with fp32
-        numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
+        numbers = evaluate_k(k)
         est = to_estimate(mc, k, topo, numbers, token_budget, price_per_device_hour)
         words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers["fits"] else [], [(numbers, k)], False,
-                             evaluate_fn=lambda kk: evaluate(mc, kk, hw, nodes, per_node, efficiency, host_memory, calibration))
+                             evaluate_fn=evaluate_k)
         if not numbers["fits"]:
             words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
         if detected:
@@ -139,7 +141,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             attempt_candidates = list(attempt_candidates)
             prepare(attempt_candidates)
         for k in attempt_candidates:
-            numbers = evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
+            numbers = evaluate_k(k)
             evaluated += 1
             if numbers["fits"]:
                 fitting.append((numbers, k))
@@ -160,7 +162,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
         extras["largest_batch"] = largest_batch(mc, k0, cap)
         extras["longest_context"] = longest_context(mc, k0, cap)
-    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=lambda k: evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration))
+    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=evaluate_k)
     if detected:
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
     open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)

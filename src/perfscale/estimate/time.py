@@ -29,7 +29,7 @@ else the inter-node bandwidth (per device).
 from __future__ import annotations
 
 from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
-from perfscale.estimate.cpu_step import calibrated_compute, unsupported
+from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
 
 # Fraction of the dense peak that end-to-end training reaches (MFU-like). Named, overridable
@@ -98,7 +98,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     if k.selective and not k.checkpointing:
         recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / (tp * pp) / rate
     measured = uncalibrated = None
-    if calibration is not None and efficiency is None and hw.kind == "cpu" and world == 1:
+    if calibration_applies(calibration, hw, world, efficiency):
         measured = calibrated_compute(mc, k, calibration)
         if measured is None:
             uncalibrated = unsupported(mc, k) or "some of its operations are not timed on this machine (perfscale plan --calibrate)"
