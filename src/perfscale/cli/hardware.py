@@ -56,7 +56,7 @@ def show(
         _show_local(as_json)
         return
     from perfscale.report.specs_tables import hardware_table
-    from perfscale.specs.hardware import parse_topology
+    from perfscale.specs.lookup import parse_topology
 
     topology = parse_topology(name)
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from perfscale.errors import InvalidConfigError, choice_error
-from perfscale.runtimes.source import EncoderSource, resolve_encoder
+from perfscale.errors import InvalidConfigError, UnsupportedModelError, choice_error
+from perfscale.runtimes.onnx_export import onnx_model_for
+from perfscale.runtimes.source import EncoderSource, load_tokenizer, load_torch_model, resolve_encoder
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
@@ -219,32 +220,6 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def load_tokenizer(source: EncoderSource):
-    from transformers import AutoTokenizer
-
-    from perfscale.errors import UnsupportedModelError
-
-    try:
-        return AutoTokenizer.from_pretrained(source.path)
-    except Exception as exc:  # a broken or absent tokenizer is the user's folder, not our bug
-        raise UnsupportedModelError(
-            f"Cannot load the tokenizer of {source.name!r} from {source.path}: {type(exc).__name__}: {exc}. "
-            "Save it next to the model with tokenizer.save_pretrained(folder)."
-        ) from exc
-
-
-def load_torch_model(source: EncoderSource, attn: str | None = None):
-    from transformers import AutoModel
-
-    from perfscale.errors import UnsupportedModelError
-
-    try:
-        model = AutoModel.from_pretrained(source.path, dtype="float32", attn_implementation=attn)
-    except Exception as exc:
-        raise UnsupportedModelError(f"Cannot load {source.name!r} from {source.path} with transformers AutoModel: {exc}.") from exc
-    return model.eval()
-
-
 def _torch_runner(source: EncoderSource, settings: EncoderSettings):
     import torch
 
@@ -271,8 +246,6 @@ def _torch_runner(source: EncoderSource, settings: EncoderSettings):
 def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cache_dir):
     import onnxruntime as ort
 
-    from perfscale.runtimes.onnx_export import onnx_model_for
-
     path = onnx_model_for(source, settings, input_names=list(tokenizer.model_input_names), cache_dir=cache_dir)
     opts = ort.SessionOptions()
     if settings.threads:
@@ -294,8 +267,6 @@ def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cac
 
 def _sentence_transformers_runner(source: EncoderSource, settings: EncoderSettings):
     """The baseline: SentenceTransformer(folder).encode(sentences), its defaults (batch 32, sorted by characters)."""
-    from perfscale.errors import UnsupportedModelError
-
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from perfscale.errors import UnsupportedModelError
+from perfscale.runtimes.source import load_torch_model
 from perfscale.user_cache import user_cache_dir
 
 _EXPORT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -82,8 +83,6 @@ def export_onnx(source, input_names: list[str], opset: int, cache_dir=None) -> P
 
 def _export(source, names: list[str], opset: int, path: Path) -> None:
     import torch
-
-    from perfscale.runtimes.encoder import load_torch_model
 
     # Eager attention exports as MatMul-Softmax-MatMul, the pattern ORT's attention fusion knows;
     # the SDPA path does not fuse (0 Attention nodes fused, measured here).

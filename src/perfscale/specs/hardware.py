@@ -6,11 +6,9 @@ computed from it (e.g. MFU) shows "n/a" rather than a guess.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from perfscale.errors import TopologyError, UnknownNameError, closest
 from perfscale.specs import catalog
 
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
@@ -123,44 +121,3 @@ def catalog_hardware() -> list[Hardware]:
 
 def hardware_names() -> list[str]:
     return [h.name for h in catalog_hardware()]
-
-
-def get_hardware(name: str) -> Hardware:
-    """A catalogue device by name or alias (case-insensitive); `local` detects this machine."""
-    if name.lower() == "local":
-        from perfscale.specs.detect import detect_local
-
-        return detect_local().hardware
-    lowered = name.lower()
-    for hw in catalog_hardware():
-        if lowered == hw.name.lower() or lowered in (a.lower() for a in hw.aliases):
-            return hw
-    candidates = hardware_names() + [a for hw in catalog_hardware() for a in hw.aliases]
-    suggestions = closest(name, candidates)
-    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-    raise UnknownNameError(
-        f"Unknown hardware {name!r}.{hint} List the catalogue with `perfscale hardware`, "
-        "or use `local` for this machine."
-    )
-
-
-_COUNT_PREFIX = re.compile(r"^(\d+)[xX](.+)$")
-
-
-def parse_topology(text: str) -> Topology:
-    """`H100-80GB` (1 device), `8xH100-80GB` (one node of 8), `2x8xH100-80GB` (2 nodes of 8)."""
-    example = "Use DEVICE, NxDEVICE or NODESxNxDEVICE, e.g. H100-80GB, 8xH100-80GB, 2x8xH100-80GB."
-    rest, counts = text.strip(), []
-    while (match := _COUNT_PREFIX.match(rest)) and len(counts) < 3:
-        counts.append(int(match.group(1)))
-        rest = match.group(2)
-    if not rest or len(counts) > 2:
-        raise TopologyError(f"Bad topology {text!r}. {example}")
-    nodes, per_node = ([1, 1] + counts)[-2:]
-    if nodes < 1 or per_node < 1:
-        raise TopologyError(f"Bad topology {text!r}: counts must be at least 1. {example}")
-    try:
-        hardware = get_hardware(rest)
-    except UnknownNameError as exc:
-        raise TopologyError(f"Bad topology {text!r}: {exc}") from exc
-    return Topology(hardware=hardware, nodes=nodes, devices_per_node=per_node)
