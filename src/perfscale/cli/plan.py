@@ -44,7 +44,7 @@ def plan(
     Give every knob to evaluate one configuration. Without --hardware, plans for this machine.
     """
     from perfscale.config.run_config import parse_targets
-    from perfscale.estimate.plan import plan as run_plan
+    from perfscale.tune.plan import plan as run_plan
     from perfscale.report.emit import emit
     from perfscale.report.plan_tables import render_plan
 

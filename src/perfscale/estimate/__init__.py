@@ -1,14 +1,9 @@
-"""The estimate engine: closed-form memory and time of a configuration, and the ranked plan."""
+"""The estimate engine: closed-form memory and time of one configuration.
+
+The ranked search over many configurations, plan(), is in the decide layer: perfscale.tune.plan.
+"""
 
 from perfscale.estimate.core import estimate
-from perfscale.estimate.result import Estimate, MemoryEstimate, PlanResult, TimeEstimate
+from perfscale.estimate.result import Estimate, MemoryEstimate, TimeEstimate
 
-
-def plan(*args, **kwargs):
-    """See perfscale.estimate.plan.plan (imported lazily)."""
-    from perfscale.estimate.plan import plan as _plan
-
-    return _plan(*args, **kwargs)
-
-
-__all__ = ["Estimate", "MemoryEstimate", "PlanResult", "TimeEstimate", "estimate", "plan"]
+__all__ = ["Estimate", "MemoryEstimate", "TimeEstimate", "estimate"]

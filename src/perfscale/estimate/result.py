@@ -1,4 +1,4 @@
-"""Typed results of the estimate engine: one configuration (Estimate) and a ranked plan (PlanResult)."""
+"""Typed results of the estimate engine: one configuration's memory and time (Estimate)."""
 
 from __future__ import annotations
 
@@ -98,38 +98,4 @@ class Estimate:
             "fits": self.fits,
             "binding": self.binding,
             "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """A ranked search: the top configurations that fit, and why."""
-
-    model: str
-    topology: str
-    hardware_detected: bool  # True when --hardware was omitted and this machine was used
-    mode: str
-    objective: str
-    evaluated: int
-    feasible: int
-    seconds: float
-    open_knobs: tuple[str, ...]
-    configs: tuple[Estimate, ...]
-    advice: tuple[str, ...]
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. largest batch / longest context
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "topology": self.topology,
-            "hardware_detected": self.hardware_detected,
-            "mode": self.mode,
-            "objective": self.objective,
-            "evaluated": self.evaluated,
-            "feasible": self.feasible,
-            "seconds": self.seconds,
-            "open_knobs": list(self.open_knobs),
-            "configs": [c.to_dict() for c in self.configs],
-            "advice": list(self.advice),
-            "extras": self.extras,
         }

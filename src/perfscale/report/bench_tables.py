@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-from perfscale.report.units import gib, rate, seconds
+from perfscale.units import gib, rate, seconds
 
 _STATUS_STYLE = {"ok": "green", "inaccurate": "magenta", "oom": "red", "timeout": "yellow", "failed": "red", "interrupted": "yellow"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfscale.report.units import seconds
+from perfscale.units import seconds
 
 
 def _ci(sp: dict[str, Any] | None) -> str:

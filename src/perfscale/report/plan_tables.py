@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfscale.report.units import gib, seconds
+from perfscale.units import gib, seconds
 
 _SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual",
                 "offload", "lora_r")

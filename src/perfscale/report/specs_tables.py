@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfscale.report.units import count, gib, rate
+from perfscale.units import count, gib, rate
 from perfscale.specs.hardware import DTYPES, Hardware
 from perfscale.specs.param_count import COMPONENTS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfscale.report.units import gib, seconds
+from perfscale.units import gib, seconds
 
 _LABELS = {
     "parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from perfscale.report.units import gib, seconds
+from perfscale.units import gib, seconds
 
 _SHOWN = ("measured", "failed", "oom", "timeout", "not-measured")
 

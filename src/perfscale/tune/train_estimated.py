@@ -51,21 +51,19 @@ def estimated_only(ranked, *, confirm, options, spec, topology, space, records, 
 
 
 def nothing_fits(options, spec, topology, space, records, notes, clock, capacity) -> TrainTuneResult:
-    """No candidate fits: say what would, from the planner (estimate.plan searches LoRA and more)."""
+    """No candidate fits: say what would, from the planner (tune/plan.py searches LoRA and more)."""
     from perfscale.specs.workload import TrainWorkload
+
+    from perfscale.tune.plan import plan
 
     would: list[dict[str, Any]] = []
     try:
-        from perfscale.estimate import plan
-
         result = plan(spec, topology, workload=TrainWorkload(batch=space.global_batch // space.data_parallel or 1, seq=space.seq), top=3)
         for e in result.configs:
             would.append({"knobs": e.knobs, "estimated_peak_bytes": e.memory.peak_bytes, "estimated_tokens_per_s": e.time.tokens_per_second})
         notes.extend(result.advice)
     except InvalidConfigError as exc:  # the planner found nothing either: its message says what would
         would.append({"advice": str(exc)})
-    except ImportError:  # pragma: no cover - planner not installed
-        would.append({"advice": "Try a smaller --global-batch or --seq, --allow-lora, or more devices (--hardware)."})
     notes.insert(0, f"Nothing in the space fits {topology.label} ({capacity / 2**30:.1f} GiB usable): nothing was measured.")
     empty = {"name": None, "knobs": None, "throughput": None}
     return TrainTuneResult(

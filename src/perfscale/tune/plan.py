@@ -1,24 +1,63 @@
-"""plan(): enumerate the open knobs, drop what does not fit, rank, and say why in words."""
+"""plan(): enumerate the open knobs, drop what does not fit, rank, and say why in words.
+
+The decide layer's search over estimates: each candidate is one configuration that the estimate
+engine (perfscale.estimate) evaluates; the space comes from tune/space.py, the order from tune/rank.py.
+"""
 
 from __future__ import annotations
 
 import itertools
 import time as _time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate import cpu_step
-from perfscale.estimate.advice import advice_lines, nothing_fits_message
 from perfscale.estimate.core import constants_for, evaluate, layout_problems, to_estimate
 from perfscale.estimate.inference import largest_batch, longest_context
 from perfscale.estimate.knobs import Knobs
-from perfscale.estimate.result import PlanResult
+from perfscale.estimate.result import Estimate
 from perfscale.tune import rank as ranking
 from perfscale.tune import space
+from perfscale.tune.advice import advice_lines, nothing_fits_message
 
 KNOB_NAMES = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp",
               "pp_virtual", "offload", "quantization", "cache", "kv_cache_dtype", "grad_accum")
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A ranked search: the top configurations that fit, and why."""
+
+    model: str
+    topology: str
+    hardware_detected: bool  # True when --hardware was omitted and this machine was used
+    mode: str
+    objective: str
+    evaluated: int
+    feasible: int
+    seconds: float
+    open_knobs: tuple[str, ...]
+    configs: tuple[Estimate, ...]
+    advice: tuple[str, ...]
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. largest batch / longest context
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "topology": self.topology,
+            "hardware_detected": self.hardware_detected,
+            "mode": self.mode,
+            "objective": self.objective,
+            "evaluated": self.evaluated,
+            "feasible": self.feasible,
+            "seconds": self.seconds,
+            "open_knobs": list(self.open_knobs),
+            "configs": [c.to_dict() for c in self.configs],
+            "advice": list(self.advice),
+            "extras": self.extras,
+        }
 
 
 def _resolve_topology(topology) -> tuple[Any, bool]:
@@ -96,13 +135,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
 
     def candidates(with_lora: bool):
         if train:
-            b = base
-            if with_lora:
-                b = base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims))
-            fx = dict(fixed)
-            if with_lora and "precision" not in fx:
-                pass
-            return space.train_space(b, fx, mc.heads, mc.layers, world, per_node, hw)
+            b = base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims)) if with_lora else base
+            return space.train_space(b, fixed, mc.heads, mc.layers, world, per_node, hw)
         return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
 
     calibrating = prepare_calibration is not None and cpu_step.calibration_applies(calibration, hw, world, efficiency)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfscale.report.units import gib
+from perfscale.units import gib
 
 
 def _share(fitting, pred) -> bool:

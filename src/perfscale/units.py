@@ -1,4 +1,8 @@
-"""Human units at the edge only: bytes and seconds inside, GiB/GB and ms when shown."""
+"""Human units at the edge only: bytes and seconds inside, GiB/GB and ms when shown.
+
+At the bottom of the layers (with errors.py) because text for people is built in several layers:
+report tables, and the plan's advice and error messages (tune/advice.py).
+"""
 
 from __future__ import annotations
 
