@@ -38,6 +38,10 @@ class UnsupportedModelError(PerfscaleError):
     """An architecture that a given engine cannot handle."""
 
 
+class StoreError(PerfscaleError):
+    """A results store that cannot be opened, read or written (bad path, read-only, not a store)."""
+
+
 def closest(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The few choices that look most like `value` (case-insensitive)."""
     choices = list(choices)
