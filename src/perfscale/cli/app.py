@@ -45,33 +45,60 @@ def _root(
     """perfscale: estimate, trace and measure transformer memory and speed."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    import click
+def _wants_json(argv: list[str]) -> bool:
+    """Whether the user asked for --json, read from the words typed (the parse may have failed)."""
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
 
+
+def _fail(message: str, kind: str, code: int, as_json: bool, usage: str | None = None) -> int:
+    """Report an error: the human message on stderr; with --json also one error document on stdout."""
+    if usage:
+        typer.echo(usage, err=True)
+    typer.echo(f"error: {message}", err=True)
+    if as_json:
+        from perfscale.report.emit import print_json
+
+        print_json({"error": {"type": kind, "message": message, "exit_code": code}})
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
     from perfscale.errors import PerfscaleError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(argv)
     try:
         # standalone_mode=False: typer returns (not raises) the code of typer.Exit(code) and of Ctrl-C.
         code = app(args=argv, standalone_mode=False)
     except PerfscaleError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return 2
-    except click.exceptions.Exit as exc:
+        return _fail(str(exc), type(exc).__name__, 2, as_json)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("Aborted.", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        return 130
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted.", "Interrupted", 130, as_json)
+    except typer.TyperException as exc:
+        # typer 0.29 bundles its own click (typer._click): its usage errors (unknown option, bad
+        # value, missing argument, unknown verb) all derive from TyperException; exit code 2.
+        ctx = getattr(exc, "ctx", None)
+        usage = ctx.get_usage() if ctx is not None else None
+        hint = f"\nTry '{ctx.command_path} --help' for help." if ctx is not None else ""
+        option = getattr(exc, "option_name", "") or ""
+        if option[1:2].isdigit() or option[1:2] == ".":
+            # "-1xH100-80GB" parses as an option: a value that starts with '-' goes after '--'.
+            typed = next((word for word in argv if word.startswith(option)), option)
+            hint += f"\nA value that starts with '-' goes after '--', e.g. `{ctx.command_path if ctx else 'perfscale'} -- {typed}`."
+        code = getattr(exc, "exit_code", 2) or 2
+        return _fail(exc.format_message() + hint, type(exc).__name__, code, as_json, usage)
     except Exception as exc:  # an internal error: say so, keep the traceback for a bug report
         import traceback
 
         traceback.print_exc()
-        typer.echo(f"internal error: {type(exc).__name__}: {exc}. Please report it with the command you ran.", err=True)
+        message = f"internal error: {type(exc).__name__}: {exc}. Please report it with the command you ran."
+        typer.echo(message, err=True)
+        if as_json:
+            from perfscale.report.emit import print_json
+
+            print_json({"error": {"type": type(exc).__name__, "message": message, "exit_code": 1}})
         return 1
     return code if isinstance(code, int) else 0
 

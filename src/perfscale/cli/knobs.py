@@ -56,15 +56,21 @@ def workload_from_options(
         if seq is not None or grad_accum is not None:
             raise InvalidConfigError("--seq and --grad-accum are training flags; for --infer use --prompt and --new-tokens.")
         return InferWorkload(
-            batch=batch or DEFAULT_INFER["batch"],
-            prompt=prompt or DEFAULT_INFER["prompt"],
-            new_tokens=DEFAULT_INFER["new_tokens"] if new_tokens is None else new_tokens,
+            batch=given(batch, DEFAULT_INFER["batch"]),
+            prompt=given(prompt, DEFAULT_INFER["prompt"]),
+            new_tokens=given(new_tokens, DEFAULT_INFER["new_tokens"]),
         )
     if prompt is not None or new_tokens is not None:
         raise InvalidConfigError("--prompt and --new-tokens are inference flags: add --infer, or use --seq for training.")
     return TrainWorkload(
-        batch=batch or DEFAULT_TRAIN["batch"], seq=seq or DEFAULT_TRAIN["seq"], grad_accum=grad_accum or DEFAULT_TRAIN["grad_accum"]
+        batch=given(batch, DEFAULT_TRAIN["batch"]), seq=given(seq, DEFAULT_TRAIN["seq"]),
+        grad_accum=given(grad_accum, DEFAULT_TRAIN["grad_accum"]),
     )
+
+
+def given(value: int | None, default: int) -> int:
+    """The typed value, or the default when the flag was not given (0 is a value, and is refused)."""
+    return default if value is None else value
 
 
 def build_run_config(workload: TrainWorkload | InferWorkload, **knobs: Any) -> RunConfig:

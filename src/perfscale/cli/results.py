@@ -11,6 +11,7 @@ import typer
 from perfscale.cli import bench as b
 
 FORMATS = ("table", "json", "csv", "markdown")
+MAX_LIMIT = 2**62  # SQLite integers are 64-bit signed
 
 
 def results(
@@ -32,10 +33,25 @@ def results(
     from perfscale.report.bench_tables import results_csv, results_markdown, results_table
     from perfscale.report.emit import console, print_json
 
-    if as_json:
-        fmt = "json"
+    from perfscale.errors import InvalidConfigError
+    from perfscale.user_files import check_writable, write_text
+
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS, "See `perfscale results --help`.")
+    if as_json and fmt not in ("table", "json"):
+        raise InvalidConfigError(f"--json prints the runs as JSON, but --format is {fmt!r}: give one of the two "
+                                 f"(--format {fmt} alone, or --json).")
+    if as_json:
+        fmt = "json"
+    if limit < 0 or limit > MAX_LIMIT:
+        raise InvalidConfigError(f"--limit must be between 0 (all runs) and {MAX_LIMIT}, got {limit}.")
+    if run_id is not None and not 1 <= run_id <= MAX_LIMIT:
+        raise InvalidConfigError(f"--id must be a store id >= 1 (the `id` column of `perfscale results`), got {run_id}.")
+    if output is not None:
+        check_writable(output, "--output")
+    if store is not None and not Path(store).expanduser().exists():
+        raise InvalidConfigError(f"--store {str(store)[:120]!r} does not exist: give the SQLite file that `perfscale bench "
+                                 "--store` wrote, or omit --store for the default store.")
     with Store(store) as db:
         runs = db.runs(scenario=scenario, model=model, status=status, label=label, group=group, limit=None if run_id else (limit or None))
         if run_id is not None:
@@ -53,7 +69,7 @@ def results(
     else:
         text = results_markdown(rows)
     if output:
-        Path(output).write_text(text)
+        write_text(output, text, "--output")
         if fmt != "json":
             typer.echo(f"wrote {len(rows)} runs to {output}", err=True)
         else:

@@ -49,6 +49,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def _local_config_path(value: str) -> Path | None:
     path = Path(value).expanduser()
+    try:
+        return _existing_config(path)
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, ...: not a path this system can open
+        raise ConfigFileError(
+            f"Model {_shown(value)!r} is not a usable path ({exc.strerror}) and not a catalogue name. "
+            "Pass a catalogue name (`perfscale models`), a model folder or config.json, or a hub id."
+        ) from exc
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 120 else value[:117] + "..."
+
+
+def _existing_config(path: Path) -> Path | None:
     if path.is_dir():
         candidate = path / "config.json"
         if not candidate.is_file():
@@ -99,6 +113,9 @@ def _hub_config_path(hub_id: str) -> Path:
 
 def resolve_config(value: str) -> ConfigSource:
     """Turn what the user typed into a config dict, or raise an error that says what to do."""
+    if not value.strip():
+        raise UnknownNameError("The model name is empty: pass a catalogue name (list them with `perfscale models`), "
+                               "a model folder or config.json, or a hub id (owner/name).")
     entry = catalog.find_model(value)
     if entry is not None:
         return ConfigSource(
@@ -121,6 +138,6 @@ def resolve_config(value: str) -> ConfigSource:
     suggestions = closest(value, catalog.model_names())
     hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
     raise UnknownNameError(
-        f"Unknown model {value!r}: not a catalogue name, not an existing path, not a hub id "
+        f"Unknown model {_shown(value)!r}: not a catalogue name, not an existing path, not a hub id "
         f"(owner/name).{hint} List the catalogue with `perfscale models`."
     )

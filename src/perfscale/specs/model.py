@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from perfscale.errors import ConfigFileError, UnsupportedModelError
+from perfscale.errors import ConfigFileError, UnsupportedModelError, closest
 from perfscale.specs import catalog
 from perfscale.specs.config_file import ConfigSource, resolve_config
 from perfscale.specs.param_count import ParamCounts, build_meta_model, count_model, fingerprint
@@ -73,7 +73,7 @@ class ModelSpec:
 
 
 def make_config_object(config: dict[str, Any], location: str):
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     values = dict(config)
     model_type = values.pop("model_type", None)
@@ -82,17 +82,57 @@ def make_config_object(config: dict[str, Any], location: str):
             f"Model config {location} has no 'model_type' field, so its architecture is unknown. "
             "Add it (e.g. \"model_type\": \"llama\") or pass a catalogue name (`perfscale models`)."
         )
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        known = list(CONFIG_MAPPING.keys())
+        near = closest(str(model_type), known)
+        hint = f" Closest: {', '.join(near)}." if near else ""
+        raise UnsupportedModelError(
+            f"Model config {location}: model_type {model_type!r} is unknown to this transformers version "
+            f"(it knows {len(known)} types).{hint} List them all with "
+            "`python -c \"import transformers; print(sorted(transformers.CONFIG_MAPPING))\"`; or upgrade transformers."
+        )
+    _check_sizes(values, CONFIG_MAPPING[model_type], location)
     for key in ("auto_map", "transformers_version", "_name_or_path"):
         values.pop(key, None)
     try:
         return AutoConfig.for_model(model_type, **values)
-    except ValueError as exc:
-        raise UnsupportedModelError(
-            f"Model config {location}: model_type {model_type!r} is unknown to this transformers "
-            f"version ({exc}). Upgrade transformers or pass a supported model."
-        ) from exc
-    except (TypeError, AttributeError) as exc:
-        raise ConfigFileError(f"Model config {location} has a malformed field: {exc}.") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigFileError(f"Model config {location} is not valid for {model_type!r}: {exc}. Fix the field "
+                              "or use the model's full config.json from the Hub.") from exc
+
+
+# Sizes that must be positive integers when a config gives them (under the standard name or the alias).
+_SIZE_FIELDS = (*_REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings", *_INTERMEDIATE_NAMES,
+                *_EXPERT_NAMES, *_EXPERTS_PER_TOKEN_NAMES)
+
+
+def _check_sizes(raw: dict[str, Any], config_class: type, location: str) -> None:
+    """Every size a positive integer, and heads that divide the width: all problems at once.
+
+    transformers validates some of these only when a model is built, with a traceback; others
+    (a negative layer count) it accepts and builds a model of -3 layers.
+    """
+    aliases = getattr(config_class, "attribute_map", {}) or {}
+    problems: list[str] = []
+    sizes: dict[str, int] = {}
+    for name in _SIZE_FIELDS:
+        key = name if name in raw else aliases.get(name, name)
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{key} must be a positive integer, got {value!r}")
+        else:
+            sizes[name] = value
+    heads, hidden = sizes.get("num_attention_heads"), sizes.get("hidden_size")
+    if heads and hidden and "head_dim" not in sizes and hidden % heads:
+        problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads} (and no head_dim is given)")
+    kv = sizes.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        problems.append(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    if problems:
+        raise ConfigFileError(f"Model config {location} has impossible sizes: " + "; ".join(problems)
+                              + ". Fix these fields or use the model's full config.json from the Hub.")
 
 
 def _first(obj: Any, names: tuple[str, ...]) -> Any:
