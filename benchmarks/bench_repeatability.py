@@ -58,7 +58,7 @@ def main() -> int:
             (seeds if seeding else runs).append(row)
             print(json.dumps(row), flush=True)
     pairs = []
-    for a, b in zip(runs[0::2], runs[1::2]):
+    for a, b in zip(runs[0::2], runs[1::2], strict=False):  # an odd last run has no partner
         pairs.append({"ratio_b_over_a": b["median"] / a["median"],
                       "rerun_interval": _agree(a, b, "ci_low", "ci_high"),
                       "within_run_ci": _agree(a, b, "within_run_ci_low", "within_run_ci_high")})

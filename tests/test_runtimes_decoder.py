@@ -83,7 +83,7 @@ def test_bucket_length_and_settings():
 
 def test_seeded_random_weights_are_reproducible(lm):
     again = load_decoder("perfscale-tiny-llama", seed=0)
-    assert all((a == b).all() for a, b in zip(lm.parameters(), again.parameters()))
+    assert all((a == b).all() for a, b in zip(lm.parameters(), again.parameters(), strict=True))
     with pytest.raises(UnsupportedModelError, match="random weights"):
         load_decoder("llama-3.1-8b")
 
@@ -96,7 +96,7 @@ def test_unbucketed_graphs_grow_with_each_new_prompt_length(lm, prompts_and_refe
     assert run.padded_lengths == UNBUCKETED_LENGTHS and run.cache_len is None
     # Every new length compiles at least one new graph: the count grows with the number of distinct lengths.
     after = run.graphs_after_call
-    assert after[0] >= 1 and all(b > a for a, b in zip(after, after[1:])), after
+    assert after[0] >= 1 and all(b > a for a, b in zip(after, after[1:], strict=False)), after
     assert run.graphs >= n and not run.recompile_limit_hit
     assert starts == run.graphs  # dynamo's compile-start callbacks agree with its unique_graphs counter
     gate = greedy_agreement(reference[:n], run.tokens)
@@ -115,7 +115,7 @@ def test_buckets_bound_graphs_and_keep_greedy_tokens(lm, prompts_and_reference):
     variants = [(bucket_length(n, BUCKETS), n == bucket_length(n, BUCKETS)) for n in BUCKETED_LENGTHS]
     assert first.graphs == len(set(variants)) + 1 <= graph_bound(BUCKETS), (first.graphs, first.graphs_after_call)
     seen, grew = set(), []
-    for k, (variant, g) in enumerate(zip(variants, first.graphs_after_call)):
+    for k, (variant, g) in enumerate(zip(variants, first.graphs_after_call, strict=False)):
         if g > (first.graphs_after_call[k - 1] if k else 0):
             grew.append(variant not in seen)
         seen.add(variant)

@@ -168,7 +168,7 @@ def _dropout_tables(recipe, model_type: str, sites, sizes: dict[str, int]) -> tu
     h, heads = sizes["h"], sizes["heads"]
     base = _without_sdpa_core(recipe, model_type)
     for program in ("cuda", "cpu"):
-        def mask(width: int) -> int:
+        def mask(width: int, program: str = program) -> int:
             return 1 if program == "cuda" else width  # bool mask vs noise in the input's dtype
 
         for precision, (_pb, sb, cb) in PRECISION_BYTES.items():

@@ -208,7 +208,7 @@ def _interleaved(
     options = options or MeasureOptions()
     group = uuid.uuid4().hex[:12]
     labels = _unique_labels(configs)
-    rows = [CompareRow(label=lab, config=c, status="ok", reason=None, runs=[]) for lab, c in zip(labels, configs)]
+    rows = [CompareRow(label=lab, config=c, status="ok", reason=None, runs=[]) for lab, c in zip(labels, configs, strict=True)]
     interrupted = False
     with tempfile.TemporaryDirectory(prefix="perfscale-compare-", dir=workdir) as tmp:
         wd = Path(tmp)

@@ -37,7 +37,7 @@ def trials_table(doc: dict[str, Any]):
     for t in rows:
         by_rung = {r["rung"]: r for r in t["rungs"]}
 
-        def cell(rung: int) -> str:
+        def cell(rung: int, by_rung: dict = by_rung) -> str:
             r = by_rung.get(rung)
             if r is None:
                 return ""

@@ -313,9 +313,9 @@ def reset_compiler() -> None:
 
 def greedy_agreement(reference: list[list[int]], tokens: list[list[int]]) -> dict[str, Any]:
     """The decoder gate: identical greedy tokens to the eager reference, prompt by prompt."""
-    same = [a == b for a, b in zip(reference, tokens)]
+    same = [a == b for a, b in zip(reference, tokens, strict=False)]  # unequal counts fail `passed` below
     first_diff = []
-    for a, b in zip(reference, tokens):
-        first_diff.append(next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b))))
+    for a, b in zip(reference, tokens, strict=False):
+        first_diff.append(next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None if len(a) == len(b) else min(len(a), len(b))))
     return {"identical_prompts": sum(same), "prompts": len(same), "passed": all(same) and len(reference) == len(tokens),
             "first_mismatch_position": first_diff}

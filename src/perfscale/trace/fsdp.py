@@ -45,11 +45,7 @@ def fake_process_group(world_size: int):
 
 
 def trace_fsdp(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
-    import torch
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from perfscale.trace.tracker import region_fsdp_tracker
 
     check_train_config(config)
     n = config.fsdp

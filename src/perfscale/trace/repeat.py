@@ -44,7 +44,7 @@ def _vec(value: tuple[int, dict[str, int]]) -> list[int]:
 def _unvec(vec: list[int]) -> tuple[int, dict[str, int]]:
     if min(vec) < 0:
         raise NotRepeatable("negative extrapolated bytes")
-    return vec[0], dict(zip(BREAKDOWN_KEYS, vec[1:]))
+    return vec[0], dict(zip(BREAKDOWN_KEYS, vec[1:], strict=True))
 
 
 def _index(raw: RawTrace, n: int):
@@ -63,7 +63,7 @@ def _index(raw: RawTrace, n: int):
 
 
 def _affine(a: list[int], b: list[int], steps: int) -> list[int]:
-    return [x + (y - x) * steps for x, y in zip(a, b)]
+    return [x + (y - x) * steps for x, y in zip(a, b, strict=True)]
 
 
 def extrapolate(raw_k: RawTrace, raw_k1: RawTrace, k: int, layers: int) -> RawTrace:
@@ -81,14 +81,14 @@ def extrapolate(raw_k: RawTrace, raw_k1: RawTrace, k: int, layers: int) -> RawTr
         other = mids_b[(step, phase, kind)]
         if sorted(by_i) != list(range(1, k - 1)) or sorted(other) != list(range(1, k)):
             raise NotRepeatable(f"middle layers missing in region {step}/{phase}/{kind}")
-        alpha = [y - x for x, y in zip(by_i[1], by_i[2])]
+        alpha = [y - x for x, y in zip(by_i[1], by_i[2], strict=True)]
         for i in range(1, k - 1):
-            if [y - x for x, y in zip(other[i], other[i + 1])] != alpha:
+            if [y - x for x, y in zip(other[i], other[i + 1], strict=True)] != alpha:
                 raise NotRepeatable(f"middle layers not affine in region {step}/{phase}/{kind}")
-        beta = [y - x for x, y in zip(by_i[1], other[1])]
-        first = [x + b * extra for x, b in zip(by_i[1], beta)]
+        beta = [y - x for x, y in zip(by_i[1], other[1], strict=True)]
+        first = [x + b * extra for x, b in zip(by_i[1], beta, strict=True)]
         regions[(step, phase, (kind, 1))] = _unvec(first)
-        regions[(step, phase, (kind, layers - 2))] = _unvec([f + a * (layers - 3) for f, a in zip(first, alpha)])
+        regions[(step, phase, (kind, layers - 2))] = _unvec([f + a * (layers - 3) for f, a in zip(first, alpha, strict=True)])
     kv = None
     if raw_k.kv_cache_bytes is not None and raw_k1.kv_cache_bytes is not None:
         kv = raw_k.kv_cache_bytes + (raw_k1.kv_cache_bytes - raw_k.kv_cache_bytes) * extra

@@ -145,8 +145,6 @@ def regions_of(tracker: Any) -> dict[tuple, tuple[int, dict[str, int]]]:
 
 def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
     """One traced run of ITERATIONS optimizer steps. `emulation` is a context manager factory."""
-    import torch
-
     check_train_config(config)
     wl = config.workload
     fake_mode = new_fake_mode()

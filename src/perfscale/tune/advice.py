@@ -88,12 +88,11 @@ def nothing_fits_message(mc, topo, numbers, k, train: bool, single: bool = False
         return host_short_message(mc, topo, numbers, k, single)
     cap = numbers["capacity"]
     short = numbers["total"] - cap
-    head = (f"This configuration does not fit" if single else f"No configuration of {mc.name} fits") + \
+    head = ("This configuration does not fit" if single else f"No configuration of {mc.name} fits") + \
         f" on {topo.label}: the smallest needs {gib(numbers['total'])} per device " \
         f"(peak {gib(numbers['mem']['peak'])} + overheads) against {gib(cap)}, short by {gib(short)}."
     fixes = []
     if train:
-        states = numbers["mem"]["breakdown"]["parameters"] + numbers["mem"]["breakdown"]["optimizer_state"]
         acts = numbers["mem"]["breakdown"]["activations"] + numbers["mem"]["breakdown"]["temporaries"]
         if acts > short:
             fixes.append("a smaller --batch or --seq (activations are "

@@ -196,7 +196,7 @@ def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: 
     configs = [_bench_config(model, source, v.settings, v.label, sentences, cache_dir) for v in [baseline, *finalists]]
     progress(f"measuring {len(configs)} configurations x {repeats} fresh processes, interleaved")
     result = compare(configs, options, repeats=repeats, on_result=lambda r: progress(f"  {r.config.display}: {r.status}"))
-    for variant, row in zip([baseline, *finalists], result.rows):
+    for variant, row in zip([baseline, *finalists], result.rows, strict=True):
         variant.measured = {
             "throughput": row.throughput, "status": row.status, "reason": row.reason,
             "speedup": row.speedup.to_dict() if row.speedup else None, "verdict": row.speed_verdict,
@@ -223,7 +223,7 @@ def tune_encoder(
     from perfscale.measure.bench_config import GateThresholds
     from perfscale.measure.corpus import load_sentences
     from perfscale.measure.environment import collect_environment
-    from perfscale.runtimes.encoder import BACKENDS, EncoderSettings, load_encoder
+    from perfscale.runtimes.encoder import BACKENDS, EncoderSettings
     from perfscale.runtimes.source import resolve_encoder
     from perfscale.specs.detect import detect_cpu
 

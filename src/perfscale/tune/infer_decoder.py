@@ -162,7 +162,7 @@ def tune_decoder(
     """Search generation settings; the winner is the fastest variant whose greedy tokens match eager."""
     from perfscale.measure.environment import collect_environment
     from perfscale.measure.stats import ratio_of_medians
-    from perfscale.runtimes.decoder import DEFAULT_BUCKETS, DecoderSettings, load_decoder, make_prompts
+    from perfscale.runtimes.decoder import DecoderSettings, load_decoder, make_prompts
 
     progress = progress or (lambda _m: None)
     started = time.perf_counter()

@@ -141,8 +141,6 @@ def tune_training(options: TrainTuneOptions | None = None, progress: Progress | 
 
     `tune_training(model="perfscale-tiny-llama", seq=64, global_batch=8)`; see TrainTuneOptions.
     """
-    from perfscale.specs import load_model_spec
-    from perfscale.specs.detect import detect_local
 
     options = replace(options or TrainTuneOptions(), **overrides)
     say = progress or (lambda _m: None)

@@ -4,7 +4,7 @@ import pydoc_data.topics as t
 
 def paragraphs(text):
     lines = text.splitlines()
-    para, base = [], None
+    para = []
     for line in lines:
         if not line.strip():
             if para: yield para
