@@ -57,10 +57,12 @@ def main() -> None:
     parser.add_argument("--verbs", default=None, help="comma list (default: all)")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
+    args.out = str(Path(args.out).resolve())
     os.environ["HF_HUB_OFFLINE"] = "1"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
+        os.chdir(tmp)  # files a hostile --output names land here, not in the checkout
         for argv in hostile_invocations(Path(tmp), verbs=args.verbs.split(",") if args.verbs else None):
             code, out, err, seconds = run_in_process(argv, args.timeout)
             verdict = judge(argv, code, out, err)

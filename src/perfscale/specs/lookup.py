@@ -34,6 +34,13 @@ def get_hardware(name: str) -> Hardware:
 _COUNT_PREFIX = re.compile(r"^(\d+)[xX](.+)$")
 
 
+# Bounds on a topology: the largest published training clusters are ~100k GPUs (e.g. xAI Colossus) in
+# nodes of 8 (NVL72 racks expose 72 per NVLink domain); 2^17 nodes x 1024 devices leaves room and
+# keeps every layout search bounded by the input's size.
+MAX_NODES = 2**17
+MAX_DEVICES_PER_NODE = 1024
+
+
 def parse_topology(text: str) -> Topology:
     """`H100-80GB` (1 device), `8xH100-80GB` (one node of 8), `2x8xH100-80GB` (2 nodes of 8)."""
     example = "Use DEVICE, NxDEVICE or NODESxNxDEVICE, e.g. H100-80GB, 8xH100-80GB, 2x8xH100-80GB."
@@ -46,6 +53,9 @@ def parse_topology(text: str) -> Topology:
     nodes, per_node = ([1, 1] + counts)[-2:]
     if nodes < 1 or per_node < 1:
         raise TopologyError(f"Bad topology {text!r}: counts must be at least 1. {example}")
+    if nodes > MAX_NODES or per_node > MAX_DEVICES_PER_NODE:
+        raise TopologyError(f"Bad topology {text[:80]!r}: at most {MAX_NODES:,} nodes of at most {MAX_DEVICES_PER_NODE} "
+                            f"devices each (got {nodes:,} x {per_node:,}). {example}")
     try:
         hardware = get_hardware(rest)
     except UnknownNameError as exc:

@@ -8,9 +8,14 @@ from typing import Any
 from perfscale.errors import InvalidConfigError
 
 
-def _positive(name: str, value: int, problems: list[str]) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        problems.append(f"{name} must be a positive integer, got {value!r}")
+# The largest batch, sequence, accumulation or token count accepted: 2^24 (16.8M) is beyond any real
+# run (the longest published contexts are ~10M tokens) and keeps every search loop bounded.
+MAX_SIZE = 2**24
+
+
+def _positive(name: str, value: int, problems: list[str], minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_SIZE:
+        problems.append(f"{name} must be an integer from {minimum} to {MAX_SIZE:,}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,7 @@ class InferWorkload:
         problems: list[str] = []
         for name in ("batch", "prompt"):
             _positive(name, getattr(self, name), problems)
-        if not isinstance(self.new_tokens, int) or self.new_tokens < 0:
-            problems.append(f"new_tokens must be an integer >= 0, got {self.new_tokens!r}")
+        _positive("new_tokens", self.new_tokens, problems, minimum=0)
         if problems:
             raise InvalidConfigError("Bad inference workload: " + "; ".join(problems) + ".")
 

@@ -7,6 +7,7 @@ engine (perfscale.estimate) evaluates; the space comes from tune/space.py, the o
 from __future__ import annotations
 
 import itertools
+import math
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from perfscale.estimate.core import constants_for, evaluate, layout_problems, to
 from perfscale.estimate.inference import largest_batch, longest_context
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.result import Estimate
+from perfscale.specs.positions import check_workload_length
 from perfscale.tune import rank as ranking
 from perfscale.tune import space
 from perfscale.tune.advice import advice_lines, nothing_fits_message
@@ -78,6 +80,18 @@ def _resolve_model(model):
     return model
 
 
+def _check_number(what: str, value, valid: str, upper: float | None = None, inclusive_upper: bool = False,
+                  allow_zero: bool = False) -> None:
+    """None (not given) or a finite number in range; NaN, inf, 0 or negatives name the valid range."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = ok and (upper is None or value < upper or (inclusive_upper and value == upper))
+    if not ok:
+        raise InvalidConfigError(f"{what} {value!r} is out of range: give {valid}.")
+
+
 def plan(model, topology=None, workload=None, objective: str = "throughput", top: int = 5,
          efficiency: float | None = None, token_budget: float | None = None,
          price_per_device_hour: float | None = None, host_memory: float | None = None, calibration=None,
@@ -99,17 +113,22 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         raise InvalidConfigError(f"Unknown objective: {objective!r}. Choose from: {', '.join(ranking.OBJECTIVES)}.")
     if not isinstance(top, int) or top < 1:
         raise InvalidConfigError(f"top must be a positive integer, got {top!r}.")
+    _check_number("efficiency", efficiency, "a fraction of peak FLOP/s in (0, 1], e.g. --efficiency 0.45",
+                  upper=1.0, inclusive_upper=True)
+    _check_number("token budget", token_budget, "a positive number of tokens, e.g. --token-budget 1e9")
+    _check_number("price per device-hour", price_per_device_hour, "a positive price, e.g. --price 2.5", allow_zero=True)
     unknown = sorted(set(fixed) - set(KNOB_NAMES))
     if unknown:
         raise InvalidConfigError(f"Unknown knobs: {', '.join(unknown)}. Valid knobs: {', '.join(KNOB_NAMES)}.")
     fixed = {k: v for k, v in fixed.items() if v is not None}
     if host_memory is not None and (isinstance(host_memory, bool) or not isinstance(host_memory, (int, float))
-                                    or host_memory <= 0):
+                                    or not math.isfinite(host_memory) or host_memory <= 0):
         raise InvalidConfigError(f"host memory per node must be a positive number of bytes, got {host_memory!r} "
                                  "(CLI: --host-memory-gib 2048).")
     spec = _resolve_model(model)
     topo, detected = _resolve_topology(topology)
     workload = workload or TrainWorkload(batch=1, seq=512)
+    length_note = check_workload_length(spec, workload)
     mc = constants_for(spec)
     hw, nodes, per_node, world = topo.hardware, topo.nodes, topo.devices_per_node, topo.world_size
     train = workload.mode == "train"
@@ -130,8 +149,13 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         base = probe
     problems = layout_problems(mc, probe.copy(tp=fixed.get("tp", 1), pp=fixed.get("pp", 1),
                                               pp_virtual=fixed.get("pp_virtual", 1), accum=base.accum), world)
-    if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed or not train):
+    # With tp/pp open the search picks a layout that works (e.g. tp 8 for one request on 8 GPUs);
+    # only a layout the user fixed can be impossible up front.
+    if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed):
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
+    if fixed.get("fsdp") is not None and (fixed["fsdp"] > world or world % fixed["fsdp"]):
+        raise TopologyError(f"FSDP shard degree {fixed['fsdp']} must divide the {world} devices of {topo.label} (it shards "
+                            f"over data-parallel ranks): use --fsdp one of {', '.join(map(str, space.divisors(world)))}.")
 
     def candidates(with_lora: bool):
         if train:
@@ -166,6 +190,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
         if detected:
             words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
+        words = ((length_note,) if length_note else ()) + tuple(words)
         return PlanResult(model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode,
                           objective=objective, evaluated=1, feasible=int(numbers["fits"]),
                           seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
@@ -186,7 +211,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             break
     if not fitting:
         if smallest is None:
-            raise InvalidConfigError("No configuration could be formed from the given knobs; loosen a fixed knob.")
+            given = ", ".join(f"{name}={value}" for name, value in sorted(fixed.items()) if value is not None) or "none"
+            raise TopologyError(f"No layout of {world} device(s) of {topo.label} works with the knobs given ({given}) for "
+                                f"{mc.name} ({mc.heads} heads, {mc.layers} layers, batch {workload.batch}): loosen a "
+                                "fixed knob, or change the batch or the number of devices.")
         raise InvalidConfigError(nothing_fits_message(mc, topo, smallest[0], smallest[1], train))
     best = ranking.rank(fitting, objective, top)
     estimates = tuple(to_estimate(mc, k, topo, n, token_budget, price_per_device_hour) for n, k in best)
@@ -199,6 +227,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=evaluate_k)
     if detected:
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
+    words = ((length_note,) if length_note else ()) + tuple(words)
     open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)
     return PlanResult(
         model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode, objective=objective,
