@@ -10,45 +10,14 @@ exit 0 or 2, no traceback, with --json exactly one JSON document on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cli_contract import hostile_invocations, judge  # noqa: E402  (the property test's own generators)
-
-
-class _Hang(BaseException):
-    """Raised by the alarm: not an Exception, so the CLI's internal-error handler cannot swallow it."""
-
-
-def _alarm(_signum, _frame):
-    raise _Hang()
-
-
-def run_in_process(argv: list[str], timeout: float) -> tuple[int | str, str, str, float]:
-    from perfscale.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    start = time.perf_counter()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code: int | str = main(argv)
-    except _Hang:
-        code = "hang"
-    except SystemExit as exc:  # noqa: B014
-        code = f"SystemExit({exc.code})"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start
+from cli_contract import hostile_invocations, judge, run_in_process  # noqa: E402  (the property test's own)
 
 
 def main() -> None:

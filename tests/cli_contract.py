@@ -8,7 +8,11 @@ from the Typer app itself, so a new flag is fuzzed without editing this file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import signal
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +163,35 @@ def judge(argv: list[str], code, stdout: str, stderr: str) -> str:
         except ValueError:
             return "json" if stdout.strip() else "no json"
     return "ok"
+
+
+class Hang(BaseException):
+    """Raised by the alarm: not an Exception, so the CLI's internal-error handler cannot swallow it."""
+
+
+def _alarm(_signum, _frame):
+    raise Hang()
+
+
+def run_in_process(argv: list[str], timeout: float) -> tuple[int | str, str, str, float]:
+    """perfscale.cli.app.main(argv) with stdout/stderr captured and a wall-clock limit ('hang' past it).
+
+    In-process because the verbs are thin wrappers and a fresh interpreter per call spends ~5 s on imports.
+    """
+    from perfscale.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code: int | str = main(argv)
+    except Hang:
+        code = "hang"
+    except SystemExit as exc:
+        code = f"SystemExit({exc.code})"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start

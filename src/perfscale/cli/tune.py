@@ -15,6 +15,8 @@ from perfscale.errors import InvalidConfigError
 from perfscale.report.emit import emit
 
 _DECODER_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+ENCODER_GATE = {"min_mean_cosine": 0.99, "min_min_cosine": 0.97}
+ENCODER_BACKENDS = "eager,compile,onnxruntime"
 
 
 def model_kind(model: str) -> str:
@@ -65,9 +67,9 @@ def tune(
     model: str = typer.Option(None, "--model", "-m", help="Encoder: 'minilm' or a local encoder folder. Decoder: perfscale-tiny-llama, a small catalogue LM or a local causal-LM folder. Default: minilm (--infer); training: perfscale-tiny-llama or any LM."),
     quick: bool = typer.Option(False, "--quick", help="A small search, one measurement process per finalist (seconds to a minute)."),
     budget_seconds: float = typer.Option(None, "--budget-seconds", help="Stop trying new variants after this many seconds (the final measurement still runs)."),
-    min_mean_cosine: float = typer.Option(0.99, "--min-mean-cosine", help="Encoder gate: mean cosine vs fp32 eager over the corpus."),
-    min_min_cosine: float = typer.Option(0.97, "--min-min-cosine", help="Encoder gate: lowest cosine of any sentence vs fp32 eager."),
-    backends: str = typer.Option("eager,compile,onnxruntime", "--backends", help="Encoder runtimes to search, comma-separated."),
+    min_mean_cosine: float = typer.Option(None, "--min-mean-cosine", help=f"Encoder gate: mean cosine vs fp32 eager over the corpus (default {ENCODER_GATE['min_mean_cosine']})."),
+    min_min_cosine: float = typer.Option(None, "--min-min-cosine", help=f"Encoder gate: lowest cosine of any sentence vs fp32 eager (default {ENCODER_GATE['min_min_cosine']})."),
+    backends: str = typer.Option(None, "--backends", help=f"Encoder runtimes to search, comma-separated (default {ENCODER_BACKENDS})."),
     repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved measurement (default 3; 1 with --quick)."),
     prompt_lengths: str = typer.Option(None, "--prompt-lengths", help="Decoder: comma-separated prompt lengths in tokens (a server's spread)."),
     new_tokens: int = typer.Option(None, "--new-tokens", help="Decoder: tokens to generate per prompt (default 16)."),
@@ -93,7 +95,7 @@ def tune(
             model=model, quick=quick, budget_seconds=budget_seconds, repeats=repeats, compile_=compile_, save=save, as_json=as_json,
             seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
             store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
-            batch=batch, cache_dir=cache_dir,
+            batch=batch, cache_dir=cache_dir, min_mean_cosine=min_mean_cosine, min_min_cosine=min_min_cosine, backends=backends,
         )
         return
     from perfscale.cli.tune_train import reject_training_flags
@@ -102,7 +104,21 @@ def tune(
                           store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top)
     from perfscale.report import infer_tables
 
-    model = model or "minilm"
+    model = "minilm" if model is None else model
+    gate = {"min_mean_cosine": ENCODER_GATE["min_mean_cosine"] if min_mean_cosine is None else min_mean_cosine,
+            "min_min_cosine": ENCODER_GATE["min_min_cosine"] if min_min_cosine is None else min_min_cosine}
+    for name, value in gate.items():
+        if not -1.0 <= value <= 1.0:  # NaN fails too
+            raise InvalidConfigError(f"--{name.replace('_', '-')} is a cosine similarity: give a number in [-1, 1], got {value}.")
+    for name, value in (("--new-tokens", new_tokens), ("--batch", batch), ("--repeats", repeats)):
+        if value is not None and not 1 <= value <= 2**24:
+            raise InvalidConfigError(f"{name} must be an integer from 1 to {2**24:,}, got {value}.")
+    if budget_seconds is not None and not 0 < budget_seconds < float("inf"):
+        raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
+    if save:
+        from perfscale.user_files import check_writable
+
+        check_writable(save, "--save")
     kind = model_kind(model)
     status, progress = _progress(as_json)
     if status is not None:
@@ -112,8 +128,8 @@ def tune(
             from perfscale.tune.infer import tune_encoder
 
             result = tune_encoder(
-                model, quick=quick, budget_seconds=budget_seconds, min_mean_cosine=min_mean_cosine, min_min_cosine=min_min_cosine,
-                backends=tuple(b.strip() for b in backends.split(",") if b.strip()), include_compile=compile_, repeats=repeats,
+                model, quick=quick, budget_seconds=budget_seconds, **gate,
+                backends=tuple(b.strip() for b in (backends or ENCODER_BACKENDS).split(",") if b.strip()), include_compile=compile_, repeats=repeats,
                 cache_dir=cache_dir, progress=progress,
             )
             render = infer_tables.render_encoder
@@ -121,8 +137,8 @@ def tune(
             from perfscale.tune.infer_decoder import tune_decoder
 
             result = tune_decoder(
-                model, prompt_lengths=_split_ints(prompt_lengths, "--prompt-lengths"), new_tokens=new_tokens or 16,
-                batch=batch or 4, quick=quick, include_compile=compile_, passes=repeats, progress=progress,
+                model, prompt_lengths=_split_ints(prompt_lengths, "--prompt-lengths"), new_tokens=16 if new_tokens is None else new_tokens,
+                batch=4 if batch is None else batch, quick=quick, include_compile=compile_, passes=repeats, progress=progress,
             )
             render = infer_tables.render_decoder
     finally:

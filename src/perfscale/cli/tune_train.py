@@ -13,7 +13,8 @@ from perfscale.errors import InvalidConfigError
 
 QUICK_BUDGET_S = 60.0
 # Flags of `tune --infer` that mean nothing for training; given without --infer they are a mistake.
-INFER_ONLY = {"prompt_lengths": "--prompt-lengths", "new_tokens": "--new-tokens", "batch": "--batch", "cache_dir": "--cache-dir"}
+INFER_ONLY = {"prompt_lengths": "--prompt-lengths", "new_tokens": "--new-tokens", "batch": "--batch", "cache_dir": "--cache-dir",
+              "min_mean_cosine": "--min-mean-cosine", "min_min_cosine": "--min-min-cosine", "backends": "--backends"}
 TRAIN_ONLY = {"seq": "--seq", "global_batch": "--global-batch", "hardware": "--hardware", "allow_lora": "--allow-lora",
               "allow_optimizer_change": "--allow-optimizer-change", "store": "--store", "resume": "--resume", "emit": "--emit",
               "out": "--out", "trace_top": "--trace-top"}
@@ -28,8 +29,10 @@ def reject_training_flags(**given: Any) -> None:
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
                       allow_optimizer_change, store, resume, emit, out, trace_top, **infer_flags) -> None:
+    from perfscale.cli.knobs import given
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
+    from perfscale.user_files import check_writable
 
     bad = [INFER_ONLY[k] for k, v in infer_flags.items() if k in INFER_ONLY and v is not None]
     if bad:
@@ -41,15 +44,17 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         formats = parse_formats(emit)  # a bad format fails now, before minutes of measuring
     elif out:
         raise InvalidConfigError("--out says where --emit writes: add --emit trainer (or accelerate, deepspeed, fsdp, torchrun, all).")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise InvalidConfigError(f"--budget-seconds must be > 0, got {budget_seconds}.")
     base = TrainTuneOptions()
-    options = TrainTuneOptions(
-        model=model or base.model, seq=seq or base.seq, global_batch=global_batch or base.global_batch, hardware=hardware,
-        allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change, include_compile=compile_,
-        budget_seconds=budget_seconds or (QUICK_BUDGET_S if quick else base.budget_seconds), store=store, resume=resume,
-        trace_top=trace_top, repeats=repeats or (1 if quick else base.repeats),
+    options = TrainTuneOptions(  # validates every value (0, NaN and negatives included), all problems at once
+        model=base.model if model is None else model, seq=given(seq, base.seq), global_batch=given(global_batch, base.global_batch),
+        hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change, include_compile=compile_,
+        budget_seconds=given(budget_seconds, QUICK_BUDGET_S if quick else base.budget_seconds), store=store, resume=resume,
+        trace_top=trace_top, repeats=given(repeats, 1 if quick else base.repeats),
     )
+    if options.store is not None:
+        check_writable(options.store, "--store")
+    if save:
+        check_writable(save, "--save")  # before minutes of measuring, not after
     status, progress = _progress(as_json)
     if status is not None:
         status.start()

@@ -70,9 +70,9 @@ class DecoderTuneResult:
         return asdict(self) | {"apply_snippet": self.apply_snippet}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        from perfscale.user_files import write_text
+
+        return write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n", "--save")
 
 
 def _candidates(quick: bool, include_compile: bool, buckets: tuple[int, ...], batch: int, new_tokens: int):

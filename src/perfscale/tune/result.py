@@ -81,9 +81,9 @@ class TrainTuneResult:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        return path
+        from perfscale.user_files import write_text
+
+        return write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n", "--save")
 
 
 __all__ = ["TRIAL_STATUSES", "TrainTuneResult", "TrialRecord"]
