@@ -340,11 +340,11 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda"
             head_grad if phase == "backward-layers" else bottom_grads if phase == "backward-bottom" else 0.0)
         result = {
             "peak": peak,
-            "phase": "optimizer" if phase == "optimizer" else ("backward" if phase != "forward" else "forward"),
+            "phase": "optimizer" if phase == "optimizer" else "backward",  # every other candidate is in backward
             "breakdown": {
                 "parameters": params + (gather if phase != "optimizer" else 0.0),
                 "gradients": grads_at,
-                "optimizer_state": opt + (opt_temp if False else 0.0),
+                "optimizer_state": opt,
                 "activations": acts,
                 "temporaries": temps,
                 "kv_cache": 0.0,

@@ -51,6 +51,10 @@ LINK_EFFICIENCY = 0.8
 # bandwidth); parameter offload also streams the parameters up every micro-step. Not overlapped.
 PCIE_BANDWIDTH = 25e9  # PCIe 4.0 x16 achieved, bytes/s per direction
 HOST_BANDWIDTH = 100e9  # host DRAM, bytes/s
+# Fixed cost of each tensor-parallel all-reduce in decode, on top of its bytes over the link: the
+# order of NCCL's small-message all-reduce latency inside an NVLink node (nccl-tests). Assumed, not
+# measured here (no multi-GPU machine).
+TP_ALLREDUCE_LATENCY_S = 10e-6
 # Without native support (no peak for the dtype): emulated; FIELD-NOTES measured bf16 autocast
 # training ~20x slower than fp32 on an AVX2-only CPU.
 EMULATION_PENALTY = 0.05
@@ -176,7 +180,7 @@ def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: f
     tp_lat = 0.0
     if k.tp > 1:
         cb = PRECISION_BYTES[k.precision][2]
-        tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / _bw(hw, False) + 10e-6)  # + ~10 us latency each
+        tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / _bw(hw, False) + TP_ALLREDUCE_LATENCY_S)
         prefill += 2 * mc.layers * 2 * k.batch * k.prompt * mc.h * cb / _bw(hw, False)
     per_token = max(decode_mem, decode_flops) + tp_lat
     total = prefill + per_token * k.new_tokens

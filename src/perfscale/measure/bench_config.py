@@ -23,11 +23,8 @@ TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test th
 BACKENDS = ("eager", "compile", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "selftest": "none"}
-# Encoder quantization schemes (names of perfscale.runtimes.encoder, issue 7).
-try:  # the runtimes module (issue 7) owns the list; this fallback only keeps validation working without it
-    from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
-except ImportError:  # pragma: no cover
-    ENCODER_QUANTIZATION = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
+# Encoder quantization schemes: perfscale.runtimes.encoder owns the list.
+from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
 # Workload defaults per scenario when the user gives none: sized to take seconds on 2 CPU cores.
 DEFAULT_WORKLOADS = {
     "train": TrainWorkload(batch=4, seq=128, grad_accum=1),

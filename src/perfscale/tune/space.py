@@ -17,6 +17,9 @@ TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp",
 # section 2.2.2: the bubble falls as 1/v, the point-to-point traffic grows as v).
 PP_VIRTUAL_CHOICES = (1, 2, 4)
 INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache")
+# Deepest pipeline searched: the deepest in Megatron-LM's scaling table (1T parameters on 3072 GPUs:
+# tensor 8 x pipeline 64; Narayanan et al. 2021, table 1). Llama 3 405B trained with pipeline 16.
+MAX_PIPELINE_STAGES = 64
 
 
 def divisors(n: int) -> list[int]:
@@ -44,11 +47,10 @@ def tp_choices(heads: int, world: int, per_node: int) -> list[int]:
 
 
 def pp_choices(layers: int, world_over_tp: int) -> list[int]:
-    return [p for p in divisors(world_over_tp) if p <= layers and p <= 64]
+    return [p for p in divisors(world_over_tp) if p <= layers and p <= MAX_PIPELINE_STAGES]
 
 
-def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw,
-                lora_fallback: bool = False) -> Iterator[Knobs]:
+def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
     """All training configurations: `fixed` maps knob -> value for the knobs the user gave."""
     def pick(name, options):
         return [fixed[name]] if fixed.get(name) is not None else options

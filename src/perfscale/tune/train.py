@@ -39,7 +39,13 @@ DEFAULT_GLOBAL_BATCH = 8  # Trainer's per_device_train_batch_size default: the b
 DEFAULT_BUDGET_S = 120.0  # the default run must end well inside 3 minutes on 2 loaded cores
 MEMORY_MARGIN = 0.10  # keep 10% of the device free: estimate error, allocator, the rest of the process
 ESTIMATE_TOLERANCE = 0.2  # within 20% of the best estimate the estimate cannot decide: measure
-COMPILE_BUDGET_S = 300.0  # torch.compile joins the default space only with at least this budget
+# torch.compile joins the default space only with at least this budget. Chosen, not measured for
+# training: a compiled trial's first compilation alone took 36 s for MiniLM here (FIELD-NOTES).
+COMPILE_BUDGET_S = 300.0
+# Time limit of one compiled trial (its own process, compilation included); past it the trial is a
+# timeout result. Chosen, not measured: above MiniLM's 36 s first compile here (FIELD-NOTES); a
+# compiled decoder's first pass took 194-351 s under load (benchmarks/LOG.md), which tune does not run.
+COMPILE_TRIAL_LIMIT_S = 300.0
 # Stop rules per rung: rung 0 is a short screen, rung 1 longer; the final proof has its own.
 RUNG_STOPS = (
     StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.05, max_time=3.0),
@@ -272,7 +278,7 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
                 if cand.compile:  # dynamo's caches and recompile limits must not carry across trials: own process
                     from perfscale.measure.runner import run_in_subprocess
 
-                    rung_opts = replace(rung_opts, time_limit=max(rung_opts.time_limit, 300.0))
+                    rung_opts = replace(rung_opts, time_limit=max(rung_opts.time_limit, COMPILE_TRIAL_LIMIT_S))
                     result = run_in_subprocess(config, rung_opts, workdir=server.workdir, group=rgroup)
                 else:
                     result = server.measure(config, rung_opts, group=rgroup)

@@ -1,8 +1,8 @@
 """The training knob space of `perfscale tune`: candidates, the Trainer-defaults baseline, and which
 knobs apply to the workload and the hardware (each left-out value says why).
 
-Written here because tune/space.py (the planner's space, issue 4) had not landed when this was;
-`plan` can later share the enumeration.
+tune/space.py is the planner's space (estimated knobs only); the two spaces are not yet one
+(issue 13).
 """
 
 from __future__ import annotations

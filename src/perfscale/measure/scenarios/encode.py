@@ -26,10 +26,8 @@ def encoder_settings(config):
 
 
 def setup(config, device: str) -> Scenario:
-    try:
-        from perfscale.runtimes.encoder import load_encoder
-    except ImportError as exc:  # the runtimes module is a sibling package; say so plainly
-        raise UnsupportedModelError(f"the encode scenario needs perfscale.runtimes.encoder: {exc}") from exc
+    from perfscale.runtimes.encoder import load_encoder
+
     if device == "cuda":
         raise UnsupportedModelError("the encode scenario runs the CPU encoder runtimes; use --device cpu (GPU encode is not implemented)")
     settings = encoder_settings(config)
