@@ -27,7 +27,9 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("tune",): ["--hardware", "8xH100-80GB"],
 }
 # Flags that would turn a cheap base into minutes of measuring (tune --infer tunes an encoder).
-SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {("tune",): {"--infer", "--quick", "--resume"}, (): {"--version"}}
+# plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).
+SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {("tune",): {"--infer", "--quick", "--resume"}, ("plan",): {"--calibrate"},
+                                                 (): {"--version"}}
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -41,3 +45,55 @@ def test_main_command_runs():
         )
         assert result.returncode == 0, (args, result.stderr)
         assert result.stdout.strip()
+
+
+# ----- every command of the README's usage section runs as written (smaller where it would take minutes) -----
+def _usage_commands() -> list[str]:
+    section = README.split("## Use", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [re.split(r"\s+#\s", line, maxsplit=1)[0].strip() for line in block.splitlines() if line.startswith("perfscale ")]
+
+
+USAGE = _usage_commands()
+# What the test appends where the README's command measures for minutes on this machine; each key
+# must still be a README command (test_smaller_runs_are_readme_commands), so this cannot rot.
+SMALLER = {
+    "perfscale bench --scenario train --batch 4 --seq 128": ["--min-iters", "2", "--min-time", "0", "--max-time", "2",
+                                                             "--warmup", "1"],
+    'perfscale compare --scenario encode "backend=eager" "backend=onnxruntime" "backend=onnxruntime,quant=int8-per-channel"':
+        ["--min-iters", "2", "--min-time", "0", "--max-time", "2", "--warmup", "1", "--repeats", "1", "--sentences", "32"],
+    "perfscale tune --emit all --out tuned/": ["--quick"],
+    "perfscale tune --infer --model minilm": ["--quick"],
+}
+# `perfscale tune` is the README's main job: test_main_command_runs runs it exactly as written.
+RUN_ELSEWHERE = {"perfscale tune"}
+# The top-level keys each verb's JSON document has (its shape).
+SHAPE = {"models": "models", "models show": "params", "hardware": "hardware", "hardware show": "hardware",
+         "hardware --local": "cpu", "trace": "peak_bytes", "plan": "configs", "bench": "runs", "compare": "comparisons",
+         "tune": "winner"}
+
+
+def test_smaller_runs_are_readme_commands():
+    assert set(SMALLER) | RUN_ELSEWHERE <= set(USAGE), set(SMALLER) - set(USAGE)
+    assert len(USAGE) >= 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in USAGE if c not in RUN_ELSEWHERE])
+def test_usage_command_runs(command, tmp_path):
+    args = shlex.split(command)[1:] + SMALLER.get(command, [])
+    as_json = "--format" not in args  # results --format markdown prints Markdown, not JSON
+    result = subprocess.run(
+        [sys.executable, "-c", "from perfscale.cli.app import run; run()", *args, *(["--json"] if as_json else [])],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    if not as_json:
+        assert result.stdout.lstrip().startswith("|"), result.stdout[:500]
+        return
+    document = json.loads(result.stdout)
+    verb = " ".join(a for a in args[:2] if not a.startswith("-") or a == "--local")
+    key = SHAPE.get(verb) or SHAPE[args[0]]
+    assert key in document, (command, sorted(document))

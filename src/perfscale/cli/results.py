@@ -49,7 +49,7 @@ def results(
         raise InvalidConfigError(f"--id must be a store id >= 1 (the `id` column of `perfscale results`), got {run_id}.")
     if output is not None:
         check_writable(output, "--output")
-    if store is not None and not Path(store).expanduser().exists():
+    if store is not None and not _exists(store):
         raise InvalidConfigError(f"--store {str(store)[:120]!r} does not exist: give the SQLite file that `perfscale bench "
                                  "--store` wrote, or omit --store for the default store.")
     with Store(store) as db:
@@ -76,3 +76,10 @@ def results(
             print_json({"store": path, "written": str(output), "runs": len(rows)})
     else:
         sys.stdout.write(text)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except OSError:  # a name too long for the file system cannot be a store
+        return False
