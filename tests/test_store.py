@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from perfscale.cli.app import main
-from perfscale.errors import InvalidConfigError
+from perfscale.errors import InvalidConfigError, StoreError
 from perfscale.measure.bench_config import BenchConfig
 from perfscale.measure.result import BenchResult
 from perfscale.measure.store import Store, default_store_path
@@ -64,7 +64,7 @@ def test_schema_version_newer_is_refused(tmp_path):
     with con:
         con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     con.close()
-    with pytest.raises(InvalidConfigError, match="schema version 99"):
+    with pytest.raises(StoreError, match="schema version 99"):
         Store(path)
 
 

@@ -30,7 +30,14 @@ STORE = typer.Option(None, "--store", help="SQLite results file. Default $XDG_CA
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (no progress bar).")
 LABEL = typer.Option(None, "--label", help="A name for this configuration in tables and the store.")
 REPEATS = typer.Option(1, "--repeats", help="Fresh processes to run (interleaving nothing else). With 2 or more, the CI is a two-level bootstrap over processes and iterations, so it also covers process-to-process drift.")
-SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration as JSON (for `perfscale compare FILE ...`).")
+SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration as JSON (for `perfscale compare FILE ...` or `bench --config`).")
+CONFIG = typer.Option(None, "--config", help="Measure the configuration in this JSON file (from --save-config, tune, or a bench --json output) instead of the knob flags.")
+# The flags that define what is measured; with --config the file does, so these are refused alongside it.
+CONFIG_FLAGS = (
+    "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", "precision", "optimizer", "checkpointing", "attn",
+    "lora_r", "lora_targets", "compile", "cache", "quantization", "backend", "encoder_quant", "device", "threads", "workers",
+    "pin_memory", "sentences",
+)
 
 
 def base_config(
@@ -48,13 +55,14 @@ def base_config(
     if scenario == "train":
         if prompt is not None or new_tokens is not None:
             raise InvalidConfigError("--prompt and --new-tokens are for --scenario generate/encode; training uses --batch and --seq.")
-        workload = TrainWorkload(batch=batch or default.batch, seq=seq or default.seq, grad_accum=grad_accum or default.grad_accum)
+        workload = TrainWorkload(batch=knobs.given(batch, default.batch), seq=knobs.given(seq, default.seq),
+                                 grad_accum=knobs.given(grad_accum, default.grad_accum))
     else:
         if seq is not None or grad_accum is not None:
             raise InvalidConfigError(f"--seq and --grad-accum are training flags; {scenario} uses --batch and --prompt" + (" and --new-tokens." if scenario == "generate" else " (truncation length)."))
         if scenario == "encode" and new_tokens is not None:
             raise InvalidConfigError("--new-tokens does not apply to encode (no generation): drop it.")
-        workload = InferWorkload(batch=batch or default.batch, prompt=prompt or default.prompt,
+        workload = InferWorkload(batch=knobs.given(batch, default.batch), prompt=knobs.given(prompt, default.prompt),
                                  new_tokens=default.new_tokens if new_tokens is None else new_tokens)
     backend = backend or ("compile" if compile else "eager")
     run = knobs.build_run_config(
@@ -65,6 +73,41 @@ def base_config(
         scenario=scenario, model=model, run=run, backend=backend, device=device, threads=threads, dataloader_workers=workers,
         pin_memory=pin_memory, encoder_quantization=encoder_quant, sentences=sentences, label=label,
     )
+
+
+def config_from_file(ctx, path: Path, label: str | None):
+    """The BenchConfig of a --config file; knob flags given with it are refused (the file decides)."""
+    from dataclasses import replace
+
+    from perfscale.errors import InvalidConfigError
+    from perfscale.measure.bench_config import load_config_file
+
+    given = [name for name in CONFIG_FLAGS if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InvalidConfigError(
+            f"--config {path} holds the whole configuration: drop {flags}, or change the value in the file. "
+            "Measurement flags (--min-iters, --max-time, --store, --label, ...) go with --config."
+        )
+    config = load_config_file(Path(path))
+    return replace(config, label=label) if label else config
+
+
+def report_unsaved(db) -> list[dict]:
+    """Say on stderr where each result that the store refused went; the entries for the JSON document."""
+    entries = []
+    for result, path, why in db.unsaved:
+        typer.echo(f"error: {why} The result of {result.config.display} ({result.status}) is saved in {path} instead: "
+                   "nothing measured is lost.", err=True)
+        entries.append({"run_id": result.run_id, "file": str(path), "error": why})
+    return entries
+
+
+def interrupted_exit(how: str) -> typer.Exit:
+    """One line on stderr for Ctrl-C / SIGTERM, and the exit (130 for Ctrl-C, 143 = 128 + SIGTERM)."""
+    typer.echo(f"Interrupted by {how}: finished runs are stored, the running one as `interrupted`; its worker was "
+               "stopped and the temp folder removed.", err=True)
+    return typer.Exit(143 if how == "SIGTERM" else 130)
 
 
 def measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate):
@@ -108,6 +151,7 @@ def _rerun_interval(doc: dict, db, runs: list, group: str) -> dict:
 
 
 def bench(
+    ctx: typer.Context,
     scenario: str = SCENARIO,
     model: str = knobs.MODEL,
     batch: int = knobs.BATCH,
@@ -142,42 +186,77 @@ def bench(
     label: str = LABEL,
     repeats: int = REPEATS,
     save_config: Path = SAVE_CONFIG,
+    config_file: Path = CONFIG,
     as_json: bool = JSON,
 ) -> None:
     """Measure one configuration on this machine: fresh process, warm-up, stop rule, median with 95% CI,
     throughput, latency, peak memory, MFU, accuracy gate (inference), full environment; stored at once.
 
     The reported interval (ci_low/ci_high) is the within-run CI widened by this machine's drift between
-    invocations, learnt from earlier invocations in the store (within_run_ci_* keeps the plain CI)."""
-    from perfscale.measure.runner import measure
+    invocations, learnt from earlier invocations in the store (within_run_ci_* keeps the plain CI).
+
+    Everything is checked before a process starts (the model, LoRA targets, sizes, a writable store).
+    Ctrl-C or SIGTERM stores the running configuration as `interrupted` (exit 130 / 143); a store that
+    fails at the end gets the result written to a JSON file next to it instead (said on stderr, exit 2)."""
+    from perfscale.measure.runner import RunInterrupted, measure, sigterm_as_interrupt
     from perfscale.measure.store import Store
     from perfscale.report.bench_tables import bench_table
     from perfscale.report.emit import emit
 
-    config = base_config(
-        scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
-        lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
-    )
-    options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
-    if save_config:
-        Path(save_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    from perfscale.errors import InvalidConfigError
+    with sigterm_as_interrupt():
+        if config_file is not None:
+            config = config_from_file(ctx, config_file, label)
+        else:
+            config = base_config(
+                scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
+                lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
+            )
+        options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+        from perfscale.errors import InvalidConfigError
 
-    if not isinstance(repeats, int) or repeats < 1:
-        raise InvalidConfigError(f"--repeats must be an integer >= 1, got {repeats!r}.")
-    with Store(store) as db:
-        if repeats > 1:
-            from perfscale.measure.compare import measure_repeated
-            from perfscale.report.bench_tables import compare_table
+        if not isinstance(repeats, int) or repeats < 1:
+            raise InvalidConfigError(f"--repeats must be an integer >= 1, got {repeats!r}.")
+        from perfscale.measure.preflight import preflight
 
-            with progress(f"measuring {config.display} in {repeats} processes", None, as_json):
-                row = measure_repeated(config, options, repeats=repeats, store=db)
-            doc = {"store": str(db.path), "repeats": repeats, "reference": row.label,
-                   "configurations": [_rerun_interval(row.to_dict(), db, row.runs, row.runs[0].group if row.runs else "")]}
-            emit(doc, as_json, lambda console: console.print(compare_table(doc)))
-            return
-        group = uuid.uuid4().hex[:12]  # this invocation, left out of the drift it is judged by
-        with progress(f"measuring {config.display}", None, as_json):
-            result = measure(config, options, store=db, group=group)
-        doc = {"store": str(db.path), "configurations": [_rerun_interval(result.to_dict(samples=False), db, [result], group)]}
-    emit(doc, as_json, lambda console: console.print(bench_table(doc["configurations"][0])))
+        preflight(config)  # before the config file is written and before the store is opened
+        if save_config:
+            try:
+                Path(save_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            except OSError as exc:
+                raise InvalidConfigError(f"Cannot write --save-config {save_config}: {exc.strerror or exc}. Give a writable file path.") from exc
+        with Store(store) as db:
+            if repeats > 1:
+                from perfscale.measure.compare import measure_repeated
+                from perfscale.report.bench_tables import compare_table
+
+                with progress(f"measuring {config.display} in {repeats} processes", None, as_json):
+                    row = measure_repeated(config, options, repeats=repeats, store=db)
+                doc = {"store": str(db.path), "repeats": repeats, "reference": row.label, "interrupted": row.interrupted,
+                       "configurations": [_rerun_interval(row.to_dict(), db, row.runs, row.runs[0].group if row.runs else "")]}
+                unsaved = report_unsaved(db)
+                if unsaved:
+                    doc["unsaved"] = unsaved
+                emit(doc, as_json, lambda console: console.print(compare_table(doc)))
+                if row.interrupted:
+                    raise interrupted_exit(row.interrupted_by or "Ctrl-C")
+                if unsaved:
+                    raise typer.Exit(2)
+                return
+            group = uuid.uuid4().hex[:12]  # this invocation, left out of the drift it is judged by
+            interrupted = None
+            try:
+                with progress(f"measuring {config.display}", None, as_json):
+                    result = measure(config, options, store=db, group=group)
+            except RunInterrupted as exc:
+                result, interrupted = exc.result, exc
+            doc = {"store": str(db.path), "configurations": [_rerun_interval(result.to_dict(samples=False), db, [result], group)]}
+            if interrupted is not None:
+                doc["interrupted"] = True
+            unsaved = report_unsaved(db)
+            if unsaved:
+                doc["unsaved"] = unsaved
+        emit(doc, as_json, lambda console: console.print(bench_table(doc["configurations"][0])))
+        if interrupted is not None:
+            raise interrupted_exit(interrupted.how)
+        if unsaved:
+            raise typer.Exit(2)

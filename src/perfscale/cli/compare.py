@@ -61,27 +61,36 @@ def compare(
     """
     from perfscale.measure.bench_config import resolve_configuration
     from perfscale.measure.compare import compare as run_compare
+    from perfscale.measure.preflight import preflight
+    from perfscale.measure.runner import sigterm_as_interrupt
     from perfscale.measure.store import Store
     from perfscale.report.bench_tables import compare_table, compare_verdicts
     from perfscale.report.emit import emit
 
-    base = b.base_config(
-        scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
-        lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, None,
-    )
-    parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
-    options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
-    with Store(store) as db:
-        with b.progress("compare", len(parsed) * repeats, as_json) as advance:
-            result = run_compare(parsed, options, repeats=repeats, store=db, on_result=lambda r: advance(f"{r.config.display}: {r.status}"))
-        doc = result.to_dict() | {"store": str(db.path)}
+    with sigterm_as_interrupt():
+        base = b.base_config(
+            scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
+            lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, None,
+        )
+        parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
+        options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+        if len(parsed) >= 2:
+            preflight(parsed)  # the models, LoRA targets and sizes, before the store is opened
+        with Store(store) as db:
+            with b.progress("compare", len(parsed) * repeats, as_json) as advance:
+                result = run_compare(parsed, options, repeats=repeats, store=db, on_result=lambda r: advance(f"{r.config.display}: {r.status}"))
+            doc = result.to_dict() | {"store": str(db.path)}
+            unsaved = b.report_unsaved(db)
+            if unsaved:
+                doc["unsaved"] = unsaved
 
-    def render(console) -> None:
-        console.print(compare_table(doc))
-        for line in compare_verdicts(doc):
-            console.print(line)
+        def render(console) -> None:
+            console.print(compare_table(doc))
+            for line in compare_verdicts(doc):
+                console.print(line)
 
-    emit(doc, as_json, render)
-    if result.interrupted:  # after printing what finished
-        typer.echo("Interrupted: the finished runs are stored; the rest did not run.", err=True)
-        raise typer.Exit(130)
+        emit(doc, as_json, render)
+        if result.interrupted:  # after printing what finished
+            raise b.interrupted_exit(result.interrupted_by or "Ctrl-C")
+        if unsaved:
+            raise typer.Exit(2)

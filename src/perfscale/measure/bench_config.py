@@ -35,6 +35,15 @@ DEFAULT_WORKLOADS = {
 }
 
 
+# What `extra` may hold, and who reads it: a typo in a config file is refused, not ignored.
+EXTRA_KEYS = {
+    "fault": "selftest: a fault to inject (none, oom, hang, crash, error)",
+    "size": "selftest: matrix side", "sleep": "selftest: seconds of sleep per step",
+    "tune_fault": "tune's trial worker: a fault to inject",
+    "encoder": "encode: further EncoderSettings fields", "onnx_cache_dir": "encode: where exported ONNX files go",
+}
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused."""
@@ -51,7 +60,7 @@ class BenchConfig:
     sentences: int | None = None  # encode: sentences per iteration; None = 4 batches
     seed: int = 0
     label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # selftest: fault, size
+    extra: dict[str, Any] = field(default_factory=dict)  # harness and runtime settings: EXTRA_KEYS
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -75,6 +84,17 @@ class BenchConfig:
         if self.scenario not in SCENARIOS + TEST_SCENARIOS:
             p.append(f"scenario {self.scenario!r} is not one of: {', '.join(SCENARIOS)}")
             return p
+        if not isinstance(self.model, str) or not self.model.strip():
+            p.append(f"model must be a catalogue name, a local folder or a hub id, got {self.model!r} (see `perfscale models`)")
+        if not isinstance(self.extra, dict):
+            p.append(f"extra must be a JSON object, got {self.extra!r}")
+        else:
+            unknown = sorted(set(self.extra) - set(EXTRA_KEYS))
+            if unknown:
+                p.append(f"unknown extra settings {', '.join(map(repr, unknown))}: valid ones are {', '.join(EXTRA_KEYS)}")
+            fault = self.extra.get("fault", "none")
+            if self.scenario == "selftest" and fault not in ("none", "oom", "hang", "crash", "error"):
+                p.append(f"selftest fault {fault!r} is not one of: none, oom, hang, crash, error")
         if self.backend not in BACKENDS:
             p.append(f"backend {self.backend!r} is not one of: {', '.join(BACKENDS)}")
         if self.device not in DEVICES:
@@ -160,12 +180,16 @@ class BenchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"A bench configuration is a JSON object, got {type(data).__name__}: {data!r:.200}.")
         data = dict(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidConfigError(f"Unknown bench configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
         if data.get("run") is not None:
+            if not isinstance(data["run"], dict):
+                raise InvalidConfigError(f"The bench configuration's 'run' must be a JSON object (a RunConfig), got {data['run']!r:.200}.")
             data["run"] = RunConfig.from_dict(data["run"])
         return cls(**data)
 
@@ -295,18 +319,25 @@ def load_config_file(path: Path) -> BenchConfig:
     """A BenchConfig from JSON: a BenchConfig dict, a bench result (`config` key), or a RunConfig dict."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8, not JSON
         raise InvalidConfigError(f"Cannot read configuration file {path}: {exc}. Write one with `perfscale bench --save-config PATH`.") from exc
-    if isinstance(data, dict) and "configurations" in data and data["configurations"]:
-        data = data["configurations"][0]
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]
-    if isinstance(data, dict) and "scenario" in data:
-        return BenchConfig.from_dict(data)
-    if isinstance(data, dict) and "workload" in data:  # a RunConfig (plan/tune)
-        rc = RunConfig.from_dict(data)
-        return BenchConfig(scenario="train" if rc.is_train else "generate", run=rc)
-    raise InvalidConfigError(f"{path} holds no bench configuration (no 'scenario' or 'workload' key).")
+    try:
+        if isinstance(data, dict) and isinstance(data.get("configurations"), list) and data["configurations"]:
+            data = data["configurations"][0]
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]
+        if isinstance(data, dict) and "scenario" in data:
+            return BenchConfig.from_dict(data)
+        if isinstance(data, dict) and "workload" in data:  # a RunConfig (plan/tune)
+            rc = RunConfig.from_dict(data)
+            return BenchConfig(scenario="train" if rc.is_train else "generate", run=rc)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{path}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a value of the wrong JSON type
+        raise InvalidConfigError(f"{path} holds a malformed bench configuration ({type(exc).__name__}: {exc}). "
+                                 "Write one with `perfscale bench --save-config PATH`.") from exc
+    raise InvalidConfigError(f"{path} holds no bench configuration (no 'scenario' or 'workload' key). "
+                             "Write one with `perfscale bench --save-config PATH`.")
 
 
 def resolve_configuration(text: str, base: BenchConfig) -> BenchConfig:

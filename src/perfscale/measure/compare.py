@@ -8,11 +8,10 @@ it carries process-to-process variation, which one long process would hide.
 
 from __future__ import annotations
 
-import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,9 @@ import numpy as np
 from perfscale.errors import InvalidConfigError
 from perfscale.measure.bench_config import BenchConfig, MeasureOptions
 from perfscale.measure.result import BenchResult
-from perfscale.measure.runner import ReferenceOutputs, apply_gate, run_in_subprocess
+from perfscale.measure.runner import (
+    ReferenceOutputs, RunInterrupted, apply_gate, how_interrupted, interrupted_result, run_in_subprocess, temp_workdir,
+)
 from perfscale.measure.stats import CONFIDENCE, Ratio, hierarchical_bootstrap_medians, ratio_of_medians
 
 FAILED = ("oom", "timeout", "failed", "interrupted")
@@ -62,6 +63,8 @@ class CompareRow:
     memory_ratio: Ratio | None = None  # memory(this) / memory(first)
     memory_verdict: str | None = None
     accuracy: dict[str, Any] | None = None
+    interrupted: bool = False  # Ctrl-C / SIGTERM stopped the invocation this row belongs to (measure_repeated)
+    interrupted_by: str | None = None  # "Ctrl-C" | "SIGTERM"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +86,7 @@ class CompareResult:
     rows: list[CompareRow]
     interrupted: bool = False
     options: MeasureOptions | None = None
+    interrupted_by: str | None = None  # "Ctrl-C" | "SIGTERM"
 
     @property
     def runs(self) -> list[BenchResult]:
@@ -91,7 +95,7 @@ class CompareResult:
     def to_dict(self) -> dict[str, Any]:
         env = next((r.environment for r in self.runs if r.environment), {})
         return {
-            "group": self.group, "repeats": self.repeats, "interrupted": self.interrupted,
+            "group": self.group, "repeats": self.repeats, "interrupted": self.interrupted, "interrupted_by": self.interrupted_by,
             "reference": self.rows[0].label if self.rows else None, "confidence": CONFIDENCE,
             "configurations": [row.to_dict() for row in self.rows],
             "options": self.options.to_dict() if self.options else None, "environment": env,
@@ -181,8 +185,10 @@ def compare(
 ) -> CompareResult:
     """Measure configurations interleaved (ABAB...), `repeats` fresh processes each; ratios to the first.
 
-    Every run is stored as it finishes. Ctrl-C stops after killing the running worker and returns what
-    finished, with `interrupted=True`.
+    Every configuration is checked against its model and the store for writability before any process
+    starts. Every run is stored as it finishes. Ctrl-C (or SIGTERM under runner.sigterm_as_interrupt)
+    kills the running worker, stores an `interrupted` row for it and returns what finished, with
+    `interrupted=True`.
     """
     if len(configs) < 2:
         raise InvalidConfigError(f"compare needs at least two configurations, got {len(configs)}. Add another one (e.g. backend=compile).")
@@ -195,8 +201,12 @@ def measure_repeated(
 ) -> CompareRow:
     """One configuration in `repeats` fresh processes. Its throughput CI comes from the two-level
     bootstrap over processes and iterations, so it covers process-to-process drift, which the CI of
-    one process does not (benchmarks/LOG.md: two single-process runs 11% apart with tight CIs)."""
-    return _interleaved([config], options, repeats=repeats, store=store, on_result=on_result, workdir=workdir).rows[0]
+    one process does not (benchmarks/LOG.md: two single-process runs 11% apart with tight CIs).
+    Ctrl-C returns what finished, with `interrupted=True` on the row."""
+    result = _interleaved([config], options, repeats=repeats, store=store, on_result=on_result, workdir=workdir)
+    row = result.rows[0]
+    row.interrupted, row.interrupted_by = result.interrupted, result.interrupted_by
+    return row
 
 
 def _interleaved(
@@ -205,20 +215,27 @@ def _interleaved(
 ) -> CompareResult:
     if not isinstance(repeats, int) or repeats < 1:
         raise InvalidConfigError(f"repeats must be an integer >= 1, got {repeats!r}.")
+    from perfscale.measure.preflight import preflight
+
     options = options or MeasureOptions()
+    notes = preflight(configs)
+    if store is not None:
+        store.check_writable()
     group = uuid.uuid4().hex[:12]
     labels = _unique_labels(configs)
     rows = [CompareRow(label=lab, config=c, status="ok", reason=None, runs=[]) for lab, c in zip(labels, configs, strict=True)]
-    interrupted = False
-    with tempfile.TemporaryDirectory(prefix="perfscale-compare-", dir=workdir) as tmp:
-        wd = Path(tmp)
+    interrupted, interrupted_by = False, None
+    running: tuple[CompareRow, int, float] | None = None  # the run in progress: (row, repeat, started)
+    with temp_workdir("compare", workdir) as wd:
         refs = ReferenceOutputs(wd, options)
         try:
             for rep in range(repeats):
                 for i, row in enumerate(rows):
+                    running = (row, rep, time.time())
                     # Outputs for the gate from the first process of each configuration only.
                     outputs = wd / f"outputs-{i}.npz" if (options.gate and row.config.is_inference and rep == 0) else None
                     result = run_in_subprocess(row.config, options, workdir=wd, outputs_path=outputs, group=group, repeat=rep)
+                    result.notes.extend(notes[row.config.fingerprint()])
                     if outputs is not None:
                         refs.offer(row.config, outputs)
                         apply_gate(result, outputs, refs, options)
@@ -227,17 +244,28 @@ def _interleaved(
                         if result.accuracy.get("passed") is False:
                             result.status, result.reason = "inaccurate", rows[i].runs[0].reason
                     if store is not None:
-                        store.add(result)
+                        store.keep(result)
                     row.runs.append(result)
+                    running = None
                     if on_result is not None:
                         on_result(result)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:
+            interrupted, interrupted_by = True, how_interrupted(exc)
+            if running is not None:  # the run in progress becomes an `interrupted` row
+                row, rep, started = running
+                mine = isinstance(exc, RunInterrupted) and exc.result.config is row.config
+                result = exc.result if mine else interrupted_result(
+                    row.config, how_interrupted(exc), started=started, group=group, repeat=rep,
+                    during=" (during the fp32 reference run)" if isinstance(exc, RunInterrupted) else "")
+                if store is not None:
+                    store.keep(result)
+                row.runs.append(result)
     for row in rows:
         _summarise_row(row)
     if rows[0].runs:
         _ratios(rows)
-    return CompareResult(group=group, repeats=repeats, rows=rows, interrupted=interrupted, options=options)
+    return CompareResult(group=group, repeats=repeats, rows=rows, interrupted=interrupted, options=options,
+                         interrupted_by=interrupted_by)
 
 
 __all__ = ["CompareResult", "CompareRow", "compare", "measure_repeated", "memory_verdict", "speed_verdict"]

@@ -5,6 +5,10 @@ reported separately), then times iterations with device synchronisation until th
 stop, then records memory, MFU inputs and (for the accuracy gate) the outputs. It always tries to
 write a result file, also for an out-of-memory error or an exception; the runner handles the
 cases where it cannot (killed, crashed).
+
+It never outlives the perfscale process that started it: when that process dies (even by SIGKILL)
+the worker removes the temp folder and kills its own process group (DataLoader workers, compile
+pools), noticed two ways: EOF on a pipe only the parent writes to, and PR_SET_PDEATHSIG on Linux.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import gc
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -228,8 +235,83 @@ def _classify(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "reason": text[:2000], "stderr_tail": traceback.format_exc()[-4000:]}
 
 
+# ----- the parent's death -----
+_abandoning = threading.Event()
+
+
+def _parent_alive(parent: dict[str, Any]) -> bool:
+    return os.getppid() == parent.get("pid")
+
+
+def _abandon(parent: dict[str, Any]) -> None:
+    """The parent is gone: nobody will read a result. Remove its temp folder (or, in a folder that is
+    not perfscale's temp folder, this job's files), then kill this process group, this process included."""
+    if _abandoning.is_set():
+        return
+    _abandoning.set()
+    if parent.get("workdir"):
+        shutil.rmtree(parent["workdir"], ignore_errors=True)
+    for name in parent.get("files", ()):
+        for path in (name, name + ".tmp"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if os.getpgrp() == os.getpid():  # the runner starts each worker as the leader of its own session
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(128 + signal.SIGKILL)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Linux: the kernel sends `signum` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def watch_parent(parent: dict[str, Any] | None) -> None:
+    """Abandon the job as soon as the parent dies (see the module docstring); None: not watched."""
+    if not parent:
+        return
+
+    me = os.getpid()
+
+    def on_sigterm(signum, frame):
+        # SIGTERM from elsewhere while perfscale lives, or in a forked child (a DataLoader worker
+        # inherits this handler): die of it as usual; perfscale reports a dead worker.
+        if os.getpid() != me or _parent_alive(parent):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        _abandon(parent)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _set_parent_death_signal(signal.SIGTERM)
+    fd = parent.get("pipe_fd")
+    if fd is not None:
+        def wait_for_eof() -> None:
+            try:
+                while os.read(fd, 64):
+                    pass
+            except OSError:
+                pass
+            _abandon(parent)
+
+        threading.Thread(target=wait_for_eof, name="perfscale-parent-watch", daemon=True).start()
+    if not _parent_alive(parent):  # it died before the watch was in place
+        _abandon(parent)
+
+
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
+    watch_parent(job.get("parent"))
     try:
         payload = run_job(job)
     except MemoryError as exc:

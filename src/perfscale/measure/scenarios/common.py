@@ -64,6 +64,19 @@ def peak_dtype(precision: str, device: str) -> str:
     return base
 
 
+def lm_auto_class(spec, scenario: str) -> str:
+    """The transformers Auto class a train/generate bench builds for this model (UnsupportedModelError
+    when none fits); the parent checks it before any worker starts (measure/preflight.py)."""
+    arch = spec.architecture
+    if spec.is_encoder_decoder:
+        raise UnsupportedModelError(f"{spec.name} ({arch}) is an encoder-decoder; bench train/generate supports decoder LMs and (train) encoders.")
+    if arch.endswith("ForCausalLM") or spec.model_type in ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "falcon", "gpt_neox", "opt", "mixtral"):
+        return "AutoModelForCausalLM"
+    if scenario == "train":
+        return "AutoModelForMaskedLM"  # encoders train with a masked-LM head (labels = inputs)
+    raise UnsupportedModelError(f"{spec.name} ({arch}) has no causal LM head: generate needs a decoder model (e.g. perfscale-tiny-llama).")
+
+
 def build_lm(model: str, scenario: str, precision: str, attn: str, device: str, seed: int):
     """A language model for train/generate: pretrained weights from a local folder that has them,
     else random weights from the config (catalogue / hub config) with a fixed seed."""
@@ -76,15 +89,7 @@ def build_lm(model: str, scenario: str, precision: str, attn: str, device: str, 
 
     spec = load_model_spec(model)
     config = spec.config_object()
-    arch = spec.architecture
-    if spec.is_encoder_decoder:
-        raise UnsupportedModelError(f"{spec.name} ({arch}) is an encoder-decoder; bench train/generate supports decoder LMs and (train) encoders.")
-    if arch.endswith("ForCausalLM") or spec.model_type in ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "falcon", "gpt_neox", "opt", "mixtral"):
-        auto = transformers.AutoModelForCausalLM
-    elif scenario == "train":
-        auto = transformers.AutoModelForMaskedLM  # encoders train with a masked-LM head (labels = inputs)
-    else:
-        raise UnsupportedModelError(f"{spec.name} ({arch}) has no causal LM head: generate needs a decoder model (e.g. perfscale-tiny-llama).")
+    auto = getattr(transformers, lm_auto_class(spec, scenario))
     dtype = torch_dtype(precision) if not precision.endswith("-mixed") else torch.float32
     has_weights = os.path.isdir(spec.location) and any(
         os.path.exists(os.path.join(spec.location, f)) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
