@@ -82,7 +82,7 @@ def test_lora_skips_base_weight_gradients_and_adds_adapters():
     lora = {op.signature for op in cpu_step.step_ops(mc, Knobs(batch=2, seq=64, lora_r=8, lora_targets=("q_proj",)))}
     assert "linear_wgrad:256,256:fp32" in full and "linear_wgrad:256,256:fp32" not in lora
     assert {"linear_wgrad:256,8:fp32", "linear_wgrad:8,256:fp32"} <= lora
-    assert "optimizer:adamw:fp32" in lora
+    assert "optimizer:adamw_torch_fused:fp32" in lora  # the default optimizer, by its Trainer name
 
 
 def test_calibrated_time_is_the_sum_of_the_operations():

@@ -12,7 +12,8 @@ from perfscale.specs import InferWorkload, TrainWorkload
 
 def test_defaults_are_valid():
     config = RunConfig(TrainWorkload(batch=2, seq=128))
-    assert config.is_train and config.precision == "fp32" and config.optimizer == "adamw"
+    # the optimizer default is TrainingArguments().optim of transformers 5.x (config/optimizer.py)
+    assert config.is_train and config.precision == "fp32" and config.optimizer == "adamw_torch_fused"
 
 
 def test_every_problem_reported_at_once_with_choices():
@@ -59,7 +60,7 @@ def test_cli_knobs_build_configs():
     workload = workload_from_options(train=False, infer=True, batch=8, seq=None, grad_accum=None, prompt=64, new_tokens=16)
     assert workload == InferWorkload(8, 64, 16)
     config = build_run_config(workload, precision="bf16", cache="static", optimizer=None)
-    assert config.cache == "static" and config.optimizer == "adamw"
+    assert config.cache == "static" and config.optimizer == "adamw_torch_fused"
     with pytest.raises(InvalidConfigError, match="--prompt and --new-tokens are inference flags"):
         workload_from_options(train=True, infer=False, batch=1, seq=8, grad_accum=None, prompt=4, new_tokens=None)
     with pytest.raises(InvalidConfigError, match="not both"):

@@ -36,10 +36,11 @@ def test_precision_sets_parameter_bytes():
 
 
 def test_optimizer_state_sizes():
-    # Forward of iteration 2 holds the state: AdamW 2 fp32 moments (+ step scalars), SGD one momentum buffer.
+    # Forward of iteration 2 holds the state: AdamW 2 fp32 moments (+ step scalars); SGD as the
+    # Trainer builds it (optim="sgd": no momentum) none. Was 4 * P when perfscale's SGD kept a momentum buffer.
     adamw = t(optimizer="adamw").phase_peaks["forward"]
     sgd = t(optimizer="sgd").phase_peaks["forward"]
-    assert adamw - sgd == pytest.approx(4 * P, abs=4096)
+    assert adamw - sgd == pytest.approx(8 * P, abs=4096)
     assert t(optimizer="adamw-fused").phase_peaks["forward"] == pytest.approx(adamw, abs=4096)
     assert t(optimizer="adafactor").phase_peaks["forward"] < adamw  # factored second moments
 

@@ -40,7 +40,7 @@ def _by_name(doc):
 def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path):
     """The whole pipeline through the Python API; one trial crashes on purpose and the search goes on."""
     base = TrainTuneOptions(model=tiny, seq=16, global_batch=4)
-    crash = "mb2x2 fp32 adamw-fused sdpa"
+    crash = "mb2x2 fp32 adamw_torch_fused sdpa"
     r = tune_training(base, store=str(tmp_path / "s.sqlite"), rung_stops=TINY_STOPS, final_stop=TINY_FINAL, budget_seconds=200,
                       repeats=1, max_pool=7, faults={crash: "crash"})
     doc = json.loads(json.dumps(r.to_dict()))  # one serialisable document
@@ -55,7 +55,7 @@ def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path):
     assert len(measured) <= 0.3 * len(doc["trials"])
     # the baseline: Trainer defaults, in the same run
     base_trial = next(t for t in doc["trials"] if t["baseline"])
-    assert base_trial["knobs"]["micro_batch"] == 4 and base_trial["knobs"]["optimizer"] == "adamw-fused" and base_trial["rungs"]
+    assert base_trial["knobs"]["micro_batch"] == 4 and base_trial["knobs"]["optimizer"] == "adamw_torch_fused" and base_trial["rungs"]
     assert doc["baseline"]["throughput"]["median"] > 0
     # winner, its measured throughput, and the speed-up with its CI
     w = doc["winner"]

@@ -7,7 +7,7 @@ import itertools
 from perfscale.tune.halving import Outcome, combine, design_pool, successive_halving, survivors, vary
 from perfscale.tune.train_space import Candidate, baseline_candidate
 
-KNOBS = {"micro_batch": (1, 2, 4, 8), "precision": ("fp32", "bf16-mixed"), "attn": ("sdpa", "eager"), "optimizer": ("adamw", "adamw-fused")}
+KNOBS = {"micro_batch": (1, 2, 4, 8), "precision": ("fp32", "bf16-mixed"), "attn": ("sdpa", "eager"), "optimizer": ("adamw_torch", "adamw_torch_fused")}
 
 
 def _space() -> list[Candidate]:
@@ -23,7 +23,7 @@ def _rate(c: Candidate) -> float:
     r *= {1: 0.5, 2: 0.8, 4: 1.1, 8: 1.0}[c.micro_batch]
     r *= 1.3 if c.precision == "bf16-mixed" else 1.0
     r *= 0.8 if c.attn == "eager" else 1.0
-    r *= 1.05 if c.optimizer == "adamw" else 1.0
+    r *= 1.05 if c.optimizer == "adamw_torch" else 1.0
     return r
 
 

@@ -39,11 +39,11 @@ def test_this_machine_decides_by_detection_not_by_a_constant():
 def test_optional_knobs_need_permission_or_budget():
     hw = _cpu()
     default = build_space(hw, 1, global_batch=8, seq=64, local=True, cpu_cores=2)
-    assert default.optimizers == ("adamw", "adamw-fused") and default.lora_ranks == (None,) and default.compile == (False,)
+    assert default.optimizers == ("adamw_torch", "adamw_torch_fused") and default.lora_ranks == (None,) and default.compile == (False,)
     assert default.threads == (None, 1) and default.workers == (0, 1)
     assert default.micro_batches == (1, 2, 4, 8)
     wide = build_space(hw, 1, global_batch=8, seq=64, local=True, cpu_cores=2, allow_lora=True, allow_optimizer_change=True, include_compile=True)
-    assert set(wide.optimizers) == {"adamw", "adamw-fused", "sgd", "adafactor"}  # no adamw-8bit: bitsandbytes is CUDA
+    assert set(wide.optimizers) == {"adamw_torch", "adamw_torch_fused", "sgd", "adafactor"}  # no adamw_bnb_8bit: bitsandbytes is CUDA
     assert wide.lora_ranks == (None, 16) and wide.compile == (False, True)
     assert wide.size() == default.size() * 2 * 2 * 2
     names = {c.name for c in wide.candidates()}
@@ -59,7 +59,7 @@ def test_trainer_defaults_baseline_at_the_same_global_batch():
     assert (b.micro_batch, b.grad_accum) == (8, 2)
     base = baseline_candidate(8)
     assert (base.precision, base.optimizer, base.checkpointing, base.attn, base.compile, base.threads, base.workers) == (
-        "fp32", "adamw-fused", False, "sdpa", False, None, 0)
+        "fp32", "adamw_torch_fused", False, "sdpa", False, None, 0)
     kwargs = trainer_kwargs(base.run_config(64), parse_topology("local"))
     assert kwargs["per_device_train_batch_size"] == 8 and kwargs["optim"] == "adamw_torch_fused" and not kwargs["bf16"]
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from perfscale.config.optimizer import DEFAULT_OPTIMIZER, optimizer_choices_text
+from perfscale.config.precision import TRAIN_PRECISIONS
 from perfscale.config.run_config import RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload
@@ -23,8 +25,9 @@ SEQ = typer.Option(None, "--seq", help="Training sequence length in tokens.")
 GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micro-steps per optimizer step.")
 PROMPT = typer.Option(None, "--prompt", help="Inference prompt length in tokens.")
 NEW_TOKENS = typer.Option(None, "--new-tokens", help="Tokens to generate after the prompt.")
-PRECISION = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed (mixed: fp32 master weights + autocast).")
-OPTIMIZER = typer.Option(None, "--optimizer", help="adamw | adamw-fused | sgd | adafactor | adamw-8bit.")
+PRECISION = typer.Option(None, "--precision", help=f"{' | '.join(TRAIN_PRECISIONS)} (mixed: fp32 master weights + autocast).")
+OPTIMIZER = typer.Option(None, "--optimizer", help=f"Trainer optim name, built as the Trainer builds it on the device: "
+                         f"{optimizer_choices_text()}. Default {DEFAULT_OPTIMIZER}.")
 CHECKPOINTING = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient (activation) checkpointing.")
 ATTN = typer.Option(None, "--attn", help="Attention implementation: sdpa | eager.")
 LORA_R = typer.Option(None, "--lora-r", help="LoRA rank (freezes the base model).")

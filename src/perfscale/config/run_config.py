@@ -9,16 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from perfscale.config.optimizer import (
+    ADAPTIVE,
+    DEFAULT_OPTIMIZER,
+    OPTIMIZER_ALIASES,
+    OPTIMIZERS,
+    canonical_optimizer,
+    optimizer_choices_text,
+)
+from perfscale.config.precision import INFER_PRECISIONS, PRECISIONS, TRAIN_PRECISIONS, Precision
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload
 
-# Training precisions: plain dtypes keep weights, grads and optimizer state in that dtype;
-# "-mixed" keeps fp32 master weights and runs matmuls under autocast in the 16-bit dtype.
-TRAIN_PRECISIONS = ("fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed")
-INFER_PRECISIONS = ("fp32", "bf16", "fp16")
-# adamw = torch.optim.AdamW foreach (the torch default); adamw-fused = fused=True
-# (transformers' Trainer default `adamw_torch_fused`); adamw-8bit needs bitsandbytes.
-OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor", "adamw-8bit")
+# Precisions (config/precision.py): plain dtypes keep weights, grads and optimizer state in that
+# dtype; "-mixed" keeps fp32 master weights and runs matmuls under autocast in the 16-bit dtype.
+# Optimizers (config/optimizer.py): the Trainer's `optim` names; earlier names are aliases.
 ATTENTION = ("sdpa", "eager")
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOAD = ("none", "optimizer", "optimizer+params")
@@ -40,8 +45,8 @@ class RunConfig:
     """
 
     workload: TrainWorkload | InferWorkload
-    precision: str = "fp32"
-    optimizer: str = "adamw"
+    precision: str = "fp32"  # a Precision is accepted and stored as its name (see `prec`)
+    optimizer: str = DEFAULT_OPTIMIZER  # an alias (e.g. "adamw") is stored as its Trainer name
     checkpointing: bool = False
     attn: str = "sdpa"
     lora_r: int | None = None
@@ -62,6 +67,10 @@ class RunConfig:
     pp_virtual: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.precision, Precision):
+            object.__setattr__(self, "precision", self.precision.name)
+        if isinstance(self.optimizer, str) and self.optimizer in OPTIMIZER_ALIASES:
+            object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
         problems = self.problems()
         if problems:
             raise InvalidConfigError(
@@ -80,13 +89,19 @@ class RunConfig:
     def lora(self) -> bool:
         return self.lora_r is not None
 
+    @property
+    def prec(self) -> Precision:
+        """The precision decoded (weight/compute dtypes, autocast, bytes, peak key): what engines read."""
+        return PRECISIONS[self.precision]
+
     def problems(self) -> list[str]:
         problems: list[str] = []
         if not isinstance(self.workload, (TrainWorkload, InferWorkload)):
             problems.append(f"workload must be a TrainWorkload or InferWorkload, got {type(self.workload).__name__}")
             return problems
         _check_choice("precision", self.precision, TRAIN_PRECISIONS if self.is_train else INFER_PRECISIONS, problems)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS, problems)
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of: {optimizer_choices_text()}")
         _check_choice("attn", self.attn, ATTENTION, problems)
         _check_choice("zero", self.zero, ZERO_STAGES, problems)
         _check_choice("offload", self.offload, OFFLOAD, problems)
@@ -112,7 +127,8 @@ class RunConfig:
         if self.lora_targets and self.lora_r is None:
             problems.append("lora_targets given without lora_r: add a rank (e.g. lora_r=16)")
         if self.is_train:
-            if self.precision in ("fp16",) and self.optimizer in ("adamw", "adamw-fused", "adamw-8bit", "adafactor") and not self.lora:
+            prec = PRECISIONS.get(self.precision)
+            if prec is not None and prec.weight_dtype == "fp16" and self.optimizer in ADAPTIVE and not self.lora:
                 problems.append(
                     "pure fp16 weights with an adaptive optimizer lose updates below fp16 resolution and "
                     "overflow without loss scaling: use precision fp16-mixed (fp32 master weights) or bf16"
@@ -158,4 +174,4 @@ def parse_targets(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-__all__ = ["RunConfig", "parse_targets"]
+__all__ = ["INFER_PRECISIONS", "OPTIMIZERS", "TRAIN_PRECISIONS", "RunConfig", "parse_targets"]

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from perfscale.config.precision import PRECISIONS
 from perfscale.estimate import families
 
-# Bytes per element of each dtype class under each precision (see families.py).
-# "-mixed" = torch autocast: fp32 parameters and residual stream, 16-bit matmuls.
-PRECISION_BYTES = {
-    #            param stream compute
-    "fp32": (4, 4, 4),
-    "bf16": (2, 2, 2),
-    "fp16": (2, 2, 2),
-    "bf16-mixed": (4, 4, 2),
-    "fp16-mixed": (4, 4, 2),
-}
-# Dtype whose hardware peak applies to the matmuls of each precision.
-PEAK_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
+# (param, stream, compute) bytes per element of each dtype class under each precision (families.py),
+# from config/precision.py: the residual stream is in the parameter dtype (fp32 under autocast
+# "-mixed"), the matmuls in the compute dtype. The per-precision tables below are keyed by name.
+PRECISION_BYTES = {name: (p.weight_bytes, p.weight_bytes, p.compute_bytes) for name, p in PRECISIONS.items()}
 ROPE_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
 RMS_FAMILIES = ROPE_FAMILIES + ("t5",)
 # Config keys of dropout probabilities that apply in training (GPT-2, OPT, Falcon, GPT-NeoX, Llama, Phi-3,

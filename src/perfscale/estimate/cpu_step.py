@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
+from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import is_lora_target, lora_params
 
@@ -40,7 +40,7 @@ from perfscale.estimate.memory import is_lora_target, lora_params
 # noise, landing between -0.5 and 26 across runs, on a term worth 1-5% of the step).
 ELEMENTWISE_TRAFFIC = 3.0
 CALIBRATED_FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2", "gpt_neox", "falcon", "opt")
-CALIBRATED_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor")
+CALIBRATED_OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd", "adafactor")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _fwd_bwd_ops(kind: str, shape: str, size: int, count: float, fwd_phase: str 
 def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     """The timed operations of one micro-step (forward, loss, backward), then the optimizer step
     (phase "opt"), which runs once per optimizer step whatever the accumulation."""
-    dtype = PEAK_DTYPE[k.precision]
+    dtype = k.prec.peak_key
     tokens = k.batch * k.seq
     lora = k.lora_r is not None
     ops: list[Op] = []
@@ -112,12 +112,12 @@ def step_ops(mc: ModelConstants, k: Knobs) -> list[Op]:
     if mlp:
         ops += _fwd_bwd_ops("dropout", dtype, tokens * mc.i, mlp * mc.layers)
     if sites.get("embed"):  # on the embedding output, in the parameter dtype; no gradient under LoRA
-        embed_dtype = "fp32" if PRECISION_BYTES[k.precision][0] == 4 else dtype
+        embed_dtype = k.prec.weight_dtype
         ops += _fwd_bwd_ops("dropout", embed_dtype, tokens * mc.h, sites["embed"], "embed", backward=not lora)
     ops += [Op(op.signature, op.size, op.coef, "head") for op in _linear_ops(mc.h, mc.vocab, tokens, dtype, not lora, 1)]
     ops.append(Op(f"cross_entropy:{mc.vocab}:fp32", tokens, 1, "head"))
     ops.append(Op(dispatch_signature(mc, k), mc.layers, 1, "framework"))
-    param_dtype = "fp32" if PRECISION_BYTES[k.precision][0] == 4 else dtype
+    param_dtype = k.prec.weight_dtype
     trainable = lora_params(mc, k.lora_r, k.lora_targets) if lora else mc.params_total
     ops.append(Op(f"optimizer:{k.optimizer}:{param_dtype}", int(trainable), 1.0, "opt"))
     return ops

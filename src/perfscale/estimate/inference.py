@@ -10,14 +10,14 @@ position's logits, logits_to_keep=1, upcast to fp32). Derived; tested against tr
 
 from __future__ import annotations
 
-from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
+from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import QUANT_BYTES
 
 
 def weight_bytes(mc: ModelConstants, k: Knobs) -> float:
     """Per-device weights: quantized linear layers, 16/32-bit embeddings and head; TP split."""
-    pb = PRECISION_BYTES[k.precision][0]
+    pb = k.prec.weight_bytes
     qb = QUANT_BYTES.get(k.quantization) or pb
     linear = mc.layers * mc.matmul_layer
     rest = mc.params_total - linear
@@ -26,14 +26,14 @@ def weight_bytes(mc: ModelConstants, k: Knobs) -> float:
 
 def kv_bytes_per_token(mc: ModelConstants, k: Knobs) -> float:
     """KV cache bytes per token per sequence on one device (kv heads split by TP when they can be)."""
-    cb = 1 if k.kv_cache_dtype == "fp8" else PRECISION_BYTES[k.precision][2]
+    cb = 1 if k.kv_cache_dtype == "fp8" else k.prec.compute_bytes
     kv_split = k.tp if mc.kv_heads % k.tp == 0 else 1
     return mc.decoder_layers * 2 * mc.kv_heads * mc.head_dim * cb / kv_split
 
 
 def prefill_transient(mc: ModelConstants, k: Knobs, batch: int, prompt: int) -> float:
     """Largest intermediates of the prefill forward (one layer at a time under no_grad)."""
-    cb = PRECISION_BYTES[k.precision][2]
+    cb = k.prec.compute_bytes
     tokens = batch * prompt
     layer = tokens * (3 * mc.i + 2 * mc.h) * cb / k.tp  # gated MLP: gate, up, act + residual in/out
     attn = tokens * (2 * mc.q + 2 * mc.kv + mc.h) * cb / k.tp

@@ -5,22 +5,30 @@ RunConfig validates once where the user builds it; the search builds thousands o
 
 from __future__ import annotations
 
+from perfscale.config.optimizer import DEFAULT_OPTIMIZER, OPTIMIZER_ALIASES
+from perfscale.config.precision import PRECISIONS
+
 
 class Knobs:
-    __slots__ = (
+    FIELDS = (
         "mode", "batch", "seq", "accum", "prompt", "new_tokens", "precision", "optimizer", "checkpointing",
         "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp", "offload", "quantization", "cache",
         "kv_cache_dtype", "compile", "sequence_parallel", "selective", "pp_virtual", "pp_embed_slots", "fused",
     )
+    # prec: the decoded `precision` (config/precision.py), one shared object per name, kept in step
+    # with `precision` by __init__ and copy (a dict lookup: the hot path builds no Precision).
+    __slots__ = FIELDS + ("prec",)
 
     def __init__(self, mode="train", batch=1, seq=512, accum=1, prompt=0, new_tokens=0, precision="fp32",
-                 optimizer="adamw", checkpointing=False, attn="sdpa", lora_r=None, lora_targets=(), zero=0,
+                 optimizer=DEFAULT_OPTIMIZER, checkpointing=False, attn="sdpa", lora_r=None, lora_targets=(), zero=0,
                  fsdp=None, tp=1, pp=1, offload="none", quantization="none", cache="dynamic",
                  kv_cache_dtype="auto", compile=False, sequence_parallel=False, selective=False, pp_virtual=1,
                  pp_embed_slots=False, fused=False):
         self.mode, self.batch, self.seq, self.accum = mode, batch, seq, accum
         self.prompt, self.new_tokens = prompt, new_tokens
-        self.precision, self.optimizer, self.checkpointing, self.attn = precision, optimizer, checkpointing, attn
+        self.precision, self.checkpointing, self.attn = precision, checkpointing, attn
+        self.prec = PRECISIONS[precision]
+        self.optimizer = OPTIMIZER_ALIASES.get(optimizer, optimizer)
         self.lora_r, self.lora_targets = lora_r, tuple(lora_targets)
         self.zero, self.fsdp, self.tp, self.pp, self.offload = zero, fsdp, tp, pp, offload
         self.quantization, self.cache, self.kv_cache_dtype, self.compile = quantization, cache, kv_cache_dtype, compile
@@ -35,6 +43,10 @@ class Knobs:
         new = Knobs.__new__(Knobs)
         for name in Knobs.__slots__:
             setattr(new, name, changes.get(name, getattr(self, name)))
+        if "precision" in changes:
+            new.prec = PRECISIONS[new.precision]
+        if "optimizer" in changes:
+            new.optimizer = OPTIMIZER_ALIASES.get(new.optimizer, new.optimizer)
         return new
 
     @classmethod
@@ -83,7 +95,7 @@ class Knobs:
         )
 
     def as_dict(self) -> dict:
-        data = {name: getattr(self, name) for name in Knobs.__slots__}
+        data = {name: getattr(self, name) for name in Knobs.FIELDS}
         data["lora_targets"] = list(self.lora_targets)
         if self.mode == "train":
             for k in ("prompt", "new_tokens", "cache", "kv_cache_dtype"):

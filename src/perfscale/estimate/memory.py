@@ -13,6 +13,7 @@ Derived from the order in which autograd frees saved tensors; tested against tra
 
 from __future__ import annotations
 
+from perfscale.config.optimizer import foreach_copy
 from perfscale.estimate import families
 from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
 from perfscale.estimate.knobs import Knobs
@@ -30,16 +31,18 @@ UNITS_IN_FLIGHT = 2
 def optimizer_bytes(mc: ModelConstants, optimizer: str, state_bytes: int, trainable: float, lora: bool) -> float:
     """Optimizer state bytes per trainable parameter (excluding fp32 master weights).
 
-    AdamW: m and v (Loshchilov & Hutter 2019; torch keeps them in the parameter dtype);
-    SGD momentum: one buffer; 8-bit AdamW: two uint8 states + one fp32 absmax per 2048-block
-    (Dettmers et al. 2022, blockwise quantization); Adafactor: factored second moment, rows + cols
-    per matrix (Shazeer & Stern 2018), beta1=None (transformers' default, no first moment).
+    `optimizer` is a Trainer `optim` name, built as the Trainer builds it (config/optimizer.py).
+    AdamW: m and v (Loshchilov & Hutter 2019; torch keeps them in the parameter dtype); SGD as the
+    Trainer builds it has no momentum, so no state; 8-bit AdamW: two uint8 states + one fp32 absmax
+    per 2048-block (Dettmers et al. 2022, blockwise quantization); Adafactor: factored second
+    moment, rows + cols per matrix (Shazeer & Stern 2018), beta1=None (transformers' default, no
+    first moment).
     """
-    if optimizer in ("adamw", "adamw-fused"):
+    if optimizer in ("adamw_torch_fused", "adamw_torch"):
         return 2.0 * state_bytes
     if optimizer == "sgd":
-        return 1.0 * state_bytes
-    if optimizer == "adamw-8bit":
+        return 0.0
+    if optimizer == "adamw_bnb_8bit":
         return 2.0 + 2 * 4 / 2048
     if optimizer == "adafactor":
         if lora or trainable <= 0:
@@ -187,20 +190,21 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
     FSDP2 MixedPrecisionPolicy(param_dtype=16-bit): fp32 sharded params/grads/states, the model
     runs in 16 bits on the all-gathered copies.
     """
-    pb, _sb, _cb = PRECISION_BYTES[k.precision]
-    mixed = k.precision.endswith("-mixed")
-    half = k.precision.split("-")[0]
+    prec = k.prec
+    pb, mixed = prec.weight_bytes, prec.mixed
+    half = prec.compute_dtype  # the plain 16-bit precision the model runs in
     if mixed and k.zero:
         return 2, 2, 4, 4, half, "deepspeed-mixed"
     if mixed and k.fsdp:
         return 4, 4, 4, 0, half, "fsdp-mixed"
-    return pb, pb, pb, 0, k.precision, "autocast" if mixed else "plain"
+    return pb, pb, pb, 0, prec.name, "autocast" if mixed else "plain"
 
 
 def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda") -> dict:
     """Per-device training memory of the worst pipeline stage. Returns plain numbers.
 
-    program: "cuda" (GPUs and the default trace) or "cpu" (the CPU program's dropout noise)."""
+    program: "cuda" (GPUs and the default trace) or "cpu": the CPU program's dropout noise, and
+    torch's per-parameter AdamW loop instead of CUDA's foreach (config/optimizer.py)."""
     pb, gb, stb, master, act_key, label = regime(k)
     _p, sb, cb = PRECISION_BYTES[act_key]
     tp, pp = k.tp, k.pp
@@ -328,8 +332,14 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda"
         }
         opt_temp = 0.0
         if k.offload == "none" and not (z and label == "deepspeed-mixed"):
-            if k.optimizer == "adamw":
-                opt_temp = trainable * t_stb / (shard if (z >= 1 or k.fsdp) else 1)  # foreach: sqrt(v) list
+            if foreach_copy(k.optimizer, program):
+                # foreach AdamW (CUDA): sqrt(v) + eps for every parameter at once
+                opt_temp = trainable * t_stb / (shard if (z >= 1 or k.fsdp) else 1)
+            elif k.optimizer == "adamw_torch" and not lora:
+                # the per-parameter loop (CPU): sqrt(v) and sqrt(v) / bias_correction of one
+                # parameter alive together, the largest one's (torch.optim.adamw._single_tensor_adamw;
+                # tiny llama: trace +4,195,328 B = 2 x its 2048 x 256 fp32 embedding). LoRA: adapter-sized, not counted.
+                opt_temp = 2 * mc.largest_matrix / tp * t_stb / (shard if (z >= 1 or k.fsdp) else 1)
             elif k.optimizer == "adafactor":
                 big = (mc.largest_matrix if not lora else 0) / tp
                 opt_temp = big * 4 * (2 if t_pb == 4 else 4)  # (grad^2 + eps) and the update, fp32

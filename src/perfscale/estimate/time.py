@@ -28,7 +28,8 @@ else the inter-node bandwidth (per device).
 
 from __future__ import annotations
 
-from perfscale.estimate.constants import PEAK_DTYPE, PRECISION_BYTES, ModelConstants
+from perfscale.config.precision import Precision
+from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
 
@@ -66,10 +67,9 @@ def flops_per_token(mc: ModelConstants, seq: float) -> float:
     return 2.0 * matmul + 4.0 * seq * mc.q * mc.layers
 
 
-def effective_peak(hw, precision: str, efficiency: float | None) -> tuple[float, float, bool]:
+def effective_peak(hw, precision: Precision, efficiency: float | None) -> tuple[float, float, bool]:
     """(peak FLOP/s for the precision's matmul dtype, efficiency, native?)."""
-    dtype = PEAK_DTYPE[precision]
-    peak = hw.peak(dtype)
+    peak = hw.peak(precision.peak_key)
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY.get(hw.kind, 0.45)
     if peak:
         return peak, eff, True
@@ -92,7 +92,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     world = nodes * per_node
     tp, pp = k.tp, k.pp
     dp = max(1, world // (tp * pp))
-    peak, eff, native = effective_peak(hw, k.precision, efficiency)
+    peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff
     fwd = flops_per_token(mc, k.seq)
     tokens_replica = k.batch * k.seq * k.accum
@@ -109,9 +109,10 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     if measured is not None:
         compute, recompute = measured
         eff = tokens_replica * fwd * (1 + backward_factor) / compute / peak if compute > 0 and native else eff
-    cb = PRECISION_BYTES[k.precision][2]
-    # Data-parallel traffic: gradients of the trainable parameters on this device.
-    gbytes = trainable / (tp * pp) * (2 if k.precision != "fp32" and k.lora_r is None else 4)
+    cb = k.prec.compute_bytes
+    # Data-parallel traffic: gradients of the trainable parameters on this device (16-bit under
+    # any 16-bit precision; LoRA's fp32 adapters in fp32).
+    gbytes = trainable / (tp * pp) * (2 if cb < 4 and k.lora_r is None else 4)
     dp_bw = _bw(hw, nodes > 1 and dp > 1)
     ring = (dp - 1) / dp if dp > 1 else 0.0
     shard_full = k.zero == 3 or bool(k.fsdp)
@@ -150,7 +151,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     tokens_global = tokens_replica * dp
     tps = tokens_global / step if step > 0 else 0.0
     model_flops = 3 * fwd * tps
-    mfu = model_flops / (world * hw.peak(PEAK_DTYPE[k.precision])) if native and hw.peak(PEAK_DTYPE[k.precision]) else None
+    mfu = model_flops / (world * hw.peak(k.prec.peak_key)) if native and hw.peak(k.prec.peak_key) else None
     return {
         "step": step,
         "split": {"compute": compute, "exposed_comm": exposed, "bubble": bubble, "recompute": recompute},
@@ -169,7 +170,7 @@ def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: f
     """TTFT = prefill FLOPs at peak x efficiency; each decode step reads the weights and the KV
     cache once: max(bytes / (bandwidth x 0.8), FLOPs / (peak x efficiency)) (roofline, Williams et
     al. 2009; decode memory-bound, Pope et al. 2022). TP adds 2 all-reduces per layer per token."""
-    peak, eff, native = effective_peak(hw, k.precision, efficiency)
+    peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff / k.tp
     prefill = k.batch * k.prompt * flops_per_token(mc, k.prompt / 2) / rate
     bw = (hw.memory_bandwidth.value or 1e11) * BANDWIDTH_EFFICIENCY
@@ -179,7 +180,7 @@ def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: f
     decode_flops = k.batch * flops_per_token(mc, avg_ctx) / rate
     tp_lat = 0.0
     if k.tp > 1:
-        cb = PRECISION_BYTES[k.precision][2]
+        cb = k.prec.compute_bytes
         tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / _bw(hw, False) + TP_ALLREDUCE_LATENCY_S)
         prefill += 2 * mc.layers * 2 * k.batch * k.prompt * mc.h * cb / _bw(hw, False)
     per_token = max(decode_mem, decode_flops) + tp_lat

@@ -38,8 +38,8 @@ def deepspeed_config(config: RunConfig, topology: Topology) -> dict[str, Any]:
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro * accumulation * topology.world_size,
         "gradient_clipping": 1.0,
-        "bf16": {"enabled": config.precision in ("bf16", "bf16-mixed")},
-        "fp16": {"enabled": config.precision in ("fp16", "fp16-mixed"), "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": config.prec.compute_dtype == "bf16"},
+        "fp16": {"enabled": config.prec.compute_dtype == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "zero_optimization": zero,
     }
 

@@ -8,7 +8,6 @@ from typing import Any
 from perfscale.config import RunConfig
 from perfscale.specs.hardware import Topology
 
-ACCELERATE_PRECISION = {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}
 
 
 def fsdp_settings(config: RunConfig) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def accelerate_config(config: RunConfig, topology: Topology, deepspeed_path: str
     document: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": _distributed_type(config, topology),
-        "mixed_precision": ACCELERATE_PRECISION.get(config.precision, "no"),
+        "mixed_precision": config.prec.autocast_dtype or "no",  # accelerate's names: bf16 | fp16 | no
         "num_machines": topology.nodes,
         "num_processes": topology.world_size,
         "machine_rank": 0,

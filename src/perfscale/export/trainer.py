@@ -8,14 +8,6 @@ from typing import Any
 from perfscale.config import RunConfig
 from perfscale.specs.hardware import Topology
 
-# RunConfig optimizer -> TrainingArguments `optim` (transformers.training_args.OptimizerNames).
-TRAINER_OPTIM = {
-    "adamw": "adamw_torch",  # torch.optim.AdamW, foreach
-    "adamw-fused": "adamw_torch_fused",  # the Trainer default in transformers 5
-    "sgd": "sgd",
-    "adafactor": "adafactor",
-    "adamw-8bit": "adamw_bnb_8bit",  # bitsandbytes
-}
 
 
 def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | None = None) -> dict[str, Any]:
@@ -26,13 +18,13 @@ def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | 
         "output_dir": "perfscale-out",
         "per_device_train_batch_size": config.workload.batch,
         "gradient_accumulation_steps": config.workload.grad_accum,
-        "optim": TRAINER_OPTIM[config.optimizer],
+        "optim": config.optimizer,  # already a TrainingArguments `optim` name (config/optimizer.py)
         # transformers 5 name; `gradient_checkpointing` is its deprecated alias.
         "activation_checkpointing": config.checkpointing,
         # Mixed precision: fp32 master weights + autocast. Pure bf16/fp16 weights are chosen when
         # loading the model (see the snippet), not here.
-        "bf16": config.precision == "bf16-mixed",
-        "fp16": config.precision == "fp16-mixed",
+        "bf16": config.prec.autocast_dtype == "bf16",
+        "fp16": config.prec.autocast_dtype == "fp16",
         "torch_compile": config.compile,
     }
     if topology.hardware.kind == "cpu":
@@ -55,8 +47,8 @@ def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | 
 def model_kwargs(config: RunConfig) -> dict[str, str]:
     """`from_pretrained` kwargs (as source text) implied by the config."""
     kwargs = {"attn_implementation": repr(config.attn)}
-    if config.precision in ("bf16", "fp16"):
-        kwargs["dtype"] = "torch.bfloat16" if config.precision == "bf16" else "torch.float16"
+    if config.prec.low_precision_weights:
+        kwargs["dtype"] = f"torch.{config.prec.torch_weight_dtype_name}"
     return kwargs
 
 

@@ -40,9 +40,9 @@ def fingerprint(threads: int | None = None) -> dict:
 
 
 def _dtype(name: str):
-    import torch
+    from perfscale.config.precision import torch_dtype
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return torch_dtype(name)
 
 
 def _linear(kind: str, shape: str, tokens: int) -> Callable[[], object]:

@@ -69,7 +69,8 @@ def _emulation(emulate: bool):
     return ctx
 
 
-def _driver(config: RunConfig):
+def _driver(config: RunConfig, program: str):
+    """The tracing function; training ones build the optimizer as it runs on `program`."""
     if not config.is_train:
         from perfscale.trace.infer import trace_infer
 
@@ -77,10 +78,10 @@ def _driver(config: RunConfig):
     if config.fsdp:
         from perfscale.trace.fsdp import trace_fsdp
 
-        return trace_fsdp
+        return functools.partial(trace_fsdp, program=program)
     from perfscale.trace.train_step import trace_train
 
-    return trace_train
+    return functools.partial(trace_train, program=program)
 
 
 def _can_repeat(spec: ModelSpec) -> bool:
@@ -91,7 +92,8 @@ def _can_repeat(spec: ModelSpec) -> bool:
 
 
 def run_raw(spec: ModelSpec, config: RunConfig, fake_device: str, emulate: bool, use_repeat: bool | None) -> tuple[RawTrace, str]:
-    driver = _driver(config)
+    program = "cuda" if emulate or fake_device == "cuda" else "cpu"
+    driver = _driver(config, program)
     emulation = _emulation(emulate)
     if use_repeat is None:
         use_repeat = _can_repeat(spec)

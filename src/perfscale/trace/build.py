@@ -17,17 +17,8 @@ from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.specs.model import ModelSpec
 
-# Training precision -> dtype of the stored weights (mixed keeps fp32 master weights).
-WEIGHT_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-mixed": "float32", "fp16-mixed": "float32"}
-AUTOCAST_DTYPE = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16"}
 # Config fields that list one entry per layer and must be cut when tracing fewer layers.
 _PER_LAYER_LISTS = ("layer_types", "block_types", "attention_types_per_layer")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def layer_count_key(config_obj: Any) -> str | None:
@@ -116,7 +107,7 @@ def build_meta(spec: ModelSpec, config: RunConfig, num_layers: int | None = None
     from perfscale.specs.param_count import model_class
 
     cfg = make_config(spec, config, num_layers)
-    dtype = torch_dtype(WEIGHT_DTYPE[config.precision] if config.is_train else {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.precision])
+    dtype = config.prec.torch_weight_dtype()  # fp32 master weights under "-mixed"
     cls = model_class(cfg, spec.architecture)
     try:
         with torch.device("meta"):
@@ -230,4 +221,4 @@ def build_fake(spec: ModelSpec, config: RunConfig, fake_mode: Any, device: str, 
     return model
 
 
-__all__ = ["AUTOCAST_DTYPE", "WEIGHT_DTYPE", "build_fake", "build_meta", "decoder_layers", "fake_mode_for", "new_fake_mode", "real_data_branches", "layers_identical", "make_config"]
+__all__ = ["build_fake", "build_meta", "decoder_layers", "fake_mode_for", "new_fake_mode", "real_data_branches", "layers_identical", "make_config"]

@@ -15,7 +15,7 @@ import contextlib
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.model import ModelSpec
-from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, new_fake_mode, torch_dtype
+from perfscale.trace.build import build_fake, decoder_layers, fake_mode_for, new_fake_mode
 from perfscale.trace.result import RawTrace
 from perfscale.trace.train_step import (
     check_train_config,
@@ -44,7 +44,9 @@ def fake_process_group(world_size: int):
         dist.destroy_process_group()
 
 
-def trace_fsdp(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
+def trace_fsdp(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None,
+               program: str | None = None) -> RawTrace:
+    """The FSDP2 step per rank; `program`: the device whose program is traced (default: `device`)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     check_train_config(config)
@@ -55,10 +57,10 @@ def trace_fsdp(spec: ModelSpec, config: RunConfig, device: str, emulation, num_l
         raise InvalidConfigError("LoRA with --fsdp is not traced (frozen sharded bases); trace LoRA on one device or use `perfscale plan`.")
     with fake_process_group(n):
         mesh = init_device_mesh(device, (n,))  # outside the fake mode: it reads real rank tensors
-        return _trace_sharded(spec, config, device, emulation, num_layers, mesh)
+        return _trace_sharded(spec, config, device, emulation, num_layers, mesh, program or device)
 
 
-def _warm_up_sharding_propagation(params: list, config: RunConfig, spec: ModelSpec) -> None:
+def _warm_up_sharding_propagation(params: list, config: RunConfig, spec: ModelSpec, program: str) -> None:
     """One untracked optimizer step on zero gradients with a throwaway optimizer.
 
     DTensor infers each op's output sharding the first time it sees the op, by running it on
@@ -71,14 +73,14 @@ def _warm_up_sharding_propagation(params: list, config: RunConfig, spec: ModelSp
     with torch.no_grad():
         for p in params:
             p.grad = torch.zeros_like(p)
-    warm = make_optimizer(config.optimizer, params, spec.name)
+    warm = make_optimizer(config.optimizer, params, spec.name, program)
     warm.step()
     del warm
     for p in params:
         p.grad = None
 
 
-def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers, mesh) -> RawTrace:
+def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers, mesh, program: str) -> RawTrace:
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -91,14 +93,14 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
     with fake_mode_for(fake_mode, device):
         layers = decoder_layers(model)
         mp = MixedPrecisionPolicy()
-        if config.precision in AUTOCAST_DTYPE:
-            mp = MixedPrecisionPolicy(param_dtype=torch_dtype(AUTOCAST_DTYPE[config.precision]), reduce_dtype=torch.float32)
+        if config.prec.mixed:
+            mp = MixedPrecisionPolicy(param_dtype=config.prec.torch_autocast_dtype(), reduce_dtype=torch.float32)
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
         params = [p for p in model.parameters() if p.requires_grad]
-        _warm_up_sharding_propagation(params, config, spec)
-        opt = make_optimizer(config.optimizer, params, spec.name)
+        _warm_up_sharding_propagation(params, config, spec, program)
+        opt = make_optimizer(config.optimizer, params, spec.name, program)
         inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
         tracker = region_fsdp_tracker(model, opt, layers)
         try:

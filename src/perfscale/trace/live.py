@@ -109,7 +109,7 @@ def real_train_peak(spec: ModelSpec, config: RunConfig, device: str = "cpu") -> 
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         model = real_model(spec, config, device)
-        opt = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], spec.name)
+        opt = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], spec.name, device)
         inputs = make_inputs(model, spec, config.workload.batch, config.workload.seq, device)
         run_step_loop(model, opt, inputs, _Steps(), config, device)
         torch.cuda.synchronize()
@@ -118,7 +118,7 @@ def real_train_peak(spec: ModelSpec, config: RunConfig, device: str = "cpu") -> 
         torch.cuda.empty_cache()
         return int(peak)
     model = real_model(spec, config, device)
-    opt = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], spec.name)
+    opt = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], spec.name, device)
     inputs = make_inputs(model, spec, config.workload.batch, config.workload.seq, device)
     mode = _live_mode()
     for t in [*model.parameters(), *model.buffers(), *inputs.values()]:

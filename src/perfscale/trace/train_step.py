@@ -14,7 +14,8 @@ from typing import Any
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.specs.model import ModelSpec
-from perfscale.trace.build import AUTOCAST_DTYPE, build_fake, decoder_layers, fake_mode_for, new_fake_mode, torch_dtype
+from perfscale.config.optimizer import build_optimizer, optimizer_choices_text
+from perfscale.trace.build import build_fake, decoder_layers, fake_mode_for, new_fake_mode
 from perfscale.trace.result import RawTrace
 from perfscale.trace.tracker import RegionMemTracker, to_breakdown
 
@@ -29,15 +30,15 @@ def check_train_config(config: RunConfig) -> None:
     if config.optimizer == "adafactor" and config.lora:
         raise InvalidConfigError(
             "optimizer 'adafactor' with LoRA (a frozen base model): Adafactor's factored second moments only "
-            "apply to the full weight matrices, which LoRA freezes; use optimizer adamw (adapters are small)."
+            "apply to the full weight matrices, which LoRA freezes; use optimizer adamw_torch_fused (adapters are small)."
         )
-    if config.optimizer == "adamw-8bit":
+    if config.optimizer == "adamw_bnb_8bit":
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise InvalidConfigError(
-                "optimizer 'adamw-8bit' needs bitsandbytes, which is not importable here "
-                f"({exc}). Install it (pip install bitsandbytes) or choose adamw / adamw-fused / sgd / adafactor."
+                "optimizer 'adamw_bnb_8bit' (adamw-8bit) needs bitsandbytes, which is not importable here "
+                f"({exc}). Install it (pip install bitsandbytes) or choose adamw_torch_fused / adamw_torch / sgd / adafactor."
             ) from exc
     if config.quantization != "none":
         raise InvalidConfigError(
@@ -53,29 +54,15 @@ def check_train_config(config: RunConfig) -> None:
         raise InvalidConfigError("offload: the trace engine tracks device memory without CPU offload; use `perfscale plan`.")
 
 
-def make_optimizer(name: str, params: list, model_name: str):
-    """The optimizer as a CUDA run constructs it (foreach, the CUDA default, stated explicitly)."""
-    import torch
-
+def make_optimizer(name: str, params: list, model_name: str, program: str):
+    """The optimizer the Trainer builds for `name` as it runs on the `program` device ("cuda" | "cpu"):
+    adamw_torch is foreach on CUDA and the per-parameter loop on CPU (config/optimizer.py)."""
     if not params:
         raise InvalidConfigError(f"{model_name}: no trainable parameters (everything is frozen), so {name!r} has nothing to update.")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
-    if name == "adamw-fused":
-        return torch.optim.AdamW(params, lr=1e-4, fused=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
-    if name == "adafactor":
-        # transformers' Adafactor as Trainer(optim="adafactor") builds it (fixed lr, no parameter scaling);
-        # torch.optim.Adafactor reads its step counter with .item(), which fake tensors cannot.
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=1e-3, scale_parameter=False, relative_step=False, warmup_init=False)
-    if name == "adamw-8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=1e-4)
-    raise InvalidConfigError(f"optimizer {name!r} is not traced.")
+    try:
+        return build_optimizer(name, params, program)
+    except ValueError as exc:
+        raise InvalidConfigError(f"optimizer {name!r} is not traced: choose one of {optimizer_choices_text()}.") from exc
 
 
 def _forward_target(model: Any):
@@ -119,9 +106,9 @@ def skip_frozen(tracker: Any, model: Any) -> None:
 def autocast_context(config: RunConfig, device: str):
     import torch
 
-    if config.precision not in AUTOCAST_DTYPE:
+    if not config.prec.mixed:
         return contextlib.nullcontext()
-    return torch.autocast(device, dtype=torch_dtype(AUTOCAST_DTYPE[config.precision]))
+    return torch.autocast(device, dtype=config.prec.torch_autocast_dtype())
 
 
 def run_step_loop(model, opt, inputs, tracker, config: RunConfig, device: str) -> None:
@@ -143,15 +130,18 @@ def regions_of(tracker: Any) -> dict[tuple, tuple[int, dict[str, int]]]:
     return {key: (total, to_breakdown(snap)) for key, (total, snap) in tracker.regions.items()}
 
 
-def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None) -> RawTrace:
-    """One traced run of ITERATIONS optimizer steps. `emulation` is a context manager factory."""
+def trace_train(spec: ModelSpec, config: RunConfig, device: str, emulation, num_layers: int | None = None,
+                program: str | None = None) -> RawTrace:
+    """One traced run of ITERATIONS optimizer steps. `emulation` is a context manager factory;
+    `program`: the device whose program is traced (default: the fake tensors' device)."""
+
     check_train_config(config)
     wl = config.workload
     fake_mode = new_fake_mode()
     model = build_fake(spec, config, fake_mode, device, num_layers)
     with fake_mode_for(fake_mode, device):
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = make_optimizer(config.optimizer, params, spec.name)
+        opt = make_optimizer(config.optimizer, params, spec.name, program or device)
         inputs = make_inputs(model, spec, wl.batch, wl.seq, device)
         tracker = RegionMemTracker(model, decoder_layers(model))
         skip_frozen(tracker, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from perfscale.config.optimizer import ADAMW
 from perfscale.units import gib
 
 
@@ -27,16 +28,16 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> l
             needs.append("CPU offload")
         if _share(fitting, lambda c: c.tp > 1 or c.pp > 1):
             needs.append("tensor or pipeline parallelism")
-        if _share(fitting, lambda c: c.optimizer in ("adamw-8bit", "adafactor", "sgd")):
+        if _share(fitting, lambda c: c.optimizer in ("adamw_bnb_8bit", "adafactor", "sgd")):
             needs.append("a lighter optimizer (8-bit AdamW or Adafactor)")
         if needs:
             words.append("Fits only with " + " and ".join(needs) + ".")
-        if k.precision.endswith("-mixed"):
+        if k.prec.mixed:
             fp32 = k.copy(precision="fp32")
             n32 = evaluate_fn(fp32)
             if n32["tps"] > 0:
                 words.append(f"Mixed precision ({k.precision}): {numbers['tps'] / n32['tps']:.1f}x the fp32 throughput "
-                             f"(peak {k.precision.split('-')[0]} vs fp32 on {topo.hardware.name}).")
+                             f"(peak {k.prec.peak_key} vs fp32 on {topo.hardware.name}).")
         split = numbers["split"]
         step = numbers["step"] or 1.0
         binding = numbers["binding"]
@@ -75,8 +76,8 @@ def host_short_message(mc, topo, numbers, k, single: bool) -> str:
     fixes = ["more nodes (ZeRO/FSDP shards the offloaded states over every device)"]
     if k.offload == "optimizer+params":
         fixes.append("--offload optimizer (parameters stay on the devices)")
-    if k.optimizer in ("adamw", "adamw-fused"):
-        fixes.append("a lighter optimizer (--optimizer adamw-8bit or adafactor)")
+    if k.optimizer in ADAMW:
+        fixes.append("a lighter optimizer (--optimizer adamw_bnb_8bit or adafactor)")
     if k.lora_r is None:
         fixes.append("LoRA (--lora-r 16) to freeze the base")
     fixes.append("or --host-memory-gib if the nodes have more RAM")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from perfscale.config.optimizer import ADAMW
+
 OBJECTIVES = ("throughput", "memory", "cost")
 
 
@@ -11,7 +13,7 @@ def complexity(k) -> int:
     score += k.checkpointing if k.mode == "train" else 0
     score += (k.zero > 0) + bool(k.fsdp) + (k.offload != "none") * 2 if k.mode == "train" else 0
     score += (k.tp > 1) + (k.pp > 1) + (k.pp_virtual > 1) + (k.quantization != "none")
-    score += 0 if k.mode != "train" or k.optimizer in ("adamw-fused", "adamw") else 1
+    score += 0 if k.mode != "train" or k.optimizer in ADAMW else 1
     return score
 
 

@@ -56,7 +56,7 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
         return [fixed[name]] if fixed.get(name) is not None else options
 
     precisions = pick("precision", train_precisions(hw))
-    optimizers = pick("optimizer", ["adamw-fused", "adamw", "adamw-8bit", "adafactor"])
+    optimizers = pick("optimizer", ["adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adafactor"])
     ckpts = pick("checkpointing", [False, True])
     attns = pick("attn", ["sdpa"])
     tps = pick("tp", tp_choices(heads, world, per_node))

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from perfscale.config.optimizer import DEFAULT_OPTIMIZER
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import TrainWorkload
@@ -19,12 +20,12 @@ from perfscale.specs.workload import TrainWorkload
 # per_device_train_batch_size=8, optim="adamw_torch_fused", fp32, no checkpointing, sdpa, no
 # torch.compile, dataloader_num_workers=0, torch's default threads.
 TRAINER_DEFAULT_MICRO_BATCH = 8
-TRAINER_DEFAULT_OPTIMIZER = "adamw-fused"
+TRAINER_DEFAULT_OPTIMIZER = DEFAULT_OPTIMIZER
 # Optimizer *implementations* of the same algorithm (same update, other kernels): always searched.
-SAME_ALGORITHM = ("adamw", "adamw-fused")
+SAME_ALGORITHM = ("adamw_torch", "adamw_torch_fused")
 # Other algorithms change the training itself: only when the user allows it (--allow-optimizer-change).
 OTHER_ALGORITHMS_CPU = ("sgd", "adafactor")
-OTHER_ALGORITHMS_GPU = ("sgd", "adafactor", "adamw-8bit")
+OTHER_ALGORITHMS_GPU = ("sgd", "adafactor", "adamw_bnb_8bit")
 LORA_RANK = 16
 MAX_MICRO_BATCH = 64
 

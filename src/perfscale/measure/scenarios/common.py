@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from perfscale.config.precision import Precision
 from perfscale.errors import UnsupportedModelError
-
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
@@ -47,15 +46,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def torch_dtype(precision: str):
-    import torch
-
-    return getattr(torch, TORCH_DTYPES[precision.replace("-mixed", "")])
-
-
-def peak_dtype(precision: str, device: str) -> str:
+def peak_dtype(precision: Precision, device: str) -> str:
     """The hardware peak an MFU figure divides by: the dtype the matmuls run in."""
-    base = precision.replace("-mixed", "")
+    base = precision.peak_key
     if base == "fp32" and device == "cuda":
         import torch
 
@@ -77,9 +70,10 @@ def lm_auto_class(spec, scenario: str) -> str:
     raise UnsupportedModelError(f"{spec.name} ({arch}) has no causal LM head: generate needs a decoder model (e.g. perfscale-tiny-llama).")
 
 
-def build_lm(model: str, scenario: str, precision: str, attn: str, device: str, seed: int):
+def build_lm(model: str, scenario: str, precision: Precision, attn: str, device: str, seed: int):
     """A language model for train/generate: pretrained weights from a local folder that has them,
-    else random weights from the config (catalogue / hub config) with a fixed seed."""
+    else random weights from the config (catalogue / hub config) with a fixed seed, stored in the
+    precision's weight dtype (fp32 master weights under "-mixed")."""
     import os
 
     import torch
@@ -90,7 +84,7 @@ def build_lm(model: str, scenario: str, precision: str, attn: str, device: str, 
     spec = load_model_spec(model)
     config = spec.config_object()
     auto = getattr(transformers, lm_auto_class(spec, scenario))
-    dtype = torch_dtype(precision) if not precision.endswith("-mixed") else torch.float32
+    dtype = precision.torch_weight_dtype()
     has_weights = os.path.isdir(spec.location) and any(
         os.path.exists(os.path.join(spec.location, f)) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
     )

@@ -46,7 +46,7 @@ def setup(config, device: str) -> Scenario:
         flops = sum(forward_flops(spec, n_tok, n_tok) for n_tok in lengths)
     except Exception:  # noqa: BLE001 - MFU is optional: an unknown parameter count gives "n/a"
         flops = None
-    peak = "int8" if config.encoder_quantization != "none" else config.run.precision
+    peak = "int8" if config.encoder_quantization != "none" else config.run.prec.peak_key
 
     def step() -> None:
         encoder.encode(sentences)

@@ -31,7 +31,7 @@ def setup(config, device: str) -> Scenario:
 
     run = config.run
     wl = run.workload
-    spec, model = build_lm(config.model, "generate", run.precision, run.attn, device, config.seed)
+    spec, model = build_lm(config.model, "generate", run.prec, run.attn, device, config.seed)
     model.eval()
     gen = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(3, spec.vocab_size, (wl.batch, wl.prompt), generator=gen).to(device)
@@ -71,6 +71,6 @@ def setup(config, device: str) -> Scenario:
 
     return Scenario(
         step=step, samples_per_iter=wl.batch, tokens_per_iter=wl.batch * wl.new_tokens,
-        flops_per_iter=generate_flops(spec, wl.batch, wl.prompt, wl.new_tokens), peak_dtype=peak_dtype(run.precision, device),
+        flops_per_iter=generate_flops(spec, wl.batch, wl.prompt, wl.new_tokens), peak_dtype=peak_dtype(run.prec, device),
         outputs=outputs, iteration_metrics=lambda: dict(last), setup_metrics={"model": spec.name}, notes=notes,
     )

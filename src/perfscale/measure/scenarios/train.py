@@ -8,32 +8,22 @@ from __future__ import annotations
 
 import contextlib
 
+from perfscale.config import optimizer as optimizers
 from perfscale.errors import UnsupportedModelError
 from perfscale.measure.scenarios.common import Scenario, build_lm, peak_dtype, train_flops
 
 
 def build_optimizer(name: str, params, device: str):
-    """The torch optimizer a bench step uses (also timed alone by measure/cpu_probe.py)."""
-    import torch
-
-    lr = 1e-4
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, foreach=True)
-    if name == "adamw-fused":
-        return torch.optim.AdamW(params, lr=lr, fused=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False)
-    if name == "adamw-8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as exc:
-            raise UnsupportedModelError("optimizer adamw-8bit needs bitsandbytes (pip install bitsandbytes; CUDA only): use adamw") from exc
-        return bnb.optim.AdamW8bit(params, lr=lr)
-    raise UnsupportedModelError(f"optimizer {name!r} is not measurable")
+    """The torch optimizer a bench step uses: the one the Trainer builds for `name` on `device`
+    (config/optimizer.py; also timed alone by measure/cpu_probe.py)."""
+    try:
+        return optimizers.build_optimizer(name, params, device)
+    except ImportError as exc:
+        raise UnsupportedModelError(
+            f"optimizer {name} needs bitsandbytes (pip install bitsandbytes; CUDA only): use adamw_torch_fused ({exc})"
+        ) from exc
+    except ValueError as exc:
+        raise UnsupportedModelError(f"optimizer {name!r} is not measurable: {exc}") from exc
 
 
 def setup(config, device: str) -> Scenario:
@@ -45,7 +35,7 @@ def setup(config, device: str) -> Scenario:
         raise UnsupportedModelError(
             f"QLoRA (quantization {run.quantization}) needs bitsandbytes on CUDA; bench train measures full-precision bases: use quantization none"
         )
-    spec, model = build_lm(config.model, "train", run.precision, run.attn, device, config.seed)
+    spec, model = build_lm(config.model, "train", run.prec, run.attn, device, config.seed)
     model.config.use_cache = False
     if run.checkpointing:
         model.gradient_checkpointing_enable()
@@ -69,12 +59,11 @@ def setup(config, device: str) -> Scenario:
     batches = _cycle(loader)
 
     forward = torch.compile(model) if config.backend == "compile" else model
-    mixed = run.precision.endswith("-mixed")
-    amp_dtype = torch.bfloat16 if run.precision.startswith("bf16") else torch.float16
-    scaler = torch.amp.GradScaler(device) if run.precision == "fp16-mixed" and device == "cuda" else None
+    amp_dtype = run.prec.torch_autocast_dtype()  # None without autocast
+    scaler = torch.amp.GradScaler(device) if run.prec.loss_scaling and device == "cuda" else None
 
     def autocast():
-        return torch.autocast(device, dtype=amp_dtype) if mixed else contextlib.nullcontext()
+        return torch.autocast(device, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
     def step() -> None:
         for _ in range(wl.grad_accum):
@@ -98,7 +87,7 @@ def setup(config, device: str) -> Scenario:
         notes.append("MFU counts model FLOPs: checkpointing's recomputed forward is not counted")
     return Scenario(
         step=step, samples_per_iter=wl.batch * wl.grad_accum, tokens_per_iter=tokens,
-        flops_per_iter=train_flops(spec, tokens, wl.seq, run.lora), peak_dtype=peak_dtype(run.precision, device),
+        flops_per_iter=train_flops(spec, tokens, wl.seq, run.lora), peak_dtype=peak_dtype(run.prec, device),
         setup_metrics={"trainable_params": sum(p.numel() for p in params), "model": spec.name}, notes=notes,
     )
 
