@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from cli_helpers import assert_user_error, run_cli, run_json
 
 import perfscale
+from perfscale.specs.detect import ISA_FLAGS
 
 
 def test_version_and_help():
@@ -46,7 +48,14 @@ def test_hardware_catalogue_and_show():
 def test_hardware_local_describes_this_machine():
     machine = run_json("hardware", "--local")
     assert machine["cpu"]["logical_cores"] >= 1
-    assert "avx2" in machine["cpu"]["isa"]
+    # Every known flag is reported, each true exactly when this CPU has it (read here independently).
+    isa = machine["cpu"]["isa"]
+    assert set(isa) == set(ISA_FLAGS) and all(isinstance(v, bool) for v in isa.values())
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                          if line.startswith(("flags", "Features"))), []))
+        assert {f for f, on in isa.items() if on} == {f for f in ISA_FLAGS if f in flags}
     assert machine["hardware"]["memory_bytes"]["value"] > 0
     assert run_json("hardware", "show", "local")["cpu"] == machine["cpu"]
 

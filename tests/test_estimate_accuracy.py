@@ -12,12 +12,11 @@ import statistics
 
 import pytest
 
+from perfscale import trace as trace_api
 from perfscale.config import RunConfig
 from perfscale.estimate import estimate
 from perfscale.specs import TrainWorkload, parse_topology, spec_from_config
 from tiny_configs import tiny_config
-
-trace_api = pytest.importorskip("perfscale.trace")
 
 _H = dict(hidden_size=256, intermediate_size=512, vocab_size=2048)
 SIZES = {

@@ -46,7 +46,6 @@ def test_optimizer_state_sizes():
 
 
 def test_adamw_8bit_without_bitsandbytes_is_a_clear_error():
-    pytest.importorskip("torch")
     try:
         import bitsandbytes  # noqa: F401
         pytest.skip("bitsandbytes is installed here")
