@@ -12,8 +12,6 @@ import typer
 
 from perfscale.config.optimizer import DEFAULT_OPTIMIZER, optimizer_choices_text
 from perfscale.config.precision import TRAIN_PRECISIONS
-from perfscale.config.optimizer import DEFAULT_OPTIMIZER, optimizer_choices_text
-from perfscale.config.precision import TRAIN_PRECISIONS
 from perfscale.config.run_config import RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload

@@ -94,11 +94,6 @@ class RunConfig:
         """The precision decoded (weight/compute dtypes, autocast, bytes, peak key): what engines read."""
         return PRECISIONS[self.precision]
 
-    @property
-    def prec(self) -> Precision:
-        """The precision decoded (weight/compute dtypes, autocast, bytes, peak key): what engines read."""
-        return PRECISIONS[self.precision]
-
     def problems(self) -> list[str]:
         problems: list[str] = []
         if not isinstance(self.workload, (TrainWorkload, InferWorkload)):
