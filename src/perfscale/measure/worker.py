@@ -263,7 +263,7 @@ def _abandon(parent: dict[str, Any]) -> None:
 
 
 def _set_parent_death_signal(signum: int) -> None:
-    """Linux: the kernel sends `signum` to this process when its parent dies."""
+    """Linux: the kernel sends `signum` to this process when the parent thread that started it exits."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -277,23 +277,25 @@ def _set_parent_death_signal(signum: int) -> None:
 
 
 def watch_parent(parent: dict[str, Any] | None) -> None:
-    """Abandon the job as soon as the parent dies (see the module docstring); None: not watched."""
+    """Abandon the job as soon as the parent dies (see the module docstring); None: not watched.
+
+    The parent-death signal is a real-time signal of its own, not SIGTERM: the kernel sends it when the
+    parent's *thread* exits, and while a multi-threaded parent dies this process is first handed to one of
+    its other threads (getppid() unchanged, so nothing happens) and signalled again when the last one is
+    gone. SIGTERM keeps its usual meaning (the runner then reports a worker killed by signal 15)."""
     if not parent:
         return
-
     me = os.getpid()
 
-    def on_sigterm(signum, frame):
-        # SIGTERM from elsewhere while perfscale lives, or in a forked child (a DataLoader worker
-        # inherits this handler): die of it as usual; perfscale reports a dead worker.
-        if os.getpid() != me or _parent_alive(parent):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        _abandon(parent)
+    def on_parent_death(signum, frame):
+        if os.getpid() == me and not _parent_alive(parent):  # forked children inherit the handler, not the signal
+            _abandon(parent)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    _set_parent_death_signal(signal.SIGTERM)
+    pdeath = getattr(signal, "SIGRTMIN", None)
+    if pdeath is not None:
+        pdeath += 3  # clear of the first few, which some runtimes use
+        signal.signal(pdeath, on_parent_death)
+        _set_parent_death_signal(pdeath)
     fd = parent.get("pipe_fd")
     if fd is not None:
         def wait_for_eof() -> None:
