@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = _wants_json(argv)
     try:
         # standalone_mode=False: typer returns (not raises) the code of typer.Exit(code) and of Ctrl-C.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="perfscale", standalone_mode=False)
     except PerfscaleError as exc:
         return _fail(str(exc), type(exc).__name__, 2, as_json)
     except typer.Exit as exc:

@@ -106,6 +106,11 @@ _SIZE_FIELDS = (*_REQUIRED, "num_key_value_heads", "head_dim", "max_position_emb
                 *_EXPERT_NAMES, *_EXPERTS_PER_TOKEN_NAMES)
 
 
+# The largest size a config may give: real ones stay below ~2^20 (vocabularies of ~256k, contexts of
+# ~10M positions); 2^31 keeps every loop over heads or layers bounded.
+_MAX_CONFIG_SIZE = 2**31
+
+
 def _check_sizes(raw: dict[str, Any], config_class: type, location: str) -> None:
     """Every size a positive integer, and heads that divide the width: all problems at once.
 
@@ -120,8 +125,8 @@ def _check_sizes(raw: dict[str, Any], config_class: type, location: str) -> None
         value = raw.get(key)
         if value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{key} must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_CONFIG_SIZE:
+            problems.append(f"{key} must be an integer from 1 to {_MAX_CONFIG_SIZE:,}, got {value!r}")
         else:
             sizes[name] = value
     heads, hidden = sizes.get("num_attention_heads"), sizes.get("hidden_size")
