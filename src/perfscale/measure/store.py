@@ -90,6 +90,9 @@ class Store:
             if not self.path.exists():
                 if not create:
                     raise StoreError(f"There is no results store at {self.path}. {where}")
+                blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+                if blocker is not None:
+                    raise StoreError(f"Cannot create the results store {self.path}: {blocker} is a file, not a folder. {where}")
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             # A file that exists must already be a perfscale store (or empty): anything else is left untouched.
             foreign = self.path.exists() and self.path.stat().st_size > 0 and not _is_perfscale_store(self.path)
