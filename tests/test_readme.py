@@ -79,7 +79,7 @@ def test_smaller_runs_are_readme_commands():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in USAGE if c not in RUN_ELSEWHERE])
+@pytest.mark.parametrize("command", [c for c in USAGE if c not in RUN_ELSEWHERE], ids=lambda c: c.replace('"', "")[10:70])
 def test_usage_command_runs(command, tmp_path):
     args = shlex.split(command)[1:] + SMALLER.get(command, [])
     as_json = "--format" not in args  # results --format markdown prints Markdown, not JSON
