@@ -32,6 +32,10 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 KV_CACHE_DTYPES = ("auto", "fp8")
 
 
+# Ranks beyond the widest hidden size in use (~2^14) make an adapter larger than the layer it adapts.
+MAX_LORA_RANK = 2**16
+
+
 def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) -> None:
     if value not in choices:
         problems.append(f"{name} {value!r} is not one of: {', '.join(map(str, choices))}")
@@ -122,8 +126,8 @@ class RunConfig:
             problems.append(f"fsdp must be an integer >= 1 (the shard degree), got {self.fsdp!r}")
         if self.fsdp is not None and self.zero:
             problems.append("fsdp and zero are alternatives: give one (FSDP full shard = ZeRO-3)")
-        if self.lora_r is not None and (not isinstance(self.lora_r, int) or self.lora_r < 1):
-            problems.append(f"lora_r must be a positive integer, got {self.lora_r!r}")
+        if self.lora_r is not None and (not isinstance(self.lora_r, int) or not 1 <= self.lora_r <= MAX_LORA_RANK):
+            problems.append(f"lora_r must be an integer from 1 to {MAX_LORA_RANK} (the adapter rank), got {self.lora_r!r}")
         if self.lora_targets and self.lora_r is None:
             problems.append("lora_targets given without lora_r: add a rank (e.g. lora_r=16)")
         if self.is_train:

@@ -52,7 +52,7 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
     """Why a parallel layout cannot work on this model and world size (empty when it can)."""
     problems = []
     if mc.heads % k.tp:
-        divisors = [d for d in range(1, mc.heads + 1) if mc.heads % d == 0 and d <= world]
+        divisors = [d for d in range(1, min(mc.heads, world) + 1) if mc.heads % d == 0]
         problems.append(f"tensor parallel degree {k.tp} does not divide the {mc.heads} attention heads of "
                         f"{mc.name}: use --tp one of {', '.join(map(str, divisors))}")
     if k.pp > mc.layers:

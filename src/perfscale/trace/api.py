@@ -11,6 +11,7 @@ import time
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.model import ModelSpec, load_model_spec
+from perfscale.specs.positions import check_workload_length
 from perfscale.trace import repeat
 from perfscale.trace.result import INFER_PHASES, TRAIN_PHASES, RawTrace, TraceResult, summarize, top_modules
 
@@ -127,6 +128,7 @@ def trace(
 
     start = time.perf_counter()
     spec = model if isinstance(model, ModelSpec) else load_model_spec(model)
+    length_note = check_workload_length(spec, config.workload)  # refuses positions past a learned table
     program, fake_device, emulate = resolve_device(device, emulate_cuda)
     raw, method = run_raw(spec, config, fake_device, emulate, repeat_layers)
     phases = TRAIN_PHASES if config.is_train else INFER_PHASES
@@ -149,7 +151,7 @@ def trace(
         kv_cache_bytes=raw.kv_cache_bytes,
         prefill_peak_bytes=None if config.is_train else summary["phase_peaks"].get("prefill", 0),
         decode_peak_bytes=None if config.is_train else summary["phase_peaks"].get("decode", 0),
-        notes=raw.notes,
+        notes=([length_note] if length_note else []) + list(raw.notes),
     )
     result.trace_seconds = time.perf_counter() - start
     return result

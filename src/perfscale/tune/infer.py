@@ -91,9 +91,9 @@ class EncoderTuneResult:
         return data
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        from perfscale.user_files import write_text
+
+        return write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n", "--save")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderTuneResult:

@@ -22,8 +22,32 @@ INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cach
 MAX_PIPELINE_STAGES = 64
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def prime_factors(n: int) -> dict[int, int]:
+    """{prime: exponent} of n >= 1 by trial division: at most sqrt(n) steps, fewer for smooth n."""
+    factors: dict[int, int] = {}
+    d = 2
+    while d * d <= n:
+        while n % d == 0:
+            factors[d] = factors.get(d, 0) + 1
+            n //= d
+        d += 1 if d == 2 else 2
+    if n > 1:
+        factors[n] = factors.get(n, 0) + 1
+    return factors
+
+
+def divisors(*ns: int) -> list[int]:
+    """Sorted divisors of the product of ns, from their factorisations (so the work is bounded by the
+    number of divisors and sqrt of each factor, never by the product's value: batch x accumulation
+    of 2^24 each is instant)."""
+    factors: dict[int, int] = {}
+    for n in ns:
+        for prime, power in prime_factors(n).items():
+            factors[prime] = factors.get(prime, 0) + power
+    out = [1]
+    for prime, power in factors.items():
+        out = [d * prime**k for d in out for k in range(power + 1)]
+    return sorted(out)
 
 
 def train_precisions(hw) -> list[str]:
@@ -62,7 +86,7 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
     tps = pick("tp", tp_choices(heads, world, per_node))
     offloads = pick("offload", ["none", "optimizer", "optimizer+params"])
     per_replica = base.batch * base.accum
-    micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(per_replica) if m <= base.batch]
+    micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(base.batch, base.accum) if m <= base.batch]
     for tp in tps:
         pps = pick("pp", pp_choices(layers, world // tp)) if world % tp == 0 else []
         for pp in pps:
@@ -72,7 +96,7 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
             slots = layers + (2 if base.pp_embed_slots else 0)
             virtuals = [v for v in pick("pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
             if fixed.get("fsdp") is not None:
-                shardings = [(0, fixed["fsdp"])]
+                shardings = [(0, fixed["fsdp"])] if fixed["fsdp"] <= dp and dp % fixed["fsdp"] == 0 else []
             elif fixed.get("zero") is not None:
                 shardings = [(fixed["zero"], None)]
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 import uuid
@@ -27,6 +28,7 @@ from typing import Any
 from perfscale.errors import InvalidConfigError
 from perfscale.measure.bench_config import MeasureOptions
 from perfscale.measure.stats import StopRule
+from perfscale.specs.workload import MAX_SIZE
 from perfscale.tune.halving import HalvingRun, Outcome, design_pool, successive_halving
 from perfscale.tune.result import TrainTuneResult, TrialRecord
 from perfscale.tune.train_budget import Clock, Costs, final_plan
@@ -77,6 +79,21 @@ class TrainTuneOptions:
     trial_time_limit: float = 120.0
     space: TrainSpace | None = None  # an explicit space (benchmarks, tests)
     faults: dict[str, str] = field(default_factory=dict)  # tests: candidate name -> tune_fault (screen.py)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("seq", "global_batch", "repeats", "max_pool"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
+                problems.append(f"{name} must be an integer from 1 to {MAX_SIZE:,}, got {value!r}")
+        if self.trace_top is not None and (not isinstance(self.trace_top, int) or not 0 <= self.trace_top <= 1000):
+            problems.append(f"trace_top must be an integer from 0 to 1000, got {self.trace_top!r}")
+        for name in ("budget_seconds", "trial_time_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                problems.append(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if problems:
+            raise InvalidConfigError("Bad tune options: " + "; ".join(problems) + ".")
 
     @property
     def local(self) -> bool:
