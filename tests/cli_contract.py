@@ -20,9 +20,9 @@ from pathlib import Path
 # Verbs whose valid inputs start real work (processes, minutes): they run with a base that keeps a
 # valid invocation short, and the sweep only feeds them values that must be refused or are cheap.
 CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
-    ("bench",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "1", "--min-time", "0",
+    ("bench",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
                  "--max-time", "1", "--warmup", "0", "--time-limit", "120"],
-    ("compare",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "1", "--min-time", "0",
+    ("compare",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
                    "--max-time", "1", "--warmup", "0", "--time-limit", "120"],
     ("tune",): ["--hardware", "8xH100-80GB"],
 }

@@ -342,9 +342,16 @@ def load_config_file(path: Path) -> BenchConfig:
 
 def resolve_configuration(text: str, base: BenchConfig) -> BenchConfig:
     """One command-line configuration: an existing .json file, else the inline syntax."""
-    if text.endswith(".json") or Path(text).is_file():
+    if text.endswith(".json") or _is_file(text):
         return load_config_file(Path(text))
     return parse_inline(text, base)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # a name too long for the file system is not a file: read it as inline pairs
+        return False
 
 
 __all__ = [
