@@ -21,9 +21,9 @@ from pathlib import Path
 # valid invocation short, and the sweep only feeds them values that must be refused or are cheap.
 CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("bench",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
-                 "--max-time", "1", "--warmup", "0", "--time-limit", "120"],
+                 "--max-time", "1", "--warmup", "1", "--time-limit", "120"],
     ("compare",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
-                   "--max-time", "1", "--warmup", "0", "--time-limit", "120"],
+                   "--max-time", "1", "--warmup", "1", "--time-limit", "120"],
     ("tune",): ["--hardware", "8xH100-80GB"],
 }
 # Flags that would turn a cheap base into minutes of measuring (tune --infer tunes an encoder).

@@ -360,6 +360,10 @@ __all__ = [
 ]
 
 
+# Warm-up beyond this many iterations is a typo, not a plan: torch.compile and ORT warm up in 1-3.
+MAX_WARMUP = 10_000
+
+
 @dataclass(frozen=True)
 class MeasureOptions:
     """How to measure (not what): warm-up, stop rule, limits and the accuracy gate."""
@@ -373,10 +377,11 @@ class MeasureOptions:
 
     def __post_init__(self) -> None:
         problems = []
-        if not isinstance(self.warmup, int) or self.warmup < 1:
-            problems.append(f"warmup must be an integer >= 1 (the first iteration is never timed), got {self.warmup!r}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            problems.append(f"time_limit must be > 0 seconds, got {self.time_limit!r}")
+        if not isinstance(self.warmup, int) or not 1 <= self.warmup <= MAX_WARMUP:
+            problems.append(f"warmup must be an integer from 1 to {MAX_WARMUP:,} (the first iteration is never timed), "
+                            f"got {self.warmup!r}")
+        if self.time_limit is not None and not 0 < self.time_limit < float("inf"):  # NaN fails too
+            problems.append(f"time_limit must be a finite number of seconds > 0, got {self.time_limit!r}")
         if problems:
             raise InvalidConfigError("Bad measurement options: " + "; ".join(problems) + ".")
 
