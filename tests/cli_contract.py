@@ -25,11 +25,18 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("compare",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
                    "--max-time", "1", "--warmup", "1", "--time-limit", "120"],
     ("tune",): ["--hardware", "8xH100-80GB"],
+    ("tune", "encoder"): ["--quick", "--backends", "eager"],
+    ("tune", "decoder"): ["--quick", "--new-tokens", "2", "--prompt-lengths", "4"],
 }
-# Flags that would turn a cheap base into minutes of measuring (tune --infer tunes an encoder).
+# Flags that would turn a cheap base into minutes of measuring.
 # plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).
-SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {("tune",): {"--infer", "--quick", "--resume"}, ("plan",): {"--calibrate"},
-                                                 (): {"--version"}}
+# tune encoder/decoder search for a minute even with --quick: only their values are fuzzed (hostile
+# ones), not the switches or folders that are valid whatever they are.
+SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {
+    ("tune",): {"--infer", "--quick", "--resume"}, ("plan",): {"--calibrate"}, (): {"--version"},
+    ("tune", "encoder"): {"--quick", "--compile", "--cache-dir", "--backends"},
+    ("tune", "decoder"): {"--quick", "--compile"},
+}
 
 
 @dataclass(frozen=True)

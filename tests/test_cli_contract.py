@@ -28,8 +28,9 @@ FILES = hostile_files(_TMP / "inputs")
 VERBS = {path: params for path, params in verbs().items() if path}
 # Examples per verb and the wall-clock limit of one invocation: measuring verbs cost a worker
 # process (~10 s) whenever the drawn values are valid, so they get fewer examples.
-EXAMPLES = {"bench": 5, "compare": 4, "tune": 8, "trace": 12}
-TIMEOUT_S = {"bench": 150.0, "compare": 240.0, "tune": 120.0, "trace": 120.0}
+EXAMPLES = {("bench",): 5, ("compare",): 4, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 3, ("tune", "decoder"): 3}
+TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",): 120.0, ("tune", "encoder"): 400.0,
+             ("tune", "decoder"): 400.0}
 # Hypothesis' example database lives outside the repository (failures replay from there).
 DATABASE = DirectoryBasedExampleDatabase(str(Path.home() / ".cache" / "perfscale-tests" / "hypothesis"))
 POSITIONAL = {("models", "show"): ["gpt2"], ("hardware", "show"): ["H100-80GB"],
@@ -53,7 +54,7 @@ def _value(kind: type, measuring: bool) -> st.SearchStrategy[str]:
 @st.composite
 def invocation(draw, path: tuple[str, ...]) -> list[str]:
     params = [p for p in VERBS[path] if p.flag not in SKIP_OPTIONS.get(path, set()) and p.flag != "--json"]
-    measuring = path[0] in CHEAP_BASE
+    measuring = path in CHEAP_BASE
     chosen = draw(st.lists(st.sampled_from(params), min_size=1, max_size=3, unique_by=lambda p: p.name))
     argv = [*path, *CHEAP_BASE.get(path, [])]
     if any(p.flag == "--store" for p in VERBS[path]):
@@ -72,7 +73,7 @@ def invocation(draw, path: tuple[str, ...]) -> list[str]:
 
 
 def _check(path: tuple[str, ...], argv: list[str]) -> None:
-    code, out, err, seconds = run_in_process(argv, TIMEOUT_S.get(path[0], 60.0))
+    code, out, err, seconds = run_in_process(argv, TIMEOUT_S.get(path, 60.0))
     verdict = judge(argv, code, out, err)
     assert verdict == "ok", f"perfscale {' '.join(argv)!r}: {verdict} (exit {code}, {seconds:.1f} s)\nstdout: {out[-2000:]}\nstderr: {err[-3000:]}"
 
@@ -81,7 +82,7 @@ def _check(path: tuple[str, ...], argv: list[str]) -> None:
 def test_every_verb_keeps_the_contract(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # files a drawn --output/--save names land in tmp, not the checkout
 
-    @settings(max_examples=EXAMPLES.get(path[0], 25), deadline=None, database=DATABASE, derandomize=False,
+    @settings(max_examples=EXAMPLES.get(path, 25), deadline=None, database=DATABASE, derandomize=False,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(argv=invocation(path))
     def check(argv):
@@ -99,7 +100,8 @@ def test_every_verb_keeps_the_contract(path, monkeypatch, tmp_path):
     ["results", "--limit", "-1"], ["results", "--id", "0"], ["results", "--format", "csv", "--json"],
     ["plan", "--model", "gpt2", "--seq", "2048"], ["trace", "--model", "gpt2", "--infer", "--prompt", "1000"],
     ["models", "show", ""], ["models", "show", "x" * 5000], ["plan", "--model", "/" + "y" * 300],
-    ["tune", "--seq", "0"], ["tune", "--budget-seconds", "nan"], ["tune", "--min-mean-cosine", "0.5"],
+    ["tune", "--seq", "0"], ["tune", "--budget-seconds", "nan"], ["tune", "--min-mean-cosine", "0.5"], ["tune", "--infer"],
+    ["tune", "encoder", "--min-mean-cosine", "nan"], ["tune", "decoder", "--batch", "0"], ["tune", "decoder", "--prompt-lengths", ""],
 ])
 def test_named_mistakes_exit_2_with_one_message(argv, monkeypatch, tmp_path):
     """Each defect of issue 12, by name: exit 2, a message on stderr, one error document with --json."""

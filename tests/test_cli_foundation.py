@@ -82,6 +82,13 @@ def test_hub_id_offline_exit_2():
     assert_user_error(run_cli("models", "show", "acme/not-cached"), "acme/not-cached", "HF_HUB_OFFLINE")
 
 
-def test_json_errors_do_not_pollute_stdout():
+def test_json_errors_are_one_error_document():
+    """--json on a mistake: stdout holds exactly one {"error": ...} document (scripts never parse ""), stderr the message."""
+    import json
+
     result = run_cli("models", "show", "nope", "--json")
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 2 and "Unknown model 'nope'" in result.stderr
+    assert json.loads(result.stdout) == {"error": {"type": "UnknownNameError", "message": result.stderr.strip()[len("error: "):],
+                                                   "exit_code": 2}}
+    usage = run_cli("plan", "--batch", "abc", "--json")
+    assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["type"] == "BadParameter"

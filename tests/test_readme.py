@@ -62,7 +62,7 @@ SMALLER = {
                                                              "--warmup", "1"],
     'perfscale compare --scenario encode "backend=eager" "backend=onnxruntime" "backend=onnxruntime,quant=int8-per-channel"':
         ["--min-iters", "2", "--min-time", "0", "--max-time", "2", "--warmup", "1", "--repeats", "1", "--sentences", "32"],
-    "perfscale tune --infer --model minilm": ["--quick", "--backends", "eager,onnxruntime"],
+    "perfscale tune encoder --model minilm": ["--quick", "--backends", "eager,onnxruntime"],
 }
 # `perfscale tune` is the README's main job: test_main_command_runs runs it exactly as written;
 # tests/test_tune_train.py::test_kill_9_then_resume_remeasures_nothing_that_finished runs `tune ... --emit all --out DIR` and reads every file.
@@ -95,5 +95,6 @@ def test_usage_command_runs(command, tmp_path):
         return
     document = json.loads(result.stdout)
     verb = " ".join(a for a in args[:2] if not a.startswith("-") or a == "--local")
+    verb = "tune" if verb.startswith("tune") else verb
     key = SHAPE.get(verb) or SHAPE[args[0]]
     assert key in document, (command, sorted(document))

@@ -34,7 +34,7 @@ def test_cli_tune_infer_quick_json_save_and_apply(tiny, tmp_path):
     from perfscale.tune.infer import load_result
 
     saved = tmp_path / "tuned.json"
-    proc = _cli("tune", "--infer", "--model", str(tiny), "--quick", "--backends", "eager,onnxruntime", "--json", "--save", str(saved),
+    proc = _cli("tune", "encoder", "--model", str(tiny), "--quick", "--backends", "eager,onnxruntime", "--json", "--save", str(saved),
                 env_cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
@@ -107,9 +107,10 @@ def test_cli_bad_input_exit_codes(tiny, tmp_path):
     broken.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny / name, broken / name)
-    proc = _cli("tune", "--infer", "--model", str(broken), "--quick", "--json", env_cache=tmp_path)
-    assert proc.returncode == 2 and "no tokenizer" in proc.stderr and proc.stdout == ""
-    proc = _cli("tune", "--infer", "--model", str(tiny), "--backends", "eager,tensorrt", env_cache=tmp_path)
+    proc = _cli("tune", "encoder", "--model", str(broken), "--quick", "--json", env_cache=tmp_path)
+    assert proc.returncode == 2 and "no tokenizer" in proc.stderr
+    assert json.loads(proc.stdout)["error"]["type"] == "UnsupportedModelError"  # --json: one error document
+    proc = _cli("tune", "encoder", "--model", str(tiny), "--backends", "eager,tensorrt", env_cache=tmp_path)
     assert proc.returncode == 2 and "tensorrt" in proc.stderr and "onnxruntime" in proc.stderr
 
 

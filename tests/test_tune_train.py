@@ -179,8 +179,8 @@ def test_user_mistakes_exit_2_before_anything_runs(capsys):
     from perfscale.cli.app import main
 
     for argv, fragments in (
-        (["tune", "--batch", "4"], ("--batch", "--infer", "--global-batch")),
-        (["tune", "--infer", "--seq", "64"], ("--seq", "--infer")),
+        (["tune", "--batch", "4"], ("--batch", "--global-batch")),
+        (["tune", "--infer", "--seq", "64"], ("--infer", "tune encoder", "tune decoder")),
         (["tune", "--out", "somewhere"], ("--emit",)),
         (["tune", "--budget-seconds", "0"], ("--budget-seconds",)),
     ):

@@ -27,7 +27,7 @@ app.add_typer(hardware.app, name="hardware")
 app.command("bench")(bench.bench)
 app.command("compare")(compare.compare)
 app.command("results")(results.results)
-app.command("tune")(tune.tune)
+app.add_typer(tune.app, name="tune")
 app.command("trace")(trace.trace)
 app.command("plan")(plan.plan)
 

@@ -7,36 +7,19 @@ the result (Rich or one JSON document) and writes the emitted files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from perfscale.errors import InvalidConfigError
 
 QUICK_BUDGET_S = 60.0
-# Flags of `tune --infer` that mean nothing for training; given without --infer they are a mistake.
-INFER_ONLY = {"prompt_lengths": "--prompt-lengths", "new_tokens": "--new-tokens", "batch": "--batch", "cache_dir": "--cache-dir",
-              "min_mean_cosine": "--min-mean-cosine", "min_min_cosine": "--min-min-cosine", "backends": "--backends"}
-TRAIN_ONLY = {"seq": "--seq", "global_batch": "--global-batch", "hardware": "--hardware", "allow_lora": "--allow-lora",
-              "allow_optimizer_change": "--allow-optimizer-change", "store": "--store", "resume": "--resume", "emit": "--emit",
-              "out": "--out", "trace_top": "--trace-top"}
-
-
-def reject_training_flags(**given: Any) -> None:
-    """`tune --infer` with a training flag: say which, instead of ignoring it."""
-    bad = [TRAIN_ONLY[k] for k, v in given.items() if k in TRAIN_ONLY and v not in (None, False)]
-    if bad:
-        raise InvalidConfigError(f"{', '.join(bad)} tune training; drop them with --infer (or drop --infer to tune training).")
 
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
-                      allow_optimizer_change, store, resume, emit, out, trace_top, **infer_flags) -> None:
+                      allow_optimizer_change, store, resume, emit, out, trace_top) -> None:
     from perfscale.cli.knobs import given
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
     from perfscale.user_files import check_writable
 
-    bad = [INFER_ONLY[k] for k, v in infer_flags.items() if k in INFER_ONLY and v is not None]
-    if bad:
-        raise InvalidConfigError(f"{', '.join(bad)} tune inference: add --infer, or for training use --global-batch and --seq.")
     formats = None
     if emit:
         from perfscale.export.emit import parse_formats
@@ -44,6 +27,8 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         formats = parse_formats(emit)  # a bad format fails now, before minutes of measuring
     elif out:
         raise InvalidConfigError("--out says where --emit writes: add --emit trainer (or accelerate, deepspeed, fsdp, torchrun, all).")
+    if budget_seconds is not None and not 0 < budget_seconds < float("inf"):  # NaN fails too
+        raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
     base = TrainTuneOptions()
     options = TrainTuneOptions(  # validates every value (0, NaN and negatives included), all problems at once
         model=base.model if model is None else model, seq=given(seq, base.seq), global_batch=given(global_batch, base.global_batch),
@@ -55,7 +40,7 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         check_writable(options.store, "--store")
     if save:
         check_writable(save, "--save")  # before minutes of measuring, not after
-    status, progress = _progress(as_json)
+    status, progress = progress_spinner(as_json)
     if status is not None:
         status.start()
     try:
@@ -87,7 +72,7 @@ def emit_winner(result, formats: tuple[str, ...], out_dir: Path, options) -> lis
     return [{"format": f.format, "path": f.path, "description": f.description} for f in written]
 
 
-def _progress(as_json: bool):
+def progress_spinner(as_json: bool):
     """A spinner on stderr for people; nothing in --json mode."""
     if as_json:
         return None, (lambda _m: None)
@@ -97,4 +82,4 @@ def _progress(as_json: bool):
     return status, (lambda message: status.update(f"tune: {message}"))
 
 
-__all__ = ["reject_training_flags", "tune_training_cli"]
+__all__ = ["progress_spinner", "tune_training_cli"]
