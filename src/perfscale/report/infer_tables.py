@@ -1,4 +1,4 @@
-"""Rich rendering of `perfscale tune --infer` results (encoder and decoder)."""
+"""Rich rendering of `perfscale tune encoder` and `perfscale tune decoder` results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _ci(sp: dict[str, Any] | None) -> str:
 def encoder_table(doc: dict[str, Any]):
     from rich.table import Table
 
-    table = Table(title=f"tune --infer {doc['model']}: {doc['corpus_sentences']} sentences, gate mean cos >= {doc['gate']['min_mean_cosine']}, min >= {doc['gate']['min_min_cosine']}")
+    table = Table(title=f"tune encoder {doc['model']}: {doc['corpus_sentences']} sentences, gate mean cos >= {doc['gate']['min_mean_cosine']}, min >= {doc['gate']['min_min_cosine']}")
     for col in ("variant", "stage", "status", "mean cos", "min cos", "screen sent/s", "measured sent/s", "speed-up vs baseline (95% CI)", "why"):
         table.add_column(col, justify="left" if col in ("variant", "stage", "status", "why") else "right", overflow="fold")
     for v in doc["variants"]:
@@ -54,7 +54,7 @@ def render_encoder(console, doc: dict[str, Any], saved: str | None = None) -> No
 def decoder_table(doc: dict[str, Any]):
     from rich.table import Table
 
-    table = Table(title=f"tune --infer {doc['model']}: prompts {doc['prompt_lengths']} tokens, {doc['new_tokens']} new tokens, {doc['passes']} timed passes")
+    table = Table(title=f"tune encoder {doc['model']}: prompts {doc['prompt_lengths']} tokens, {doc['new_tokens']} new tokens, {doc['passes']} timed passes")
     for col in ("variant", "status", "tokens/s", "TTFT", "time/token", "graphs", "speed-up (95% CI)", "why"):
         table.add_column(col, justify="left" if col in ("variant", "status", "why") else "right", overflow="fold")
     for v in doc["variants"]:

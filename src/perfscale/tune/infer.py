@@ -1,4 +1,4 @@
-"""`perfscale tune --infer`: the fastest way to run a model on this CPU whose outputs stay right.
+"""`perfscale tune encoder`: the fastest way to run a model on this CPU whose outputs stay right.
 
 Encoders (sentence embeddings), in three steps:
 1. Gate: every variant encodes the whole sentence corpus; its embeddings are compared with the fp32
@@ -56,7 +56,7 @@ class Variant:
 
 @dataclass
 class EncoderTuneResult:
-    """What `tune --infer` found for an encoder; `to_dict()` is the --json document and the saved file."""
+    """What `tune encoder` found for an encoder; `to_dict()` is the --json document and the saved file."""
 
     model: str
     model_path: str
@@ -360,15 +360,15 @@ def load_result(source: str | os.PathLike | dict | EncoderTuneResult) -> Encoder
         try:
             source = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise InvalidConfigError(f"Cannot read a tune result from {path}: {exc}. Save one with `perfscale tune --infer --save {path}`.") from exc
+            raise InvalidConfigError(f"Cannot read a tune result from {path}: {exc}. Save one with `perfscale tune encoder --save {path}`.") from exc
     if not isinstance(source, dict) or "winner_settings" not in source:
         raise InvalidConfigError(
             "Not an encoder tune result (no 'winner_settings'): pass the object tune_encoder() returned, the dict of "
-            "`perfscale tune --infer --json`, or the file saved with --save."
+            "`perfscale tune encoder --json`, or the file saved with --save."
         )
     try:
         return EncoderTuneResult.from_dict(source)
     except TypeError as exc:
-        raise InvalidConfigError(f"Malformed tune result: {exc}. Re-run `perfscale tune --infer --json`.") from exc
+        raise InvalidConfigError(f"Malformed tune result: {exc}. Re-run `perfscale tune encoder --json`.") from exc
 
 __all__ = ["EncoderTuneResult", "Variant", "load_result", "tune_encoder"]

@@ -1,4 +1,4 @@
-"""`perfscale tune --infer` for a causal LM: KV cache, compile, batch size and prompt buckets.
+"""`perfscale tune decoder`: for a causal LM: KV cache, compile, batch size and prompt buckets.
 
 Every variant generates greedily for the same seeded prompts (a spread of lengths, as a server
 sees); the gate is identical greedy tokens to eager + dynamic cache + batch 1 + no padding. Times
