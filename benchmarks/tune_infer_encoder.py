@@ -2,7 +2,7 @@
 
     python benchmarks/tune_infer_encoder.py [--model minilm] [--repeats 3] [--out benchmarks/results/tune_infer_encoder.json]
 
-1. Runs the full `tune --infer` search (gate: mean cosine >= 0.99, min >= 0.97 vs fp32 eager over
+1. Runs the full `tune encoder` search (gate: mean cosine >= 0.99, min >= 0.97 vs fp32 eager over
    the whole shipped corpus) and keeps its result (it ends with an interleaved compare of the baseline
    and the finalists in fresh processes).
 2. Runs one more `perfscale.measure.compare` of baseline vs winner only (ABAB..., `--repeats`

@@ -13,7 +13,7 @@ from perfscale.errors import InvalidConfigError
 def decoder(result: Any) -> dict[str, Any]:
     """{'from_pretrained': {...}, 'generate': {...}, 'runtime': {compile, batch, buckets, ...}, 'settings': {...}}.
 
-    `result`: a DecoderTuneResult, its to_dict() document (`perfscale tune --infer --json`), or a saved file.
+    `result`: a DecoderTuneResult, its to_dict() document (`perfscale tune decoder --json`), or a saved file.
     Use `runtime['buckets']` to left-pad prompts (perfscale.runtimes.decoder.bucket_length), and wrap the
     forward with torch.compile(model.forward, dynamic=False) when `runtime['compile']` is true.
     """

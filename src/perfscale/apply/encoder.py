@@ -13,9 +13,9 @@ from perfscale.errors import InvalidConfigError
 
 
 def encoder(result: Any, *, model: str | None = None, cache_dir: str | os.PathLike | None = None, **overrides: Any):
-    """An Encoder for the winner of `perfscale tune --infer`.
+    """An Encoder for the winner of `perfscale tune encoder`.
 
-    `result`: the EncoderTuneResult, the dict parsed from `perfscale tune --infer --json`, or the path
+    `result`: the EncoderTuneResult, the dict parsed from `perfscale tune encoder --json`, or the path
     of a result saved with `--save`. `model` overrides where the model is loaded from (e.g. the same
     model in another folder); `overrides` change single settings (e.g. threads=4).
     """

@@ -72,7 +72,7 @@ class EncoderSettings:
         ):
             problems.append("engine 'sentence-transformers' is the plain baseline: backend eager, fp32, no quantization")
         if self.backend not in BACKENDS:
-            raise choice_error("encoder backend", self.backend, BACKENDS, "See `perfscale tune --infer --help`.")
+            raise choice_error("encoder backend", self.backend, BACKENDS, "See `perfscale tune encoder --help`.")
         if self.quantization not in QUANTIZATIONS:
             raise choice_error("quantization", self.quantization, QUANTIZATIONS, "Use none for full precision.")
         if self.precision not in PRECISIONS:
