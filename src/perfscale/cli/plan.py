@@ -54,14 +54,6 @@ def plan(
                  lora_targets=parse_targets(lora_targets) if lora_targets else None, zero=zero, fsdp=fsdp, tp=tp, pp=pp,
                  pp_virtual=pp_virtual, offload=offload, quantization=quantization, cache=cache, kv_cache_dtype=kv_cache_dtype,
                  grad_accum=grad_accum)
-    core = ("precision", "optimizer", "checkpointing", "attn", "tp", "pp") if workload.mode == "train" else ("precision", "tp", "attn")
-    if all(fixed[name] is not None for name in core):
-        # Every knob given: one configuration, exactly as stated (open remaining knobs take defaults).
-        defaults = {"zero": 0, "pp_virtual": 1, "offload": "none", "grad_accum": workload.grad_accum if workload.mode == "train" else None,
-                    "quantization": "none", "cache": "dynamic", "kv_cache_dtype": "auto"}
-        for name, value in defaults.items():
-            if fixed.get(name) is None and not (name == "zero" and fixed.get("fsdp")):
-                fixed[name] = value
     calibration, prepare = _calibration(hardware, calibrate, as_json)
     result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
                       token_budget=token_budget, price_per_device_hour=price,

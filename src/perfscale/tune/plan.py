@@ -80,6 +80,28 @@ def _resolve_model(model):
     return model
 
 
+# Knobs that define a configuration: when all are given, plan evaluates that one configuration
+# instead of searching, and the secondary knobs left open take their defaults (SECONDARY_DEFAULTS).
+CORE_KNOBS = {"train": ("precision", "optimizer", "checkpointing", "attn", "tp", "pp"), "infer": ("precision", "tp", "attn")}
+SECONDARY_DEFAULTS = {"zero": 0, "pp_virtual": 1, "offload": "none", "quantization": "none", "cache": "dynamic",
+                      "kv_cache_dtype": "auto"}
+
+
+def pin_secondary_knobs(fixed: dict[str, Any], workload) -> dict[str, Any]:
+    """Every core knob given: one configuration exactly as stated, the open secondary knobs at their defaults
+    (ZeRO stays open beside a given FSDP degree, which replaces it). Otherwise `fixed` unchanged."""
+    mode = "train" if workload is None else workload.mode
+    if not all(fixed.get(name) is not None for name in CORE_KNOBS[mode]):
+        return fixed
+    pinned = dict(fixed)
+    for name, value in SECONDARY_DEFAULTS.items():
+        if pinned.get(name) is None and not (name == "zero" and pinned.get("fsdp")):
+            pinned[name] = value
+    if mode == "train" and pinned.get("grad_accum") is None:
+        pinned["grad_accum"] = workload.grad_accum if workload is not None else 1
+    return pinned
+
+
 def _check_number(what: str, value, valid: str, upper: float | None = None, inclusive_upper: bool = False,
                   allow_zero: bool = False) -> None:
     """None (not given) or a finite number in range; NaN, inf, 0 or negatives name the valid range."""
@@ -120,7 +142,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     unknown = sorted(set(fixed) - set(KNOB_NAMES))
     if unknown:
         raise InvalidConfigError(f"Unknown knobs: {', '.join(unknown)}. Valid knobs: {', '.join(KNOB_NAMES)}.")
-    fixed = {k: v for k, v in fixed.items() if v is not None}
+    fixed = pin_secondary_knobs({k: v for k, v in fixed.items() if v is not None}, workload)
     if host_memory is not None and (isinstance(host_memory, bool) or not isinstance(host_memory, (int, float))
                                     or not math.isfinite(host_memory) or host_memory <= 0):
         raise InvalidConfigError(f"host memory per node must be a positive number of bytes, got {host_memory!r} "
