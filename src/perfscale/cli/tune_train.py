@@ -10,12 +10,8 @@ from pathlib import Path
 
 from perfscale.errors import InvalidConfigError
 
-QUICK_BUDGET_S = 60.0
-
-
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
                       allow_optimizer_change, store, resume, emit, out, trace_top) -> None:
-    from perfscale.cli.knobs import given
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
     from perfscale.user_files import check_writable
@@ -29,12 +25,10 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         raise InvalidConfigError("--out says where --emit writes: add --emit trainer (or accelerate, deepspeed, fsdp, torchrun, all).")
     if budget_seconds is not None and not 0 < budget_seconds < float("inf"):  # NaN fails too
         raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
-    base = TrainTuneOptions()
-    options = TrainTuneOptions(  # validates every value (0, NaN and negatives included), all problems at once
-        model=base.model if model is None else model, seq=given(seq, base.seq), global_batch=given(global_batch, base.global_batch),
-        hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change, include_compile=compile_,
-        budget_seconds=given(budget_seconds, QUICK_BUDGET_S if quick else base.budget_seconds), store=store, resume=resume,
-        trace_top=trace_top, repeats=given(repeats, 1 if quick else base.repeats),
+    options = TrainTuneOptions.from_user(  # validates every value (0, NaN and negatives included), all problems at once
+        quick=quick, model=model, seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora,
+        allow_optimizer_change=allow_optimizer_change, include_compile=compile_, budget_seconds=budget_seconds, store=store,
+        resume=resume, trace_top=trace_top, repeats=repeats,
     )
     if options.store is not None:
         check_writable(options.store, "--store")

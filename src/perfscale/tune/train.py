@@ -53,6 +53,9 @@ RUNG_STOPS = (
     StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.05, max_time=3.0),
     StopRule(min_iters=5, min_time=1.5, target_rel_ci=0.03, max_time=6.0),
 )
+# --quick: a 60 s search with one fresh process per finalist (seconds to a minute on this CPU).
+QUICK_BUDGET_S = 60.0
+QUICK_REPEATS = 1
 FINAL_STOP = StopRule(min_iters=5, min_time=2.0, target_rel_ci=0.02, max_time=6.0)
 Progress = Callable[[str], None]
 
@@ -94,6 +97,14 @@ class TrainTuneOptions:
                 problems.append(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if problems:
             raise InvalidConfigError("Bad tune options: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def from_user(cls, quick: bool = False, **given: Any) -> TrainTuneOptions:
+        """Options from what a user gave (None = not given): defaults fill the rest, `quick` a 60 s budget
+        and one process per finalist (QUICK_BUDGET_S, QUICK_REPEATS); 0 is a value, and is refused."""
+        defaults = {"budget_seconds": QUICK_BUDGET_S, "repeats": QUICK_REPEATS} if quick else {}
+        values = {k: defaults.get(k) if v is None else v for k, v in given.items()}
+        return cls(**{k: v for k, v in values.items() if v is not None})  # the rest: the field defaults
 
     @property
     def local(self) -> bool:
