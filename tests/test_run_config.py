@@ -43,10 +43,13 @@ def test_impossible_combinations():
 
 
 def test_bad_workloads():
-    with pytest.raises(InvalidConfigError, match="batch must be a positive integer, got 0"):
+    with pytest.raises(InvalidConfigError, match="batch must be an integer from 1 to 16,777,216, got 0"):
         TrainWorkload(batch=0, seq=8)
     with pytest.raises(InvalidConfigError, match="new_tokens"):
         InferWorkload(batch=1, prompt=8, new_tokens=-1)
+    with pytest.raises(InvalidConfigError, match="seq must be an integer from 1 to 16,777,216, got 16777217"):
+        TrainWorkload(batch=1, seq=2**24 + 1)  # bounded, so that no search loop runs away
+    InferWorkload(batch=1, prompt=8, new_tokens=0)  # prefill only is a workload
 
 
 def test_dict_round_trip():
