@@ -198,6 +198,7 @@ def bench(
     Everything is checked before a process starts (the model, LoRA targets, sizes, a writable store).
     Ctrl-C or SIGTERM stores the running configuration as `interrupted` (exit 130 / 143); a store that
     fails at the end gets the result written to a JSON file next to it instead (said on stderr, exit 2)."""
+    from perfscale.measure.compare import MAX_REPEATS
     from perfscale.measure.runner import RunInterrupted, measure, sigterm_as_interrupt
     from perfscale.measure.store import Store
     from perfscale.report.bench_tables import bench_table
@@ -214,8 +215,8 @@ def bench(
         options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
         from perfscale.errors import InvalidConfigError
 
-        if not isinstance(repeats, int) or repeats < 1:
-            raise InvalidConfigError(f"--repeats must be an integer >= 1, got {repeats!r}.")
+        if not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+            raise InvalidConfigError(f"--repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}.")
         from perfscale.measure.preflight import preflight
 
         preflight(config)  # before the config file is written and before the store is opened

@@ -209,10 +209,17 @@ def measure_repeated(
     return row
 
 
+# Fresh processes per configuration: each costs a model load (seconds); beyond this a run is a typo.
+MAX_REPEATS = 1000
+
+
 def _interleaved(
     configs: list[BenchConfig], options: MeasureOptions | None, *, repeats: int, store,
     on_result: Callable[[BenchResult], None] | None, workdir: str | None,
 ) -> CompareResult:
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= MAX_REPEATS:
+        raise InvalidConfigError(f"repeats must be an integer from 1 to {MAX_REPEATS} (fresh processes per configuration), "
+                                 f"got {repeats!r}.")
     if not isinstance(repeats, int) or repeats < 1:
         raise InvalidConfigError(f"repeats must be an integer >= 1, got {repeats!r}.")
     from perfscale.measure.preflight import preflight
