@@ -35,7 +35,8 @@ def main() -> None:
         for argv in hostile_invocations(Path(tmp), verbs=args.verbs.split(",") if args.verbs else None):
             code, out, err, seconds = run_in_process(argv, args.timeout)
             verdict = judge(argv, code, out, err)
-            rows.append({"argv": argv, "exit": code, "verdict": verdict, "seconds": round(seconds, 2),
+            shown = [a if len(a) <= 80 else f"{a[:40]}...<{len(a)} chars>" for a in argv]  # keep the record small
+            rows.append({"argv": shown, "exit": code, "verdict": verdict, "seconds": round(seconds, 2),
                          "stderr_tail": err.strip().splitlines()[-1][:300] if err.strip() else ""})
             flag = "ok " if verdict == "ok" else "BAD"
             print(f"{flag} {code!s:>4} {seconds:6.1f}s perfscale {' '.join(a[:60] for a in argv)}  :: {rows[-1]['stderr_tail'][:160]}",

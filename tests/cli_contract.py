@@ -23,7 +23,7 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("bench",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
                  "--max-time", "1", "--warmup", "1", "--time-limit", "120"],
     ("compare",): ["--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "2", "--min-time", "0",
-                   "--max-time", "1", "--warmup", "1", "--time-limit", "120"],
+                   "--max-time", "1", "--warmup", "1", "--time-limit", "120", "--repeats", "1"],
     ("tune",): ["--hardware", "8xH100-80GB"],
     ("tune", "encoder"): ["--quick", "--backends", "eager"],
     ("tune", "decoder"): ["--quick", "--new-tokens", "2", "--prompt-lengths", "4"],
