@@ -56,7 +56,7 @@ def llama3_config() -> RunConfig:
     """[LLAMA3] Table 4 row 1 as section 3.3.2 describes it (see the module docstring)."""
     return RunConfig(TrainWorkload(1, 8192, 32), precision="bf16-mixed", optimizer="adamw", checkpointing=False,
                      tp=8, pp=16, pp_virtual=8, zero=2,
-                     extra={"sequence_parallel": True, "pp_embedding_as_layer": True, "fused_kernels": True})
+                     sequence_parallel=True, pp_embedding_as_layer=True, fused_kernels=True)
 
 
 ROWS = [

@@ -75,9 +75,9 @@ def test_korthikanti_activation_formulas(s, b, h, a, t):
     if t == 1:
         assert per_layer() == pytest.approx(s * b * h * (34 + 5 * a * s / h), rel=1e-12)
     assert per_layer(sequence_parallel=True) == pytest.approx(s * b * h / t * (34 + 5 * a * s / h), rel=1e-12)
-    assert per_layer(sequence_parallel=True, selective=True) == pytest.approx(s * b * h * 34 / t, rel=1e-12)
+    assert per_layer(sequence_parallel=True, selective_recompute=True) == pytest.approx(s * b * h * 34 / t, rel=1e-12)
     # tensor parallel with selective recomputation but no sequence parallelism: sbh(10 + 24/t)
-    assert per_layer(selective=True) == pytest.approx(s * b * h * (10 + 24 / t), rel=1e-12)
+    assert per_layer(selective_recompute=True) == pytest.approx(s * b * h * (10 + 24 / t), rel=1e-12)
 
 
 # Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training on GPU Clusters Using
@@ -107,7 +107,7 @@ def test_llama3_stage_balancing():
     from perfscale.estimate.memory import live_layer_batches, stage_layers
 
     mc = dataclasses.replace(model_constants(spec_from_config(tiny_config("llama"), "tiny")), layers=126)
-    k = Knobs(pp=16, pp_virtual=8, accum=32, pp_embed_slots=True)
+    k = Knobs(pp=16, pp_virtual=8, accum=32, pp_embedding_as_layer=True)
     first, chunks = stage_layers(mc, k, 0)
     assert first == 7 and chunks == [0, 1, 1, 1, 1, 1, 1, 1]
     assert live_layer_batches(mc, k, 0, chunks) == 112
@@ -129,5 +129,5 @@ def test_fused_kernel_recipe_counts_liger_saved_tensors():
     assert split == 2 * (3 * q) + 2 * (2 * kv) + 4 * heads + 3 * 2 * i
     assert per_s == 0
     assert sum(mc.act_fused[("bf16", "sdpa")]) < sum(mc.act[("bf16", "sdpa")])
-    k = Knobs(precision="bf16", fused=True, seq=16)
+    k = Knobs(precision="bf16", fused_kernels=True, seq=16)
     assert layer_act_bytes(mc, k) == rep + split

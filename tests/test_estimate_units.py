@@ -165,7 +165,7 @@ def test_llama3_405b_published_run_fits_and_is_within_15_percent():
     embedding/head layer slots, sequence parallel, fused norm/SwiGLU); tolerance 15% (issue 4)."""
     spec = load_model_spec("llama-3.1-405b")
     cfg = RunConfig(TrainWorkload(1, 8192, 32), precision="bf16-mixed", optimizer="adamw", tp=8, pp=16, pp_virtual=8,
-                    zero=2, extra={"sequence_parallel": True, "pp_embedding_as_layer": True, "fused_kernels": True})
+                    zero=2, sequence_parallel=True, pp_embedding_as_layer=True, fused_kernels=True)
     e = estimate(spec, cfg, parse_topology("1024x8xH100-80GB"))
     assert e.fits, (e.memory.total_bytes, e.memory.capacity_bytes)
     assert e.time.mfu == pytest.approx(0.43, rel=0.15)
@@ -203,6 +203,6 @@ def test_dropout_mask_bytes_per_program():
     assert masks == 2 * h + heads * 5 * 128
     sp = base.copy(tp=2, sequence_parallel=True)
     assert layer_act_bytes(mc, sp) - layer_act_bytes(plain, sp) == 2 * h / 2 + heads * 5 * 128 / 2
-    selective = base.copy(selective=True)
+    selective = base.copy(selective_recompute=True)
     assert layer_act_bytes(mc, selective) - layer_act_bytes(plain, selective) == 2 * h
     assert layer_act_bytes(mc, base, program="cpu") - layer_act_bytes(plain, base) == 2 * 4 * h + heads * 8 * 128

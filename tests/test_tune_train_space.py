@@ -94,7 +94,7 @@ def test_candidate_to_bench_and_run_config():
     assert bc.run.workload.batch == 4 and bc.run.workload.grad_accum == 2 and bc.label == c.name
     assert bc.fingerprint() == c.bench_config("perfscale-tiny-llama", 64, label="other").fingerprint()  # label is not identity
     rc = c.run_config(64)
-    assert rc.extra == {"dataloader_num_workers": 1, "torch_num_threads": 1}
+    assert (rc.dataloader_num_workers, rc.torch_num_threads) == (1, 1)
     assert trainer_kwargs(rc, parse_topology("local"))["dataloader_num_workers"] == 1
     from perfscale.export.trainer import trainer_snippet
 

@@ -1,12 +1,20 @@
 """RunConfig: every knob of a training step or inference run, validated once, where it is built.
 
-The same object is the Python API, the JSON format and the CLI flags of trace, plan and bench.
+The same object is the Python API, the JSON format and the CLI flags of trace, plan, bench and
+compare: each field's docstring (the string under it) is its `--help`, its choices are CHOICES,
+and cli/knobs.py generates the options from the fields. estimate/knobs.Knobs (the hot path's
+unvalidated copy), tune/plan.KNOB_NAMES and compare's inline keys derive from the same fields, so
+a new knob is one field here plus the engine code that reads it (tests/test_one_config.py).
 All problems are reported at once, each with the valid choices.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import ast
+import functools
+import inspect
+import textwrap
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from perfscale.config.optimizer import (
@@ -31,9 +39,20 @@ QUANTIZATION = ("none", "int8", "int4", "nf4")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 KV_CACHE_DTYPES = ("auto", "fp8")
 
+# The choices of every closed knob, defined once: validation, --help and compare's keys read them.
+CHOICES: dict[str, tuple] = {
+    "precision": TRAIN_PRECISIONS, "optimizer": OPTIMIZERS, "attn": ATTENTION, "zero": ZERO_STAGES,
+    "offload": OFFLOAD, "quantization": QUANTIZATION, "cache": CACHE_IMPLEMENTATIONS, "kv_cache_dtype": KV_CACHE_DTYPES,
+}
 
 # Ranks beyond the widest hidden size in use (~2^14) make an adapter larger than the layer it adapts.
 MAX_LORA_RANK = 2**16
+# Integer knobs' ranges. Parallel degrees: 2^20 devices is beyond any cluster built (the largest
+# runs use ~10^5 GPUs); threads and workers: beyond any machine's cores (a typo, not a plan).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "tp": (1, 2**20), "pp": (1, 2**20), "fsdp": (1, 2**20), "pp_virtual": (1, 2**20), "lora_r": (1, MAX_LORA_RANK),
+    "torch_num_threads": (1, 4096), "dataloader_num_workers": (0, 4096),
+}
 
 
 def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) -> None:
@@ -41,7 +60,17 @@ def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) ->
         problems.append(f"{name} {value!r} is not one of: {', '.join(map(str, choices))}")
 
 
-@dataclass(frozen=True)
+def _train_only(default: Any) -> Any:
+    """A knob of training only (ignored for inference; Knobs.as_dict leaves it out of inference rows)."""
+    return field(default=default, metadata={"mode": "train"})
+
+
+def _infer_only(default: Any) -> Any:
+    """A knob of inference only (generation)."""
+    return field(default=default, metadata={"mode": "infer"})
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """A workload plus every knob that changes its memory or speed.
 
@@ -49,32 +78,67 @@ class RunConfig:
     """
 
     workload: TrainWorkload | InferWorkload
-    precision: str = "fp32"  # a Precision is accepted and stored as its name (see `prec`)
-    optimizer: str = DEFAULT_OPTIMIZER  # an alias (e.g. "adamw") is stored as its Trainer name
-    checkpointing: bool = False
+    """The work: TrainWorkload (batch, seq, grad_accum) or InferWorkload (batch, prompt, new_tokens)."""
+    precision: str = "fp32"
+    """Weights and compute dtype (mixed: fp32 master weights + autocast in the 16-bit dtype)."""
+    optimizer: str = _train_only(DEFAULT_OPTIMIZER)
+    """Trainer `optim` name, built as the Trainer builds it on the device (earlier names are aliases)."""
+    checkpointing: bool = _train_only(False)
+    """Gradient (activation) checkpointing: keep layer inputs, recompute the forward in backward."""
     attn: str = "sdpa"
+    """Attention implementation."""
     lora_r: int | None = None
+    """LoRA rank (freezes the base model); none = full fine-tuning."""
     lora_targets: tuple[str, ...] = ()
-    zero: int = 0
-    fsdp: int | None = None  # FSDP shard degree (world size of the shard group); None = no FSDP
+    """Comma-separated module names for LoRA, e.g. q_proj,v_proj (default: every linear layer)."""
+    zero: int = _train_only(0)
+    """DeepSpeed ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)."""
+    fsdp: int | None = _train_only(None)
+    """FSDP full-shard degree (ranks the model is sharded over); none = no FSDP."""
     tp: int = 1
+    """Tensor-parallel degree."""
     pp: int = 1
-    offload: str = "none"
+    """Pipeline-parallel degree."""
+    offload: str = _train_only("none")
+    """CPU offload of the optimizer state (and parameters) with ZeRO/FSDP."""
     compile: bool = False
-    quantization: str = "none"  # weights, inference (and QLoRA base when training with lora)
-    cache: str = "dynamic"
-    kv_cache_dtype: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)  # engine-specific settings, kept verbatim
-    # Interleaved 1F1B (Narayanan et al. 2021, section 2.2.2): V model chunks per pipeline device;
-    # bubble (p-1)/(V m + p-1) instead of (p-1)/(m+p-1), at V x the point-to-point traffic.
-    # 1 = plain 1F1B. Needs pp > 1.
-    pp_virtual: int = 1
+    """torch.compile the model."""
+    quantization: str = "none"
+    """Weight quantization (inference, or the frozen QLoRA base when training with LoRA)."""
+    cache: str = _infer_only("dynamic")
+    """KV cache implementation for generation."""
+    kv_cache_dtype: str = _infer_only("auto")
+    """KV cache dtype for generation (fp8 halves it against 16-bit)."""
+    # Interleaved 1F1B (Narayanan et al. 2021, section 2.2.2): bubble (p-1)/(V m + p-1) instead of
+    # (p-1)/(m+p-1), at V x the point-to-point traffic.
+    pp_virtual: int = _train_only(1)
+    """Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic). Needs pp >= 2."""
+    # Korthikanti et al. 2022 (section 4.2.2): LayerNorm/dropout activations split over the TP group.
+    sequence_parallel: bool = False
+    """Sequence parallelism with tensor parallelism (Megatron-LM): norm and dropout activations split over the tensor-parallel group."""
+    # Korthikanti et al. 2022 (section 5): recompute attention's softmax/dropout only (no cost in
+    # memory of the s^2 terms, ~2-4% more FLOPs); full recomputation is `checkpointing`.
+    selective_recompute: bool = _train_only(False)
+    """Selective activation recomputation (attention's softmax and dropout recomputed in backward; full recomputation is --checkpointing)."""
+    fused_kernels: bool = False
+    """Fused RMSNorm + SwiGLU kernels (Liger-Kernel; Megatron-LM with TransformerEngine): fewer saved activations."""
+    # Megatron-LM --account-for-embedding/loss-in-pipeline-split; Llama 3 section 3.3.2.
+    pp_embedding_as_layer: bool = _train_only(False)
+    """Pipeline split counts the embedding and the head/loss as one layer slot each (Megatron-LM, Llama 3)."""
+    torch_num_threads: int | None = None
+    """torch intra-op threads (torch.set_num_threads); none = the library's default."""
+    dataloader_num_workers: int = _train_only(0)
+    """DataLoader worker processes (Trainer dataloader_num_workers); 0 = load in the main process."""
+    dataloader_pin_memory: bool = _train_only(False)
+    """DataLoader pin_memory (Trainer dataloader_pin_memory; has an effect on CUDA only)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.precision, Precision):
             object.__setattr__(self, "precision", self.precision.name)
         if isinstance(self.optimizer, str) and self.optimizer in OPTIMIZER_ALIASES:
             object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
+        if isinstance(self.lora_targets, list):
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         problems = self.problems()
         if problems:
             raise InvalidConfigError(
@@ -106,28 +170,27 @@ class RunConfig:
         _check_choice("precision", self.precision, TRAIN_PRECISIONS if self.is_train else INFER_PRECISIONS, problems)
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not one of: {optimizer_choices_text()}")
-        _check_choice("attn", self.attn, ATTENTION, problems)
-        _check_choice("zero", self.zero, ZERO_STAGES, problems)
-        _check_choice("offload", self.offload, OFFLOAD, problems)
-        _check_choice("quantization", self.quantization, QUANTIZATION, problems)
-        _check_choice("cache", self.cache, CACHE_IMPLEMENTATIONS, problems)
-        _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES, problems)
-        for name in ("tp", "pp"):
+        for name, choices in CHOICES.items():
+            if name not in ("precision", "optimizer"):
+                _check_choice(name, getattr(self, name), choices, problems)
+        for name in BOOL_KNOBS:
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, (low, high) in INT_RANGES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.pp_virtual, int) or isinstance(self.pp_virtual, bool) or self.pp_virtual < 1:
-            problems.append(f"pp_virtual must be an integer >= 1 (model chunks per pipeline device; 1 = plain 1F1B), "
-                            f"got {self.pp_virtual!r}")
-        elif self.pp_virtual > 1 and isinstance(self.pp, int) and self.pp < 2:
+            if value is None and KNOB_DEFAULTS[name] is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                what = {"lora_r": " (the adapter rank)", "fsdp": " (the shard degree)",
+                        "pp_virtual": " (model chunks per pipeline device; 1 = plain 1F1B)"}.get(name, "")
+                problems.append(f"{name} must be an integer >= {low}{what}, at most {high:,}, got {value!r}")
+        if not isinstance(self.lora_targets, tuple) or not all(isinstance(t, str) and t for t in self.lora_targets):
+            problems.append(f"lora_targets must be module names (e.g. q_proj,v_proj), got {self.lora_targets!r}")
+        if isinstance(self.pp_virtual, int) and self.pp_virtual > 1 and isinstance(self.pp, int) and self.pp < 2:
             problems.append(f"pp_virtual {self.pp_virtual} interleaves pipeline stages and needs pp >= 2 (got pp {self.pp}): "
                             "use pp_virtual 1, or add pipeline parallelism")
-        if self.fsdp is not None and (not isinstance(self.fsdp, int) or self.fsdp < 1):
-            problems.append(f"fsdp must be an integer >= 1 (the shard degree), got {self.fsdp!r}")
         if self.fsdp is not None and self.zero:
             problems.append("fsdp and zero are alternatives: give one (FSDP full shard = ZeRO-3)")
-        if self.lora_r is not None and (not isinstance(self.lora_r, int) or not 1 <= self.lora_r <= MAX_LORA_RANK):
-            problems.append(f"lora_r must be an integer from 1 to {MAX_LORA_RANK} (the adapter rank), got {self.lora_r!r}")
         if self.lora_targets and self.lora_r is None:
             problems.append("lora_targets given without lora_r: add a rank (e.g. lora_r=16)")
         if self.is_train:
@@ -145,30 +208,100 @@ class RunConfig:
         return problems
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "workload"}
-        data["lora_targets"] = list(self.lora_targets)
-        if self.pp_virtual == 1:
-            # Omitted at its default so documents (and the bench fingerprints hashed from them)
-            # written before the field existed stay identical; from_dict restores the default.
-            data.pop("pp_virtual")
+        data: dict[str, Any] = {}
+        for name in KNOB_FIELDS:
+            value = getattr(self, name)
+            if name in OMIT_AT_DEFAULT and value == KNOB_DEFAULTS[name]:
+                # Omitted at its default so documents (and the bench fingerprints hashed from them)
+                # written before the field existed stay identical; from_dict restores the default.
+                continue
+            data[name] = list(value) if name == "lora_targets" else value
         return {"workload": self.workload.to_dict(), **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Inverse of to_dict (JSON files written by bench/tune)."""
+        """Inverse of to_dict (JSON files written by bench/tune); documents from before issue 13 may hold
+        knobs in `extra` (e.g. {"sequence_parallel": true, "recompute": "selective"}): they load into the fields."""
         data = dict(data)
         workload = dict(data.pop("workload"))
         mode = workload.pop("mode", "train")
         wl = TrainWorkload(**workload) if mode == "train" else InferWorkload(**workload)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        data.update(_legacy_extra(data.pop("extra", None)))
+        unknown = sorted(set(data) - set(KNOB_FIELDS))
         if unknown:
             raise InvalidConfigError(
-                f"Unknown configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}."
+                f"Unknown configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(KNOB_FIELDS))}."
             )
-        if "lora_targets" in data:
+        if isinstance(data.get("lora_targets"), list):
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(workload=wl, **data)
+
+
+# Every field but the workload: the knobs, in declaration order.
+KNOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.name != "workload")
+KNOB_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+BOOL_KNOBS: tuple[str, ...] = tuple(name for name in KNOB_FIELDS if isinstance(KNOB_DEFAULTS[name], bool))
+# train | infer for a knob of one mode only; absent = both.
+KNOB_MODE: dict[str, str] = {f.name: f.metadata["mode"] for f in fields(RunConfig) if "mode" in f.metadata}
+# The fields stored documents had before pp_virtual (issue 13 moved the rest out of `extra`): always
+# written, so that old fingerprints stay; every later field is written only when not at its default.
+ALWAYS_WRITTEN = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp",
+                  "pp", "offload", "compile", "quantization", "cache", "kv_cache_dtype")
+OMIT_AT_DEFAULT = frozenset(KNOB_FIELDS) - frozenset(ALWAYS_WRITTEN)
+# What `extra` carried before these knobs were fields: key -> field (`recompute` is decoded below).
+_LEGACY_EXTRA = {
+    "sequence_parallel": "sequence_parallel", "fused_kernels": "fused_kernels",
+    "pp_embedding_as_layer": "pp_embedding_as_layer", "torch_num_threads": "torch_num_threads",
+    "dataloader_num_workers": "dataloader_num_workers", "dataloader_pin_memory": "dataloader_pin_memory",
+}
+
+
+def _legacy_extra(extra: Any) -> dict[str, Any]:
+    """The fields an old document's `extra` dict stands for; unknown keys are refused (a typo was silently ignored)."""
+    if not extra:
+        return {}
+    if not isinstance(extra, dict):
+        raise InvalidConfigError(f"extra must be a JSON object of knobs, got {extra!r:.200}: write the knobs as fields.")
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in extra.items():
+        if key in _LEGACY_EXTRA:
+            out[_LEGACY_EXTRA[key]] = value
+        elif key == "recompute" and value in ("selective", "full"):
+            out["selective_recompute" if value == "selective" else "checkpointing"] = True
+        else:
+            unknown.append(key)
+    if unknown:
+        raise InvalidConfigError(
+            f"Unknown extra settings {', '.join(map(repr, sorted(unknown)))}: the knobs are fields now "
+            f"({', '.join(KNOB_FIELDS)}); `extra` may hold {', '.join(sorted(_LEGACY_EXTRA))}, recompute (selective | full)."
+        )
+    return out
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each field's docstring (the string literal under it), whitespace collapsed: its --help text."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(RunConfig)))
+    except (OSError, TypeError):  # no source shipped (a zipped install): help without the docstrings
+        return {}
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def choices_text(name: str) -> str | None:
+    """'a | b | c' for a knob with closed choices, else None."""
+    if name == "optimizer":
+        return optimizer_choices_text()
+    if name in CHOICES:
+        return " | ".join(map(str, CHOICES[name]))
+    return None
 
 
 def parse_targets(text: str | None) -> tuple[str, ...]:
@@ -178,4 +311,7 @@ def parse_targets(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-__all__ = ["INFER_PRECISIONS", "OPTIMIZERS", "TRAIN_PRECISIONS", "RunConfig", "parse_targets"]
+__all__ = [
+    "CHOICES", "INFER_PRECISIONS", "KNOB_DEFAULTS", "KNOB_FIELDS", "KNOB_MODE", "OPTIMIZERS", "TRAIN_PRECISIONS",
+    "RunConfig", "choices_text", "field_help", "parse_targets",
+]

@@ -58,7 +58,7 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
     if k.pp > mc.layers:
         problems.append(f"pipeline degree {k.pp} exceeds the {mc.layers} layers of {mc.name}: use --pp <= {mc.layers}")
     elif k.pp_virtual > 1:
-        slots = mc.layers + (2 if k.pp_embed_slots else 0)
+        slots = mc.layers + (2 if k.pp_embedding_as_layer else 0)
         if k.pp == 1:
             problems.append(f"--pp-virtual {k.pp_virtual} interleaves pipeline stages and needs --pp >= 2")
         elif k.pp * k.pp_virtual > slots:

@@ -69,7 +69,7 @@ def unsupported(mc: ModelConstants, k: Knobs) -> str | None:
         return "tensor/pipeline-parallel and quantized steps have no operation model"
     if k.optimizer not in CALIBRATED_OPTIMIZERS:
         return f"optimizer {k.optimizer} has no CPU probe"
-    if k.selective or k.fused or k.compile:
+    if k.selective_recompute or k.fused_kernels or k.compile:
         return "selective recomputation, fused kernels and torch.compile have no operation model"
     return None
 

@@ -66,7 +66,7 @@ POST_NORM_FAMILIES = ("bert", "roberta")
 RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
 RECIPES["mixtral"] = RECIPES["llama"]
 
-# Fused kernels (RunConfig.extra["fused_kernels"]): what training stacks with fused RMSNorm and
+# Fused kernels (RunConfig.fused_kernels): what training stacks with fused RMSNorm and
 # SwiGLU keep instead of the eager transformers modules above.
 #  RMSNorm: the input in its own dtype + fp32 rstd per token (Liger-Kernel LigerRMSNormFunction
 #    saves X, W, RSTD; TransformerEngine / Apex fused RMSNorm likewise), and the output the next

@@ -128,14 +128,14 @@ def layer_act_bytes(mc: ModelConstants, k: Knobs, compute_override: str | None =
     selective recomputation drops the attention-score terms (hs) and recomputes them.
     program: "cuda" or "cpu", whose dropout keeps different masks (families.DROPOUT_SITES).
     """
-    table = mc.act_fused if k.fused else mc.act
+    table = mc.act_fused if k.fused_kernels else mc.act
     key = compute_override or k.precision
     rep, split, per_s = table[(key, k.attn)]
     if mc.dropout_act:
         d_rep, d_split, d_per_s = mc.dropout_act[(program, key, k.attn)]
         rep, split, per_s = rep + d_rep, split + d_split, per_s + d_per_s
     t = k.tp
-    if k.selective:
+    if k.selective_recompute:
         per_s = 0.0
     return (rep / t if k.sequence_parallel else rep) + split / t + per_s * k.seq / t
 
@@ -145,16 +145,16 @@ def stage_layers(mc: ModelConstants, k: Knobs, rank: int) -> tuple[float, list[f
 
     Layers are split evenly (fractionally) over p x v chunks; chunk c of rank r holds slice
     c * p + r (Megatron-LM interleaved assignment, Narayanan et al. 2021 section 2.2.2). With
-    `pp_embed_slots` the embedding and the head/loss each take one layer slot, so the first chunk
+    `pp_embedding_as_layer` the embedding and the head/loss each take one layer slot, so the first chunk
     of the first rank holds one layer fewer and the last chunk of the last rank likewise (Llama 3,
     Dubey et al. 2024 section 3.3.2: "the first model chunk on the first stage has only the
     embedding, and the last model chunk on the last stage has only output projection and loss").
     """
     p, v = k.pp, k.pp_virtual
-    slots = mc.layers + (2 if k.pp_embed_slots else 0)
+    slots = mc.layers + (2 if k.pp_embedding_as_layer else 0)
     per_chunk = slots / (p * v)
     chunks = [per_chunk] * v
-    if k.pp_embed_slots:
+    if k.pp_embedding_as_layer:
         if rank == 0:
             chunks[0] = max(0.0, chunks[0] - 1)
         if rank == p - 1:

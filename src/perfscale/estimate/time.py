@@ -99,7 +99,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     backward_factor = 1.0 if k.lora_r is not None else 2.0
     compute = tokens_replica * fwd * (1 + backward_factor) / (tp * pp) / rate
     recompute = tokens_replica * fwd / (tp * pp) / rate if k.checkpointing else 0.0
-    if k.selective and not k.checkpointing:
+    if k.selective_recompute and not k.checkpointing:
         recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / (tp * pp) / rate
     measured = uncalibrated = None
     if calibration_applies(calibration, hw, world, efficiency):

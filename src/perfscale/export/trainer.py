@@ -29,12 +29,10 @@ def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | 
     }
     if topology.hardware.kind == "cpu":
         kwargs["use_cpu"] = True
-    workers = config.extra.get("dataloader_num_workers")
-    if workers is not None:
-        kwargs["dataloader_num_workers"] = int(workers)
-    pin = config.extra.get("dataloader_pin_memory")
-    if pin is not None:
-        kwargs["dataloader_pin_memory"] = bool(pin)
+    if config.dataloader_num_workers:
+        kwargs["dataloader_num_workers"] = config.dataloader_num_workers
+    if config.dataloader_pin_memory:
+        kwargs["dataloader_pin_memory"] = True
     if config.zero:
         kwargs["deepspeed"] = deepspeed_path or "ds_config.json"
     if config.fsdp:
@@ -63,9 +61,8 @@ def trainer_snippet(config: RunConfig, topology: Topology, model_id: str) -> str
         "from transformers import AutoModelForCausalLM, Trainer, TrainingArguments",
         "",
     ]
-    threads = config.extra.get("torch_num_threads")
-    if threads:  # TrainingArguments has no threads option: set torch's intra-op pool directly
-        lines += [f"torch.set_num_threads({int(threads)})"]
+    if config.torch_num_threads:  # TrainingArguments has no threads option: set torch's intra-op pool directly
+        lines += [f"torch.set_num_threads({config.torch_num_threads})"]
     lines += [
         f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {load})",
     ]

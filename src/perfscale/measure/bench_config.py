@@ -197,6 +197,9 @@ class BenchConfig:
         """Stable hash of what is measured (label excluded): tune finds earlier runs by it."""
         data = self.to_dict()
         data.pop("label", None)
+        # RunConfig documents carried an `extra` dict (always {} here) until its knobs became fields:
+        # hashed as before, so that stored runs are still found.
+        data["run"].setdefault("extra", {})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

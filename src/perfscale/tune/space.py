@@ -93,7 +93,7 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
             if world % (tp * pp):
                 continue
             dp = world // (tp * pp)
-            slots = layers + (2 if base.pp_embed_slots else 0)
+            slots = layers + (2 if base.pp_embedding_as_layer else 0)
             virtuals = [v for v in pick("pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
             if fixed.get("fsdp") is not None:
                 shardings = [(0, fixed["fsdp"])] if fixed["fsdp"] <= dp and dp % fixed["fsdp"] == 0 else []

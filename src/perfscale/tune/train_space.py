@@ -78,23 +78,18 @@ class Candidate:
         return asdict(self)
 
     def run_config(self, seq: int) -> RunConfig:
-        extra: dict[str, Any] = {}
-        if self.workers:
-            extra["dataloader_num_workers"] = self.workers
-        if self.threads:
-            extra["torch_num_threads"] = self.threads
         return RunConfig(
             workload=TrainWorkload(batch=self.micro_batch, seq=seq, grad_accum=self.grad_accum),
             precision=self.precision, optimizer=self.optimizer, checkpointing=self.checkpointing, attn=self.attn,
             lora_r=self.lora_r, zero=self.zero, fsdp=self.fsdp, tp=self.tp, pp=self.pp, offload=self.offload,
-            compile=self.compile, extra=extra,
+            compile=self.compile, torch_num_threads=self.threads or None, dataloader_num_workers=self.workers,
         )
 
     def bench_config(self, model: str, seq: int, label: str | None = None, extra: dict[str, Any] | None = None):
-        """The measurable BenchConfig (single device); the RunConfig's extra stays out of it (bench keeps its own fields)."""
+        """The measurable BenchConfig (single device); threads and workers go in BenchConfig's own fields."""
         from perfscale.measure.bench_config import BenchConfig
 
-        run = replace(self.run_config(seq), extra={})
+        run = replace(self.run_config(seq), torch_num_threads=None, dataloader_num_workers=0)
         return BenchConfig(
             scenario="train", model=model, run=run, backend="compile" if self.compile else "eager", threads=self.threads,
             dataloader_workers=self.workers, label=label or self.name, extra=dict(extra or {}),
