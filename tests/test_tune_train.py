@@ -15,6 +15,7 @@ import time
 import pytest
 
 from perfscale.measure.stats import StopRule
+from perfscale.export.tune_winner import add_trainer_snippet
 from perfscale.tune.train import TrainTuneOptions, tune_training
 
 from cli_helpers import assert_user_error, run_cli, run_json
@@ -43,6 +44,7 @@ def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path):
     crash = "mb2x2 fp32 adamw_torch_fused sdpa"
     r = tune_training(base, store=str(tmp_path / "s.sqlite"), rung_stops=TINY_STOPS, final_stop=TINY_FINAL, budget_seconds=200,
                       repeats=1, max_pool=7, faults={crash: "crash"})
+    add_trainer_snippet(r, base)  # the emit layer writes the winner as code
     doc = json.loads(json.dumps(r.to_dict()))  # one serialisable document
     assert doc["ranking"] == "measured" and doc["measured_here"]
     trials = _by_name(doc)

@@ -42,7 +42,10 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
     finally:
         if status is not None:
             status.stop()
-    if formats and result.winner and result.winner.get("run_config"):
+    from perfscale.export.tune_winner import add_trainer_snippet, emit_winner
+
+    add_trainer_snippet(result, options)
+    if formats:
         result.emitted = emit_winner(result, formats, Path(out or "perfscale-tuned"), options)
     if save:
         result.save(save)
@@ -50,20 +53,6 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
     from perfscale.report import tune_tables
 
     print_result(document, as_json, lambda console: tune_tables.render(console, document))
-
-
-def emit_winner(result, formats: tuple[str, ...], out_dir: Path, options) -> list[dict[str, str]]:
-    """The winner's Trainer / accelerate / DeepSpeed / FSDP / torchrun files under out_dir."""
-    from perfscale.config.run_config import RunConfig
-    from perfscale.export import emit_files
-    from perfscale.specs import load_model_spec
-
-    from perfscale.tune.train import resolve_topology
-
-    config = RunConfig.from_dict(result.winner["run_config"])
-    spec = load_model_spec(options.model)
-    written = emit_files(config, resolve_topology(options), out_dir, formats, spec.hub_id or options.model)
-    return [{"format": f.format, "path": f.path, "description": f.description} for f in written]
 
 
 def progress_spinner(as_json: bool):

@@ -59,7 +59,7 @@ class TrainTuneResult:
     notes: list[str]
     session: dict[str, Any]  # id, store, resumed, reused_trials, measured_trials
     timing: dict[str, Any]  # wall_s, budget_s, per stage
-    snippet: str | None = None  # the winner as a Trainer snippet
+    snippet: str | None = None  # the winner as a Trainer snippet: set by export.tune_winner.add_trainer_snippet
     emitted: list[dict[str, str]] = field(default_factory=list)
     what_would_fit: list[dict[str, Any]] = field(default_factory=list)  # when nothing fits
     environment: dict[str, Any] = field(default_factory=dict)

@@ -420,24 +420,20 @@ def _all_failed_message(records) -> str:
 
 def _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run: HalvingRun,
                      final: FinalComparison, session) -> TrainTuneResult:
-    from perfscale.export.trainer import trainer_snippet
-
     winner = final.winner
-    win_rc = winner.run_config(space.seq)
     why = why_it_won(winner, baseline, run, records)
     runners = []
     for o in run.ranking():
         if o.candidate != winner and len(runners) < 3:
             runners.append({"name": o.candidate.name, "knobs": o.candidate.knobs(), "tokens_per_s": o.rate, "rung": o.rung,
                             "vs_winner_screen": (o.rate / final.winner_screen_rate) if final.winner_screen_rate and o.rate else None})
-    model_id = spec.hub_id or options.model
     return TrainTuneResult(
         model=spec.name, hardware=topology.hardware.description, measured_here=True, ranking="measured",
         workload={"seq": space.seq, "global_batch": space.global_batch, "tokens_per_step": space.seq * space.global_batch},
         space=space.to_dict(), winner=final.winner_doc(space.seq), baseline=final.baseline_doc(space.seq, baseline), speedup=final.speedup,
         why=why, runners_up=runners, trials=list(records.values()), notes=notes, session=session,
         timing={"wall_s": clock.elapsed(), "budget_s": options.budget_seconds, **stage_times},
-        snippet=trainer_snippet(win_rc, topology, model_id), environment=final.environment,
+        environment=final.environment,
     )
 
 

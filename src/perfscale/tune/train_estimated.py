@@ -14,8 +14,6 @@ from perfscale.tune.result import TrainTuneResult
 
 # ----------------------------------------------------------------- estimated only (--hardware)
 def estimated_only(ranked, *, confirm, options, spec, topology, space, records, notes, clock, baseline, stage_times, capacity) -> TrainTuneResult:
-    from perfscale.export.trainer import trainer_snippet
-
     device = "cuda" if topology.hardware.kind == "gpu" else "cpu"
     trace_top = 1 if options.trace_top is None else options.trace_top
     if trace_top:
@@ -46,7 +44,6 @@ def estimated_only(ranked, *, confirm, options, spec, topology, space, records, 
         why=why, runners_up=runners, trials=list(records.values()), notes=notes,
         session={"id": None, "store": None, "resumed": False, "reused_trials": 0, "measured_trials": 0},
         timing={"wall_s": clock.elapsed(), "budget_s": options.budget_seconds, **stage_times},
-        snippet=trainer_snippet(best.run_config(space.seq), topology, spec.hub_id or options.model),
     )
 
 

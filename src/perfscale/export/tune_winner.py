@@ -1,0 +1,45 @@
+"""The winner of a training tune in the formats people run: its Trainer snippet on the result, and files.
+
+The decide layer (tune/) finds and proves the winner; writing it as code is this layer's job, so the
+tuner returns a RunConfig and this module turns it into the snippet and the emitted files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perfscale.config.run_config import RunConfig
+from perfscale.export.emit import emit_files
+from perfscale.export.trainer import trainer_snippet
+
+
+def _winner(result, options):
+    """(RunConfig, topology, model id) of the tune's winner, or None when nothing won."""
+    if not result.winner or not result.winner.get("run_config"):
+        return None
+    from perfscale.specs import load_model_spec
+    from perfscale.tune.train import resolve_topology
+
+    spec = load_model_spec(options.model)
+    return RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options), spec.hub_id or options.model
+
+
+def add_trainer_snippet(result, options):
+    """Set `result.snippet` to the winner as a Trainer snippet to paste (unchanged when nothing won); returns result."""
+    winner = _winner(result, options)
+    if winner is not None:
+        result.snippet = trainer_snippet(*winner)
+    return result
+
+
+def emit_winner(result, formats: tuple[str, ...], out_dir: Path, options) -> list[dict[str, str]]:
+    """The winner's Trainer / accelerate / DeepSpeed / FSDP / torchrun files under out_dir (none when nothing won)."""
+    winner = _winner(result, options)
+    if winner is None:
+        return []
+    config, topology, model_id = winner
+    written = emit_files(config, topology, out_dir, formats, model_id)
+    return [{"format": f.format, "path": f.path, "description": f.description} for f in written]
+
+
+__all__ = ["add_trainer_snippet", "emit_winner"]
