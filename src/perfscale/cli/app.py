@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), type(exc).__name__, 2, as_json)
     except typer.Exit as exc:
         return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        return _fail("interrupted.", "Interrupted", 130, as_json)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        # SIGTERM (bench/compare turn it into runner.Terminated, a KeyboardInterrupt) exits 128 + 15.
+        terminated = type(exc).__name__ == "Terminated"
+        return _fail(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}.", "Interrupted", 143 if terminated else 130,
+                     as_json)
     except typer.TyperException as exc:
         # typer 0.29 bundles its own click (typer._click): its usage errors (unknown option, bad
         # value, missing argument, unknown verb) all derive from TyperException; exit code 2.

@@ -12,7 +12,7 @@ from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import train_memory
 from perfscale.estimate.overheads import overheads
 from perfscale.estimate.result import BREAKDOWN_KEYS, Estimate, MemoryEstimate, Overhead, TimeEstimate
-from perfscale.estimate.time import infer_time, train_time
+from perfscale.estimate.time import ASSUMED_MEMORY_BANDWIDTH, infer_time, train_time
 
 # Most recently used models whose constants are kept: a plan or tune run uses one model; the test
 # suite and the benchmarks a few dozen. An evicted model is only recomputed (0.2-0.3 ms, measured here).
@@ -164,6 +164,9 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
     if not numbers["native"]:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
+    if k.mode == "infer" and not topology.hardware.memory_bandwidth.value:
+        notes.append(f"{topology.hardware.name}'s memory bandwidth is unknown: decode time assumes "
+                     f"{ASSUMED_MEMORY_BANDWIDTH / 1e9:.0f} GB/s")
     dp = max(1, numbers["world"] // (k.tp * k.pp))
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,

@@ -52,6 +52,10 @@ LINK_EFFICIENCY = 0.8
 # bandwidth); parameter offload also streams the parameters up every micro-step. Not overlapped.
 PCIE_BANDWIDTH = 25e9  # PCIe 4.0 x16 achieved, bytes/s per direction
 HOST_BANDWIDTH = 100e9  # host DRAM, bytes/s
+# Decode reads every weight once per token: where the catalogue or the detection has no memory
+# bandwidth (this machine's CPU is "n/a: not measured") decode time assumes this, and the estimate
+# says so in its notes (a dual-channel DDR5 desktop is ~80 GB/s, an 8-channel server ~300 GB/s).
+ASSUMED_MEMORY_BANDWIDTH = 100e9
 # Fixed cost of each tensor-parallel all-reduce in decode, on top of its bytes over the link: the
 # order of NCCL's small-message all-reduce latency inside an NVLink node (nccl-tests). Assumed, not
 # measured here (no multi-GPU machine).
@@ -173,7 +177,7 @@ def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: f
     peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff / k.tp
     prefill = k.batch * k.prompt * flops_per_token(mc, k.prompt / 2) / rate
-    bw = (hw.memory_bandwidth.value or 1e11) * BANDWIDTH_EFFICIENCY
+    bw = (hw.memory_bandwidth.value or ASSUMED_MEMORY_BANDWIDTH) * BANDWIDTH_EFFICIENCY
     avg_ctx = k.prompt + k.new_tokens / 2
     read = weights + kv_per_token * avg_ctx * k.batch
     decode_mem = read / bw
