@@ -268,6 +268,7 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
         if c not in role and records[c].status == "estimated":
             records[c].reason = "estimated only: not in the measured pool (the centre and its one-knob neighbours)"
     store = Store(options.store)
+    store.check_writable()  # before any trial: a store that cannot take rows would throw the measurements away
     key = _session_key(options, topology, space)
     prefix = f"tune-{key}-"
     resumed_from = store.latest_group(prefix) if options.resume else None
@@ -314,7 +315,7 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
                 if result.status == "timeout" and costs.typical_wall():
                     result.reason = (f"stopped at {rung_opts.time_limit:.0f} s, 3x the typical trial here: "
                                      "far slower than the others (or hung)")
-                store.add(result)
+                store.keep(result)  # a store failing mid-tune: the trial goes to a fallback file, not lost
                 counts["measured"] += 1
             costs.add(result)
             rate = (result.throughput().get("tokens_per_s") or {}).get("median") if result.ok else None
@@ -365,6 +366,10 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
         notes.extend(final.notes)
     finally:
         store.close()
+    if store.unsaved:
+        paths = ", ".join(str(path) for _, path, _ in store.unsaved[:3])
+        notes.append(f"the store failed mid-tune: {len(store.unsaved)} trial result(s) were written to fallback files "
+                     f"({paths}{', ...' if len(store.unsaved) > 3 else ''}); Store(path).restore(file) adds them back")
     stage_times["final_s"] = clock.elapsed() - sum(stage_times.values())
     return _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run, final,
                             {"id": session, "group": group, "store": str(store.path), "resumed": bool(resumed_from),

@@ -94,7 +94,7 @@ def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, rep
                     return stored.result
         result = run_one(config, rep)
         result.group, result.repeat = group, rep
-        store.add(result)
+        store.keep(result)  # a failing store: a fallback file (tune reports it), not a lost measurement
         counters["measured"] += 1
         return result
 
