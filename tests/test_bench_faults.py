@@ -335,7 +335,11 @@ def test_store_failing_at_the_end_keeps_the_result_in_a_file(tmp_path):
     assert doc["configurations"][0]["status"] == "ok"
     with Store(store) as db:
         assert db.count() == 1
-        db.restore(saved)
+    # as a user restores it: `perfscale results --restore FILE` adds the saved run and lists the store
+    from perfscale.cli.app import main
+
+    assert main(["results", "--store", str(store), "--restore", str(saved), "--json"]) == 0
+    with Store(store) as db:
         assert [r.status for r in db.runs()] == ["ok", "ok"]
         assert db.runs()[0].result.run_id == doc["configurations"][0]["run_id"]
 

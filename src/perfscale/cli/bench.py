@@ -34,17 +34,17 @@ SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration 
 CONFIG = typer.Option(None, "--config", help="Measure the configuration in this JSON file (from --save-config, tune, or a bench --json output) instead of the knob flags.")
 # The flags that define what is measured; with --config the file does, so these are refused alongside it.
 CONFIG_FLAGS = (
-    "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", "precision", "optimizer", "checkpointing", "attn",
-    "lora_r", "lora_targets", "compile", "cache", "quantization", "backend", "encoder_quant", "device", "threads", "workers",
-    "pin_memory", "sentences",
+    "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names(knobs.BENCH_EXCLUDED),
+    "backend", "encoder_quant", "device", "threads", "workers", "pin_memory", "sentences",
 )
 
 
 def base_config(
-    scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
-    lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
+    *, scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, backend, encoder_quant, device, threads, workers,
+    pin_memory, sentences, label, run_knobs: dict,
 ):
-    """A BenchConfig from the shared flags (validated; raises before anything runs)."""
+    """A BenchConfig from the shared flags (validated; raises before anything runs); run_knobs: the RunConfig
+    knob options (knobs.with_knobs), None where not given."""
     from perfscale.errors import InvalidConfigError, choice_error
     from perfscale.measure.bench_config import DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
     from perfscale.specs.workload import InferWorkload, TrainWorkload
@@ -64,11 +64,8 @@ def base_config(
             raise InvalidConfigError("--new-tokens does not apply to encode (no generation): drop it.")
         workload = InferWorkload(batch=knobs.given(batch, default.batch), prompt=knobs.given(prompt, default.prompt),
                                  new_tokens=default.new_tokens if new_tokens is None else new_tokens)
-    backend = backend or ("compile" if compile else "eager")
-    run = knobs.build_run_config(
-        workload, precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn, lora_r=lora_r,
-        lora_targets=lora_targets, compile=backend == "compile", cache=cache, quantization=quantization,
-    )
+    backend = backend or ("compile" if run_knobs.get("compile") else "eager")
+    run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
     return BenchConfig(
         scenario=scenario, model=model, run=run, backend=backend, device=device, threads=threads, dataloader_workers=workers,
         pin_memory=pin_memory, encoder_quantization=encoder_quant, sentences=sentences, label=label,
@@ -98,7 +95,7 @@ def report_unsaved(db) -> list[dict]:
     entries = []
     for result, path, why in db.unsaved:
         typer.echo(f"error: {why} The result of {result.config.display} ({result.status}) is saved in {path} instead: "
-                   "nothing measured is lost.", err=True)
+                   f"nothing measured is lost; add it later with `perfscale results --store STORE --restore {path}`.", err=True)
         entries.append({"run_id": result.run_id, "file": str(path), "error": why})
     return entries
 
@@ -150,6 +147,7 @@ def _rerun_interval(doc: dict, db, runs: list, group: str) -> dict:
     return with_drift(doc, machine_drift(db, timed[0], exclude_group=group))
 
 
+@knobs.with_knobs(knobs.BENCH_EXCLUDED)
 def bench(
     ctx: typer.Context,
     scenario: str = SCENARIO,
@@ -159,15 +157,6 @@ def bench(
     grad_accum: int = knobs.GRAD_ACCUM,
     prompt: int = knobs.PROMPT,
     new_tokens: int = knobs.NEW_TOKENS,
-    precision: str = knobs.PRECISION,
-    optimizer: str = knobs.OPTIMIZER,
-    checkpointing: bool = knobs.CHECKPOINTING,
-    attn: str = knobs.ATTN,
-    lora_r: int = knobs.LORA_R,
-    lora_targets: str = knobs.LORA_TARGETS,
-    compile: bool = knobs.COMPILE,
-    cache: str = knobs.CACHE,
-    quantization: str = knobs.QUANTIZATION,
     backend: str = BACKEND,
     encoder_quant: str = ENCODER_QUANT,
     device: str = DEVICE,
@@ -188,6 +177,7 @@ def bench(
     save_config: Path = SAVE_CONFIG,
     config_file: Path = CONFIG,
     as_json: bool = JSON,
+    **run_knobs,
 ) -> None:
     """Measure one configuration on this machine: fresh process, warm-up, stop rule, median with 95% CI,
     throughput, latency, peak memory, MFU, accuracy gate (inference), full environment; stored at once.
@@ -209,8 +199,9 @@ def bench(
             config = config_from_file(ctx, config_file, label)
         else:
             config = base_config(
-                scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
-                lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, label,
+                scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt,
+                new_tokens=new_tokens, backend=backend, encoder_quant=encoder_quant, device=device, threads=threads,
+                workers=workers, pin_memory=pin_memory, sentences=sentences, label=label, run_knobs=run_knobs,
             )
         options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
         from perfscale.errors import InvalidConfigError

@@ -25,6 +25,8 @@ def results(
     limit: int = typer.Option(50, "--limit", help="At most this many runs, newest first (0: all)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the export to this file instead of stdout."),
+    restore: list[Path] = typer.Option(None, "--restore", help="Add results that bench/compare/tune saved to a "
+                                       "perfscale-unsaved-*.json file when the store could not be written (repeatable)."),
     as_json: bool = b.JSON,
 ) -> None:
     """List stored measurements, newest first; filter them; export JSON (full records), CSV or Markdown."""
@@ -49,10 +51,14 @@ def results(
         raise InvalidConfigError(f"--id must be a store id >= 1 (the `id` column of `perfscale results`), got {run_id}.")
     if output is not None:
         check_writable(output, "--output")
-    if store is not None and not _exists(store):
+    if store is not None and not _exists(store) and not restore:
         raise InvalidConfigError(f"--store {str(store)[:120]!r} does not exist: give the SQLite file that `perfscale bench "
                                  "--store` wrote, or omit --store for the default store.")
     with Store(store) as db:
+        for saved in restore or []:
+            db.restore(saved)
+            if not as_json:
+                typer.echo(f"restored {saved} into {db.path}", err=True)
         runs = db.runs(scenario=scenario, model=model, status=status, label=label, group=group, limit=None if run_id else (limit or None))
         if run_id is not None:
             runs = [r for r in runs if r.id == run_id]

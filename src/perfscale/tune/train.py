@@ -369,7 +369,7 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
     if store.unsaved:
         paths = ", ".join(str(path) for _, path, _ in store.unsaved[:3])
         notes.append(f"the store failed mid-tune: {len(store.unsaved)} trial result(s) were written to fallback files "
-                     f"({paths}{', ...' if len(store.unsaved) > 3 else ''}); Store(path).restore(file) adds them back")
+                     f"({paths}{', ...' if len(store.unsaved) > 3 else ''}); `perfscale results --restore FILE` adds them back")
     stage_times["final_s"] = clock.elapsed() - sum(stage_times.values())
     return _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run, final,
                             {"id": session, "group": group, "store": str(store.path), "resumed": bool(resumed_from),
