@@ -14,6 +14,7 @@ CONFIGS = typer.Argument(..., help="Two or more configurations. " + INLINE_HELP)
 REPEATS = typer.Option(3, "--repeats", "-r", help="Independent processes per configuration (interleaved A B A B ...).")
 
 
+@knobs.with_knobs(knobs.BENCH_EXCLUDED)
 def compare(
     configs: list[str] = CONFIGS,
     scenario: str = b.SCENARIO,
@@ -23,15 +24,6 @@ def compare(
     grad_accum: int = knobs.GRAD_ACCUM,
     prompt: int = knobs.PROMPT,
     new_tokens: int = knobs.NEW_TOKENS,
-    precision: str = knobs.PRECISION,
-    optimizer: str = knobs.OPTIMIZER,
-    checkpointing: bool = knobs.CHECKPOINTING,
-    attn: str = knobs.ATTN,
-    lora_r: int = knobs.LORA_R,
-    lora_targets: str = knobs.LORA_TARGETS,
-    compile: bool = knobs.COMPILE,
-    cache: str = knobs.CACHE,
-    quantization: str = knobs.QUANTIZATION,
     backend: str = b.BACKEND,
     encoder_quant: str = b.ENCODER_QUANT,
     device: str = b.DEVICE,
@@ -49,6 +41,7 @@ def compare(
     gate: bool = b.GATE,
     store: Path = b.STORE,
     as_json: bool = b.JSON,
+    **run_knobs,
 ) -> None:
     """Compare configurations on this machine: each runs in `--repeats` fresh processes, interleaved;
     each is reported as a ratio to the FIRST with a 95% CI and a verdict ("B is 1.31x faster than A
@@ -69,8 +62,9 @@ def compare(
 
     with sigterm_as_interrupt():
         base = b.base_config(
-            scenario, model, batch, seq, grad_accum, prompt, new_tokens, precision, optimizer, checkpointing, attn, lora_r,
-            lora_targets, compile, cache, quantization, backend, encoder_quant, device, threads, workers, pin_memory, sentences, None,
+            scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens,
+            backend=backend, encoder_quant=encoder_quant, device=device, threads=threads, workers=workers,
+            pin_memory=pin_memory, sentences=sentences, label=None, run_knobs=run_knobs,
         )
         parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
         options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)

@@ -1,18 +1,23 @@
-"""The knob flags shared by trace, plan and bench, and their translation into a RunConfig.
+"""The knob flags of trace, plan, bench and compare, generated from RunConfig's fields.
 
+`with_knobs` gives a command one `--name` option per RunConfig field: its help is the field's
+docstring plus its choices (config/run_config.py), a bool field is a `--name/--no-name` flag.
 Options default to None ("not given") so a verb can tell an open knob (plan searches it) from
 one the user fixed; `build_run_config` fills the library defaults for what was not given.
+A verb that cannot honour a knob leaves it out in its exclusion table below, with the reason.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import typer
 
-from perfscale.config.optimizer import DEFAULT_OPTIMIZER, optimizer_choices_text
-from perfscale.config.precision import TRAIN_PRECISIONS
-from perfscale.config.run_config import RunConfig, parse_targets
+from perfscale.config.run_config import KNOB_FIELDS, RunConfig, choices_text, field_help, parse_targets
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload
 
@@ -25,28 +30,93 @@ SEQ = typer.Option(None, "--seq", help="Training sequence length in tokens.")
 GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micro-steps per optimizer step.")
 PROMPT = typer.Option(None, "--prompt", help="Inference prompt length in tokens.")
 NEW_TOKENS = typer.Option(None, "--new-tokens", help="Tokens to generate after the prompt.")
-PRECISION = typer.Option(None, "--precision", help=f"{' | '.join(TRAIN_PRECISIONS)} (mixed: fp32 master weights + autocast).")
-OPTIMIZER = typer.Option(None, "--optimizer", help=f"Trainer optim name, built as the Trainer builds it on the device: "
-                         f"{optimizer_choices_text()}. Default {DEFAULT_OPTIMIZER}.")
-CHECKPOINTING = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient (activation) checkpointing.")
-ATTN = typer.Option(None, "--attn", help="Attention implementation: sdpa | eager.")
-LORA_R = typer.Option(None, "--lora-r", help="LoRA rank (freezes the base model).")
-LORA_TARGETS = typer.Option(None, "--lora-targets", help="Comma-separated module names for LoRA, e.g. q_proj,v_proj.")
-ZERO = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3.")
-FSDP = typer.Option(None, "--fsdp", help="FSDP full-shard degree (ranks the model is sharded over).")
-TP = typer.Option(None, "--tp", help="Tensor-parallel degree.")
-PP = typer.Option(None, "--pp", help="Pipeline-parallel degree.")
-PP_VIRTUAL = typer.Option(None, "--pp-virtual", help="Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; "
-                          "V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic).")
-OFFLOAD = typer.Option(None, "--offload", help="none | optimizer | optimizer+params (CPU offload).")
-COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")
-QUANTIZATION = typer.Option(None, "--quantization", help="Weight quantization: none | int8 | int4 | nf4.")
-CACHE = typer.Option(None, "--cache", help="KV cache implementation for generation: dynamic | static.")
+
+# Knobs a verb leaves out, and why: every other RunConfig field is an option of the verb
+# (tests/test_one_config.py fails on a field that is neither).
+_SINGLE_PROGRAM = "traces one process's program (plan estimates multi-device layouts; FSDP is traced)"
+_NOT_TRACED = "changes speed or a kernel the trace does not model (plan estimates it)"
+TRACE_EXCLUDED: dict[str, str] = {
+    "zero": _SINGLE_PROGRAM, "tp": _SINGLE_PROGRAM, "pp": _SINGLE_PROGRAM, "pp_virtual": _SINGLE_PROGRAM,
+    "offload": _SINGLE_PROGRAM, "sequence_parallel": _SINGLE_PROGRAM, "pp_embedding_as_layer": _SINGLE_PROGRAM,
+    "compile": _NOT_TRACED, "kv_cache_dtype": "transformers' generate has no fp8 KV cache to trace (plan estimates it)",
+    "selective_recompute": _NOT_TRACED, "fused_kernels": _NOT_TRACED,
+    "torch_num_threads": _NOT_TRACED, "dataloader_num_workers": _NOT_TRACED, "dataloader_pin_memory": _NOT_TRACED,
+}
+_ONE_DEVICE = "bench measures one process on one device"
+_NOT_MEASURED = "the measure scenarios do not implement it (it would be measured as if absent)"
+_BENCH_OWN = "bench's own flag sets it (--threads, --workers, --pin-memory: BenchConfig's fields)"
+BENCH_EXCLUDED: dict[str, str] = {
+    "zero": _ONE_DEVICE, "fsdp": _ONE_DEVICE, "tp": _ONE_DEVICE, "pp": _ONE_DEVICE, "pp_virtual": _ONE_DEVICE,
+    "offload": _ONE_DEVICE, "sequence_parallel": _ONE_DEVICE, "pp_embedding_as_layer": _ONE_DEVICE,
+    "kv_cache_dtype": "transformers' generate has no fp8 KV cache to measure", "selective_recompute": _NOT_MEASURED,
+    "fused_kernels": _NOT_MEASURED, "torch_num_threads": _BENCH_OWN, "dataloader_num_workers": _BENCH_OWN,
+    "dataloader_pin_memory": _BENCH_OWN,
+}
+PLAN_EXCLUDED: dict[str, str] = {}  # plan estimates every knob
 
 DEFAULT_MODEL = "perfscale-tiny-llama"
 # Library defaults used for knobs the user did not give (RunConfig's own defaults).
 DEFAULT_TRAIN = {"batch": 1, "seq": 512, "grad_accum": 1}
 DEFAULT_INFER = {"batch": 1, "prompt": 512, "new_tokens": 128}
+
+
+def flag(name: str) -> str:
+    """The option of a knob: lora_targets -> --lora-targets."""
+    return "--" + name.replace("_", "-")
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _cli_type(name: str) -> type:
+    """The option's type from the field's annotation: bool, int (also `int | None`), else text."""
+    hint = _hints()[name]
+    kinds = {arg for arg in typing.get_args(hint) if arg is not type(None)} or {hint}
+    if kinds == {bool}:
+        return bool
+    if kinds == {int}:
+        return int
+    return str  # str knobs, and lora_targets (comma-separated)
+
+
+def knob_help(name: str) -> str:
+    """The field's docstring, then its choices."""
+    text = field_help().get(name, "")
+    choices = choices_text(name)
+    return f"{text} One of: {choices}." if choices else text
+
+
+def knob_option(name: str) -> Any:
+    kind = _cli_type(name)
+    decls = f"{flag(name)}/--no-{flag(name)[2:]}" if kind is bool else flag(name)
+    return typer.Option(None, decls, help=knob_help(name))
+
+
+def knob_names(excluded: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(name for name in KNOB_FIELDS if name not in excluded)
+
+
+def with_knobs(excluded: Mapping[str, str], after: str = "new_tokens") -> Callable:
+    """Give `command` (which takes **knobs) one option per RunConfig knob not in `excluded`, placed after
+    its parameter `after` (the end when it has none). Typer reads the options from `__signature__`
+    and calls the command with keyword arguments, so the knobs arrive in **knobs."""
+
+    def decorate(command: Callable) -> Callable:
+        hints = typing.get_type_hints(command)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = knob_names(excluded)
+        generated = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=knob_option(name),
+                                       annotation=_cli_type(name)) for name in names]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == after), len(own))
+        command.__signature__ = inspect.Signature(own[:at] + generated + own[at:])
+        command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in generated}}
+        command.knob_names = names
+        return command
+
+    return decorate
 
 
 def workload_from_options(
@@ -76,9 +146,14 @@ def given(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def given_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """The knobs the user gave (None = not given), lora_targets split into names."""
+    out = {k: v for k, v in knobs.items() if v is not None}
+    if isinstance(out.get("lora_targets"), str):
+        out["lora_targets"] = parse_targets(out["lora_targets"])
+    return out
+
+
 def build_run_config(workload: TrainWorkload | InferWorkload, **knobs: Any) -> RunConfig:
     """RunConfig from knob flags; None means 'not given' and takes RunConfig's default."""
-    given = {k: v for k, v in knobs.items() if v is not None}
-    if "lora_targets" in given:
-        given["lora_targets"] = parse_targets(given["lora_targets"])
-    return RunConfig(workload=workload, **given)
+    return RunConfig(workload=workload, **given_knobs(knobs))

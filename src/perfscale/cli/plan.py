@@ -17,7 +17,6 @@ EFFICIENCY = typer.Option(None, "--efficiency", help="Fraction of peak FLOP/s re
 TOKENS = typer.Option(None, "--token-budget", help="Tokens to train on: report time (and cost) to train.")
 PRICE = typer.Option(None, "--price", help="Price per device-hour, for the cost of the token budget.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (list `configs`).")
-KV_DTYPE = typer.Option(None, "--kv-cache-dtype", help="auto | fp8 (inference KV cache).")
 CALIBRATE = typer.Option(
     False, "--calibrate",
     help="On this machine's CPU: time each operation of the step at its shape (seconds, once; stored under "
@@ -28,32 +27,25 @@ HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per n
                            "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
 
+@K.with_knobs(K.PLAN_EXCLUDED)
 def plan(
     model: str = K.MODEL, hardware: str = HARDWARE, train: bool = K.TRAIN, infer: bool = K.INFER,
     batch: int = K.BATCH, seq: int = K.SEQ, grad_accum: int = K.GRAD_ACCUM, prompt: int = K.PROMPT,
-    new_tokens: int = K.NEW_TOKENS, precision: str = K.PRECISION, optimizer: str = K.OPTIMIZER,
-    checkpointing: bool = K.CHECKPOINTING, attn: str = K.ATTN, lora_r: int = K.LORA_R, lora_targets: str = K.LORA_TARGETS,
-    zero: int = K.ZERO, fsdp: int = K.FSDP, tp: int = K.TP, pp: int = K.PP, pp_virtual: int = K.PP_VIRTUAL,
-    offload: str = K.OFFLOAD,
-    quantization: str = K.QUANTIZATION, cache: str = K.CACHE, kv_cache_dtype: str = KV_DTYPE, top: int = TOP,
+    new_tokens: int = K.NEW_TOKENS, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
-    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
+    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
     Give every knob to evaluate one configuration. Without --hardware, plans for this machine.
     """
-    from perfscale.config.run_config import parse_targets
     from perfscale.tune.plan import plan as run_plan
     from perfscale.report.emit import emit
     from perfscale.report.plan_tables import render_plan
 
     workload = K.workload_from_options(train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum,
                                        prompt=prompt, new_tokens=new_tokens)
-    fixed = dict(precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn, lora_r=lora_r,
-                 lora_targets=parse_targets(lora_targets) if lora_targets else None, zero=zero, fsdp=fsdp, tp=tp, pp=pp,
-                 pp_virtual=pp_virtual, offload=offload, quantization=quantization, cache=cache, kv_cache_dtype=kv_cache_dtype,
-                 grad_accum=grad_accum)
+    fixed = K.given_knobs(knobs) | ({"grad_accum": grad_accum} if grad_accum is not None else {})
     calibration, prepare = _calibration(hardware, calibrate, as_json)
     result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
                       token_budget=token_budget, price_per_device_hour=price,

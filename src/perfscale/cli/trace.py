@@ -11,6 +11,7 @@ DEVICE = typer.Option(None, "--device", help="Whose program to trace: cuda (defa
 FULL = typer.Option(False, "--full-layers", help="Trace every layer instead of extrapolating exactly from 4 and 5 layers.")
 
 
+@knobs.with_knobs(knobs.TRACE_EXCLUDED)
 def trace(
     model: str = knobs.MODEL,
     train: bool = knobs.TRAIN,
@@ -20,18 +21,10 @@ def trace(
     grad_accum: int = knobs.GRAD_ACCUM,
     prompt: int = knobs.PROMPT,
     new_tokens: int = knobs.NEW_TOKENS,
-    precision: str = knobs.PRECISION,
-    optimizer: str = knobs.OPTIMIZER,
-    checkpointing: bool = knobs.CHECKPOINTING,
-    attn: str = knobs.ATTN,
-    lora_r: int = knobs.LORA_R,
-    lora_targets: str = knobs.LORA_TARGETS,
-    fsdp: int = knobs.FSDP,
-    quantization: str = knobs.QUANTIZATION,
-    cache: str = knobs.CACHE,
     device: str = DEVICE,
     full_layers: bool = FULL,
     as_json: bool = knobs.JSON,
+    **run_knobs,
 ) -> None:
     """Run the real model code on fake tensors and report peak allocated memory per device, exactly."""
     from perfscale.trace import trace as run_trace
@@ -39,10 +32,7 @@ def trace(
     workload = knobs.workload_from_options(
         train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens
     )
-    config = knobs.build_run_config(
-        workload, precision=precision, optimizer=optimizer, checkpointing=checkpointing, attn=attn,
-        lora_r=lora_r, lora_targets=lora_targets, fsdp=fsdp, quantization=quantization, cache=cache,
-    )
+    config = knobs.build_run_config(workload, **run_knobs)
     result = run_trace(model or knobs.DEFAULT_MODEL, config, device=device, repeat_layers=False if full_layers else None)
     document = result.to_dict()
 

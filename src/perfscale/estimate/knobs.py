@@ -35,15 +35,9 @@ class Knobs:
         self.optimizer = OPTIMIZER_ALIASES.get(self.optimizer, self.optimizer)
         self.prec = PRECISIONS[self.precision]
 
-    def copy(self, **changes) -> Knobs:
-        new = Knobs.__new__(Knobs)
-        for name in Knobs.__slots__:
-            setattr(new, name, changes.get(name, getattr(self, name)))
-        if "precision" in changes:
-            new.prec = PRECISIONS[new.precision]
-        if "optimizer" in changes:
-            new.optimizer = OPTIMIZER_ALIASES.get(new.optimizer, new.optimizer)
-        return new
+    def copy(self, **changes) -> Knobs:  # replaced below by the generated, straight-line copy
+        """These knobs with `changes` applied (unvalidated: the search's hot path)."""
+        raise NotImplementedError
 
     @classmethod
     def from_run_config(cls, config: RunConfig) -> Knobs:
@@ -75,3 +69,29 @@ class Knobs:
         data = {name: getattr(self, name) for name in Knobs.FIELDS if KNOB_MODE.get(name) != other and name not in sizes}
         data["lora_targets"] = list(self.lora_targets)
         return data
+
+
+def _generated_copy():
+    """Knobs.copy as straight-line code, one assignment per slot (written from __slots__, as dataclasses
+    writes __init__): 1.5 us instead of 3.8 us for a loop of getattr/setattr, measured here; the search
+    copies once per configuration it evaluates. An unknown name in `changes` raises AttributeError."""
+    lines = ["def copy(self, **changes):", "    new = _new(Knobs)"]
+    lines += [f"    new.{name} = self.{name}" for name in Knobs.__slots__]
+    lines += [
+        "    if changes:",
+        "        for name, value in changes.items():",
+        "            setattr(new, name, value)",
+        "        if 'precision' in changes:",
+        "            new.prec = PRECISIONS[new.precision]",
+        "        if 'optimizer' in changes:",
+        "            new.optimizer = OPTIMIZER_ALIASES.get(new.optimizer, new.optimizer)",
+        "    return new",
+    ]
+    namespace = {"_new": object.__new__, "Knobs": Knobs, "PRECISIONS": PRECISIONS, "OPTIMIZER_ALIASES": OPTIMIZER_ALIASES}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the slot names above, nothing external
+    copy = namespace["copy"]
+    copy.__doc__, copy.__qualname__ = Knobs.copy.__doc__, "Knobs.copy"
+    return copy
+
+
+Knobs.copy = _generated_copy()

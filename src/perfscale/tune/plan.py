@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from perfscale.config.run_config import KNOB_FIELDS
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate import cpu_step
 from perfscale.estimate.core import constants_for, evaluate, layout_problems, to_estimate
@@ -24,8 +25,9 @@ from perfscale.tune import rank as ranking
 from perfscale.tune import space
 from perfscale.tune.advice import advice_lines, nothing_fits_message
 
-KNOB_NAMES = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp", "pp",
-              "pp_virtual", "offload", "quantization", "cache", "kv_cache_dtype", "grad_accum")
+# What plan(**fixed) accepts: every RunConfig knob, and grad_accum (the search splits the batch into
+# micro-batch x accumulation unless it is given).
+KNOB_NAMES = (*KNOB_FIELDS, "grad_accum")
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
     workload: TrainWorkload / InferWorkload; fixed: knob=value for knobs the user gave
-    (precision, optimizer, checkpointing, attn, lora_r, lora_targets, zero, fsdp, tp, pp, pp_virtual, offload,
-    quantization, cache, kv_cache_dtype, grad_accum). host_memory: host RAM per node in bytes, for CPU
+    (KNOB_NAMES: RunConfig's fields and grad_accum). host_memory: host RAM per node in bytes, for CPU
     offload (default: estimate/host.py, 2 TiB per GPU node). calibration: operation times measured on
     this CPU (estimate/calibration.py); prepare_calibration(spec, needed) is called with the (signature,
     size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
