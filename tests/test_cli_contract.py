@@ -128,3 +128,18 @@ def test_huge_batch_plans_in_bounded_time():
     code, out, err, seconds = run_in_process(["plan", "--hardware", "8xH100-80GB", "--batch", str(2**24 - 3),
                                               "--seq", "16", "--json"], 60.0)
     assert code in (0, 2) and seconds < 60, (code, seconds, err[-1000:])
+
+
+def test_closed_pipe_is_not_a_traceback():
+    """`perfscale models --json | head -c 1`: the reader leaves early; no traceback (click, inside typer, exits 1
+    on EPIPE with its flush wrappers in place, as `git log | head` ends quietly)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from perfscale.cli.app import run; run()", "models", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) != 0
+    assert "Traceback" not in err and "internal error" not in err, err
