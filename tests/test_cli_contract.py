@@ -143,3 +143,15 @@ def test_closed_pipe_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) != 0
     assert "Traceback" not in err and "internal error" not in err, err
+
+
+def test_a_save_that_fails_late_keeps_the_result(monkeypatch, tmp_path):
+    """--save passes the up-front check but the write fails at the end (/proc refuses it): the result is
+    still printed, as the one JSON document, with the reason in `save_error`; exit 2."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err, _ = run_in_process(["tune", "--hardware", "8xH100-80GB", "--save", "/proc/version", "--json"], 120.0)
+    document = json.loads(out)
+    assert code == 2 and "Traceback" not in err
+    assert document["winner"]["name"] and "/proc/version" in document["save_error"]

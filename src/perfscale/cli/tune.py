@@ -146,7 +146,7 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
 
 def _run(search, render, save: str | None, as_json: bool) -> None:
     """Run a search with a spinner on stderr (nothing in --json mode), save it, print it."""
-    from perfscale.cli.tune_train import progress_spinner
+    from perfscale.cli.tune_train import progress_spinner, save_or_say
 
     status, progress = progress_spinner(as_json)
     if status is not None:
@@ -156,7 +156,8 @@ def _run(search, render, save: str | None, as_json: bool) -> None:
     finally:
         if status is not None:
             status.stop()
-    if save:
-        result.save(save)
     document = result.to_dict()
-    emit(document, as_json, lambda console: render(console, document, save))
+    saved = save_or_say(result, save, document)
+    emit(document, as_json, lambda console: render(console, document, saved))
+    if save and not saved:
+        raise typer.Exit(2)  # the result is printed above; only the file is missing

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
+
 from perfscale.errors import InvalidConfigError
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
@@ -47,12 +49,29 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
     add_trainer_snippet(result, options)
     if formats:
         result.emitted = emit_winner(result, formats, Path(out or "perfscale-tuned"), options)
-    if save:
-        result.save(save)
-    document = result.to_dict()
     from perfscale.report import tune_tables
 
+    document = result.to_dict()
+    saved = save_or_say(result, save, document)
     print_result(document, as_json, lambda console: tune_tables.render(console, document))
+    if save and not saved:
+        raise typer.Exit(2)  # the result is printed above; only the file is missing
+
+
+def save_or_say(result, save: str | None, document: dict) -> str | None:
+    """Write --save; if that fails after the search, keep the result: the reason goes into the document
+    (`save_error`) and on stderr, so the printed result is still the one document on stdout."""
+    from perfscale.errors import PerfscaleError
+
+    if not save:
+        return None
+    try:
+        result.save(save)
+    except PerfscaleError as exc:
+        document["save_error"] = str(exc)
+        typer.echo(f"error: {exc} The result is printed instead.", err=True)
+        return None
+    return save
 
 
 def progress_spinner(as_json: bool):
@@ -65,4 +84,4 @@ def progress_spinner(as_json: bool):
     return status, (lambda message: status.update(f"tune: {message}"))
 
 
-__all__ = ["progress_spinner", "tune_training_cli"]
+__all__ = ["progress_spinner", "save_or_say", "tune_training_cli"]

@@ -66,9 +66,13 @@ def resolve_encoder(model: str) -> EncoderSource:
     else:
         path = Path(model).expanduser()
         name = model
-        if not path.is_dir():
+        try:
+            is_folder = path.is_dir()
+        except OSError:  # a name too long for the file system is no folder
+            is_folder = False
+        if not is_folder:
             raise UnknownNameError(
-                f"Unknown encoder model: {model!r}. Choose 'minilm' or a local folder holding a Hugging Face "
+                f"Unknown encoder model: {model[:120]!r}. Choose 'minilm' or a local folder holding a Hugging Face "
                 "encoder (config.json, weights and tokenizer files), e.g. one saved by SentenceTransformer.save()."
             )
     return _read_source(name, path)
