@@ -33,7 +33,6 @@ def test_defaults_per_scenario():
     ({"scenario": "generate", "backend": "onnxruntime"}, ["onnxruntime is for the encode scenario"]),
     ({"scenario": "train", "encoder_quantization": "int8-dynamic"}, ["encode scenario only"]),
     ({"scenario": "encode", "encoder_quantization": "int3"}, ["int3", "int8-per-channel"]),
-    ({"scenario": "train", "threads": 0}, ["threads"]),
     ({"scenario": "train", "run": RunConfig(workload=InferWorkload(1, 8, 4))}, ["training workload"]),
     ({"scenario": "encode", "backend": "eager", "encoder_quantization": "int8-per-channel"}, ["needs backend 'onnxruntime'"]),
 ])
@@ -42,6 +41,16 @@ def test_bad_values_are_reported_with_choices(kwargs, fragments):
         BenchConfig(**kwargs)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_threads_are_a_run_knob_kept_at_the_top_of_documents():
+    """threads/dataloader_workers/pin_memory are RunConfig knobs; bench documents keep them at the top level."""
+    with pytest.raises(InvalidConfigError, match="threads"):
+        BenchConfig.from_dict({"scenario": "train", "threads": 0})
+    config = BenchConfig.from_dict({"scenario": "train", "threads": 2, "dataloader_workers": 1})
+    assert (config.threads, config.run.torch_num_threads, config.dataloader_workers) == (2, 2, 1)
+    assert config.to_dict()["threads"] == 2 and "torch_num_threads" not in config.to_dict()["run"]
+    assert BenchConfig.from_dict(config.to_dict()) == config
 
 
 def test_multi_device_knobs_are_refused_clearly():

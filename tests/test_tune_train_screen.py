@@ -44,7 +44,7 @@ def test_trials_share_a_worker_and_faults_become_results(tmp_path):
         assert len(ok.samples) >= 2 and ok.tokens_per_iter == 32 and ok.group == "g"
         assert ok.environment["packages"]["torch"] and any("shared worker" in n for n in ok.notes)
         assert server.starts == 1 and server.startup_s > 0
-        threads = server.measure(BenchConfig(scenario="train", model=model, run=RunConfig(workload=TrainWorkload(2, 16)), threads=1), FAST)
+        threads = server.measure(BenchConfig(scenario="train", model=model, run=RunConfig(workload=TrainWorkload(2, 16), torch_num_threads=1)), FAST)
         assert threads.environment["threads"]["torch_intra_op"] == 1
         again = server.measure(_config(model), FAST)
         assert again.environment["threads"]["torch_intra_op"] == ok.environment["threads"]["torch_intra_op"]  # reset between trials

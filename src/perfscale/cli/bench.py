@@ -65,11 +65,12 @@ def base_config(
         workload = InferWorkload(batch=knobs.given(batch, default.batch), prompt=knobs.given(prompt, default.prompt),
                                  new_tokens=default.new_tokens if new_tokens is None else new_tokens)
     backend = backend or ("compile" if run_knobs.get("compile") else "eager")
-    run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
-    return BenchConfig(
-        scenario=scenario, model=model, run=run, backend=backend, device=device, threads=threads, dataloader_workers=workers,
-        pin_memory=pin_memory, encoder_quantization=encoder_quant, sentences=sentences, label=label,
-    )
+    # --threads, --workers and --pin-memory are bench's names for these RunConfig knobs.
+    run = knobs.build_run_config(workload, **(run_knobs | {
+        "compile": backend == "compile", "torch_num_threads": threads, "dataloader_num_workers": workers,
+        "dataloader_pin_memory": pin_memory}))
+    return BenchConfig(scenario=scenario, model=model, run=run, backend=backend, device=device,
+                       encoder_quantization=encoder_quant, sentences=sentences, label=label)
 
 
 def config_from_file(ctx, path: Path, label: str | None):

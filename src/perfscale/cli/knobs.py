@@ -44,7 +44,7 @@ TRACE_EXCLUDED: dict[str, str] = {
 }
 _ONE_DEVICE = "bench measures one process on one device"
 _NOT_MEASURED = "the measure scenarios do not implement it (it would be measured as if absent)"
-_BENCH_OWN = "bench's own flag sets it (--threads, --workers, --pin-memory: BenchConfig's fields)"
+_BENCH_OWN = "bench names it --threads, --workers, --pin-memory (cli/bench.base_config)"
 BENCH_EXCLUDED: dict[str, str] = {
     "zero": _ONE_DEVICE, "fsdp": _ONE_DEVICE, "tp": _ONE_DEVICE, "pp": _ONE_DEVICE, "pp_virtual": _ONE_DEVICE,
     "offload": _ONE_DEVICE, "sequence_parallel": _ONE_DEVICE, "pp_embedding_as_layer": _ONE_DEVICE,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from perfscale.config.run_config import RunConfig, parse_targets
+from perfscale.config.run_config import INT_RANGES, KNOB_DEFAULTS, KNOB_FIELDS, RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.stats import StopRule
 from perfscale.specs.workload import InferWorkload, TrainWorkload
@@ -42,20 +42,23 @@ EXTRA_KEYS = {
     "tune_fault": "tune's trial worker: a fault to inject",
     "encoder": "encode: further EncoderSettings fields", "onnx_cache_dir": "encode: where exported ONNX files go",
 }
+# RunConfig knobs that bench documents keep at their top level (under these names) since before they were knobs.
+_RUN_KNOBS_AT_TOP = {"threads": "torch_num_threads", "dataloader_workers": "dataloader_num_workers",
+                     "pin_memory": "dataloader_pin_memory"}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused."""
+    """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused.
+
+    Threads, DataLoader workers and pin_memory are RunConfig knobs (run.torch_num_threads, ...): `threads`,
+    `dataloader_workers` and `pin_memory` read them, and the JSON keeps them at the top level as before."""
 
     scenario: str = "train"
     model: str | None = None  # catalogue name, local folder, or hub id; None = the scenario's default
     run: RunConfig | None = None  # None = the scenario's default workload with default knobs
     backend: str = "eager"  # eager | compile (torch.compile) | onnxruntime (encode only)
     device: str = "auto"  # auto = cuda when available, else cpu
-    threads: int | None = None  # torch/ORT intra-op threads; None = library default
-    dataloader_workers: int = 0  # train: DataLoader num_workers
-    pin_memory: bool = False  # train: DataLoader pin_memory (CUDA only has an effect)
     encoder_quantization: str = "none"  # encode: none | int8-dynamic | int8-per-channel | ... (runtimes.encoder)
     sentences: int | None = None  # encode: sentences per iteration; None = 4 batches
     seed: int = 0
@@ -104,10 +107,6 @@ class BenchConfig:
 
             if not torch.cuda.is_available():
                 p.append("device cuda: torch sees no CUDA device here (CPU-only build or no GPU): use device cpu or auto")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            p.append(f"threads must be a positive integer, got {self.threads!r}")
-        if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
-            p.append(f"dataloader_workers must be an integer >= 0, got {self.dataloader_workers!r}")
         if self.encoder_quantization not in ENCODER_QUANTIZATION:
             p.append(f"encoder quantization {self.encoder_quantization!r} is not one of: {', '.join(ENCODER_QUANTIZATION)}")
         if self.sentences is not None and (not isinstance(self.sentences, int) or self.sentences < 1):
@@ -153,6 +152,21 @@ class BenchConfig:
 
     # ----- identity and serialisation -----
     @property
+    def threads(self) -> int | None:
+        """torch/ORT intra-op threads (RunConfig.torch_num_threads); None = library default."""
+        return self.run.torch_num_threads
+
+    @property
+    def dataloader_workers(self) -> int:
+        """train: DataLoader num_workers (RunConfig.dataloader_num_workers)."""
+        return self.run.dataloader_num_workers
+
+    @property
+    def pin_memory(self) -> bool:
+        """train: DataLoader pin_memory (RunConfig.dataloader_pin_memory; CUDA only has an effect)."""
+        return self.run.dataloader_pin_memory
+
+    @property
     def is_inference(self) -> bool:
         return self.scenario in ("encode", "generate")
 
@@ -176,21 +190,29 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
-        return {**data, "run": self.run.to_dict()}
+        run = self.run.to_dict()
+        for top, knob in _RUN_KNOBS_AT_TOP.items():  # where documents (and fingerprints) have always had them
+            run.pop(knob, None)
+            data[top] = getattr(self.run, knob)
+        return {**data, "run": run}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
         if not isinstance(data, dict):
             raise InvalidConfigError(f"A bench configuration is a JSON object, got {type(data).__name__}: {data!r:.200}.")
         data = dict(data)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | set(_RUN_KNOBS_AT_TOP)
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidConfigError(f"Unknown bench configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
-        if data.get("run") is not None:
-            if not isinstance(data["run"], dict):
-                raise InvalidConfigError(f"The bench configuration's 'run' must be a JSON object (a RunConfig), got {data['run']!r:.200}.")
-            data["run"] = RunConfig.from_dict(data["run"])
+        if data.get("run") is not None and not isinstance(data["run"], dict):
+            raise InvalidConfigError(f"The bench configuration's 'run' must be a JSON object (a RunConfig), got {data['run']!r:.200}.")
+        at_top = {knob: data.pop(top) for top, knob in _RUN_KNOBS_AT_TOP.items() if top in data}
+        at_top = {knob: value for knob, value in at_top.items() if value != KNOB_DEFAULTS[knob]}
+        if data.get("run") is not None or at_top:
+            run = data.get("run") or {"workload": DEFAULT_WORKLOADS.get(data.get("scenario", "train"), DEFAULT_WORKLOADS["train"]).to_dict(),
+                                      "compile": data.get("backend") == "compile"}
+            data["run"] = RunConfig.from_dict({**run, **at_top})
         return cls(**data)
 
     def fingerprint(self) -> str:
@@ -222,16 +244,20 @@ class GateThresholds:
 
 
 # ----- the inline syntax of `perfscale compare` -----
+def _run_key_type(name: str) -> type:
+    default = KNOB_DEFAULTS[name]
+    return bool if isinstance(default, bool) else int if name in INT_RANGES or isinstance(default, int) else str
+
+
 INLINE_KEYS = {
-    # key: (field path, type)
+    # key: (field path, type); every RunConfig knob under its own name (lora_targets joins modules with '+')
     "scenario": ("scenario", str), "model": ("model", str), "backend": ("backend", str), "device": ("device", str),
-    "threads": ("threads", int), "workers": ("dataloader_workers", int), "pin_memory": ("pin_memory", bool),
+    "threads": ("run.torch_num_threads", int), "workers": ("run.dataloader_num_workers", int),
+    "pin_memory": ("run.dataloader_pin_memory", bool),
     "quant": ("encoder_quantization", str), "sentences": ("sentences", int), "seed": ("seed", int), "label": ("label", str),
     "batch": ("workload.batch", int), "seq": ("workload.seq", int), "grad_accum": ("workload.grad_accum", int),
     "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
-    "precision": ("run.precision", str), "optimizer": ("run.optimizer", str), "checkpointing": ("run.checkpointing", bool),
-    "attn": ("run.attn", str), "lora_r": ("run.lora_r", int), "lora_targets": ("run.lora_targets", str),
-    "compile": ("run.compile", bool), "cache": ("run.cache", str), "quantization": ("run.quantization", str),
+    **{name: (f"run.{name}", _run_key_type(name)) for name in KNOB_FIELDS},
 }
 INLINE_HELP = (
     "A configuration is a JSON file (written by `perfscale bench --save-config` or `tune`, or a bench --json "

@@ -180,9 +180,10 @@ def _bench_config(model: str, source, settings: dict[str, Any], label: str, sent
     s = dict(settings)
     explicit = {k: s.pop(k) for k in ("backend", "quantization", "precision", "threads", "batch_size", "max_length")}
     workload = InferWorkload(batch=explicit["batch_size"], prompt=explicit["max_length"] or source.max_length, new_tokens=0)
-    run = RunConfig(workload=workload, precision=explicit["precision"], compile=explicit["backend"] == "compile")
+    run = RunConfig(workload=workload, precision=explicit["precision"], compile=explicit["backend"] == "compile",
+                    torch_num_threads=explicit["threads"])
     extra = {"encoder": s, "onnx_cache_dir": str(cache_dir) if cache_dir else None}
-    return BenchConfig(scenario="encode", model=model, run=run, backend=explicit["backend"], threads=explicit["threads"],
+    return BenchConfig(scenario="encode", model=model, run=run, backend=explicit["backend"],
                        encoder_quantization=explicit["quantization"], sentences=sentences, label=label, extra=extra)
 
 def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: bool, repeats: int | None, cache_dir, progress):

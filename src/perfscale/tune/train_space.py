@@ -8,7 +8,7 @@ tune/space.py is the planner's space (estimated knobs only); the two spaces are 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from perfscale.config.optimizer import DEFAULT_OPTIMIZER
@@ -86,13 +86,12 @@ class Candidate:
         )
 
     def bench_config(self, model: str, seq: int, label: str | None = None, extra: dict[str, Any] | None = None):
-        """The measurable BenchConfig (single device); threads and workers go in BenchConfig's own fields."""
+        """The measurable BenchConfig (single device)."""
         from perfscale.measure.bench_config import BenchConfig
 
-        run = replace(self.run_config(seq), torch_num_threads=None, dataloader_num_workers=0)
         return BenchConfig(
-            scenario="train", model=model, run=run, backend="compile" if self.compile else "eager", threads=self.threads,
-            dataloader_workers=self.workers, label=label or self.name, extra=dict(extra or {}),
+            scenario="train", model=model, run=self.run_config(seq), backend="compile" if self.compile else "eager",
+            label=label or self.name, extra=dict(extra or {}),
         )
 
     def differences(self, other: Candidate) -> dict[str, tuple[Any, Any]]:
