@@ -1,0 +1,154 @@
+"""One typed configuration (issue 13): a RunConfig field is a knob everywhere, or this fails.
+
+For every RunConfig field: a docstring (its --help), a CLI option on plan, trace, bench and
+compare (or a reasoned entry in that verb's exclusion table in cli/knobs.py), a Knobs slot, a
+compare inline key and a plan knob name; a non-default value round-trips through to_dict/from_dict
+and through Knobs. The fields are read from the dataclass, so a new field is covered without editing
+this file; a kind of value it cannot draw a sample for fails here, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import typer
+
+from perfscale.cli import knobs as cli_knobs
+from perfscale.cli.app import app
+from perfscale.cli.bench import CONFIG_FLAGS
+from perfscale.config.run_config import (
+    CHOICES,
+    INT_RANGES,
+    KNOB_DEFAULTS,
+    KNOB_FIELDS,
+    KNOB_MODE,
+    RunConfig,
+    choices_text,
+    field_help,
+)
+from perfscale.errors import InvalidConfigError
+from perfscale.estimate.knobs import WORKLOAD_DEFAULTS, Knobs
+from perfscale.measure.bench_config import INLINE_KEYS, BenchConfig, parse_inline
+from perfscale.specs import InferWorkload, TrainWorkload
+from perfscale.tune.plan import KNOB_NAMES
+
+VERBS = {"plan": cli_knobs.PLAN_EXCLUDED, "trace": cli_knobs.TRACE_EXCLUDED, "bench": cli_knobs.BENCH_EXCLUDED,
+         "compare": cli_knobs.BENCH_EXCLUDED}
+# Knobs that are only valid beside another one (RunConfig.problems says why).
+COMPANIONS = {"pp_virtual": {"pp": 2}, "lora_targets": {"lora_r": 8}, "quantization": {"lora_r": 8}}
+
+
+def _sample(name: str):
+    """A valid value other than the default."""
+    default = KNOB_DEFAULTS[name]
+    if isinstance(default, bool):
+        return not default
+    if name in CHOICES:
+        return next(c for c in CHOICES[name] if c != default and not str(c).endswith("-mixed"))
+    if name in INT_RANGES:
+        low, _ = INT_RANGES[name]
+        return low + 1 if default is None else default + 1
+    if name == "lora_targets":
+        return ("q_proj", "v_proj")
+    raise AssertionError(f"no sample value for RunConfig.{name}: add one to _sample in tests/test_one_config.py")
+
+
+def _config(name: str, value) -> RunConfig:
+    workload = InferWorkload(2, 16, 4) if KNOB_MODE.get(name) == "infer" else TrainWorkload(2, 16, 2)
+    return RunConfig(workload, **(COMPANIONS.get(name, {}) | {name: value}))
+
+
+def _options(verb: str) -> dict[str, object]:
+    command = typer.main.get_command(app).commands[verb]
+    return {param.name: param for param in command.params}
+
+
+def test_run_config_is_frozen_and_slotted():
+    config = RunConfig(TrainWorkload(1, 8))
+    assert not hasattr(config, "__dict__") and "__slots__" in vars(RunConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.tp = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ("workload", *KNOB_FIELDS))
+def test_every_field_has_a_docstring(name):
+    assert len(field_help().get(name, "")) > 10, f"RunConfig.{name} needs a docstring under it (its --help)"
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_knob_is_an_option_of_each_verb_or_excluded_with_a_reason(verb):
+    options, excluded = _options(verb), VERBS[verb]
+    assert set(excluded) <= set(KNOB_FIELDS), f"{verb} excludes knobs RunConfig does not have: {set(excluded) - set(KNOB_FIELDS)}"
+    for name in KNOB_FIELDS:
+        if name in excluded:
+            assert name not in options and len(excluded[name]) > 10, (verb, name)
+            continue
+        assert name in options, f"perfscale {verb} has no {cli_knobs.flag(name)}: generate it (cli/knobs.with_knobs) or exclude it"
+        option = options[name]
+        assert option.opts == [cli_knobs.flag(name)] and option.default is None, (verb, name, option.opts)
+        assert field_help()[name] in option.help, (verb, name)  # the docstring is the help
+        if choices_text(name):
+            assert choices_text(name) in option.help, (verb, name)
+        if isinstance(KNOB_DEFAULTS[name], bool):
+            assert option.secondary_opts == ["--no-" + cli_knobs.flag(name)[2:]], (verb, name)
+
+
+def test_bench_config_flags_cover_its_knob_options():
+    """bench --config FILE refuses a knob flag beside it: every knob option of bench is in CONFIG_FLAGS."""
+    assert set(cli_knobs.knob_names(cli_knobs.BENCH_EXCLUDED)) <= set(CONFIG_FLAGS) <= set(_options("bench"))
+
+
+def test_derived_name_lists():
+    assert Knobs.FIELDS == (*WORKLOAD_DEFAULTS, *KNOB_FIELDS) and set(Knobs.__slots__) == {*Knobs.FIELDS, "prec"}
+    assert set(KNOB_NAMES) == {*KNOB_FIELDS, "grad_accum"}
+    for name in KNOB_FIELDS:
+        assert INLINE_KEYS[name][0] == f"run.{name}", name
+
+
+@pytest.mark.parametrize("name", KNOB_FIELDS)
+def test_a_non_default_value_round_trips_everywhere(name):
+    value = _sample(name)
+    config = _config(name, value)
+    assert getattr(config, name) == value
+    document = config.to_dict()
+    assert RunConfig.from_dict(document) == config
+    knobs = Knobs.from_run_config(config)
+    assert getattr(knobs, name) == value and knobs.copy().to_run_config() == config
+    assert Knobs(**{k: getattr(knobs, k) for k in Knobs.FIELDS}).to_run_config() == config
+    assert (name in knobs.as_dict()) == (KNOB_MODE.get(name, config.mode) == config.mode)
+    if name not in cli_knobs.BENCH_EXCLUDED and KNOB_MODE.get(name) != "infer":  # compare's inline syntax
+        text = f"{name}={'+'.join(value) if isinstance(value, tuple) else value}"
+        companions = ",".join(f"{k}={v}" for k, v in COMPANIONS.get(name, {}).items())
+        scenario = "scenario=train,batch=2,seq=16,grad_accum=2"
+        assert getattr(parse_inline(",".join(filter(None, [scenario, companions, text])), BenchConfig()).run, name) == value
+
+
+def test_fields_at_their_default_are_not_written():
+    """Documents (and the bench fingerprints hashed from them) stay as they were before the later knobs existed."""
+    document = RunConfig(TrainWorkload(1, 8)).to_dict()
+    later = KNOB_FIELDS[KNOB_FIELDS.index("pp_virtual"):]
+    assert not set(later) & set(document)
+    assert BenchConfig().fingerprint() == "613fac6e6fe4ec1f"  # as computed before issue 13
+    assert BenchConfig(scenario="generate", run=RunConfig(InferWorkload(1, 32, 8), cache="static")).fingerprint() == "1883aac3a180032b"
+
+
+def test_old_documents_extra_loads_into_fields_and_typos_are_refused():
+    old = RunConfig(TrainWorkload(1, 8)).to_dict() | {"extra": {
+        "sequence_parallel": True, "recompute": "selective", "fused_kernels": True, "pp_embedding_as_layer": True,
+        "torch_num_threads": 2, "dataloader_num_workers": 1}}
+    config = RunConfig.from_dict(old)
+    assert config.sequence_parallel and config.selective_recompute and config.fused_kernels and config.pp_embedding_as_layer
+    assert (config.torch_num_threads, config.dataloader_num_workers) == (2, 1)
+    with pytest.raises(InvalidConfigError, match="sequence_paralel"):
+        RunConfig.from_dict(old | {"extra": {"sequence_paralel": True}})
+    with pytest.raises(InvalidConfigError, match="Unknown configuration keys: colour"):
+        RunConfig.from_dict(old | {"colour": "red"})
+
+
+def test_every_problem_at_once():
+    with pytest.raises(InvalidConfigError) as info:
+        RunConfig(TrainWorkload(1, 8), sequence_parallel="yes", torch_num_threads=10**24, dataloader_num_workers=-1)
+    message = str(info.value)
+    assert "sequence_parallel must be true or false" in message
+    assert "torch_num_threads must be an integer >= 1" in message and "dataloader_num_workers" in message
