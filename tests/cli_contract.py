@@ -39,6 +39,11 @@ SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {
 }
 
 
+# A valid value for each positional argument, so that an option can be fuzzed on its own.
+VALID_POSITIONAL = {("models", "show"): ["gpt2"], ("hardware", "show"): ["H100-80GB"],
+                    ("compare",): ["precision=fp32", "precision=bf16-mixed"]}
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -130,7 +135,7 @@ def hostile_invocations(tmp: Path, verbs: list[str] | None = None):
         if any(p.flag == "--store" for p in params):
             base += ["--store", store]
         skip = SKIP_OPTIONS.get(path, set())
-        filler = _valid_positional(path)
+        filler = VALID_POSITIONAL.get(path, [])
         tail = ["--", *filler] if filler else []  # positionals after '--' so that '-1' stays a value
         for p in params:
             if p.flag in skip or p.flag == "--json":
@@ -143,11 +148,6 @@ def hostile_invocations(tmp: Path, verbs: list[str] | None = None):
             else:
                 for value in hostile_values(p.kind, files):
                     yield [*path, *base, p.flag, value, "--json", *tail]
-
-
-def _valid_positional(path: tuple[str, ...]) -> list[str]:
-    return {("models", "show"): ["gpt2"], ("hardware", "show"): ["H100-80GB"],
-            ("compare",): ["precision=fp32", "precision=bf16-mixed"]}.get(path, [])
 
 
 _VERBS: dict | None = None

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from cli_contract import CHEAP_BASE, SKIP_OPTIONS, hostile_files, hostile_values, judge, run_in_process, verbs
+from cli_contract import (CHEAP_BASE, SKIP_OPTIONS, VALID_POSITIONAL, hostile_files, hostile_values, judge,
+                          run_in_process, verbs)
 
 _TMP = Path(tempfile.mkdtemp(prefix="perfscale-cli-contract-"))
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
@@ -33,8 +34,6 @@ TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",
              ("tune", "decoder"): 400.0}
 # Hypothesis' example database lives outside the repository (failures replay from there).
 DATABASE = DirectoryBasedExampleDatabase(str(Path.home() / ".cache" / "perfscale-tests" / "hypothesis"))
-POSITIONAL = {("models", "show"): ["gpt2"], ("hardware", "show"): ["H100-80GB"],
-              ("compare",): ["precision=fp32", "precision=bf16-mixed"]}
 
 
 def _typed(kind: type) -> st.SearchStrategy[str]:
@@ -59,7 +58,7 @@ def invocation(draw, path: tuple[str, ...]) -> list[str]:
     argv = [*path, *CHEAP_BASE.get(path, [])]
     if any(p.flag == "--store" for p in VERBS[path]):
         argv += ["--store", str(_TMP / "store.sqlite")]
-    positional = list(POSITIONAL.get(path, []))
+    positional = list(VALID_POSITIONAL.get(path, []))
     for p in chosen:
         if p.is_flag:
             argv.append(p.flag)
