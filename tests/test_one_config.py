@@ -1,8 +1,8 @@
 """One typed configuration (issue 13): a RunConfig field is a knob everywhere, or this fails.
 
-For every RunConfig field: a docstring (its --help), a CLI option on plan, trace, bench and
-compare (or a reasoned entry in that verb's exclusion table in cli/knobs.py), a Knobs slot, a
-compare inline key and a plan knob name; a non-default value round-trips through to_dict/from_dict
+For every RunConfig field: a docstring (its --help), the engines that honour it, a CLI option on
+exactly the verbs whose engine honours it (plan: estimate, trace, bench/compare: measure), a Knobs
+slot, a compare inline key and a plan knob name; a non-default value round-trips through to_dict/from_dict
 and through Knobs. The fields are read from the dataclass, so a new field is covered without editing
 this file; a kind of value it cannot draw a sample for fails here, naming the field.
 """
@@ -19,8 +19,10 @@ from perfscale.cli.app import app
 from perfscale.cli.bench import CONFIG_FLAGS
 from perfscale.config.run_config import (
     CHOICES,
+    ENGINES,
     INT_RANGES,
     KNOB_DEFAULTS,
+    KNOB_ENGINES,
     KNOB_FIELDS,
     KNOB_MODE,
     RunConfig,
@@ -33,8 +35,7 @@ from perfscale.measure.bench_config import INLINE_KEYS, BenchConfig, parse_inlin
 from perfscale.specs import InferWorkload, TrainWorkload
 from perfscale.tune.plan import KNOB_NAMES
 
-VERBS = {"plan": cli_knobs.PLAN_EXCLUDED, "trace": cli_knobs.TRACE_EXCLUDED, "bench": cli_knobs.BENCH_EXCLUDED,
-         "compare": cli_knobs.BENCH_EXCLUDED}
+VERBS = cli_knobs.VERB_ENGINE
 # Knobs that are only valid beside another one (RunConfig.problems says why).
 COMPANIONS = {"pp_virtual": {"pp": 2}, "lora_targets": {"lora_r": 8}, "quantization": {"lora_r": 8}}
 
@@ -76,15 +77,20 @@ def test_every_field_has_a_docstring(name):
     assert len(field_help().get(name, "")) > 10, f"RunConfig.{name} needs a docstring under it (its --help)"
 
 
+@pytest.mark.parametrize("name", KNOB_FIELDS)
+def test_every_knob_names_the_engines_that_honour_it(name):
+    assert KNOB_ENGINES[name] and set(KNOB_ENGINES[name]) <= set(ENGINES), (
+        f"RunConfig.{name}: say which engines honour it, e.g. _knob(default, \"estimate\")")
+
+
 @pytest.mark.parametrize("verb", sorted(VERBS))
-def test_every_knob_is_an_option_of_each_verb_or_excluded_with_a_reason(verb):
-    options, excluded = _options(verb), VERBS[verb]
-    assert set(excluded) <= set(KNOB_FIELDS), f"{verb} excludes knobs RunConfig does not have: {set(excluded) - set(KNOB_FIELDS)}"
+def test_a_verb_offers_exactly_the_knobs_its_engine_honours(verb):
+    options, engine = _options(verb), VERBS[verb]
     for name in KNOB_FIELDS:
-        if name in excluded:
-            assert name not in options and len(excluded[name]) > 10, (verb, name)
+        if engine not in KNOB_ENGINES[name]:
+            assert name not in options, f"perfscale {verb} offers {cli_knobs.flag(name)}, which {engine} ignores"
             continue
-        assert name in options, f"perfscale {verb} has no {cli_knobs.flag(name)}: generate it (cli/knobs.with_knobs) or exclude it"
+        assert name in options, f"perfscale {verb} has no {cli_knobs.flag(name)}: generate it (cli/knobs.with_knobs)"
         option = options[name]
         assert option.opts == [cli_knobs.flag(name)] and option.default is None, (verb, name, option.opts)
         assert field_help()[name] in option.help, (verb, name)  # the docstring is the help
@@ -96,7 +102,7 @@ def test_every_knob_is_an_option_of_each_verb_or_excluded_with_a_reason(verb):
 
 def test_bench_config_flags_cover_its_knob_options():
     """bench --config FILE refuses a knob flag beside it: every knob option of bench is in CONFIG_FLAGS."""
-    assert set(cli_knobs.knob_names(cli_knobs.BENCH_EXCLUDED)) <= set(CONFIG_FLAGS) <= set(_options("bench"))
+    assert set(cli_knobs.knob_names("measure")) <= set(CONFIG_FLAGS) <= set(_options("bench"))
 
 
 def test_derived_name_lists():
@@ -117,7 +123,7 @@ def test_a_non_default_value_round_trips_everywhere(name):
     assert getattr(knobs, name) == value and knobs.copy().to_run_config() == config
     assert Knobs(**{k: getattr(knobs, k) for k in Knobs.FIELDS}).to_run_config() == config
     assert (name in knobs.as_dict()) == (KNOB_MODE.get(name, config.mode) == config.mode)
-    if name not in cli_knobs.BENCH_EXCLUDED and KNOB_MODE.get(name) != "infer":  # compare's inline syntax
+    if "measure" in KNOB_ENGINES[name] and KNOB_MODE.get(name) != "infer":  # compare's inline syntax
         text = f"{name}={'+'.join(value) if isinstance(value, tuple) else value}"
         companions = ",".join(f"{k}={v}" for k, v in COMPANIONS.get(name, {}).items())
         scenario = "scenario=train,batch=2,seq=16,grad_accum=2"

@@ -15,9 +15,6 @@ SCENARIO = typer.Option("train", "--scenario", "-s", help="train | encode | gene
 BACKEND = typer.Option(None, "--backend", help="eager | compile (torch.compile) | onnxruntime (encode only). Default eager.")
 ENCODER_QUANT = typer.Option("none", "--encoder-quant", help="encode: none | int8-dynamic | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda.")
-THREADS = typer.Option(None, "--threads", help="Intra-op threads (torch and ONNX Runtime). Default: the library's.")
-WORKERS = typer.Option(0, "--workers", help="train: DataLoader worker processes.")
-PIN_MEMORY = typer.Option(False, "--pin-memory/--no-pin-memory", help="train: DataLoader pin_memory (CUDA).")
 SENTENCES = typer.Option(None, "--sentences", help="encode: corpus sentences per iteration (default 4 batches).")
 MIN_ITERS = typer.Option(10, "--min-iters", help="Stop rule: at least this many timed iterations.")
 MIN_TIME = typer.Option(3.0, "--min-time", help="Stop rule: and at least this many seconds.")
@@ -34,14 +31,14 @@ SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration 
 CONFIG = typer.Option(None, "--config", help="Measure the configuration in this JSON file (from --save-config, tune, or a bench --json output) instead of the knob flags.")
 # The flags that define what is measured; with --config the file does, so these are refused alongside it.
 CONFIG_FLAGS = (
-    "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names(knobs.BENCH_EXCLUDED),
-    "backend", "encoder_quant", "device", "threads", "workers", "pin_memory", "sentences",
+    "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names("measure"),
+    "backend", "encoder_quant", "device", "sentences",
 )
 
 
 def base_config(
-    *, scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, backend, encoder_quant, device, threads, workers,
-    pin_memory, sentences, label, run_knobs: dict,
+    *, scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, backend, encoder_quant, device, sentences, label,
+    run_knobs: dict,
 ):
     """A BenchConfig from the shared flags (validated; raises before anything runs); run_knobs: the RunConfig
     knob options (knobs.with_knobs), None where not given."""
@@ -65,10 +62,7 @@ def base_config(
         workload = InferWorkload(batch=knobs.given(batch, default.batch), prompt=knobs.given(prompt, default.prompt),
                                  new_tokens=default.new_tokens if new_tokens is None else new_tokens)
     backend = backend or ("compile" if run_knobs.get("compile") else "eager")
-    # --threads, --workers and --pin-memory are bench's names for these RunConfig knobs.
-    run = knobs.build_run_config(workload, **(run_knobs | {
-        "compile": backend == "compile", "torch_num_threads": threads, "dataloader_num_workers": workers,
-        "dataloader_pin_memory": pin_memory}))
+    run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
     return BenchConfig(scenario=scenario, model=model, run=run, backend=backend, device=device,
                        encoder_quantization=encoder_quant, sentences=sentences, label=label)
 
@@ -82,7 +76,7 @@ def config_from_file(ctx, path: Path, label: str | None):
 
     given = [name for name in CONFIG_FLAGS if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        flags = ", ".join(knobs.KNOB_FLAGS.get(name, "--" + name.replace("_", "-")) for name in given)
         raise InvalidConfigError(
             f"--config {path} holds the whole configuration: drop {flags}, or change the value in the file. "
             "Measurement flags (--min-iters, --max-time, --store, --label, ...) go with --config."
@@ -148,7 +142,7 @@ def _rerun_interval(doc: dict, db, runs: list, group: str) -> dict:
     return with_drift(doc, machine_drift(db, timed[0], exclude_group=group))
 
 
-@knobs.with_knobs(knobs.BENCH_EXCLUDED)
+@knobs.with_knobs(knobs.VERB_ENGINE["bench"])
 def bench(
     ctx: typer.Context,
     scenario: str = SCENARIO,
@@ -161,9 +155,6 @@ def bench(
     backend: str = BACKEND,
     encoder_quant: str = ENCODER_QUANT,
     device: str = DEVICE,
-    threads: int = THREADS,
-    workers: int = WORKERS,
-    pin_memory: bool = PIN_MEMORY,
     sentences: int = SENTENCES,
     min_iters: int = MIN_ITERS,
     min_time: float = MIN_TIME,
@@ -201,8 +192,8 @@ def bench(
         else:
             config = base_config(
                 scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt,
-                new_tokens=new_tokens, backend=backend, encoder_quant=encoder_quant, device=device, threads=threads,
-                workers=workers, pin_memory=pin_memory, sentences=sentences, label=label, run_knobs=run_knobs,
+                new_tokens=new_tokens, backend=backend, encoder_quant=encoder_quant, device=device, sentences=sentences,
+                label=label, run_knobs=run_knobs,
             )
         options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
         from perfscale.errors import InvalidConfigError

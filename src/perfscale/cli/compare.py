@@ -14,7 +14,7 @@ CONFIGS = typer.Argument(..., help="Two or more configurations. " + INLINE_HELP)
 REPEATS = typer.Option(3, "--repeats", "-r", help="Independent processes per configuration (interleaved A B A B ...).")
 
 
-@knobs.with_knobs(knobs.BENCH_EXCLUDED)
+@knobs.with_knobs(knobs.VERB_ENGINE["compare"])
 def compare(
     configs: list[str] = CONFIGS,
     scenario: str = b.SCENARIO,
@@ -27,9 +27,6 @@ def compare(
     backend: str = b.BACKEND,
     encoder_quant: str = b.ENCODER_QUANT,
     device: str = b.DEVICE,
-    threads: int = b.THREADS,
-    workers: int = b.WORKERS,
-    pin_memory: bool = b.PIN_MEMORY,
     sentences: int = b.SENTENCES,
     repeats: int = REPEATS,
     min_iters: int = b.MIN_ITERS,
@@ -63,8 +60,8 @@ def compare(
     with sigterm_as_interrupt():
         base = b.base_config(
             scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens,
-            backend=backend, encoder_quant=encoder_quant, device=device, threads=threads, workers=workers,
-            pin_memory=pin_memory, sentences=sentences, label=None, run_knobs=run_knobs,
+            backend=backend, encoder_quant=encoder_quant, device=device, sentences=sentences, label=None,
+            run_knobs=run_knobs,
         )
         parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
         options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)

@@ -4,7 +4,7 @@
 docstring plus its choices (config/run_config.py), a bool field is a `--name/--no-name` flag.
 Options default to None ("not given") so a verb can tell an open knob (plan searches it) from
 one the user fixed; `build_run_config` fills the library defaults for what was not given.
-A verb that cannot honour a knob leaves it out in its exclusion table below, with the reason.
+A verb offers the knobs its engine honours (each field names its engines), none that it would ignore.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from typing import Any
 
 import typer
 
-from perfscale.config.run_config import KNOB_FIELDS, RunConfig, choices_text, field_help, parse_targets
+from perfscale.config.run_config import (
+    KNOB_ENGINES,
+    KNOB_FIELDS,
+    KNOB_FLAGS,
+    RunConfig,
+    choices_text,
+    field_help,
+    parse_targets,
+)
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import InferWorkload, TrainWorkload
 
@@ -31,28 +39,9 @@ GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micr
 PROMPT = typer.Option(None, "--prompt", help="Inference prompt length in tokens.")
 NEW_TOKENS = typer.Option(None, "--new-tokens", help="Tokens to generate after the prompt.")
 
-# Knobs a verb leaves out, and why: every other RunConfig field is an option of the verb
-# (tests/test_one_config.py fails on a field that is neither).
-_SINGLE_PROGRAM = "traces one process's program (plan estimates multi-device layouts; FSDP is traced)"
-_NOT_TRACED = "changes speed or a kernel the trace does not model (plan estimates it)"
-TRACE_EXCLUDED: dict[str, str] = {
-    "zero": _SINGLE_PROGRAM, "tp": _SINGLE_PROGRAM, "pp": _SINGLE_PROGRAM, "pp_virtual": _SINGLE_PROGRAM,
-    "offload": _SINGLE_PROGRAM, "sequence_parallel": _SINGLE_PROGRAM, "pp_embedding_as_layer": _SINGLE_PROGRAM,
-    "compile": _NOT_TRACED, "kv_cache_dtype": "transformers' generate has no fp8 KV cache to trace (plan estimates it)",
-    "selective_recompute": _NOT_TRACED, "fused_kernels": _NOT_TRACED,
-    "torch_num_threads": _NOT_TRACED, "dataloader_num_workers": _NOT_TRACED, "dataloader_pin_memory": _NOT_TRACED,
-}
-_ONE_DEVICE = "bench measures one process on one device"
-_NOT_MEASURED = "the measure scenarios do not implement it (it would be measured as if absent)"
-_BENCH_OWN = "bench names it --threads, --workers, --pin-memory (cli/bench.base_config)"
-BENCH_EXCLUDED: dict[str, str] = {
-    "zero": _ONE_DEVICE, "fsdp": _ONE_DEVICE, "tp": _ONE_DEVICE, "pp": _ONE_DEVICE, "pp_virtual": _ONE_DEVICE,
-    "offload": _ONE_DEVICE, "sequence_parallel": _ONE_DEVICE, "pp_embedding_as_layer": _ONE_DEVICE,
-    "kv_cache_dtype": "transformers' generate has no fp8 KV cache to measure", "selective_recompute": _NOT_MEASURED,
-    "fused_kernels": _NOT_MEASURED, "torch_num_threads": _BENCH_OWN, "dataloader_num_workers": _BENCH_OWN,
-    "dataloader_pin_memory": _BENCH_OWN,
-}
-PLAN_EXCLUDED: dict[str, str] = {}  # plan estimates every knob
+# The engine behind each verb: a verb offers the RunConfig knobs that engine honours (the field's
+# `engines`, config/run_config.py), so that no flag is accepted and then ignored.
+VERB_ENGINE = {"plan": "estimate", "trace": "trace", "bench": "measure", "compare": "measure"}
 
 DEFAULT_MODEL = "perfscale-tiny-llama"
 # Library defaults used for knobs the user did not give (RunConfig's own defaults).
@@ -61,8 +50,8 @@ DEFAULT_INFER = {"batch": 1, "prompt": 512, "new_tokens": 128}
 
 
 def flag(name: str) -> str:
-    """The option of a knob: lora_targets -> --lora-targets."""
-    return "--" + name.replace("_", "-")
+    """The option of a knob: lora_targets -> --lora-targets (or the field's own flag, e.g. --threads)."""
+    return KNOB_FLAGS[name]
 
 
 @functools.cache
@@ -94,20 +83,21 @@ def knob_option(name: str) -> Any:
     return typer.Option(None, decls, help=knob_help(name))
 
 
-def knob_names(excluded: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(name for name in KNOB_FIELDS if name not in excluded)
+def knob_names(engine: str) -> tuple[str, ...]:
+    """The knobs `engine` honours, in RunConfig's order."""
+    return tuple(name for name in KNOB_FIELDS if engine in KNOB_ENGINES[name])
 
 
-def with_knobs(excluded: Mapping[str, str], after: str = "new_tokens") -> Callable:
-    """Give `command` (which takes **knobs) one option per RunConfig knob not in `excluded`, placed after
-    its parameter `after` (the end when it has none). Typer reads the options from `__signature__`
+def with_knobs(engine: str, after: str = "new_tokens") -> Callable:
+    """Give `command` (which takes **knobs) one option per RunConfig knob that `engine` honours, placed
+    after its parameter `after` (the end when it has none). Typer reads the options from `__signature__`
     and calls the command with keyword arguments, so the knobs arrive in **knobs."""
 
     def decorate(command: Callable) -> Callable:
         hints = typing.get_type_hints(command)
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
                for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        names = knob_names(excluded)
+        names = knob_names(engine)
         generated = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=knob_option(name),
                                        annotation=_cli_type(name)) for name in names]
         at = next((i + 1 for i, p in enumerate(own) if p.name == after), len(own))

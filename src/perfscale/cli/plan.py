@@ -27,7 +27,7 @@ HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per n
                            "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
 
-@K.with_knobs(K.PLAN_EXCLUDED)
+@K.with_knobs(K.VERB_ENGINE["plan"])
 def plan(
     model: str = K.MODEL, hardware: str = HARDWARE, train: bool = K.TRAIN, infer: bool = K.INFER,
     batch: int = K.BATCH, seq: int = K.SEQ, grad_accum: int = K.GRAD_ACCUM, prompt: int = K.PROMPT,

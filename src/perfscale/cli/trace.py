@@ -11,7 +11,7 @@ DEVICE = typer.Option(None, "--device", help="Whose program to trace: cuda (defa
 FULL = typer.Option(False, "--full-layers", help="Trace every layer instead of extrapolating exactly from 4 and 5 layers.")
 
 
-@knobs.with_knobs(knobs.TRACE_EXCLUDED)
+@knobs.with_knobs(knobs.VERB_ENGINE["trace"])
 def trace(
     model: str = knobs.MODEL,
     train: bool = knobs.TRAIN,

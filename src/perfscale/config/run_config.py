@@ -60,14 +60,20 @@ def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) ->
         problems.append(f"{name} {value!r} is not one of: {', '.join(map(str, choices))}")
 
 
-def _train_only(default: Any) -> Any:
-    """A knob of training only (ignored for inference; Knobs.as_dict leaves it out of inference rows)."""
-    return field(default=default, metadata={"mode": "train"})
+# The engines a knob can be honoured by; a verb offers a knob only where its engine honours it
+# (cli/knobs.VERB_ENGINE), so that no flag is accepted and then ignored.
+ENGINES = ("estimate", "trace", "measure")
 
 
-def _infer_only(default: Any) -> Any:
-    """A knob of inference only (generation)."""
-    return field(default=default, metadata={"mode": "infer"})
+def _knob(default: Any, *engines: str, mode: str | None = None, flag: str | None = None) -> Any:
+    """A knob's field: its default, the engines that honour it, its mode when it has one (train | infer:
+    ignored in the other; Knobs.as_dict leaves it out there), and its CLI flag when not --field-name."""
+    metadata: dict[str, Any] = {"engines": engines}
+    if mode:
+        metadata["mode"] = mode
+    if flag:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,57 +85,57 @@ class RunConfig:
 
     workload: TrainWorkload | InferWorkload
     """The work: TrainWorkload (batch, seq, grad_accum) or InferWorkload (batch, prompt, new_tokens)."""
-    precision: str = "fp32"
+    precision: str = _knob("fp32", "estimate", "trace", "measure")
     """Weights and compute dtype (mixed: fp32 master weights + autocast in the 16-bit dtype)."""
-    optimizer: str = _train_only(DEFAULT_OPTIMIZER)
+    optimizer: str = _knob(DEFAULT_OPTIMIZER, "estimate", "trace", "measure", mode="train")
     """Trainer `optim` name, built as the Trainer builds it on the device (earlier names are aliases)."""
-    checkpointing: bool = _train_only(False)
+    checkpointing: bool = _knob(False, "estimate", "trace", "measure", mode="train")
     """Gradient (activation) checkpointing: keep layer inputs, recompute the forward in backward."""
-    attn: str = "sdpa"
+    attn: str = _knob("sdpa", "estimate", "trace", "measure")
     """Attention implementation."""
-    lora_r: int | None = None
+    lora_r: int | None = _knob(None, "estimate", "trace", "measure")
     """LoRA rank (freezes the base model); none = full fine-tuning."""
-    lora_targets: tuple[str, ...] = ()
+    lora_targets: tuple[str, ...] = _knob((), "estimate", "trace", "measure")
     """Comma-separated module names for LoRA, e.g. q_proj,v_proj (default: every linear layer)."""
-    zero: int = _train_only(0)
+    zero: int = _knob(0, "estimate", mode="train")
     """DeepSpeed ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)."""
-    fsdp: int | None = _train_only(None)
+    fsdp: int | None = _knob(None, "estimate", "trace", mode="train")
     """FSDP full-shard degree (ranks the model is sharded over); none = no FSDP."""
-    tp: int = 1
+    tp: int = _knob(1, "estimate")
     """Tensor-parallel degree."""
-    pp: int = 1
+    pp: int = _knob(1, "estimate")
     """Pipeline-parallel degree."""
-    offload: str = _train_only("none")
+    offload: str = _knob("none", "estimate", mode="train")
     """CPU offload of the optimizer state (and parameters) with ZeRO/FSDP."""
-    compile: bool = False
+    compile: bool = _knob(False, "estimate", "measure")
     """torch.compile the model."""
-    quantization: str = "none"
+    quantization: str = _knob("none", "estimate", "trace", "measure")
     """Weight quantization (inference, or the frozen QLoRA base when training with LoRA)."""
-    cache: str = _infer_only("dynamic")
+    cache: str = _knob("dynamic", "estimate", "trace", "measure", mode="infer")
     """KV cache implementation for generation."""
-    kv_cache_dtype: str = _infer_only("auto")
+    kv_cache_dtype: str = _knob("auto", "estimate", mode="infer")
     """KV cache dtype for generation (fp8 halves it against 16-bit)."""
     # Interleaved 1F1B (Narayanan et al. 2021, section 2.2.2): bubble (p-1)/(V m + p-1) instead of
     # (p-1)/(m+p-1), at V x the point-to-point traffic.
-    pp_virtual: int = _train_only(1)
+    pp_virtual: int = _knob(1, "estimate", mode="train")
     """Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic). Needs pp >= 2."""
     # Korthikanti et al. 2022 (section 4.2.2): LayerNorm/dropout activations split over the TP group.
-    sequence_parallel: bool = False
+    sequence_parallel: bool = _knob(False, "estimate")
     """Sequence parallelism with tensor parallelism (Megatron-LM): norm and dropout activations split over the tensor-parallel group."""
     # Korthikanti et al. 2022 (section 5): recompute attention's softmax/dropout only (no cost in
     # memory of the s^2 terms, ~2-4% more FLOPs); full recomputation is `checkpointing`.
-    selective_recompute: bool = _train_only(False)
+    selective_recompute: bool = _knob(False, "estimate", mode="train")
     """Selective activation recomputation (attention's softmax and dropout recomputed in backward; full recomputation is --checkpointing)."""
-    fused_kernels: bool = False
+    fused_kernels: bool = _knob(False, "estimate")
     """Fused RMSNorm + SwiGLU kernels (Liger-Kernel; Megatron-LM with TransformerEngine): fewer saved activations."""
     # Megatron-LM --account-for-embedding/loss-in-pipeline-split; Llama 3 section 3.3.2.
-    pp_embedding_as_layer: bool = _train_only(False)
+    pp_embedding_as_layer: bool = _knob(False, "estimate", mode="train")
     """Pipeline split counts the embedding and the head/loss as one layer slot each (Megatron-LM, Llama 3)."""
-    torch_num_threads: int | None = None
-    """torch intra-op threads (torch.set_num_threads); none = the library's default."""
-    dataloader_num_workers: int = _train_only(0)
+    torch_num_threads: int | None = _knob(None, "measure", flag="--threads")
+    """Intra-op threads (torch.set_num_threads; ONNX Runtime's intra_op_num_threads when encoding); none = the library's default."""
+    dataloader_num_workers: int = _knob(0, "measure", mode="train", flag="--workers")
     """DataLoader worker processes (Trainer dataloader_num_workers); 0 = load in the main process."""
-    dataloader_pin_memory: bool = _train_only(False)
+    dataloader_pin_memory: bool = _knob(False, "measure", mode="train", flag="--pin-memory")
     """DataLoader pin_memory (Trainer dataloader_pin_memory; has an effect on CUDA only)."""
 
     def __post_init__(self) -> None:
@@ -243,6 +249,10 @@ KNOB_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunConfig) if
 BOOL_KNOBS: tuple[str, ...] = tuple(name for name in KNOB_FIELDS if isinstance(KNOB_DEFAULTS[name], bool))
 # train | infer for a knob of one mode only; absent = both.
 KNOB_MODE: dict[str, str] = {f.name: f.metadata["mode"] for f in fields(RunConfig) if "mode" in f.metadata}
+# The engines that honour each knob, and its CLI flag.
+KNOB_ENGINES: dict[str, tuple[str, ...]] = {f.name: f.metadata.get("engines", ()) for f in fields(RunConfig) if f.name != "workload"}
+KNOB_FLAGS: dict[str, str] = {f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                              for f in fields(RunConfig) if f.name != "workload"}
 # The fields stored documents had before pp_virtual (issue 13 moved the rest out of `extra`): always
 # written, so that old fingerprints stay; every later field is written only when not at its default.
 ALWAYS_WRITTEN = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp",
@@ -312,6 +322,6 @@ def parse_targets(text: str | None) -> tuple[str, ...]:
 
 
 __all__ = [
-    "CHOICES", "INFER_PRECISIONS", "KNOB_DEFAULTS", "KNOB_FIELDS", "KNOB_MODE", "OPTIMIZERS", "TRAIN_PRECISIONS",
+    "CHOICES", "ENGINES", "INFER_PRECISIONS", "KNOB_DEFAULTS", "KNOB_ENGINES", "KNOB_FIELDS", "KNOB_FLAGS", "KNOB_MODE", "OPTIMIZERS", "TRAIN_PRECISIONS",
     "RunConfig", "choices_text", "field_help", "parse_targets",
 ]
