@@ -34,4 +34,5 @@ def test_cli_repeats_json(tmp_path):
 
 
 def test_cli_repeats_must_be_positive(tmp_path):
-    assert_user_error(run_cli("bench", "--repeats", "0", "--store", str(tmp_path / "s.sqlite")), "--repeats must be an integer >= 1")
+    assert_user_error(run_cli("bench", "--repeats", "0", "--store", str(tmp_path / "s.sqlite")), "--repeats must be an integer from 1 to 1000")
+    assert_user_error(run_cli("bench", "--repeats", str(10**24), "--store", str(tmp_path / "s.sqlite")), "got 10000000")  # not 10^24 processes
