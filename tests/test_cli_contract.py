@@ -29,7 +29,7 @@ FILES = hostile_files(_TMP / "inputs")
 VERBS = {path: params for path, params in verbs().items() if path}
 # Examples per verb and the wall-clock limit of one invocation: measuring verbs cost a worker
 # process (~10 s) whenever the drawn values are valid, so they get fewer examples.
-EXAMPLES = {("bench",): 5, ("compare",): 4, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 3, ("tune", "decoder"): 3}
+EXAMPLES = {("bench",): 5, ("compare",): 2, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 3, ("tune", "decoder"): 3}
 TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",): 120.0, ("tune", "encoder"): 400.0,
              ("tune", "decoder"): 400.0}
 # Hypothesis' example database lives outside the repository (failures replay from there).
