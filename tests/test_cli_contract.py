@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase
 
 from cli_contract import (CHEAP_BASE, SKIP_OPTIONS, VALID_POSITIONAL, hostile_files, hostile_values, judge,
                           run_in_process, verbs)
@@ -29,11 +28,13 @@ FILES = hostile_files(_TMP / "inputs")
 VERBS = {path: params for path, params in verbs().items() if path}
 # Examples per verb and the wall-clock limit of one invocation: measuring verbs cost a worker
 # process (~10 s) whenever the drawn values are valid, so they get fewer examples.
-EXAMPLES = {("bench",): 5, ("compare",): 2, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 3, ("tune", "decoder"): 3}
-TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",): 120.0, ("tune", "encoder"): 400.0,
-             ("tune", "decoder"): 400.0}
-# Hypothesis' example database lives outside the repository (failures replay from there).
-DATABASE = DirectoryBasedExampleDatabase(str(Path.home() / ".cache" / "perfscale-tests" / "hypothesis"))
+EXAMPLES = {("bench",): 5, ("compare",): 2, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 2, ("tune", "decoder"): 2}
+TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",): 90.0, ("tune", "encoder"): 200.0,
+             ("tune", "decoder"): 200.0}
+# Examples are derandomized: the same draws every run, so the suite's time is stable on 2 cores (a
+# fresh seed may draw a valid trace or tune that runs for minutes) and nothing is stored, in the
+# repository or elsewhere (derandomize implies no example database); the sweep in
+# benchmarks/cli_hostile.py covers the breadth.
 
 
 def _typed(kind: type) -> st.SearchStrategy[str]:
@@ -81,7 +82,7 @@ def _check(path: tuple[str, ...], argv: list[str]) -> None:
 def test_every_verb_keeps_the_contract(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # files a drawn --output/--save names land in tmp, not the checkout
 
-    @settings(max_examples=EXAMPLES.get(path, 25), deadline=None, database=DATABASE, derandomize=False,
+    @settings(max_examples=EXAMPLES.get(path, 25), deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(argv=invocation(path))
     def check(argv):
