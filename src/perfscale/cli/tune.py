@@ -119,8 +119,9 @@ def decoder(
 
 
 def _check_common(budget_seconds: float | None, repeats: int | None, save: str | None) -> None:
-    if budget_seconds is not None and not 0 < budget_seconds < float("inf"):
-        raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
+    from perfscale.cli.tune_train import check_budget
+
+    check_budget(budget_seconds)
     if repeats is not None and not 1 <= repeats <= 1000:
         raise InvalidConfigError(f"--repeats must be an integer from 1 to 1000, got {repeats}.")
     if save:

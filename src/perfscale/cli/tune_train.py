@@ -25,8 +25,7 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         formats = parse_formats(emit)  # a bad format fails now, before minutes of measuring
     elif out:
         raise InvalidConfigError("--out says where --emit writes: add --emit trainer (or accelerate, deepspeed, fsdp, torchrun, all).")
-    if budget_seconds is not None and not 0 < budget_seconds < float("inf"):  # NaN fails too
-        raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
+    check_budget(budget_seconds)
     options = TrainTuneOptions.from_user(  # validates every value (0, NaN and negatives included), all problems at once
         quick=quick, model=model, seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora,
         allow_optimizer_change=allow_optimizer_change, include_compile=compile_, budget_seconds=budget_seconds, store=store,
@@ -58,6 +57,12 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         raise typer.Exit(2)  # the result is printed above; only the file is missing
 
 
+def check_budget(budget_seconds: float | None) -> None:
+    """--budget-seconds, shared by the three tune verbs: None (not given) or finite and > 0 (NaN fails too)."""
+    if budget_seconds is not None and not 0 < budget_seconds < float("inf"):
+        raise InvalidConfigError(f"--budget-seconds must be a finite number of seconds > 0, got {budget_seconds}.")
+
+
 def save_or_say(result, save: str | None, document: dict) -> str | None:
     """Write --save; if that fails after the search, keep the result: the reason goes into the document
     (`save_error`) and on stderr, so the printed result is still the one document on stdout."""
@@ -84,4 +89,4 @@ def progress_spinner(as_json: bool):
     return status, (lambda message: status.update(f"tune: {message}"))
 
 
-__all__ = ["progress_spinner", "save_or_say", "tune_training_cli"]
+__all__ = ["check_budget", "progress_spinner", "save_or_say", "tune_training_cli"]
