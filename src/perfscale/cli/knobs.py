@@ -27,26 +27,23 @@ from perfscale.config.run_config import (
     parse_targets,
 )
 from perfscale.errors import InvalidConfigError
-from perfscale.specs.workload import InferWorkload, TrainWorkload
+from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_SEQ, DEFAULT_TRAIN, InferWorkload, TrainWorkload
 
 JSON = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 MODEL = typer.Option(None, "--model", "-m", help="Catalogue name, local folder or config.json, or hub id. Default: perfscale-tiny-llama.")
 TRAIN = typer.Option(False, "--train", help="A training step (the default mode).")
 INFER = typer.Option(False, "--infer", help="An inference run: prefill then decode.")
-BATCH = typer.Option(None, "--batch", help="Micro-batch size (sequences per device per step) or prompts per run.")
-SEQ = typer.Option(None, "--seq", help="Training sequence length in tokens.")
-GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micro-steps per optimizer step.")
-PROMPT = typer.Option(None, "--prompt", help="Inference prompt length in tokens.")
-NEW_TOKENS = typer.Option(None, "--new-tokens", help="Tokens to generate after the prompt.")
+BATCH = typer.Option(None, "--batch", help=f"Micro-batch size (sequences per device per step) or prompts per run. Default: {DEFAULT_TRAIN.batch} (training), {DEFAULT_INFER.batch} (inference).")
+SEQ = typer.Option(None, "--seq", help=f"Training sequence length in tokens. Default: {DEFAULT_SEQ}.")
+GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micro-steps per optimizer step. Default: 1.")
+PROMPT = typer.Option(None, "--prompt", help=f"Inference prompt length in tokens. Default: {DEFAULT_INFER.prompt}.")
+NEW_TOKENS = typer.Option(None, "--new-tokens", help=f"Tokens to generate after the prompt. Default: {DEFAULT_INFER.new_tokens}.")
 
 # The engine behind each verb: a verb offers the RunConfig knobs that engine honours (the field's
 # `engines`, config/run_config.py), so that no flag is accepted and then ignored.
 VERB_ENGINE = {"plan": "estimate", "trace": "trace", "bench": "measure", "compare": "measure"}
 
 DEFAULT_MODEL = "perfscale-tiny-llama"
-# Library defaults used for knobs the user did not give (RunConfig's own defaults).
-DEFAULT_TRAIN = {"batch": 1, "seq": 512, "grad_accum": 1}
-DEFAULT_INFER = {"batch": 1, "prompt": 512, "new_tokens": 128}
 
 
 def flag(name: str) -> str:
@@ -119,15 +116,15 @@ def workload_from_options(
         if seq is not None or grad_accum is not None:
             raise InvalidConfigError("--seq and --grad-accum are training flags; for --infer use --prompt and --new-tokens.")
         return InferWorkload(
-            batch=given(batch, DEFAULT_INFER["batch"]),
-            prompt=given(prompt, DEFAULT_INFER["prompt"]),
-            new_tokens=given(new_tokens, DEFAULT_INFER["new_tokens"]),
+            batch=given(batch, DEFAULT_INFER.batch),
+            prompt=given(prompt, DEFAULT_INFER.prompt),
+            new_tokens=given(new_tokens, DEFAULT_INFER.new_tokens),
         )
     if prompt is not None or new_tokens is not None:
         raise InvalidConfigError("--prompt and --new-tokens are inference flags: add --infer, or use --seq for training.")
     return TrainWorkload(
-        batch=given(batch, DEFAULT_TRAIN["batch"]), seq=given(seq, DEFAULT_TRAIN["seq"]),
-        grad_accum=given(grad_accum, DEFAULT_TRAIN["grad_accum"]),
+        batch=given(batch, DEFAULT_TRAIN.batch), seq=given(seq, DEFAULT_TRAIN.seq),
+        grad_accum=given(grad_accum, DEFAULT_TRAIN.grad_accum),
     )
 
 

@@ -11,6 +11,7 @@ import typer
 from perfscale.cli import knobs
 from perfscale.errors import InvalidConfigError
 from perfscale.report.emit import emit
+from perfscale.specs.workload import DEFAULT_SEQ
 
 app = typer.Typer(
     help="Find the fastest configuration and prove it against the defaults: training by default; "
@@ -36,7 +37,7 @@ def tune(
     compile_: bool = COMPILE,
     save: str = SAVE,
     as_json: bool = knobs.JSON,
-    seq: int = typer.Option(None, "--seq", help="Sequence length in tokens (default 64)."),
+    seq: int = typer.Option(None, "--seq", help=f"Sequence length in tokens. Default: {DEFAULT_SEQ}."),
     global_batch: int = typer.Option(None, "--global-batch", help="Sequences per optimizer step, kept fixed while micro-batch x accumulation varies (default 8)."),
     hardware: str = typer.Option(None, "--hardware", help="Plan for a topology you do not have, e.g. 8xH100-80GB (estimated ranking, not measured). Default: this machine, measured."),
     allow_lora: bool = typer.Option(False, "--allow-lora", help="LoRA may be chosen (it trains an adapter, not the whole model)."),

@@ -16,7 +16,7 @@ from typing import Any
 from perfscale.config.run_config import INT_RANGES, KNOB_DEFAULTS, KNOB_FIELDS, RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.stats import StopRule
-from perfscale.specs.workload import InferWorkload, TrainWorkload
+from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload, TrainWorkload
 
 SCENARIOS = ("train", "encode", "generate")
 TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
@@ -25,10 +25,11 @@ DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "selftest": "none"}
 # Encoder quantization schemes: perfscale.runtimes.encoder owns the list.
 from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
-# Workload defaults per scenario when the user gives none: sized to take seconds on 2 CPU cores.
+# Workload defaults per scenario when the user gives none: train and generate use every command's
+# defaults (specs/workload.py); encode and the harness's selftest have their own kind of workload.
 DEFAULT_WORKLOADS = {
-    "train": TrainWorkload(batch=4, seq=128, grad_accum=1),
-    "generate": InferWorkload(batch=1, prompt=64, new_tokens=32),
+    "train": DEFAULT_TRAIN,
+    "generate": DEFAULT_INFER,
     # encode: `batch` sentences per forward, `prompt` = truncation length in tokens (MiniLM: 256).
     "encode": InferWorkload(batch=32, prompt=256, new_tokens=0),
     "selftest": InferWorkload(batch=1, prompt=64, new_tokens=0),

@@ -74,3 +74,11 @@ class InferWorkload:
 
 
 Workload = TrainWorkload | InferWorkload
+
+# The one default workload of every command (plan, trace, bench, compare, tune, and their Python
+# functions) when no size is given: the same step everywhere, so that an estimate, a trace and a
+# measurement run without size flags describe the same thing; small enough that a measurement of the
+# built-in model takes seconds on 2 CPU cores. Real runs give their own sizes.
+DEFAULT_SEQ = 128
+DEFAULT_TRAIN = TrainWorkload(batch=4, seq=DEFAULT_SEQ, grad_accum=1)
+DEFAULT_INFER = InferWorkload(batch=1, prompt=DEFAULT_SEQ, new_tokens=32)

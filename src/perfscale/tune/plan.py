@@ -129,7 +129,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     this CPU (estimate/calibration.py); prepare_calibration(spec, needed) is called with the (signature,
     size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
     """
-    from perfscale.specs.workload import TrainWorkload
+    from perfscale.specs.workload import DEFAULT_TRAIN
 
     started = _time.perf_counter()
     if objective not in ranking.OBJECTIVES:
@@ -150,7 +150,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
                                  "(CLI: --host-memory-gib 2048).")
     spec = _resolve_model(model)
     topo, detected = _resolve_topology(topology)
-    workload = workload or TrainWorkload(batch=1, seq=512)
+    workload = workload or DEFAULT_TRAIN
     length_note = check_workload_length(spec, workload)
     mc = constants_for(spec)
     hw, nodes, per_node, world = topo.hardware, topo.nodes, topo.devices_per_node, topo.world_size

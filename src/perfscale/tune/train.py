@@ -28,7 +28,7 @@ from typing import Any
 from perfscale.errors import InvalidConfigError
 from perfscale.measure.bench_config import MeasureOptions
 from perfscale.measure.stats import StopRule
-from perfscale.specs.workload import MAX_SIZE
+from perfscale.specs.workload import DEFAULT_SEQ, MAX_SIZE
 from perfscale.tune.halving import HalvingRun, Outcome, design_pool, successive_halving
 from perfscale.tune.result import TrainTuneResult, TrialRecord
 from perfscale.tune.train_budget import Clock, Costs, final_plan
@@ -36,7 +36,6 @@ from perfscale.tune.train_estimated import estimated_only, nothing_fits
 from perfscale.tune.train_final import FinalComparison, final_compare, why_it_won
 from perfscale.tune.train_space import Candidate, TrainSpace, baseline_candidate, build_space
 
-DEFAULT_SEQ = 64
 DEFAULT_GLOBAL_BATCH = 8  # Trainer's per_device_train_batch_size default: the baseline needs no accumulation
 DEFAULT_BUDGET_S = 120.0  # the default run must end well inside 3 minutes on 2 loaded cores
 MEMORY_MARGIN = 0.10  # keep 10% of the device free: estimate error, allocator, the rest of the process
@@ -173,7 +172,7 @@ def _session_key(options: TrainTuneOptions, topology, space: TrainSpace) -> str:
 def tune_training(options: TrainTuneOptions | None = None, progress: Progress | None = None, **overrides: Any) -> TrainTuneResult:
     """Find the fastest training configuration that fits, measured against Trainer's defaults.
 
-    `tune_training(model="perfscale-tiny-llama", seq=64, global_batch=8)`; see TrainTuneOptions.
+    `tune_training(model="perfscale-tiny-llama", seq=128, global_batch=8)`; see TrainTuneOptions.
     """
 
     options = replace(options or TrainTuneOptions(), **overrides)
