@@ -1,0 +1,93 @@
+"""`perfscale checkpoint inspect|convert`: big-model checkpoints without loading their weights.
+
+Thin wrappers over perfscale.bigmodel; the Rich views of their results are drawn here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from perfscale.cli import knobs
+from perfscale.report.emit import emit
+
+app = typer.Typer(help="Checkpoints: inspect shards and dtypes from headers, convert .bin to sharded safetensors.",
+                  no_args_is_help=True)
+
+PATH = typer.Argument(..., help="A model folder (config.json + weights), a .safetensors/.bin/index json file, or a hub id.")
+
+
+@app.command("inspect")
+def inspect(
+    path: str = PATH,
+    no_model: bool = typer.Option(False, "--no-model", help="Skip the comparison with the config's model class "
+                                  "(saves the ~10 s import of the model code)."),
+    as_json: bool = knobs.JSON,
+) -> None:
+    """Shards, bytes and parameters per shard and dtype, tied tensors, and the total against the config's exact
+    count, read from headers (no weight is loaded)."""
+    from perfscale.bigmodel.inspection import inspect_checkpoint
+
+    result = inspect_checkpoint(path, check_model=not no_model)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: _render_inspect(console, document))
+
+
+def _bytes(n: int | None) -> str:
+    from perfscale.units import gib
+
+    if n is None:
+        return "n/a"
+    return f"{n:,} B" if n < 2**20 else f"{gib(n)} ({n:,} B)"
+
+
+def _render_inspect(console, d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from perfscale.units import count
+
+    table = Table(title=f"{d['path']}: {len(d['shards'])} shard(s), {d['format']}")
+    for column in ("file", "format", "file bytes", "tensors", "params", "dtypes"):
+        table.add_column(column, justify="left" if column in ("file", "format", "dtypes") else "right")
+    for s in d["shards"]:
+        dtypes = ", ".join(f"{k} {count(v['params'])}" for k, v in s["dtypes"].items())
+        table.add_row(s["file"], s["format"], _bytes(s["file_bytes"]), str(s["tensors"]), f"{s['params']:,}", dtypes)
+    console.print(table)
+    totals = Table(title="Totals", show_header=False)
+    totals.add_column("what")
+    totals.add_column("value")
+    totals.add_row("safety", d["safety"])
+    totals.add_row("tensors", f"{d['tensors']:,}")
+    totals.add_row("parameters", f"{d['params']:,} ({count(d['params'])})")
+    totals.add_row("tensor bytes", _bytes(d["tensor_bytes"]))
+    totals.add_row("file bytes", _bytes(d["file_bytes"]))
+    totals.add_row("largest shard", _bytes(d["largest_shard_bytes"]))
+    if d["index_file"]:
+        totals.add_row(f"{d['index_file']} total_size", _bytes(d["index_total_size"]))
+    for dtype, c in d["dtypes"].items():
+        totals.add_row(f"  {dtype}", f"{c['tensors']} tensors, {c['params']:,} params, {_bytes(c['bytes'])}")
+    for group in d["shared"]:
+        totals.add_row("shared storage", f"{' = '.join(group['names'])} ({_bytes(group['bytes'])}, stored once)")
+    m = d["model"]
+    if m:
+        totals.add_section()
+        totals.add_row("model class", f"{m['architecture']} ({m['model']})")
+        verdict = "matches" if m["matches"] else f"differs by {m['checkpoint_params'] - m['config_params']:+,}"
+        totals.add_row("config's exact count", f"{m['config_params']:,} ({verdict})")
+        totals.add_row("key layout", m["layout"])
+        totals.add_row("missing", _names(m["missing"]))
+        totals.add_row("unexpected", _names(m["unexpected"]))
+        for t in m["tied"]:
+            totals.add_row("tied", f"{' = '.join(t['names'])} (stored: {', '.join(t['stored']) or 'none'})")
+    for note in d["notes"]:
+        totals.add_row("note", note)
+    totals.add_row("read in", f"{d['seconds']:.2f} s")
+    console.print(totals)
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:5])
+    return shown + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
