@@ -91,3 +91,59 @@ def _names(names: list[str]) -> str:
         return "none"
     shown = ", ".join(names[:5])
     return shown + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+@app.command("convert")
+def convert(
+    path: str = typer.Argument(..., help="A model folder (config.json + .bin or safetensors weights), or a weights file."),
+    to: str = typer.Option(..., "--to", help="The new folder to write (must not exist, or be empty)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest shard: 5GB (10^9 bytes), 5GiB (2^30 bytes), "
+                                       "500MB, or bytes. A tensor larger than this gets a shard of its own."),
+    dtype: str = typer.Option("auto", "--dtype", help="Cast floating-point tensors: bf16 | fp16 | fp32; auto keeps each "
+                              "tensor's dtype."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip reading every written tensor back and comparing it."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Skip the from_pretrained check (loads source and output once "
+                                  "each: needs twice the model in RAM)."),
+    as_json: bool = knobs.JSON,
+) -> None:
+    """Convert to sharded safetensors, one tensor at a time, with the index transformers writes; verify the output
+    loads bit-identically. Pickles that need more than weights_only=True are refused."""
+    from perfscale.bigmodel.convert import convert_checkpoint
+
+    result = convert_checkpoint(path, to, max_shard_size=max_shard_size, dtype=dtype, verify=not no_verify,
+                                probe=not no_probe)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: _render_convert(console, document))
+
+
+def _render_convert(console, d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{d['source']} -> {d['destination']} ({d['dtype'] or 'dtype kept'})")
+    for column in ("file", "tensors", "bytes", "over max_shard_size"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for s in d["shards"]:
+        table.add_row(s["file"], str(s["tensors"]), _bytes(s["file_bytes"]), "yes (one tensor)" if s["over_limit"] else "")
+    console.print(table)
+    facts = Table(show_header=False)
+    facts.add_column("what")
+    facts.add_column("value")
+    facts.add_row("index", d["index_file"] or "none (one file)")
+    facts.add_row("total_size", _bytes(d["total_size"]))
+    facts.add_row("parameters", f"{d['total_parameters']:,}")
+    for a in d["dropped_aliases"]:
+        facts.add_row("tied, stored once", f"{a['dropped']} = {a['kept']}")
+    facts.add_row("largest shard / tensor", f"{_bytes(d['largest_shard_bytes'])} / {_bytes(d['largest_tensor_bytes'])}")
+    rise = d["peak_rss_bytes"] - d["baseline_rss_bytes"]
+    facts.add_row("host RSS while writing", f"peak {_bytes(d['peak_rss_bytes'])} = baseline {_bytes(d['baseline_rss_bytes'])} "
+                  f"+ {_bytes(rise)}")
+    facts.add_row("written in", f"{d['write_seconds']:.2f} s")
+    verify = d["verify"]
+    if "tensors" in verify:
+        facts.add_row("read back", f"{verify['tensors']['compared']} tensors bit-identical to the source")
+    if "probe" in verify:
+        p = verify["probe"]
+        facts.add_row("from_pretrained probe", f"{p['class']} {p['dtype']}: outputs bit-identical on input {p['input_shape']}")
+    for note in d["notes"]:
+        facts.add_row("note", note)
+    console.print(facts)
