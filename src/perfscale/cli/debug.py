@@ -1,0 +1,84 @@
+"""`perfscale debug overflow|dist|profile`: troubleshooting verbs that end in a verdict, not raw data.
+
+Each is a thin wrapper over a function of `perfscale.debug` returning a typed result; the tables are drawn
+here from that result's document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from perfscale.report.emit import emit
+
+app = typer.Typer(help="Troubleshoot: where values overflow, whether the cluster works, where a step's time goes.",
+                  no_args_is_help=True)
+
+JSON = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+# ----- overflow -----
+@app.command("overflow")
+def overflow(
+    model: str = typer.Option("perfscale-tiny-llama", "--model", "-m", help="Catalogue name, local folder (its weights are loaded) or hub id."),
+    precision: str = typer.Option("fp16-mixed", "--precision", help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed (torch autocast)."),
+    steps: int = typer.Option(2, "--steps", help="Training steps (or forward passes with --infer) to run; stops after the first overflow."),
+    batch: int = typer.Option(2, "--batch", help="Sequences per step."),
+    seq: int = typer.Option(32, "--seq", help="Tokens per sequence."),
+    infer: bool = typer.Option(False, "--infer", help="Forward passes only (no backward, no optimizer)."),
+    data: str = typer.Option(None, "--data", help="Token ids as JSON ([[1, 2, ...], ...]) or a text file (needs the model folder's tokenizer). Default: ids drawn with --seed."),
+    loss_scale: float = typer.Option(None, "--loss-scale", help="Multiply the loss by this before backward. Default: 65536 (GradScaler's start) under fp16-mixed, else 1."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (models without weights) and of the drawn inputs."),
+    frames: int = typer.Option(21, "--frames", help="How many frames before the first overflow to show (DebugUnderflowOverflow shows 21)."),
+    check_fixes: bool = typer.Option(True, "--check-fixes/--no-check-fixes", help="Re-run the failing step with each fix (fp32 module, bf16, lower loss scale) and say which works."),
+    as_json: bool = JSON,
+) -> None:
+    """Run real steps with forward and backward hooks on every module; name the first module whose values
+    leave their dtype's range, the headroom of the others, gradient underflow, and what fixes it."""
+    from perfscale.debug.overflow import debug_overflow
+
+    result = debug_overflow(model, precision=precision, steps=steps, batch=batch, seq=seq, infer=infer, data=data,
+                            loss_scale=loss_scale, device=device, seed=seed, frames=frames, check_fixes=check_fixes)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: render_overflow(console, document))
+
+
+def render_overflow(console, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{doc['model']}[/bold] {doc['mode']} at {doc['precision']} on {doc['device']}, batch {doc['batch']} x seq "
+                  f"{doc['seq']}, {doc['steps_run']}/{doc['steps_asked']} steps, loss scale {doc['loss_scale']:g}")
+    console.print(("[red]" if doc["overflow"] else "[green]") + doc["verdict"])
+    if doc["frames"]:
+        table = Table(title=f"The {len(doc['frames'])} frames leading to it ({doc['first']['phase']}, step {doc['first']['step']})")
+        for col in ("module", "class", "tensor", "dtype", "abs min", "abs max", "inf/nan"):
+            table.add_column(col, justify="right" if col.startswith("abs") else "left")
+        for f in doc["frames"]:
+            for i, t in enumerate(f["tensors"]):
+                bad = t["n_inf"] + t["n_nan"]
+                table.add_row(f["module"] if i == 0 else "", f["class"] if i == 0 else "", t["role"], t["dtype"],
+                              _fmt(t["abs_min_nonzero"]), _fmt(t["abs_max"]), f"[red]{bad}[/red]" if bad else "")
+        console.print(table)
+    if doc["headroom"]:
+        table = Table(title="Closest to the range (headroom = log2(dtype max / abs max))")
+        for col in ("module", "phase", "tensor", "dtype", "abs max", "headroom"):
+            table.add_column(col, justify="right" if col in ("abs max", "headroom") else "left")
+        for h in doc["headroom"]:
+            table.add_row(h["module"], h["phase"], h["tensor"], h["dtype"], _fmt(h["abs_max"]), f"2^{h['bits']:.1f}")
+        console.print(table)
+    u = doc["grad_underflow"]
+    if u:
+        console.print(f"Gradients: {u['fraction_flushed_without_scaling']:.3%} of {u['values']:,} values would flush to zero in fp16 "
+                      f"without loss scaling (|g| < 2^-24), {u['fraction_subnormal_without_scaling']:.2%} would be subnormal (< 2^-14).")
+    for c in doc["fix_checks"]:
+        console.print(f"  checked: {c['fix']}: {'[green]' if c['ok'] else '[red]'}{c['result']}")
+    for fix in doc["fixes"]:
+        console.print(f"[bold]fix:[/bold] {fix}")
+    for note in doc["notes"]:
+        console.print(f"[dim]note: {note}[/dim]")
