@@ -102,3 +102,35 @@ def test_candidate_to_bench_and_run_config():
     assert "set_num_threads" not in trainer_snippet(baseline_candidate(8).run_config(64), parse_topology("local"), "m")
     assert json.dumps(c.knobs())  # serialisable
     assert set(c.differences(Candidate(micro_batch=8, grad_accum=1))) == {"micro_batch", "precision", "optimizer", "threads", "workers"}
+
+
+@pytest.mark.parametrize("topology", ["H100-80GB", "V100-32GB", "8xA100-80GB", "2x8xH100-80GB"])
+@pytest.mark.parametrize("allow_change", [False, True])
+def test_tune_searches_the_planners_space(topology, allow_change):
+    """One space: on hardware tune only estimates, each knob takes exactly the values plan searches
+    (tune/space.train_space), and the parallel layouts are the planner's with one pipeline chunk."""
+    from perfscale.estimate.knobs import Knobs
+    from perfscale.tune import space as shared
+
+    topo = parse_topology(topology)
+    world, per_node = topo.world_size, topo.devices_per_node
+    ours = build_space(topo.hardware, world, global_batch=256 * world, seq=128, local=False, heads=32, layers=32,
+                       per_node=per_node, allow_optimizer_change=allow_change)
+    # accumulation 32: every pipeline depth has its micro-batches (plan fixes the batch per replica,
+    # tune the global batch; which layouts exist does not depend on that)
+    planned = list(shared.train_space(Knobs(batch=8, seq=128, accum=32), {"pp_virtual": 1}, 32, 32, world, per_node,
+                                      topo.hardware, allow_change))
+    assert set(ours.precisions) == {k.precision for k in planned}
+    assert set(ours.optimizers) == {k.optimizer for k in planned}
+    assert set(ours.attns) == {k.attn for k in planned} == {"sdpa"}
+    layout = ("zero", "fsdp", "tp", "pp", "offload")
+    defaults = {"zero": 0, "fsdp": None, "tp": 1, "pp": 1, "offload": "none"}
+    tune_layouts = {tuple(lay.get(n, defaults[n]) for n in layout) for lay in ours.layouts}
+    assert tune_layouts == {tuple(getattr(k, n) for n in layout) for k in planned}
+
+
+def test_measured_cpu_space_adds_only_measured_knobs():
+    local = build_space(_cpu(), 1, global_batch=8, seq=64, local=True, cpu_cores=2)
+    remote = build_space(_cpu(), 1, global_batch=8, seq=64, local=False, cpu_cores=2)
+    assert local.attns == ("sdpa", "eager") and remote.attns == ("sdpa",)
+    assert local.precisions == remote.precisions and local.optimizers == remote.optimizers

@@ -37,6 +37,10 @@ BATCH = typer.Option(None, "--batch", help=f"Micro-batch size (sequences per dev
 SEQ = typer.Option(None, "--seq", help=f"Training sequence length in tokens. Default: {DEFAULT_SEQ}.")
 GRAD_ACCUM = typer.Option(None, "--grad-accum", help="Gradient accumulation micro-steps per optimizer step. Default: 1.")
 PROMPT = typer.Option(None, "--prompt", help=f"Inference prompt length in tokens. Default: {DEFAULT_INFER.prompt}.")
+ALLOW_OPTIMIZER_CHANGE = typer.Option(
+    False, "--allow-optimizer-change",
+    help="Also search other optimizer algorithms (Adafactor, SGD, 8-bit AdamW on CUDA): they change what is trained. "
+         "Without it only AdamW's implementations are searched.")
 NEW_TOKENS = typer.Option(None, "--new-tokens", help=f"Tokens to generate after the prompt. Default: {DEFAULT_INFER.new_tokens}.")
 
 # The engine behind each verb: a verb offers the RunConfig knobs that engine honours (the field's

@@ -41,7 +41,7 @@ def tune(
     global_batch: int = typer.Option(None, "--global-batch", help="Sequences per optimizer step, kept fixed while micro-batch x accumulation varies (default 8)."),
     hardware: str = typer.Option(None, "--hardware", help="Plan for a topology you do not have, e.g. 8xH100-80GB (estimated ranking, not measured). Default: this machine, measured."),
     allow_lora: bool = typer.Option(False, "--allow-lora", help="LoRA may be chosen (it trains an adapter, not the whole model)."),
-    allow_optimizer_change: bool = typer.Option(False, "--allow-optimizer-change", help="Other optimizer algorithms (SGD, Adafactor) besides AdamW's implementations."),
+    allow_optimizer_change: bool = knobs.ALLOW_OPTIMIZER_CHANGE,
     store: str = typer.Option(None, "--store", help="SQLite journal of the trials (default: the bench store)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last interrupted tune of this exact setup; finished trials are not re-measured."),
     emit_: str = typer.Option(None, "--emit", help="Write the winner as trainer | accelerate | deepspeed | fsdp | torchrun | all (comma list)."),

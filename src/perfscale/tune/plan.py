@@ -119,7 +119,8 @@ def _check_number(what: str, value, valid: str, upper: float | None = None, incl
 def plan(model, topology=None, workload=None, objective: str = "throughput", top: int = 5,
          efficiency: float | None = None, token_budget: float | None = None,
          price_per_device_hour: float | None = None, host_memory: float | None = None, calibration=None,
-         prepare_calibration: Callable[[Any, list[tuple[str, int]]], None] | None = None, **fixed: Any) -> PlanResult:
+         prepare_calibration: Callable[[Any, list[tuple[str, int]]], None] | None = None,
+         allow_optimizer_change: bool = False, **fixed: Any) -> PlanResult:
     """Search the open knobs (those not given in `fixed`) and rank what fits.
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
@@ -128,6 +129,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     offload (default: estimate/host.py, 2 TiB per GPU node). calibration: operation times measured on
     this CPU (estimate/calibration.py); prepare_calibration(spec, needed) is called with the (signature,
     size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
+    allow_optimizer_change: also search optimizers other than AdamW (Adafactor, SGD, 8-bit AdamW), which
+    change what is trained; by default only AdamW's implementations are searched, as in `tune`.
     """
     from perfscale.specs.workload import DEFAULT_TRAIN
 
@@ -183,7 +186,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     def candidates(with_lora: bool):
         if train:
             b = base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims)) if with_lora else base
-            return space.train_space(b, fixed, mc.heads, mc.layers, world, per_node, hw)
+            return space.train_space(b, fixed, mc.heads, mc.layers, world, per_node, hw, allow_optimizer_change)
         return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
 
     calibrating = prepare_calibration is not None and cpu_step.calibration_applies(calibration, hw, world, efficiency)

@@ -1,4 +1,5 @@
-"""The knob space of a model on a topology: every open knob's candidate values, as Knobs objects.
+"""The one knob space of a model on a topology, shared by `plan` (estimated) and `tune` (measured,
+tune/train_space.py adds the knobs only a measurement can decide): every open knob's values.
 
 A knob the user fixed has one value; an open knob (None) takes the values below. Choices a
 hardware cannot run natively (e.g. bf16 without native bf16 matmuls) are left out of open knobs.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from perfscale.config.run_config import OFFLOAD as OFFLOAD_CHOICES
 from perfscale.estimate.knobs import Knobs
 
 TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "offload",
@@ -50,14 +52,41 @@ def divisors(*ns: int) -> list[int]:
     return sorted(out)
 
 
-def train_precisions(hw) -> list[str]:
-    out = []
+# Optimizer *implementations* of AdamW (the same update, other kernels): always searched. Other
+# algorithms change what is trained: only when the user allows it (allow_optimizer_change).
+SAME_ALGORITHM = ("adamw_torch", "adamw_torch_fused")
+OTHER_ALGORITHMS_CPU = ("sgd", "adafactor")  # bitsandbytes' 8-bit AdamW needs CUDA
+OTHER_ALGORITHMS_GPU = ("sgd", "adafactor", "adamw_bnb_8bit")
+
+
+def train_precisions(hw) -> tuple[list[str], list[str]]:
+    """Training precisions the hardware runs natively (a peak entry for the dtype), and why others
+    are left out."""
+    out, notes = ["fp32"], []
     if hw.peak("bf16"):
         out.append("bf16-mixed")
-    elif hw.peak("fp16"):
-        out.append("fp16-mixed")
-    out.append("fp32")
-    return out
+    else:
+        notes.append(f"bf16 left out: {hw.name} has no native bf16 matmuls ({hw.peak_flops['bf16'].source})")
+        if hw.kind != "cpu" and hw.peak("fp16"):
+            out.append("fp16-mixed")
+    if hw.kind == "cpu":
+        notes.append("fp16 left out on CPU: no loss scaling for CPU training, and no native fp16 matmuls on most CPUs")
+    return out, notes
+
+
+def train_optimizers(hw, allow_change: bool) -> tuple[list[str], list[str]]:
+    """Trainer `optim` names searched, and the note when other algorithms are left out."""
+    if allow_change:
+        return list(SAME_ALGORITHM + (OTHER_ALGORITHMS_CPU if hw.kind == "cpu" else OTHER_ALGORITHMS_GPU)), []
+    return list(SAME_ALGORITHM), ["optimizer: only AdamW implementations (fused, foreach/loop); other algorithms "
+                                  "change training: allow them with --allow-optimizer-change"]
+
+
+def attention_choices(measured: bool) -> tuple[str, ...]:
+    """sdpa always; eager only where it is measured: in the estimate eager never takes less time or
+    memory than sdpa (it materialises the score matrix), but measured on CPU at short sequences it can
+    be faster (the sdpa dispatch costs more than the small matmuls it replaces)."""
+    return ("sdpa", "eager") if measured else ("sdpa",)
 
 
 def infer_precisions(hw) -> list[str]:
@@ -74,57 +103,75 @@ def pp_choices(layers: int, world_over_tp: int) -> list[int]:
     return [p for p in divisors(world_over_tp) if p <= layers and p <= MAX_PIPELINE_STAGES]
 
 
-def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
-    """All training configurations: `fixed` maps knob -> value for the knobs the user gave."""
-    def pick(name, options):
-        return [fixed[name]] if fixed.get(name) is not None else options
+def _pick(fixed: dict, name: str, options: list) -> list:
+    return [fixed[name]] if fixed.get(name) is not None else options
 
-    precisions = pick("precision", train_precisions(hw))
-    optimizers = pick("optimizer", ["adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "adafactor"])
-    ckpts = pick("checkpointing", [False, True])
-    attns = pick("attn", ["sdpa"])
-    tps = pick("tp", tp_choices(heads, world, per_node))
-    offloads = pick("offload", ["none", "optimizer", "optimizer+params"])
-    per_replica = base.batch * base.accum
-    micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(base.batch, base.accum) if m <= base.batch]
-    for tp in tps:
-        pps = pick("pp", pp_choices(layers, world // tp)) if world % tp == 0 else []
-        for pp in pps:
+
+def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: dict | None = None,
+                     pp_embedding_as_layer: bool = False) -> Iterator[dict]:
+    """Every way to lay a training step over `world` devices: tp x pp x data parallel, with the data
+    parallel sharding (none, ZeRO 1-3, FSDP full shard over all replicas), CPU offload and the
+    interleaving degree. Yields dicts of tp, pp, zero, fsdp, offload, pp_virtual; knobs in `fixed`
+    keep the user's value. Micro-batch rules (1F1B needs >= pp micro-batches) are the caller's."""
+    fixed = fixed or {}
+    for tp in _pick(fixed, "tp", tp_choices(heads, world, per_node)):
+        if world % tp:
+            continue
+        for pp in _pick(fixed, "pp", pp_choices(layers, world // tp)):
             if world % (tp * pp):
                 continue
             dp = world // (tp * pp)
-            slots = layers + (2 if base.pp_embedding_as_layer else 0)
-            virtuals = [v for v in pick("pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
+            slots = layers + (2 if pp_embedding_as_layer else 0)
+            virtuals = [v for v in _pick(fixed, "pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
             if fixed.get("fsdp") is not None:
                 shardings = [(0, fixed["fsdp"])] if fixed["fsdp"] <= dp and dp % fixed["fsdp"] == 0 else []
             elif fixed.get("zero") is not None:
                 shardings = [(fixed["zero"], None)]
             else:
+                # One device still gains from ZeRO-3 with offload (ZeRO-Infinity); with pp > 1 it does not.
                 shardings = [(0, None)] + ([(1, None), (2, None), (3, None), (0, dp)] if dp > 1 else [(3, None)] if pp == 1 else [])
-            for (zero, fsdp), precision, optimizer, ckpt, attn, offload, mb, virtual in itertools.product(
-                shardings, precisions, optimizers, ckpts, attns, offloads, micro, virtuals
+            for (zero, fsdp), offload, virtual in itertools.product(
+                shardings, _pick(fixed, "offload", list(OFFLOAD_CHOICES)), virtuals
             ):
+                # DeepSpeed offloads the optimizer with ZeRO stage 1-3 (its offload_optimizer), the
+                # parameters with stage 3 only; FSDP offloads both (CPUOffload).
                 if offload != "none" and not (zero or fsdp):
-                    continue  # CPU offload comes with ZeRO (DeepSpeed) or FSDP
+                    continue
                 if offload == "optimizer+params" and not (zero == 3 or fsdp):
                     continue
-                accum = per_replica // mb
-                if pp > 1 and accum < pp:
-                    continue  # 1F1B needs at least p micro-batches
-                if virtual > 1 and accum % pp:
-                    continue  # interleaving runs micro-batches in groups of p (Megatron-LM)
-                yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, zero=zero,
-                                fsdp=fsdp, tp=tp, pp=pp, offload=offload, batch=mb, accum=accum, pp_virtual=virtual)
+                yield {"tp": tp, "pp": pp, "zero": zero, "fsdp": fsdp, "offload": offload, "pp_virtual": virtual}
+
+
+def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw,
+                allow_optimizer_change: bool = False) -> Iterator[Knobs]:
+    """All training configurations the estimate ranks: `fixed` maps knob -> value for the knobs the
+    user gave. tune/train_space.py searches the same values and adds what only measurement decides."""
+    precisions = _pick(fixed, "precision", train_precisions(hw)[0])
+    optimizers = _pick(fixed, "optimizer", train_optimizers(hw, allow_optimizer_change)[0])
+    ckpts = _pick(fixed, "checkpointing", [False, True])
+    attns = _pick(fixed, "attn", list(attention_choices(measured=False)))
+    per_replica = base.batch * base.accum
+    micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(base.batch, base.accum) if m <= base.batch]
+    for layout in parallel_layouts(world, per_node, heads, layers, fixed, base.pp_embedding_as_layer):
+        pp, virtual = layout["pp"], layout["pp_virtual"]
+        for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micro):
+            accum = per_replica // mb
+            if pp > 1 and accum < pp:
+                continue  # 1F1B needs at least p micro-batches
+            if virtual > 1 and accum % pp:
+                continue  # interleaving runs micro-batches in groups of p (Megatron-LM)
+            yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, batch=mb,
+                            accum=accum, **layout)
 
 
 def infer_space(base: Knobs, fixed: dict, heads: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
     def pick(name, options):
-        return [fixed[name]] if fixed.get(name) is not None else options
+        return _pick(fixed, name, options)
 
     kv_dtypes = pick("kv_cache_dtype", ["auto"] + (["fp8"] if hw.peak("fp8") else []))
     for precision, quant, kvd, tp, attn, cache in itertools.product(
         pick("precision", infer_precisions(hw)), pick("quantization", ["none", "int8", "int4", "nf4"]), kv_dtypes,
-        pick("tp", tp_choices(heads, world, per_node)), pick("attn", ["sdpa"]), pick("cache", ["dynamic", "static"]),
+        pick("tp", tp_choices(heads, world, per_node)), pick("attn", list(attention_choices(measured=False))), pick("cache", ["dynamic", "static"]),
     ):
         dp = world // tp
         if base.batch % dp and fixed.get("tp") is None and tp != world:

@@ -1,8 +1,10 @@
 """The training knob space of `perfscale tune`: candidates, the Trainer-defaults baseline, and which
 knobs apply to the workload and the hardware (each left-out value says why).
 
-tune/space.py is the planner's space (estimated knobs only); the two spaces are not yet one
-(issue 13).
+The values of every knob the estimate can rank (precision, optimizer, attention, the parallel
+layouts) come from tune/space.py, the space `plan` searches; this module adds what only a
+measurement on this machine decides (eager attention, torch.compile, threads, DataLoader workers)
+and the measurement's own economy (micro-batches in powers of two).
 """
 
 from __future__ import annotations
@@ -15,17 +17,13 @@ from perfscale.config.optimizer import DEFAULT_OPTIMIZER
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs.workload import TrainWorkload
+from perfscale.tune import space
 
 # transformers 5 TrainingArguments defaults a user gets without tuning (training_args.py):
 # per_device_train_batch_size=8, optim="adamw_torch_fused", fp32, no checkpointing, sdpa, no
 # torch.compile, dataloader_num_workers=0, torch's default threads.
 TRAINER_DEFAULT_MICRO_BATCH = 8
 TRAINER_DEFAULT_OPTIMIZER = DEFAULT_OPTIMIZER
-# Optimizer *implementations* of the same algorithm (same update, other kernels): always searched.
-SAME_ALGORITHM = ("adamw_torch", "adamw_torch_fused")
-# Other algorithms change the training itself: only when the user allows it (--allow-optimizer-change).
-OTHER_ALGORITHMS_CPU = ("sgd", "adafactor")
-OTHER_ALGORITHMS_GPU = ("sgd", "adafactor", "adamw_bnb_8bit")
 LORA_RANK = 16
 MAX_MICRO_BATCH = 64
 
@@ -139,6 +137,8 @@ class TrainSpace:
             for mb, prec, ckpt, lora, comp, attn, opt, thr, wk in itertools.product(*self.knob_values().values()):
                 if self.global_batch % (mb * dp):
                     continue
+                if layout.get("pp", 1) > 1 and self.global_batch // (mb * dp) < layout["pp"]:
+                    continue  # 1F1B needs at least p micro-batches (as in tune/space.train_space)
                 out.append(Candidate(micro_batch=mb, grad_accum=self.global_batch // (mb * dp), precision=prec, optimizer=opt,
                                      checkpointing=ckpt, attn=attn, compile=comp, threads=thr, workers=wk, lora_r=lora, **layout))
         return out
@@ -182,24 +182,14 @@ def build_space(
         raise InvalidConfigError(
             f"global batch {global_batch} is not divisible by the {world_size} devices: use a multiple of {world_size}, e.g. --global-batch {world_size * max(1, global_batch // world_size)}."
         )
-    notes: list[str] = []
     cpu = hardware.kind == "cpu"
     micro = _powers_of_two_dividing(global_batch // world_size, MAX_MICRO_BATCH)
-    # Precision: only what the hardware runs natively (a peak entry for the dtype).
-    precisions = ["fp32"]
-    if hardware.peak("bf16"):
-        precisions.append("bf16-mixed")
-    else:
-        notes.append(f"bf16 left out: {hardware.name} has no native bf16 matmuls ({hardware.peak_flops['bf16'].source})")
-    if not cpu and not hardware.peak("bf16") and hardware.peak("fp16"):
-        precisions.append("fp16-mixed")
-    if cpu:
-        notes.append("fp16 left out on CPU: no loss scaling for CPU training, and no native fp16 matmuls on most CPUs")
-    optimizers = list(SAME_ALGORITHM)
-    if allow_optimizer_change:
-        optimizers += OTHER_ALGORITHMS_CPU if cpu else OTHER_ALGORITHMS_GPU
-    else:
-        notes.append("optimizer: only AdamW implementations (foreach, fused); other algorithms change training: allow them with --allow-optimizer-change")
+    precisions, notes = space.train_precisions(hardware)
+    optimizers, optimizer_notes = space.train_optimizers(hardware, allow_optimizer_change)
+    notes += optimizer_notes
+    # eager attention only where this machine measures it; on hardware you do not have, the estimate
+    # ranks and it never prefers eager.
+    attns = space.attention_choices(measured=local)
     lora = (None, LORA_RANK) if allow_lora else (None,)
     if not allow_lora:
         notes.append("LoRA left out (it trains an adapter, not the model): allow it with --allow-lora")
@@ -215,32 +205,25 @@ def build_space(
     elif not local:
         notes.append("threads and DataLoader workers are not searched on hardware you do not have (not estimable)")
     layouts: list[dict[str, Any]] = [{}]
-    if world_size > 1:
+    if world_size > 1 or not (cpu or local):
+        # One GPU you do not have too: ZeRO-3 with CPU offload (ZeRO-Infinity) fits models the GPU alone
+        # cannot hold. On this machine's one device the layouts are not measured (one process), so left out.
         layouts = _layouts(world_size, per_node, heads or 1, layers or 1)
-        notes.append(f"{len(layouts)} parallel layouts (ZeRO, FSDP, TP, PP, offload) for {world_size} devices: estimated, not measured")
+        notes.append(f"{len(layouts)} parallel layouts (ZeRO, FSDP, TP, PP, offload) for {world_size} device(s): estimated, not measured")
     return TrainSpace(
         global_batch=global_batch, seq=seq, data_parallel=world_size, micro_batches=micro, precisions=tuple(precisions),
-        optimizers=tuple(optimizers), compile=compile_values, threads=threads, workers=workers, lora_ranks=lora,
+        optimizers=tuple(optimizers), attns=attns, compile=compile_values, threads=threads, workers=workers, lora_ranks=lora,
         layouts=tuple(layouts), notes=tuple(notes),
     )
 
 
 def _layouts(world: int, per_node: int, heads: int, layers: int) -> list[dict[str, Any]]:
-    """Data parallel (ZeRO 0-3, FSDP full shard, optimizer offload) x TP inside a node x PP."""
+    """The planner's parallel layouts (tune/space.parallel_layouts) as Candidate fields: pipeline
+    interleaving is the planner's alone (one chunk per stage here); ZeRO 0 and no FSDP are left out."""
     out = []
-    tps = [t for t in (1, 2, 4, 8) if t <= per_node and world % t == 0 and heads % t == 0]
-    pps = [p for p in (1, 2, 4) if p <= layers and world % p == 0]
-    for tp, pp in itertools.product(tps, pps):
-        if world % (tp * pp):
-            continue
-        dp = world // (tp * pp)
-        sharding = [{"zero": z} for z in (0, 1, 2, 3)] + ([{"fsdp": dp}] if dp > 1 else [])
-        for shard in sharding:
-            for offload in ("none", "optimizer"):
-                if offload != "none" and not (shard.get("zero", 0) >= 2 or shard.get("fsdp")):
-                    continue  # offload goes with ZeRO-2/3 or FSDP
-                layout = {**shard, "tp": tp, "pp": pp, "offload": offload}
-                out.append({k: v for k, v in layout.items() if not (k == "zero" and v == 0)})
+    for layout in space.parallel_layouts(world, per_node, heads, layers, {"pp_virtual": 1}):
+        shard = {"zero": layout["zero"]} if layout["zero"] else {"fsdp": layout["fsdp"]} if layout["fsdp"] else {}
+        out.append({**shard, "tp": layout["tp"], "pp": layout["pp"], "offload": layout["offload"]})
     return out
 
 
