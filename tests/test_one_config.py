@@ -158,3 +158,15 @@ def test_every_problem_at_once():
     message = str(info.value)
     assert "sequence_parallel must be true or false" in message
     assert "torch_num_threads must be an integer >= 1" in message and "dataloader_num_workers" in message
+
+
+def test_bench_and_compare_share_one_set_of_measure_flags():
+    """The flags of what and how to measure are declared once (cli/measure_flags.py) and both verbs
+    take every one of them, with the same option names and defaults."""
+    from perfscale.cli.measure_flags import OPTIONS, MeasureFlags
+
+    assert set(OPTIONS) == {f.name for f in dataclasses.fields(MeasureFlags)}
+    bench, compare = _options("bench"), _options("compare")
+    for name in OPTIONS:
+        assert name in bench and name in compare, name
+        assert bench[name].opts == compare[name].opts and bench[name].default == compare[name].default, name

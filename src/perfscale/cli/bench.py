@@ -10,21 +10,8 @@ from pathlib import Path
 import typer
 
 from perfscale.cli import knobs
+from perfscale.cli.measure_flags import MeasureFlags, with_measure_flags
 
-SCENARIO = typer.Option("train", "--scenario", "-s", help="train | encode | generate.")
-BACKEND = typer.Option(None, "--backend", help="eager | compile (torch.compile) | onnxruntime (encode only). Default eager.")
-ENCODER_QUANT = typer.Option("none", "--encoder-quant", help="encode: none | int8-dynamic | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.")
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda.")
-SENTENCES = typer.Option(None, "--sentences", help="encode: corpus sentences per iteration (default 4 batches).")
-MIN_ITERS = typer.Option(10, "--min-iters", help="Stop rule: at least this many timed iterations.")
-MIN_TIME = typer.Option(3.0, "--min-time", help="Stop rule: and at least this many seconds.")
-MAX_TIME = typer.Option(60.0, "--max-time", help="Stop rule: time cap (seconds) even if the CI target is not met (then said so).")
-TARGET_CI = typer.Option(0.02, "--target-ci", help="Stop rule: stop when the 95% CI half-width of the median <= this fraction.")
-WARMUP = typer.Option(2, "--warmup", help="Untimed warm-up iterations (the first carries compile).")
-TIME_LIMIT = typer.Option(None, "--time-limit", help="Kill a run after this many seconds (load included): status timeout. Default max-time + 600.")
-GATE = typer.Option(True, "--gate/--no-gate", help="Inference: check outputs against the fp32 eager reference (extra process).")
-STORE = typer.Option(None, "--store", help="SQLite results file. Default $XDG_CACHE_HOME/perfscale/results.sqlite (~/.cache/...).")
-JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (no progress bar).")
 LABEL = typer.Option(None, "--label", help="A name for this configuration in tables and the store.")
 REPEATS = typer.Option(1, "--repeats", help="Fresh processes to run (interleaving nothing else). With 2 or more, the CI is a two-level bootstrap over processes and iterations, so it also covers process-to-process drift.")
 SAVE_CONFIG = typer.Option(None, "--save-config", help="Write the configuration as JSON (for `perfscale compare FILE ...` or `bench --config`).")
@@ -34,37 +21,6 @@ CONFIG_FLAGS = (
     "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names("measure"),
     "backend", "encoder_quant", "device", "sentences",
 )
-
-
-def base_config(
-    *, scenario: str, model, batch, seq, grad_accum, prompt, new_tokens, backend, encoder_quant, device, sentences, label,
-    run_knobs: dict,
-):
-    """A BenchConfig from the shared flags (validated; raises before anything runs); run_knobs: the RunConfig
-    knob options (knobs.with_knobs), None where not given."""
-    from perfscale.errors import InvalidConfigError, choice_error
-    from perfscale.measure.bench_config import DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
-    from perfscale.specs.workload import InferWorkload, TrainWorkload
-
-    if scenario not in SCENARIOS:
-        raise choice_error("scenario", scenario, SCENARIOS, "See `perfscale bench --help`.")
-    default = DEFAULT_WORKLOADS[scenario]
-    if scenario == "train":
-        if prompt is not None or new_tokens is not None:
-            raise InvalidConfigError("--prompt and --new-tokens are for --scenario generate/encode; training uses --batch and --seq.")
-        workload = TrainWorkload(batch=knobs.given(batch, default.batch), seq=knobs.given(seq, default.seq),
-                                 grad_accum=knobs.given(grad_accum, default.grad_accum))
-    else:
-        if seq is not None or grad_accum is not None:
-            raise InvalidConfigError(f"--seq and --grad-accum are training flags; {scenario} uses --batch and --prompt" + (" and --new-tokens." if scenario == "generate" else " (truncation length)."))
-        if scenario == "encode" and new_tokens is not None:
-            raise InvalidConfigError("--new-tokens does not apply to encode (no generation): drop it.")
-        workload = InferWorkload(batch=knobs.given(batch, default.batch), prompt=knobs.given(prompt, default.prompt),
-                                 new_tokens=default.new_tokens if new_tokens is None else new_tokens)
-    backend = backend or ("compile" if run_knobs.get("compile") else "eager")
-    run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
-    return BenchConfig(scenario=scenario, model=model, run=run, backend=backend, device=device,
-                       encoder_quantization=encoder_quant, sentences=sentences, label=label)
 
 
 def config_from_file(ctx, path: Path, label: str | None):
@@ -102,14 +58,6 @@ def interrupted_exit(how: str) -> typer.Exit:
     return typer.Exit(143 if how == "SIGTERM" else 130)
 
 
-def measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate):
-    from perfscale.measure.bench_config import MeasureOptions
-    from perfscale.measure.stats import StopRule
-
-    stop = StopRule(min_iters=min_iters, min_time=min_time, target_rel_ci=target_ci, max_time=max_time)
-    return MeasureOptions(stop=stop, warmup=warmup, time_limit=time_limit, gate=gate)
-
-
 @contextmanager
 def progress(description: str, total: int | None, quiet: bool):
     """A Rich progress bar on stderr when it is a terminal and not --json; yields an `advance(text)` callable."""
@@ -143,32 +91,14 @@ def _rerun_interval(doc: dict, db, runs: list, group: str) -> dict:
 
 
 @knobs.with_knobs(knobs.VERB_ENGINE["bench"])
+@with_measure_flags
 def bench(
     ctx: typer.Context,
-    scenario: str = SCENARIO,
-    model: str = knobs.MODEL,
-    batch: int = knobs.BATCH,
-    seq: int = knobs.SEQ,
-    grad_accum: int = knobs.GRAD_ACCUM,
-    prompt: int = knobs.PROMPT,
-    new_tokens: int = knobs.NEW_TOKENS,
-    backend: str = BACKEND,
-    encoder_quant: str = ENCODER_QUANT,
-    device: str = DEVICE,
-    sentences: int = SENTENCES,
-    min_iters: int = MIN_ITERS,
-    min_time: float = MIN_TIME,
-    max_time: float = MAX_TIME,
-    target_ci: float = TARGET_CI,
-    warmup: int = WARMUP,
-    time_limit: float = TIME_LIMIT,
-    gate: bool = GATE,
-    store: Path = STORE,
+    flags: MeasureFlags,
     label: str = LABEL,
     repeats: int = REPEATS,
     save_config: Path = SAVE_CONFIG,
     config_file: Path = CONFIG,
-    as_json: bool = JSON,
     **run_knobs,
 ) -> None:
     """Measure one configuration on this machine: fresh process, warm-up, stop rule, median with 95% CI,
@@ -190,12 +120,9 @@ def bench(
         if config_file is not None:
             config = config_from_file(ctx, config_file, label)
         else:
-            config = base_config(
-                scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt,
-                new_tokens=new_tokens, backend=backend, encoder_quant=encoder_quant, device=device, sentences=sentences,
-                label=label, run_knobs=run_knobs,
-            )
-        options = measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+            config = flags.base_config(run_knobs, label)
+        options = flags.measure_options()
+        as_json, store = flags.as_json, flags.store
         from perfscale.errors import InvalidConfigError
 
         if not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:

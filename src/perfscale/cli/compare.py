@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import typer
 
 from perfscale.cli import bench as b
 from perfscale.cli import knobs
+from perfscale.cli.measure_flags import MeasureFlags, with_measure_flags
 from perfscale.measure.bench_config import INLINE_HELP
 
 CONFIGS = typer.Argument(..., help="Two or more configurations. " + INLINE_HELP)
@@ -15,29 +15,12 @@ REPEATS = typer.Option(3, "--repeats", "-r", help="Independent processes per con
 
 
 @knobs.with_knobs(knobs.VERB_ENGINE["compare"])
+@with_measure_flags
 def compare(
     configs: list[str] = CONFIGS,
-    scenario: str = b.SCENARIO,
-    model: str = knobs.MODEL,
-    batch: int = knobs.BATCH,
-    seq: int = knobs.SEQ,
-    grad_accum: int = knobs.GRAD_ACCUM,
-    prompt: int = knobs.PROMPT,
-    new_tokens: int = knobs.NEW_TOKENS,
-    backend: str = b.BACKEND,
-    encoder_quant: str = b.ENCODER_QUANT,
-    device: str = b.DEVICE,
-    sentences: int = b.SENTENCES,
+    *,
+    flags: MeasureFlags,
     repeats: int = REPEATS,
-    min_iters: int = b.MIN_ITERS,
-    min_time: float = b.MIN_TIME,
-    max_time: float = b.MAX_TIME,
-    target_ci: float = b.TARGET_CI,
-    warmup: int = b.WARMUP,
-    time_limit: float = b.TIME_LIMIT,
-    gate: bool = b.GATE,
-    store: Path = b.STORE,
-    as_json: bool = b.JSON,
     **run_knobs,
 ) -> None:
     """Compare configurations on this machine: each runs in `--repeats` fresh processes, interleaved;
@@ -58,16 +41,13 @@ def compare(
     from perfscale.report.emit import emit
 
     with sigterm_as_interrupt():
-        base = b.base_config(
-            scenario=scenario, model=model, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens,
-            backend=backend, encoder_quant=encoder_quant, device=device, sentences=sentences, label=None,
-            run_knobs=run_knobs,
-        )
+        base = flags.base_config(run_knobs)
         parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
-        options = b.measure_options(min_iters, min_time, max_time, target_ci, warmup, time_limit, gate)
+        options = flags.measure_options()
+        as_json = flags.as_json
         if len(parsed) >= 2:
             preflight(parsed)  # the models, LoRA targets and sizes, before the store is opened
-        with Store(store) as db:
+        with Store(flags.store) as db:
             with b.progress("compare", len(parsed) * repeats, as_json) as advance:
                 result = run_compare(parsed, options, repeats=repeats, store=db, on_result=lambda r: advance(f"{r.config.display}: {r.status}"))
             doc = result.to_dict() | {"store": str(db.path)}

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import typer
 
-from perfscale.cli import bench as b
+from perfscale.cli.measure_flags import OPTIONS as MEASURE_OPTIONS
 
 FORMATS = ("table", "json", "csv", "markdown")
 MAX_LIMIT = 2**62  # SQLite integers are 64-bit signed
 
 
 def results(
-    store: Path = b.STORE,
+    store: Path = MEASURE_OPTIONS["store"],
     scenario: str = typer.Option(None, "--scenario", help="Only this scenario (train | encode | generate)."),
     model: str = typer.Option(None, "--model", help="Only this model name."),
     status: str = typer.Option(None, "--status", help="Only this status: ok | inaccurate | oom | timeout | failed | interrupted."),
@@ -27,7 +27,7 @@ def results(
     output: Path = typer.Option(None, "--output", "-o", help="Write the export to this file instead of stdout."),
     restore: list[Path] = typer.Option(None, "--restore", help="Add results that bench/compare/tune saved to a "
                                        "perfscale-unsaved-*.json file when the store could not be written (repeatable)."),
-    as_json: bool = b.JSON,
+    as_json: bool = MEASURE_OPTIONS["as_json"],
 ) -> None:
     """List stored measurements, newest first; filter them; export JSON (full records), CSV or Markdown."""
     from perfscale.errors import choice_error
