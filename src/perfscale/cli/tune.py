@@ -11,7 +11,7 @@ import typer
 from perfscale.cli import knobs
 from perfscale.errors import InvalidConfigError
 from perfscale.report.emit import emit
-from perfscale.specs.workload import DEFAULT_SEQ
+from perfscale.specs.workload import DEFAULT_SEQ, MAX_SIZE
 
 app = typer.Typer(
     help="Find the fastest configuration and prove it against the defaults: training by default; "
@@ -111,8 +111,8 @@ def decoder(
 
     _check_common(None, repeats, save)
     for flag, value in (("--new-tokens", new_tokens), ("--batch", batch)):
-        if not 1 <= value <= 2**24:
-            raise InvalidConfigError(f"{flag} must be an integer from 1 to {2**24:,}, got {value}.")
+        if not 1 <= value <= MAX_SIZE:
+            raise InvalidConfigError(f"{flag} must be an integer from 1 to {MAX_SIZE:,}, got {value}.")
     lengths = _split_ints(prompt_lengths, "--prompt-lengths")
     _run(lambda progress: tune_decoder(model, prompt_lengths=lengths, new_tokens=new_tokens, batch=batch, quick=quick,
                                        include_compile=compile_, passes=repeats, progress=progress),
@@ -123,8 +123,10 @@ def _check_common(budget_seconds: float | None, repeats: int | None, save: str |
     from perfscale.cli.tune_train import check_budget
 
     check_budget(budget_seconds)
-    if repeats is not None and not 1 <= repeats <= 1000:
-        raise InvalidConfigError(f"--repeats must be an integer from 1 to 1000, got {repeats}.")
+    from perfscale.measure.compare import MAX_REPEATS
+
+    if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+        raise InvalidConfigError(f"--repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats}.")
     if save:
         from perfscale.user_files import check_writable
 
@@ -140,9 +142,9 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
         raise InvalidConfigError(f"{what} must be comma-separated integers, e.g. 12,40,90; got {text!r}.") from exc
     if not values:
         raise InvalidConfigError(f"{what} is empty: give comma-separated prompt lengths, e.g. 12,40,90 (or omit it).")
-    bad = [v for v in values if not 1 <= v <= 2**24]
+    bad = [v for v in values if not 1 <= v <= MAX_SIZE]
     if bad:
-        raise InvalidConfigError(f"{what}: every length must be from 1 to {2**24:,} tokens, got {bad[0]}.")
+        raise InvalidConfigError(f"{what}: every length must be from 1 to {MAX_SIZE:,} tokens, got {bad[0]}.")
     return values
 
 
