@@ -28,6 +28,7 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("tune", "encoder"): ["--quick", "--backends", "eager"],
     ("tune", "decoder"): ["--quick", "--new-tokens", "2", "--prompt-lengths", "4"],
     ("debug", "overflow"): ["--steps", "1", "--batch", "1", "--seq", "8", "--no-check-fixes"],
+    ("debug", "dist"): ["--nproc", "1", "--sizes", "4", "--iters", "1", "--timeout", "60"],
 }
 # Flags that would turn a cheap base into minutes of measuring.
 # plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).

@@ -18,6 +18,13 @@ app = typer.Typer(help="Troubleshoot: where values overflow, whether the cluster
 JSON = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
 
+def _bytes(n: int) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:g} {unit}"
+    return f"{n} B"
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2e}"
 
@@ -80,5 +87,58 @@ def render_overflow(console, doc: dict[str, Any]) -> None:
         console.print(f"  checked: {c['fix']}: {'[green]' if c['ok'] else '[red]'}{c['result']}")
     for fix in doc["fixes"]:
         console.print(f"[bold]fix:[/bold] {fix}")
+    for note in doc["notes"]:
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+# ----- dist -----
+@app.command("dist")
+def dist(
+    nproc: int = typer.Option(2, "--nproc", help="Ranks per node (processes torchrun starts on each simulated node)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Simulated nodes on this machine: one torchrun agent each, c10d rendezvous on 127.0.0.1."),
+    backend: str = typer.Option("gloo", "--backend", help="gloo (CPU) | nccl (CUDA)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds the whole check may take; every process is killed at the end."),
+    step_timeout: float = typer.Option(None, "--step-timeout", help="Seconds a rank waits in one collective for the others (default: a third of --timeout)."),
+    sizes: str = typer.Option("4K,256K,4M", "--sizes", help="Message sizes in bytes (K/M/G = 1024^n), comma-separated."),
+    iters: int = typer.Option(5, "--iters", help="Timed iterations per collective and size (after one warm-up); the median is kept."),
+    topology: str = typer.Option("local", "--topology", help="Whose catalogue link bandwidth to compare the bus bandwidth with (local, 8xH100-80GB, ...)."),
+    as_json: bool = JSON,
+) -> None:
+    """Launch the distributed sanity check under torchrun: rendezvous, ranks, devices, every collective's values
+    and bus bandwidth; on failure, which rank hung or exited and at which step, within the timeout."""
+    from perfscale.debug.dist import debug_dist, parse_sizes
+
+    result = debug_dist(nproc=nproc, nnodes=nnodes, backend=backend, timeout=timeout, step_timeout=step_timeout,
+                        sizes=parse_sizes(sizes), iters=iters, topology=topology)
+    document = result.to_dict()
+    # a failed check is a result (ok: false, the verdict says which rank and step), not a usage error: exit 0
+    emit(document, as_json, lambda console: render_dist(console, document))
+
+
+def render_dist(console, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(("[green]" if doc["ok"] else "[red]") + doc["verdict"])
+    table = Table(title="Ranks")
+    for col in ("rank", "state", "last step", "device", "exit code", "error"):
+        table.add_column(col)
+    for r in doc["ranks"]:
+        table.add_row(str(r["rank"]), r["state"], str(r["last_step"]), str(r["device"] or "-"),
+                      "-" if r["exit_code"] is None else str(r["exit_code"]), (r.get("error") or "")[:80])
+    console.print(table)
+    if doc["collectives"]:
+        link = doc["catalogue_bandwidth"]
+        table = Table(title=f"Collectives (busbw: nccl-tests' formula; catalogue {link['link']}: "
+                            f"{link['bytes_per_s'] / 1e9:.0f} GB/s)" if link["bytes_per_s"] else "Collectives (busbw: nccl-tests' formula)")
+        for col in ("collective", "size", "values", "time", "algbw GB/s", "busbw GB/s", "of catalogue"):
+            table.add_column(col, justify="left" if col in ("collective", "values") else "right")
+        for c in doc["collectives"]:
+            table.add_row(c["collective"], _bytes(c["bytes"]), "ok" if c["ok"] else "[red]WRONG",
+                          f"{c['time_s'] * 1e3:.3f} ms", f"{c['algbw'] / 1e9:.3f}", f"{c['busbw'] / 1e9:.3f}",
+                          f"{c['fraction_of_catalogue']:.0%}" if c.get("fraction_of_catalogue") else "n/a")
+        console.print(table)
+    env = doc["env"]
+    console.print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "(none of NCCL_*, GLOO_*, MASTER_* set)"))
+    console.print("interfaces: " + ", ".join(f"{k} {' '.join(v)}" for k, v in doc["interfaces"].items()))
     for note in doc["notes"]:
         console.print(f"[dim]note: {note}[/dim]")

@@ -1,0 +1,98 @@
+"""`debug dist`: real torchrun processes on gloo on this machine, healthy and made to fail.
+
+The three torchrun runs (2 ranks on one node; 2 single-rank nodes with rank 1 hanging in all_reduce;
+2 ranks with rank 0 exiting in broadcast) run at the same time, so the suite pays for one start-up.
+Each must end within its timeout with a verdict that names the rank and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cli_contract import run_in_process
+from perfscale.debug.dist import debug_dist, parse_sizes
+from perfscale.debug.dist_worker import BUS_FACTOR, EXIT_CODE_INJECTED
+from perfscale.errors import InvalidConfigError
+
+TIMEOUT = 90.0  # whole-run limit; the machine is shared and torch's import alone can take 6 s
+
+
+def _all_three():
+    runs = {
+        "healthy": dict(nproc=2, sizes=(4096, 65536), iters=2),
+        "hang": dict(nproc=1, nnodes=2, fault="hang:1:all_reduce", step_timeout=3, sizes=(4096,), iters=1),
+        "exit": dict(nproc=2, fault="exit:0:broadcast", step_timeout=3, sizes=(4096,), iters=1),
+    }
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(debug_dist, timeout=TIMEOUT, **kw) for name, kw in runs.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    return results, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_torchrun_gloo_healthy_hung_and_exited_ranks():
+    results, wall = _all_three()
+    assert wall < TIMEOUT + 15  # never a hang of the tool
+
+    ok = results["healthy"]
+    assert ok.ok and ok.verdict.startswith("OK") and ok.world_size == 2, ok.verdict
+    assert [r["state"] for r in ok.ranks] == ["ok", "ok"] and all(r["device"] == "cpu" for r in ok.ranks)
+    # every collective at every size, values checked on both ranks, busbw = algbw x nccl-tests' factor
+    assert {(c["collective"], c["bytes"]) for c in ok.collectives} == {
+        (name, size) for name in BUS_FACTOR for size in (4096, 65536)}
+    for c in ok.collectives:
+        assert c["ok"] and c["complete"] and c["busbw"] == pytest.approx(c["algbw"] * BUS_FACTOR[c["collective"]](2))
+    assert "MASTER_ADDR" in ok.env and "lo" in ok.interfaces
+    json.dumps(ok.to_dict(), allow_nan=False)
+
+    hung = results["hang"]
+    assert not hung.ok and hung.nnodes == 2 and hung.wall_s < TIMEOUT
+    states = {r["rank"]: r for r in hung.ranks}
+    assert states[1]["state"] == "hung" and states[1]["last_step"] == "all_reduce:4096"
+    assert states[0]["state"] == "failed" and "Timed out" in states[0]["error"]
+    assert hung.verdict.startswith("FAILED: rank 1 hung in all_reduce (4 KiB)"), hung.verdict
+
+    gone = results["exit"]
+    states = {r["rank"]: r for r in gone.ranks}
+    assert not gone.ok and states[0]["state"] == "exited" and states[0]["exit_code"] == EXIT_CODE_INJECTED
+    assert states[1]["state"] == "failed" and states[1]["last_step"] == "broadcast:4096"
+    # every rank process is gone afterwards (the hung one too: torchrun puts each rank in its own session)
+    import psutil
+
+    pids = [r["pid"] for res in results.values() for r in res.ranks if r["pid"]]
+    assert len(pids) == 6
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, alive
+    assert gone.verdict.startswith(f"FAILED: rank 0 exited with code {EXIT_CODE_INJECTED} during broadcast (4 KiB)"), gone.verdict
+
+
+def test_bad_input_is_refused_before_any_process():
+    import os
+
+    with pytest.raises(InvalidConfigError, match="more than the .* CPU cores"):
+        debug_dist(nproc=(os.cpu_count() or 1) + 1)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidConfigError, match="nccl needs CUDA"):
+            debug_dist(backend="nccl")
+    with pytest.raises(InvalidConfigError, match="'mpi' is not one of: gloo, nccl"):
+        debug_dist(backend="mpi")
+    with pytest.raises(InvalidConfigError, match="--timeout 0"):
+        debug_dist(timeout=0)
+    with pytest.raises(InvalidConfigError, match="hang:RANK:STEP"):
+        debug_dist(fault="sleep:1")
+    assert parse_sizes("4K,256K,4M") == (4096, 262144, 4194304) and parse_sizes("12") == (12,)
+    with pytest.raises(InvalidConfigError, match="'big' is not a size"):
+        parse_sizes("4K,big")
+
+
+def test_cli_refuses_more_ranks_than_cores(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err, _ = run_in_process(["debug", "dist", "--nproc", "4096", "--json"], 60.0)
+    assert code == 2 and "CPU cores" in json.loads(out)["error"]["message"] and "Traceback" not in err
