@@ -14,6 +14,7 @@ from perfscale.cli import hardware, models, plan
 from perfscale.cli import bench, compare, results
 from perfscale.cli import tune
 from perfscale.cli import trace
+from perfscale.cli import hpo
 from perfscale.cli import debug
 from perfscale.cli import checkpoint
 
@@ -32,6 +33,7 @@ app.command("results")(results.results)
 app.add_typer(tune.app, name="tune")
 app.command("trace")(trace.trace)
 app.command("plan")(plan.plan)
+app.command("hpo")(hpo.hpo)
 app.add_typer(debug.app, name="debug")
 app.add_typer(checkpoint.app, name="checkpoint")
 

@@ -1,0 +1,635 @@
+"""`run_hpo`: an Optuna study whose trials fine-tune with the Trainer, each in a fresh process, and
+never start when they cannot fit.
+
+The loop of each worker (N threads of this process; any number of processes on any machines that
+point at one storage):
+  1. fail what died: stale heartbeats (RDB storage; Optuna's fail_stale_trials, which re-enqueues the
+     trial through RetryHeartbeatStaleTrialCallback) and running trials whose perfscale process on this
+     machine is gone (any storage; retried the same way);
+  2. under a lock (a thread lock, and a file lock next to a local SQLite/journal file), count the
+     study's finished trials (complete + pruned, infeasible included) and running ones: stop at the
+     requested *total*, wait while the running ones could reach it, else `study.ask()` (enqueued
+     trials first: the Trainer-defaults baseline, retries) and sample the space (define-by-run);
+  3. the feasibility filter (estimate, trace near the limit): what cannot fit is told PRUNED with the
+     reason "would not fit: ..." and costs no training;
+  4. the trial process (launch.py) trains, reports evaluation losses to the storage and stops when the
+     pruner says so; this process keeps its heartbeat and tells Optuna the outcome: COMPLETE with the
+     values, PRUNED, or FAIL with the reason (oom, hung, crashed; killed by SIGKILL or interrupted:
+     also re-enqueued, so a resumed study re-runs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from perfscale.errors import InvalidConfigError
+from perfscale.hpo.result import HpoResult, TrialRow
+from perfscale.hpo.space import SearchSpace, run_config, training_arguments
+
+Progress = Callable[[str], None]
+SAMPLERS = ("tpe", "random", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("loss", "loss+speed")
+DEFAULT_MODEL = "perfscale-tiny-llama"
+DEFAULT_TRIALS = 12
+DEFAULT_STEPS = 30
+DEFAULT_EVAL_STEPS = 10
+DEFAULT_SEQ = 64
+DEFAULT_TRIAL_TIMEOUT_S = 900.0
+# The time limit of a trial once some have finished: this many times the slowest finished one (at least
+# MIN_TRIAL_LIMIT_S): a hung trial costs a few trials' time, not the whole --trial-timeout.
+ADAPTIVE_LIMIT_FACTOR = 4.0
+MIN_TRIAL_LIMIT_S = 120.0
+POLL_S = 1.0
+ATTR = "perfscale"  # user attributes: perfscale_status, perfscale_reason, ...
+MAX_INT = 1_000_000
+
+
+@dataclass
+class HpoOptions:
+    """Everything that shapes a study. The identity of a study (what --resume and other workers must
+    agree on): model, data, seq, steps, eval_steps, objective and space; the rest may differ per worker."""
+
+    model: str = DEFAULT_MODEL
+    data: str | None = None  # a .txt / .jsonl file; None: the shipped corpus
+    text_field: str = "text"
+    eval_fraction: float = 0.1
+    max_eval_blocks: int = 32  # held-out blocks evaluated at each evaluation (at most)
+    space: SearchSpace | None = None  # None: SearchSpace.default()
+    trials: int = DEFAULT_TRIALS  # the study's total (complete + pruned), not the new ones
+    steps: int = DEFAULT_STEPS
+    eval_steps: int = DEFAULT_EVAL_STEPS
+    seq: int = DEFAULT_SEQ
+    objective: str = "loss"  # loss | loss+speed (multi-objective: eval loss down, tokens/s up)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    storage: str | None = None
+    study_name: str | None = None
+    resume: bool = False
+    workers: int = 1
+    device_memory_gib: float | None = None
+    hardware: str | None = None
+    trial_timeout: float = DEFAULT_TRIAL_TIMEOUT_S
+    seed: int | None = 0
+    baseline: bool = True  # enqueue the Trainer defaults as the first trial of a new study
+    use_trace: bool = True
+    threads: int | None = None  # torch threads per trial; None: the cores / workers
+    device: str = "auto"
+    max_failures: int | None = None  # stop this invocation after this many failed trials (None: --trials)
+    plots: str | None = None  # write the study's plots to this HTML file
+    faults: dict[int, tuple[str, int]] = field(default_factory=dict)  # tests: trial number -> (fault, at step)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, lo in (("trials", 1), ("steps", 1), ("eval_steps", 1), ("seq", 1), ("workers", 1), ("max_eval_blocks", 4)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= MAX_INT:
+                problems.append(f"--{name.replace('_', '-')} must be an integer from {lo} to {MAX_INT:,}, got {v!r}")
+        if isinstance(self.steps, int) and isinstance(self.eval_steps, int) and self.eval_steps > self.steps:
+            problems.append(f"--eval-steps {self.eval_steps} > --steps {self.steps}: evaluate at least once before the end")
+        if self.workers and isinstance(self.workers, int) and self.workers > 64:
+            problems.append(f"--workers {self.workers}: at most 64 trial processes at once on one machine")
+        for name, choices in (("objective", OBJECTIVES), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, name) not in choices:
+                problems.append(f"--{name} {getattr(self, name)!r} is not one of: {', '.join(choices)}")
+        for name in ("trial_timeout", "device_memory_gib"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0 or v > 1e9):
+                problems.append(f"--{name.replace('_', '-')} must be a number > 0, got {v!r}")
+        if not isinstance(self.eval_fraction, (int, float)) or not 0 < self.eval_fraction < 1:
+            problems.append(f"--eval-fraction must be between 0 and 1, got {self.eval_fraction!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= 4096):
+            problems.append(f"--threads must be an integer from 1 to 4096, got {self.threads!r}")
+        if self.study_name is not None and (not self.study_name.strip() or len(self.study_name) > 200):
+            problems.append(f"--study-name must be 1 to 200 characters, got {self.study_name!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**31):
+            problems.append(f"--seed must be an integer from 0 to 2^31-1, got {self.seed!r}")
+        if problems:
+            raise InvalidConfigError("Bad hpo options: " + "; ".join(problems) + ".")
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "loss+speed"
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize", "maximize"] if self.multi_objective else ["minimize"]
+
+
+class HpoInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM during a study: the trial processes were killed and their trials failed (and
+    re-enqueued); `result` is the study as it stands. `--resume` continues it."""
+
+    def __init__(self, result: HpoResult, how: str):
+        super().__init__(how)
+        self.result = result
+        self.how = how
+
+
+# ----------------------------------------------------------------- Optuna's pieces
+def make_pruner(name: str, steps: int, eval_steps: int | None = None):
+    import optuna
+
+    if name == "median":
+        # n_startup_trials: the median of fewer than 4 curves is noise. Evaluations are the steps.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_steps or max(1, steps // 3), max_resource=steps, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(name: str, seed: int | None, trials: int, multi: bool):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    # TPE: random startup for a third of the study (at least 3, Optuna's default 10 at most), then the
+    # model; multivariate (joint) with constant liar for trials running in parallel.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True,
+                                          constant_liar=True)
+
+
+def _identity(options: HpoOptions, space: SearchSpace, data) -> dict[str, Any]:
+    return {"model": options.model, "data": data.fingerprint, "seq": options.seq, "steps": options.steps,
+            "eval_steps": options.eval_steps, "objective": options.objective, "space": space.to_dict()}
+
+
+class StudyLock:
+    """One worker at a time counts trials and asks for the next one: a thread lock, and fcntl's lock
+    on a file next to a local storage file (independent invocations on one SQLite file)."""
+
+    def __init__(self, path: str | None):
+        self._thread = threading.Lock()
+        self._path = path
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._thread:
+            if self._path is None:
+                yield
+                return
+            with open(self._path, "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - gone
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
+
+
+def _owner_dead(owner: Any) -> bool:
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False  # another machine: its heartbeats decide
+    started = _process_started(int(owner.get("pid", -1)))
+    return started is None or (owner.get("started") is not None and abs(started - float(owner["started"])) > 1.0)
+
+
+def _retry(study, trial_number: int) -> None:
+    from perfscale.hpo.storage import retry_callback
+
+    frozen = study.get_trials(deepcopy=False)[trial_number] if trial_number < len(study.trials) else None
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), frozen)
+    if frozen is not None:
+        retry_callback()(study, frozen)
+
+
+def fail_dead_trials(study) -> int:
+    """Fail (and re-enqueue) running trials whose heartbeat went stale or whose perfscale process on
+    this machine is gone. Returns how many this call failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    n = len(before - {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _owner_dead(t.user_attrs.get(f"{ATTR}_owner")):
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, f"{ATTR}_status", "dead-worker")
+                study._storage.set_trial_user_attr(t._trial_id, f"{ATTR}_reason", "its perfscale process is gone (killed): failed and retried")
+                study.tell(t.number, state=TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+                continue  # another worker got there first
+            _retry(study, t.number)
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------- the study
+@dataclass
+class _Context:
+    options: HpoOptions
+    space: SearchSpace
+    study: Any
+    storage: Any
+    spec: Any
+    data: Any
+    filter: Any
+    lock: StudyLock
+    workdir: Path
+    processes: Any
+    say: Progress
+    threads: int
+    heartbeat: bool
+    mine: set[int] = field(default_factory=set)
+    running_ids: set[int] = field(default_factory=set)
+    walls: list[float] = field(default_factory=list)
+    failures: int = 0
+    notes: list[str] = field(default_factory=list)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    error: BaseException | None = None
+    storage_label: str = ""  # what a trial process opens (the URL, or journal:PATH)
+
+    def trial_limit(self) -> float:
+        with self.guard:
+            walls = list(self.walls)
+        if not walls:
+            return self.options.trial_timeout
+        return min(self.options.trial_timeout, max(MIN_TRIAL_LIMIT_S, ADAPTIVE_LIMIT_FACTOR * max(walls)))
+
+
+def _set_attrs(study, trial_id: int, **attrs: Any) -> None:
+    for k, v in attrs.items():
+        study._storage.set_trial_user_attr(trial_id, f"{ATTR}_{k}", v)
+
+
+def _next_trial(ctx: _Context):
+    """('done' | 'wait' | trial, values) under the study lock."""
+    from optuna.trial import TrialState
+
+    study, total = ctx.study, ctx.options.trials
+    with ctx.lock():
+        fail_dead_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if finished >= total:
+            return "done", None
+        limit = ctx.options.max_failures if ctx.options.max_failures is not None else total
+        if ctx.failures >= limit:
+            return "failures", None
+        if finished + running >= total:
+            return "wait", None
+        trial = study.ask()
+        if ctx.heartbeat:
+            ctx.storage.record_heartbeat(trial._trial_id)
+        with ctx.guard:
+            ctx.running_ids.add(trial._trial_id)
+            ctx.mine.add(trial.number)
+        _set_attrs(study, trial._trial_id, owner=_owner(), status="running", reason=None)
+        values = ctx.space.suggest(trial)
+    return trial, values
+
+
+def _tell(ctx: _Context, trial, *, state=None, values=None, **attrs: Any) -> None:
+    _set_attrs(ctx.study, trial._trial_id, **attrs)
+    ctx.study.tell(trial, values=values, state=state)
+
+
+def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
+    from optuna.trial import TrialState
+
+    from perfscale.hpo.launch import run_trial_process
+
+    opts, study = ctx.options, ctx.study
+    run = run_config(values, opts.seq)
+    feas = ctx.filter.check(run)
+    _set_attrs(study, trial._trial_id, run_config=run.to_dict(), memory=feas.to_dict(),
+               training_arguments=training_arguments(values))
+    if not feas.fits:
+        ctx.say(f"trial {trial.number}: {feas.reason}")
+        _tell(ctx, trial, state=TrialState.PRUNED, status="infeasible", reason=feas.reason)
+        return
+    baseline = trial.user_attrs.get(f"{ATTR}_role") == "baseline"  # never pruned: it is the reference
+    job = {"model": opts.model, "values": values, "seq": opts.seq, "steps": opts.steps, "eval_steps": opts.eval_steps,
+           "train_path": ctx.data.train_path, "eval_path": ctx.data.eval_path, "seed": opts.seed or 0, "device": opts.device,
+           "threads": ctx.threads, "storage": ctx.storage_label, "study_name": study.study_name, "trial_id": trial._trial_id,
+           "pruner": opts.pruner if not baseline else "none", "report": not opts.multi_objective}
+    if trial.number in opts.faults:
+        job["fault"], job["fault_step"] = opts.faults[trial.number]
+    ctx.say(f"trial {trial.number}: training " + ", ".join(f"{p.name}={values.get(p.name)}" for p in ctx.space.searched()
+                                                           if values.get(p.name) is not None))
+    out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, f"trial-{trial.number}-{time.monotonic_ns()}")
+    p = out.payload
+    common = {"wall_s": out.wall_s, "steps": p.get("steps"), "tokens_per_s": p.get("tokens_per_s"), "measured_memory": p.get("memory")}
+    if out.status == "complete":
+        with ctx.guard:
+            ctx.walls.append(out.wall_s)
+        vals = [p["eval_loss"], p["tokens_per_s"]] if opts.multi_objective else p["eval_loss"]
+        _tell(ctx, trial, values=vals, status="complete", reason=None, evals=p.get("evals"), **common)
+        ctx.say(f"trial {trial.number}: eval loss {p['eval_loss']:.4f} ({out.wall_s:.0f} s)")
+        return
+    if out.status == "pruned":
+        with ctx.guard:
+            ctx.walls.append(out.wall_s)
+        _tell(ctx, trial, state=TrialState.PRUNED, status="pruned", reason=out.reason, evals=p.get("evals"), **common)
+        ctx.say(f"trial {trial.number}: {out.reason}")
+        return
+    reason = out.reason or out.status
+    if out.stderr_tail and out.status in ("failed", "oom"):
+        last = [ln for ln in out.stderr_tail.strip().splitlines() if ln.strip()][-1:] or [""]
+        if last[0] and last[0] not in reason:
+            reason += f" [{last[0][:300]}]"
+    with ctx.guard:
+        ctx.failures += 1
+    _tell(ctx, trial, state=TrialState.FAIL, status=out.status, reason=reason, **common)
+    ctx.say(f"trial {trial.number}: {out.status}: {reason[:200]}")
+    if out.status in ("killed", "interrupted"):  # the configuration did not fail: its process was stopped
+        _retry(study, trial.number)
+
+
+def _worker(ctx: _Context, index: int) -> None:
+    try:
+        while not ctx.processes.stopping.is_set():
+            kind, values = _next_trial(ctx)
+            if kind == "done":
+                return
+            if kind == "failures":
+                with ctx.guard:
+                    note = f"stopped after {ctx.failures} failed trials in this run: look at their reasons"
+                    if note not in ctx.notes:
+                        ctx.notes.append(note)
+                return
+            if kind == "wait":
+                time.sleep(POLL_S)
+                continue
+            trial = kind
+            try:
+                _run_one(ctx, trial, values)
+            finally:
+                with ctx.guard:
+                    ctx.running_ids.discard(trial._trial_id)
+    except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        ctx.error = exc
+        ctx.processes.kill_all()
+
+
+def _heartbeats(ctx: _Context, stop: threading.Event) -> None:
+    from perfscale.hpo.storage import HEARTBEAT_S
+
+    while not stop.wait(HEARTBEAT_S):
+        with ctx.guard:
+            ids = list(ctx.running_ids)
+        for tid in ids:
+            try:
+                ctx.storage.record_heartbeat(tid)
+            except Exception:  # noqa: BLE001 - a finished trial, a busy database: the next beat retries
+                pass
+
+
+def open_study(options: HpoOptions, space: SearchSpace, data, storage, lock: StudyLock, name: str):
+    """Load the study `name` (checking it is the same study) or create it; returns (study, created)."""
+    import optuna
+
+    identity = _identity(options, space, data)
+    with lock():
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            existing = True
+        except KeyError:
+            existing = False
+        if existing:
+            theirs = study.user_attrs.get(f"{ATTR}_identity")
+            if theirs is None:
+                raise InvalidConfigError(f"Study {name!r} in this storage was not made by perfscale hpo: give another --study-name.")
+            if list(study.directions) and [d.name.lower() for d in study.directions] != options.directions:
+                raise InvalidConfigError(f"Study {name!r} optimises {[d.name.lower() for d in study.directions]}, not {options.directions}: "
+                                         "give another --study-name, or the same --objective.")
+            diffs = [k for k in identity if identity[k] != theirs.get(k)]
+            if diffs:
+                detail = "; ".join(f"{k}: the study has {_short(theirs.get(k))}, this run {_short(identity[k])}" for k in diffs)
+                raise InvalidConfigError(f"Study {name!r} already exists with a different setup ({detail}). Nothing was changed in it. "
+                                         "Give another --study-name for a new study, or repeat the study's own settings to continue it.")
+            n = len(study.trials)
+            if n and not options.resume:
+                raise InvalidConfigError(f"Study {name!r} already has {n} trials in {storage_label(options)}: pass --resume to continue it to "
+                                         f"--trials {options.trials} in total (or join it from another worker), or give another --study-name.")
+            return study, False
+        study = optuna.create_study(study_name=name, storage=storage, directions=options.directions, load_if_exists=True)
+        study.set_user_attr(f"{ATTR}_identity", identity)
+        return study, True
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def storage_label(options: HpoOptions) -> str:
+    from perfscale.hpo.storage import parse_storage
+
+    return parse_storage(options.storage).label
+
+
+def default_study_name(options: HpoOptions, space: SearchSpace, data) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(_identity(options, space, data), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"hpo-{Path(options.model).name}-{digest}"
+
+
+def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None, **overrides: Any) -> HpoResult:
+    """Run (or continue, or join) a study to `options.trials` finished trials; returns its summary.
+
+    `run_hpo(trials=12, steps=60)`; see HpoOptions. Raises HpoInterrupted (a KeyboardInterrupt) on
+    Ctrl-C after failing and re-enqueueing the trials that were running.
+    """
+    import optuna
+
+    from perfscale.hpo.data import prepare_data
+    from perfscale.hpo.feasibility import FeasibilityFilter, resolve_capacity
+    from perfscale.hpo.launch import Processes
+    from perfscale.hpo.storage import open_storage, parse_storage
+    from perfscale.specs import load_model_spec
+    from perfscale.specs.detect import detect_local
+
+    options = replace(options or HpoOptions(), **overrides)
+    say = progress or (lambda _m: None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Quiet: heartbeats are used with ask/tell here on purpose (this process beats for its trial processes).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
+    space = options.space or SearchSpace.default()
+    t0 = time.perf_counter()
+    spec = load_model_spec(options.model)
+    capacity, topology = resolve_capacity(options.device_memory_gib, options.hardware)
+    sspec = parse_storage(options.storage)
+    with tempfile.TemporaryDirectory(prefix="perfscale-hpo-") as tmp:
+        data = prepare_data(spec, options.seq, tmp, options.data, text_field=options.text_field,
+                            eval_fraction=options.eval_fraction, max_eval_blocks=options.max_eval_blocks, seed=options.seed or 0)
+        storage = open_storage(sspec, heartbeat=True)
+        lock = StudyLock(sspec.lock_path)
+        name = options.study_name or default_study_name(options, space, data)
+        study, created = open_study(options, space, data, storage, lock, name)
+        notes: list[str] = []
+        if options.resume and created:
+            notes.append(f"--resume: study {name!r} did not exist in {sspec.label}; started it")
+        if created and options.baseline:
+            defaults = space.defaults_in_space()
+            if defaults is not None:
+                study.enqueue_trial(defaults, user_attrs={f"{ATTR}_role": "baseline"})
+            else:
+                notes.append("no baseline trial: the space excludes one of the Trainer defaults (see docs/hpo.md)")
+        seed = None if options.seed is None else options.seed + len(study.trials)  # a resumed study draws new points
+        study.sampler = make_sampler(options.sampler, seed, options.trials, options.multi_objective)
+        study.pruner = make_pruner(options.pruner, options.steps, options.eval_steps)
+        if options.multi_objective and options.pruner != "none":
+            notes.append("multi-objective: Optuna prunes single-objective studies only, so no trial is pruned early")
+        cores = detect_local().cpu.physical_cores or os.cpu_count() or 1
+        ctx = _Context(options=options, space=space, study=study, storage=storage, spec=spec, data=data,
+                       filter=FeasibilityFilter(spec, topology, capacity, use_trace=options.use_trace), lock=lock,
+                       workdir=Path(tmp), processes=Processes(), say=say,
+                       threads=options.threads or max(1, cores // options.workers), heartbeat=sspec.kind == "rdb", notes=notes)
+        ctx.storage_label = sspec.label if sspec.kind == "journal" else sspec.url  # what the trial process opens
+        stop_beats = threading.Event()
+        beats = threading.Thread(target=_heartbeats, args=(ctx, stop_beats), daemon=True) if ctx.heartbeat else None
+        if beats:
+            beats.start()
+        workers = [threading.Thread(target=_worker, args=(ctx, i), name=f"perfscale-hpo-worker-{i}", daemon=True)
+                   for i in range(options.workers)]
+        interrupted = None
+        try:
+            for w in workers:
+                w.start()
+            for w in workers:
+                while w.is_alive():
+                    w.join(timeout=0.5)
+        except KeyboardInterrupt as exc:
+            from perfscale.measure.runner import how_interrupted
+
+            interrupted = how_interrupted(exc)
+            ctx.processes.kill_all()
+            for w in workers:
+                w.join(timeout=60)
+        finally:
+            stop_beats.set()
+        if ctx.error is not None and interrupted is None:
+            raise ctx.error
+        result = summarize(study, options, space, data, capacity, sspec.label, mine=ctx.mine, notes=ctx.notes,
+                           wall_s=time.perf_counter() - t0)
+        if ctx.filter.traces:
+            result.notes.append(f"{ctx.filter.traces} configuration(s) near the memory limit were checked by trace")
+        if options.plots:
+            from perfscale.hpo.plots import write_plots
+
+            from perfscale.errors import StoreError
+
+            try:
+                result.plots, skipped = write_plots(study, options.plots, options.multi_objective)
+                result.notes += [f"plot not drawn: {s}" for s in skipped]
+            except StoreError as exc:  # the study is safe in its storage: say so, keep the result
+                result.notes.append(f"plots not written: {exc}")
+    if interrupted:
+        result.interrupted = interrupted
+        raise HpoInterrupted(result, interrupted)
+    return result
+
+
+# ----------------------------------------------------------------- the summary
+def _status(t) -> str:
+    from optuna.trial import TrialState
+
+    s = t.user_attrs.get(f"{ATTR}_status")
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "infeasible" if s == "infeasible" else "pruned"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    if s in (None, "running"):
+        return "dead-worker"  # failed by the heartbeat check: its worker stopped beating
+    return s
+
+
+def summarize(study, options: HpoOptions, space: SearchSpace, data, capacity, storage: str, *, mine=frozenset(),
+              notes=(), wall_s: float = 0.0) -> HpoResult:
+    from optuna.trial import TrialState
+
+    rows: list[TrialRow] = []
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        status = _status(t)
+        counts[status] = counts.get(status, 0) + 1
+        ua = t.user_attrs
+        mem = ua.get(f"{ATTR}_memory") or {}
+        reason = ua.get(f"{ATTR}_reason")
+        if status == "dead-worker" and not reason:
+            reason = "no heartbeat within the grace period: its worker died (killed?); failed and retried"
+        rows.append(TrialRow(
+            number=t.number, state=t.state.name, status=status, values=list(t.values) if t.values else None,
+            params=dict(t.params), reason=reason, wall_s=ua.get(f"{ATTR}_wall_s"), steps=ua.get(f"{ATTR}_steps"),
+            tokens_per_s=ua.get(f"{ATTR}_tokens_per_s"), needed_bytes=mem.get("needed_bytes"), feasibility=mem.get("method"),
+            retry_of=t.system_attrs.get("failed_trial"), baseline=ua.get(f"{ATTR}_role") == "baseline", this_run=t.number in mine,
+        ))
+    counts["retried"] = sum(1 for r in rows if r.retry_of is not None)
+    counts["new_this_run"] = len(mine)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    best = None
+    pareto: list[dict[str, Any]] = []
+
+    def doc(t) -> dict[str, Any]:
+        values = space.suggest_fixed(t.params)
+        return {"number": t.number, "values": list(t.values), "params": dict(t.params), "values_used": values,
+                "training_arguments": training_arguments(values), "run_config": run_config(values, options.seq).to_dict()}
+
+    if complete:
+        if options.multi_objective:
+            pareto = [doc(t) for t in study.best_trials]
+            best = min(pareto, key=lambda d: d["values"][0])
+        else:
+            best = doc(study.best_trial)
+    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(f"{ATTR}_role") == "baseline"
+                 and t.state in (TrialState.COMPLETE, TrialState.PRUNED)), None)
+    baseline = None
+    improvement = None
+    if base is not None:
+        baseline = {"number": base.number, "status": _status(base), "eval_loss": base.values[0] if base.values else None,
+                    "params": dict(base.params)}
+        if best and baseline["eval_loss"]:
+            improvement = (baseline["eval_loss"] - best["values"][0]) / baseline["eval_loss"]
+    return HpoResult(
+        study_name=study.study_name, storage=storage, model=options.model, directions=options.directions,
+        objective={"steps": options.steps, "eval_steps": options.eval_steps, "seq": options.seq, "data": data.to_dict(),
+                   "values": ["held-out eval loss"] + (["training tokens/s"] if options.multi_objective else []),
+                   "sampler": options.sampler, "pruner": options.pruner},
+        space=space.to_dict(), requested_trials=options.trials, counts=counts, best=best, pareto=pareto, baseline=baseline,
+        improvement=improvement, capacity={"bytes": capacity.bytes, "source": capacity.source},
+        trials=rows, notes=list(notes), timing={"wall_s": wall_s},
+    )
+
+
+__all__ = ["HpoInterrupted", "HpoOptions", "OBJECTIVES", "PRUNERS", "SAMPLERS", "fail_dead_trials", "make_pruner", "make_sampler",
+           "open_study", "run_hpo", "summarize"]
