@@ -142,3 +142,15 @@ def test_settings_validation_names_choices():
     s = EncoderSettings(backend="onnxruntime", fusions=True, quantization="int8-per-channel", threads=2)
     assert EncoderSettings.from_dict(s.to_dict()) == s
     assert s.label() == "onnxruntime+fusions int8-per-channel b32 t2"
+
+
+def test_precision_uses_run_configs_names():
+    """bf16 autocast over fp32 weights is "bf16-mixed", as in RunConfig; the earlier "bf16" reads the same."""
+    from perfscale.config.precision import Precision
+    from perfscale.runtimes.encoder import PRECISIONS
+
+    assert [Precision.of(name).name for name in PRECISIONS] == list(PRECISIONS)  # RunConfig's names, no others
+    assert EncoderSettings(precision="bf16").precision == "bf16-mixed"
+    assert Precision.of(EncoderSettings(precision="bf16-mixed").precision).mixed
+    with pytest.raises(InvalidConfigError, match="bf16-mixed"):
+        EncoderSettings(precision="fp16")

@@ -25,11 +25,16 @@ import numpy as np
 
 from perfscale.errors import InvalidConfigError, UnsupportedModelError, choice_error
 from perfscale.runtimes.onnx_export import onnx_model_for
+from perfscale.config.precision import Precision
 from perfscale.runtimes.source import EncoderSource, load_tokenizer, load_torch_model, resolve_encoder
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
-PRECISIONS = ("fp32", "bf16")
+# The precision names of RunConfig (config/precision.py): the weights stay fp32 and "bf16-mixed" runs
+# the forward under bf16 autocast. "bf16" (bf16 weights in RunConfig's vocabulary) was this field's
+# earlier name for autocast: read as bf16-mixed, so settings saved before keep their meaning.
+PRECISIONS = ("fp32", "bf16-mixed")
+_PRECISION_ALIASES = {"bf16": "bf16-mixed"}
 ENGINES = ("perfscale", "sentence-transformers")
 
 
@@ -43,7 +48,7 @@ class EncoderSettings:
     """none | int8-dynamic (per-tensor) | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.
     onnxruntime takes all; eager takes none or int8-dynamic (torch quantize_dynamic)."""
     precision: str = "fp32"
-    """fp32 | bf16 (torch backends: bf16 autocast; fast only on CPUs with avx512_bf16/AMX)."""
+    """fp32 | bf16-mixed (torch backends: fp32 weights, bf16 autocast; fast only on CPUs with avx512_bf16/AMX)."""
     fusions: bool = False
     """ONNX Runtime transformer graph fusions (attention, layer norm, GELU) before quantization."""
     threads: int | None = None
@@ -65,6 +70,7 @@ class EncoderSettings:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        object.__setattr__(self, "precision", _PRECISION_ALIASES.get(self.precision, self.precision))
         if self.engine not in ENGINES:
             raise choice_error("encoder engine", self.engine, ENGINES, "")
         if self.engine == "sentence-transformers" and (
@@ -80,11 +86,11 @@ class EncoderSettings:
         if self.backend != "onnxruntime" and self.quantization not in ("none", "int8-dynamic"):
             problems.append(f"quantization {self.quantization!r} needs backend 'onnxruntime' (torch backends take none or int8-dynamic)")
         if self.backend == "onnxruntime" and self.precision != "fp32":
-            problems.append("precision bf16 applies to the torch backends; onnxruntime runs fp32 or int8")
+            problems.append("precision bf16-mixed applies to the torch backends; onnxruntime runs fp32 or int8")
         if self.fusions and self.backend != "onnxruntime":
             problems.append("fusions are ONNX Runtime graph fusions: use them with backend 'onnxruntime'")
         if self.quantization != "none" and self.precision != "fp32":
-            problems.append("int8 quantization and bf16 cannot be combined")
+            problems.append("int8 quantization and bf16-mixed cannot be combined")
         for name in ("batch_size",):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -232,11 +238,12 @@ def _torch_runner(source: EncoderSource, settings: EncoderSettings):
     if settings.backend == "compile":
         forward = torch.compile(model)
     grad_ctx = torch.inference_mode if settings.inference_mode else torch.no_grad
-    bf16 = settings.precision == "bf16"
+    autocast = Precision.of(settings.precision).torch_autocast_dtype()
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
         inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
-        with torch_threads(settings.threads), grad_ctx(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch_threads(settings.threads), grad_ctx(), torch.autocast("cpu", dtype=autocast or torch.bfloat16,
+                                                                         enabled=autocast is not None):
             hidden = forward(**inputs).last_hidden_state
         return hidden.float().numpy()
 
