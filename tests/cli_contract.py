@@ -29,6 +29,7 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("tune", "decoder"): ["--quick", "--new-tokens", "2", "--prompt-lengths", "4"],
     ("debug", "overflow"): ["--steps", "1", "--batch", "1", "--seq", "8", "--no-check-fixes"],
     ("debug", "dist"): ["--nproc", "1", "--sizes", "4", "--iters", "1", "--timeout", "60"],
+    ("debug", "profile"): ["--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0"],
 }
 # Flags that would turn a cheap base into minutes of measuring.
 # plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).
@@ -38,6 +39,7 @@ SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {
     ("tune",): {"--infer", "--quick", "--resume"}, ("plan",): {"--calibrate"}, (): {"--version"},
     ("tune", "encoder"): {"--quick", "--compile", "--cache-dir", "--backends"},
     ("tune", "decoder"): {"--quick", "--compile"},
+    ("debug", "profile"): {"--compile"},  # torch.compile of the model: tens of seconds, valid whatever it is
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from perfscale.cli import knobs
 from perfscale.report.emit import emit
 
 app = typer.Typer(help="Troubleshoot: where values overflow, whether the cluster works, where a step's time goes.",
@@ -140,5 +141,85 @@ def render_dist(console, doc: dict[str, Any]) -> None:
     env = doc["env"]
     console.print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "(none of NCCL_*, GLOO_*, MASTER_* set)"))
     console.print("interfaces: " + ", ".join(f"{k} {' '.join(v)}" for k, v in doc["interfaces"].items()))
+    for note in doc["notes"]:
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+# ----- profile -----
+def _what_options():
+    """bench's options for *what* runs (scenario, model, sizes, runtime, device), declared once in measure_flags."""
+    from perfscale.cli.measure_flags import OPTIONS
+
+    return {name: OPTIONS[name] for name in ("scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens",
+                                             "backend", "encoder_quant", "device", "sentences")}
+
+
+_WHAT = _what_options()
+
+
+@knobs.with_knobs("measure")
+def profile(
+    scenario: str = _WHAT["scenario"],
+    model: str = _WHAT["model"],
+    batch: int = _WHAT["batch"],
+    seq: int = _WHAT["seq"],
+    grad_accum: int = _WHAT["grad_accum"],
+    prompt: int = _WHAT["prompt"],
+    new_tokens: int = _WHAT["new_tokens"],
+    backend: str = _WHAT["backend"],
+    encoder_quant: str = _WHAT["encoder_quant"],
+    device: str = _WHAT["device"],
+    sentences: int = _WHAT["sentences"],
+    steps: int = typer.Option(3, "--steps", help="Profiled steps (after --warmup untimed ones)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed steps first (the first carries compile and allocator warm-up)."),
+    out: str = typer.Option(None, "--out", help="Folder for the Chrome/Perfetto trace (trace.json) and, on CUDA, the memory snapshot."),
+    as_json: bool = JSON,
+    **run_knobs,
+) -> None:
+    """Run a few steps of the bench scenario under torch.profiler and say where the step's time goes: input
+    pipeline, host/launch overhead, GEMMs, memory-bound work, optimizer, communication, synchronisation."""
+    import dataclasses
+
+    from perfscale.cli.measure_flags import MeasureFlags, OPTIONS
+    from perfscale.debug.profile import debug_profile
+
+    given = {"scenario": scenario, "model": model, "batch": batch, "seq": seq, "grad_accum": grad_accum, "prompt": prompt,
+             "new_tokens": new_tokens, "backend": backend, "encoder_quant": encoder_quant, "device": device,
+             "sentences": sentences}
+    # the measuring flags (stop rule, store, gate) do not apply: their defaults fill MeasureFlags
+    rest = {f.name: OPTIONS[f.name].default for f in dataclasses.fields(MeasureFlags) if f.name not in given}
+    config = MeasureFlags(**given, **rest).base_config(run_knobs)
+    result = debug_profile(config, steps=steps, warmup=warmup, out_dir=out)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: render_profile(console, document))
+
+
+app.command("profile")(profile)
+
+
+def render_profile(console, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from perfscale.debug.profile import KNOBS, LABELS
+
+    console.print(doc["verdict"])
+    table = Table(title=f"Where a step's time goes ({doc['steps']} profiled steps on {doc['device']}, median {doc['step_time_s'] * 1e3:.1f} ms)")
+    for col in ("class", "share", "ms per step", "what addresses it"):
+        table.add_column(col, justify="right" if col in ("share", "ms per step") else "left")
+    for c, frac in sorted(doc["fractions"].items(), key=lambda kv: -kv[1]):
+        if frac > 0.005:
+            table.add_row(LABELS[c], f"{frac:.0%}", f"{doc['seconds'][c] * 1e3:.2f}", KNOBS[c])
+    console.print(table)
+    table = Table(title="Top operators (self time, all profiled steps)")
+    for col in ("operator", "class", "calls", "self ms"):
+        table.add_column(col, justify="right" if col in ("calls", "self ms") else "left")
+    for o in doc["top_ops"]:
+        table.add_row(o["name"][:70], o["class"], str(o["calls"]), f"{o['self_s'] * 1e3:.2f}")
+    console.print(table)
+    if doc["top_modules"]:
+        console.print("Top modules (forward, own time per step): " + ", ".join(
+            f"{m['module']} {m['self_s_per_step'] * 1e3:.2f} ms" for m in doc["top_modules"][:5]))
+    for kind, path in doc["files"].items():
+        console.print(f"{kind}: {path}")
     for note in doc["notes"]:
         console.print(f"[dim]note: {note}[/dim]")
