@@ -42,7 +42,17 @@ EXTRA_KEYS = {
     "size": "selftest: matrix side", "sleep": "selftest: seconds of sleep per step",
     "tune_fault": "tune's trial worker: a fault to inject",
     "encoder": "encode: further EncoderSettings fields", "onnx_cache_dir": "encode: where exported ONNX files go",
+    "fault_rank": "multi-process: the only rank that injects `fault` (default: every rank)",
 }
+# Multi-process layouts measured under torchrun (measure/launcher.py): DDP, or FSDP2 (`fully_shard` per
+# decoder layer and the root). `none` is one plain process; more than one rank without a strategy is DDP.
+STRATEGIES = ("none", "ddp", "fsdp2")
+FSDP_MIXED_PRECISION = ("none", "bf16", "fp16")  # FSDP2 MixedPrecisionPolicy param_dtype (reduce in fp32)
+MAX_NPROC = 256  # ranks per node: beyond any machine's cores (a typo, not a plan)
+MAX_NNODES = 16  # torchrun agents on this one machine (a localhost rendezvous), not a cluster
+# Multi-process fields and their defaults: documents leave them out at the default, so that the
+# fingerprints of one-process configurations stay what they were before these fields existed.
+DIST_DEFAULTS = {"nproc": 1, "nnodes": 1, "strategy": "none", "fsdp_reshard": True, "fsdp_mp": "none", "fsdp_offload": False}
 # RunConfig knobs that bench documents keep at their top level (under these names) since before they were knobs.
 _RUN_KNOBS_AT_TOP = {"threads": "torch_num_threads", "dataloader_workers": "dataloader_num_workers",
                      "pin_memory": "dataloader_pin_memory"}
@@ -65,8 +75,16 @@ class BenchConfig:
     seed: int = 0
     label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # harness and runtime settings: EXTRA_KEYS
+    nproc: int = 1  # processes per node (torchrun --nproc-per-node); the workload is per rank
+    nnodes: int = 1  # torchrun agents on this machine, joined by a c10d rendezvous on 127.0.0.1
+    strategy: str = "none"  # none | ddp | fsdp2 (STRATEGIES); several ranks without one: ddp
+    fsdp_reshard: bool = True  # fsdp2: reshard_after_forward (free the gathered parameters after forward)
+    fsdp_mp: str = "none"  # fsdp2: MixedPrecisionPolicy param_dtype (none | bf16 | fp16; gradients reduced in fp32)
+    fsdp_offload: bool = False  # fsdp2: CPUOffloadPolicy (parameters, gradients and optimizer step on the CPU)
 
     def __post_init__(self) -> None:
+        if self.strategy == "none" and isinstance(self.nproc, int) and isinstance(self.nnodes, int) and self.nproc * self.nnodes > 1:
+            object.__setattr__(self, "strategy", "ddp")
         if self.run is None:
             workload = DEFAULT_WORKLOADS.get(self.scenario, DEFAULT_WORKLOADS["train"])
             object.__setattr__(self, "run", RunConfig(workload=workload, compile=self.backend == "compile"))
@@ -126,6 +144,7 @@ class BenchConfig:
             p.append(f"compile={self.run.compile} contradicts backend {self.backend!r}: give one of them")
         if self.scenario == "generate" and self.run.workload.new_tokens < 1:
             p.append("generate needs new_tokens >= 1")
+        p += self._distributed_problems()
         if self.scenario == "encode" and not p:
             from perfscale.errors import PerfscaleError
             from perfscale.measure.scenarios.encode import encoder_settings
@@ -138,14 +157,59 @@ class BenchConfig:
                 p.append(f"extra['encoder'] holds an unknown encoder setting: {exc}")
         return p
 
+    def _distributed_problems(self) -> list[str]:
+        p: list[str] = []
+        for name, top in (("nproc", MAX_NPROC), ("nnodes", MAX_NNODES)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                p.append(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        if self.strategy not in STRATEGIES:
+            p.append(f"strategy {self.strategy!r} is not one of: {', '.join(STRATEGIES)}")
+        if self.fsdp_mp not in FSDP_MIXED_PRECISION:
+            p.append(f"fsdp_mp {self.fsdp_mp!r} is not one of: {', '.join(FSDP_MIXED_PRECISION)}")
+        for name in ("fsdp_reshard", "fsdp_offload"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if p:
+            return p
+        fsdp_knobs = [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
+        if fsdp_knobs and self.strategy != "fsdp2":
+            p.append(f"{', '.join(fsdp_knobs)} apply to strategy fsdp2 only, not {self.strategy}: add --strategy fsdp2 or drop them")
+        if self.strategy == "fsdp2" and self.scenario == "selftest":
+            p.append("the selftest scenario has no model to shard: use strategy ddp")
+        if self.distributed and self.scenario not in ("train", "selftest"):
+            p.append(f"--nproc/--nnodes/--strategy measure training (DDP, FSDP2) under torchrun; {self.scenario} runs in one process: "
+                     "drop them, or use --scenario train")
+        if self.fsdp_mp != "none" and self.run.precision != "fp32":
+            p.append(f"fsdp_mp {self.fsdp_mp} is FSDP2's own mixed precision (fp32 master weights, {self.fsdp_mp} compute); "
+                     f"precision {self.run.precision} would stack autocast on it: keep precision fp32 with fsdp_mp, or drop fsdp_mp")
+        if self.distributed and self.device == "cuda":
+            import torch
+
+            have = torch.cuda.device_count()
+            if self.nproc > have:
+                p.append(f"nproc {self.nproc} on cuda needs one GPU per rank (NCCL); this machine has {have}: use --nproc {max(have, 1)} or --device cpu")
+        return p
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of the job: processes per node x nodes."""
+        return self.nproc * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        """Measured under torchrun (a strategy, even with one rank) rather than as one plain process."""
+        return self.strategy != "none"
+
     def unsupported(self) -> str | None:
         """Knobs a single-process benchmark cannot run; None when all is runnable."""
         r = self.run
         multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1), ("offload", "none")) if getattr(r, k) != default]
         if multi:
             return (
-                f"perfscale bench measures one process on one device; {', '.join(multi)} needs several ranks. "
-                "Drop these knobs to measure the per-device step, or use `perfscale trace`/`plan` for multi-device layouts."
+                f"perfscale bench measures data parallel layouts with --nproc N --strategy ddp|fsdp2 (under torchrun); "
+                f"{', '.join(multi)} is not measurable here. Drop these knobs and use --strategy fsdp2 for a full shard, "
+                "or `perfscale trace`/`plan` for tensor/pipeline parallel and ZeRO layouts."
             )
         if r.kv_cache_dtype != "auto":
             return f"kv_cache_dtype {r.kv_cache_dtype!r} is not measurable with transformers' generate here: use auto"
@@ -187,10 +251,14 @@ class BenchConfig:
             parts.append(f"lora{self.run.lora_r}")
         if self.scenario == "generate" and self.run.cache != "dynamic":
             parts.append(f"{self.run.cache}-cache")
+        if self.distributed:
+            parts.append(f"{self.strategy}x{self.world_size}" + (f" ({self.nnodes} nodes)" if self.nnodes > 1 else ""))
+            parts += [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "run" and not (f.name in DIST_DEFAULTS and getattr(self, f.name) == DIST_DEFAULTS[f.name])}
         run = self.run.to_dict()
         for top, knob in _RUN_KNOBS_AT_TOP.items():  # where documents (and fingerprints) have always had them
             run.pop(knob, None)
@@ -258,6 +326,8 @@ INLINE_KEYS = {
     "quant": ("encoder_quantization", str), "sentences": ("sentences", int), "seed": ("seed", int), "label": ("label", str),
     "batch": ("workload.batch", int), "seq": ("workload.seq", int), "grad_accum": ("workload.grad_accum", int),
     "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
+    "nproc": ("nproc", int), "nnodes": ("nnodes", int), "strategy": ("strategy", str),
+    "fsdp_reshard": ("fsdp_reshard", bool), "fsdp_mp": ("fsdp_mp", str), "fsdp_offload": ("fsdp_offload", bool),
     **{name: (f"run.{name}", _run_key_type(name)) for name in KNOB_FIELDS},
 }
 INLINE_HELP = (
@@ -385,7 +455,7 @@ def _is_file(text: str) -> bool:
 
 
 __all__ = [
-    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "GateThresholds", "INLINE_HELP", "MeasureOptions", "SCENARIOS",
+    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "DIST_DEFAULTS", "STRATEGIES", "GateThresholds", "INLINE_HELP", "MeasureOptions", "SCENARIOS",
     "apply_overrides", "load_config_file", "parse_inline", "resolve_configuration",
 ]
 

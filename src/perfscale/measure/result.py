@@ -50,6 +50,10 @@ class BenchResult:
     stderr_tail: str | None = None
     notes: list[str] = field(default_factory=list)
     store_id: int | None = None
+    # Under torchrun (measure/multiprocess.py): one row per rank (step time, tokens/s, memory,
+    # communication time) and the job's layout; empty for one process.
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    distributed: dict[str, Any] = field(default_factory=dict)
 
     # ----- derived -----
     @property
@@ -121,6 +125,9 @@ class BenchResult:
             "accuracy": self.accuracy, "oom_bytes": self.oom_bytes, "stderr_tail": self.stderr_tail,
             "notes": self.notes, "setup": self.setup, "environment": self.environment,
         }
+        if self.ranks or self.distributed:
+            doc["ranks"] = self.ranks
+            doc["distributed"] = self.distributed
         if samples:
             doc["samples"] = self.samples
             doc["iteration_metrics"] = self.iteration_metrics

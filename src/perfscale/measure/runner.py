@@ -193,6 +193,20 @@ def run_in_subprocess(
     limit = options.effective_time_limit
     started = time.time()
     t0 = time.perf_counter()
+    if config.distributed:  # torchrun agents and their ranks (measure/multiprocess.py)
+        from perfscale.measure.multiprocess import distributed_job, run_torchrun
+
+        job["distributed"] = distributed_job(config)
+        job_path.write_text(json.dumps(job))
+        base = {"config": config, "group": group, "repeat": repeat, "started_at": started}
+        try:
+            return run_torchrun(config, job, job_path, err_path, env=env, death_r=death_r, limit=limit, base=base)
+        except KeyboardInterrupt as exc:  # everything was killed on the way out
+            how = how_interrupted(exc)
+            raise RunInterrupted(interrupted_result(config, how, started=started, group=group, repeat=repeat), how) from None
+        finally:
+            for fd in (death_r, death_w):
+                os.close(fd)
     try:
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(

@@ -73,9 +73,14 @@ def live_tensor_bytes() -> int:
     """Bytes of the distinct CPU tensor storages reachable now (parameters, grads, optimizer state...)."""
     import torch
 
+    import warnings
+
     seen: set[int] = set()
     total = 0
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():  # isinstance() on deprecated module objects (torch.distributed.reduce_op) warns
+        warnings.simplefilter("ignore")
+        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in objects:
         try:
             if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.is_meta:
                 storage = obj.untyped_storage()
@@ -92,20 +97,29 @@ def profiled_peak_tensor_bytes(step) -> int:
     """Peak live CPU tensor bytes over one iteration: live bytes before + max of the running sum of
     the profiler's allocation events (torch.profiler profile_memory; FIELD-NOTES: agrees with
     MemTracker to the byte on this CPU)."""
+    return profiled_iteration(step)[0]
+
+
+def profiled_iteration(step) -> tuple[int, dict[str, Any]]:
+    """(peak live CPU tensor bytes, communication time) of one profiled iteration; see
+    profiled_peak_tensor_bytes and distributed.comm_time (empty without a process group)."""
     from torch.profiler import ProfilerActivity, profile
+
+    from perfscale.measure.distributed import comm_time
 
     base = live_tensor_bytes()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+    kineto = list(prof.profiler.kineto_results.events())
     events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+        (e.start_ns(), e.nbytes()) for e in kineto
         if e.name() == "[memory]" and e.device_type().name == "CPU"
     )
     running = peak = 0
     for _, nbytes in events:
         running += nbytes
         peak = max(peak, running)
-    return base + peak
+    return base + peak, comm_time(kineto)
 
 
 # ----- the job -----
@@ -141,6 +155,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     out: dict[str, Any] = {"device": device, "notes": []}
+    group = None
+    if job.get("distributed"):  # one rank of a torchrun job (measure/distributed.py)
+        from perfscale.measure.distributed import RankGroup
+
+        group = RankGroup.start(job, device, options.effective_time_limit)
+        job["result_path"] = group.result_path
+        out["rank"] = group.info()
 
     t0 = time.perf_counter()
     scenario = importlib.import_module(SCENARIO_MODULES[config.scenario]).setup(config, device)
@@ -160,6 +181,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         sync(device)
         return time.perf_counter() - start
 
+    if group is not None:
+        group.barrier()  # every rank built its model: the warm-up starts together
     out["warmup_s"] = [timed() for _ in range(options.warmup)]
 
     if device == "cuda":
@@ -169,17 +192,23 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     rss_before = _status_kib("VmRSS")
     checker = StopChecker(options.stop, seed=config.seed)
     samples: list[float] = []
+    own: list[float] = []  # this rank's own step times (samples: the slowest rank's, under torchrun)
     metrics: dict[str, list[float]] = {}
     begin = time.perf_counter()
     while True:
-        samples.append(timed())
+        own.append(timed())
+        samples.append(group.slowest(own[-1]) if group is not None else own[-1])
         if scenario.iteration_metrics is not None:
             for k, v in scenario.iteration_metrics().items():
                 metrics.setdefault(k, []).append(v)
         reason = checker.check(samples, time.perf_counter() - begin)
+        if group is not None:
+            reason = group.agree(reason)
         if reason:
             break
     out.update(samples=samples, iteration_metrics=metrics, stop_reason=reason)
+    if group is not None:
+        out["rank"]["samples"] = own
     if reason != "converged":
         rel = checker.last_rel_ci
         out["notes"].append(
@@ -201,7 +230,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         memory["cuda_max_reserved"] = torch.cuda.max_memory_reserved()
         memory["peak_live_tensor_bytes"] = memory["cuda_max_allocated"]
     elif options.profile_memory and scenario.torch_memory:
-        memory["peak_live_tensor_bytes"] = profiled_peak_tensor_bytes(scenario.step)
+        memory["peak_live_tensor_bytes"], comm = profiled_iteration(scenario.step)
+        if group is not None:
+            out["rank"]["comm"] = comm
     else:
         memory["peak_live_tensor_bytes"] = None
         if not scenario.torch_memory:
@@ -219,6 +250,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     out["tokens_per_iter"] = scenario.tokens_per_iter
     if job.get("outputs_path") and scenario.outputs is not None:
         np.savez(job["outputs_path"], **scenario.outputs())
+    if group is not None:
+        group.barrier()
+        group.close()
     out["status"] = "ok"
     return out
 
@@ -307,6 +341,13 @@ def watch_parent(parent: dict[str, Any] | None) -> None:
             _abandon(parent)
 
         threading.Thread(target=wait_for_eof, name="perfscale-parent-watch", daemon=True).start()
+    else:  # no pipe (a rank under a torchrun agent): poll, in case the death signal was missed
+        def poll() -> None:
+            while _parent_alive(parent):
+                time.sleep(0.5)
+            _abandon(parent)
+
+        threading.Thread(target=poll, name="perfscale-parent-poll", daemon=True).start()
     if not _parent_alive(parent):  # it died before the watch was in place
         _abandon(parent)
 
@@ -330,7 +371,8 @@ def main(argv: list[str]) -> int:
     tmp = Path(job["result_path"] + ".tmp")
     tmp.write_text(json.dumps(payload, default=str))
     os.replace(tmp, job["result_path"])
-    return 0
+    # A rank that failed exits non-zero, so that torchrun stops the others (stuck in a collective otherwise).
+    return 1 if job.get("distributed") and payload.get("status") != "ok" else 0
 
 
 if __name__ == "__main__":

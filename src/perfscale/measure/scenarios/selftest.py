@@ -6,6 +6,9 @@
 - `crash`: the process dies hard (os._exit) after printing to stderr
 - `error`: a Python exception in the step
 `extra['size']` sets the matrix side (default 64); `extra['sleep']` adds a fixed sleep per step.
+Under torchrun (strategy ddp) each step all-reduces its result, as DDP reduces gradients, so that a
+rank that hangs or dies leaves the others waiting in a collective; `extra['fault_rank']` makes only
+that rank misbehave.
 """
 
 from __future__ import annotations
@@ -30,12 +33,26 @@ def setup(config, device: str) -> Scenario:
     pause = float(config.extra.get("sleep", 0.0))
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
+    reduce = None
+    who = "selftest"
+    if config.distributed:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        who = f"selftest rank {rank}"
+        if config.extra.get("fault_rank") is not None and int(config.extra["fault_rank"]) != rank:
+            fault = "none"
+        reduce = dist.all_reduce
 
     def step() -> None:
-        inject_fault(fault, "selftest")
+        if fault != "none":
+            inject_fault(fault, who)
         if pause:
             time.sleep(pause)
-        (a @ b).sum().item()
+        c = a @ b
+        if reduce is not None:
+            reduce(c)
+        c.sum().item()
 
     def outputs():
         return {"logits": (a @ b).cpu().numpy()[None]}

@@ -45,11 +45,19 @@ def setup(config, device: str) -> Scenario:
         targets = list(run.lora_targets) or None
         model = get_peft_model(model, LoraConfig(r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules=targets))
     model.train()
+    rank = 0
+    notes = []
+    if config.distributed:  # under torchrun: the process group is up (measure/distributed.py)
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        model, wrap_notes = wrap_for_strategy(model, config, device)
+        notes += wrap_notes
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(run.optimizer, params, device)
 
     vocab = spec.vocab_size
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed + rank)  # each rank its own batches, as a DistributedSampler gives
     n_batches = max(4, wl.grad_accum)
     data = torch.randint(3, vocab, (n_batches * wl.batch, wl.seq), generator=gen)
     loader = torch.utils.data.DataLoader(
@@ -66,9 +74,9 @@ def setup(config, device: str) -> Scenario:
         return torch.autocast(device, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
     def step() -> None:
-        for _ in range(wl.grad_accum):
+        for micro in range(wl.grad_accum):
             ids = next(batches).to(device, non_blocking=True)
-            with autocast():
+            with no_sync(micro < wl.grad_accum - 1), autocast():
                 loss = forward(input_ids=ids, labels=ids).loss / wl.grad_accum
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -81,8 +89,16 @@ def setup(config, device: str) -> Scenario:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def no_sync(skip: bool):
+        """Gradient accumulation without a reduction on all but the last micro-step (what the Trainer and
+        accelerate do): DDP's no_sync(), FSDP2's set_requires_gradient_sync(False)."""
+        if not skip or not config.distributed:
+            return contextlib.nullcontext()
+        if config.strategy == "ddp":
+            return model.no_sync()
+        return _fsdp_no_sync(model)
+
     tokens = wl.batch * wl.seq * wl.grad_accum
-    notes = []
     if run.checkpointing:
         notes.append("MFU counts model FLOPs: checkpointing's recomputed forward is not counted")
     return Scenario(
@@ -90,6 +106,54 @@ def setup(config, device: str) -> Scenario:
         flops_per_iter=train_flops(spec, tokens, wl.seq, run.lora), peak_dtype=peak_dtype(run.prec, device),
         setup_metrics={"trainable_params": sum(p.numel() for p in params), "model": spec.name}, notes=notes,
     )
+
+
+def transformer_blocks(model) -> list:
+    """The decoder/encoder layers FSDP shards one by one: modules whose class is in the model's
+    `_no_split_modules` (accelerate's TRANSFORMER_BASED_WRAP policy reads the same list)."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def wrap_for_strategy(model, config, device: str):
+    """DDP(model), or FSDP2: fully_shard on every transformer block, then on the root."""
+    import torch
+
+    notes: list[str] = []
+    if config.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.cuda.current_device()] if device == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), notes
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {"reshard_after_forward": config.fsdp_reshard}
+    if config.fsdp_mp != "none":
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.fsdp_mp]
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if config.fsdp_offload:
+        # pin_memory needs an accelerator; on a CPU device the offload moves nothing (the policy's cost only).
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device == "cuda")
+        if device == "cpu":
+            notes.append("fsdp_offload on CPU: parameters already live in CPU memory; this measures the policy's overhead only")
+    blocks = transformer_blocks(model)
+    if not blocks:
+        notes.append("no transformer blocks found (_no_split_modules): the whole model is one FSDP unit")
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model, notes
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def _cycle(loader):
