@@ -30,6 +30,8 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("debug", "overflow"): ["--steps", "1", "--batch", "1", "--seq", "8", "--no-check-fixes"],
     ("debug", "dist"): ["--nproc", "1", "--sizes", "4", "--iters", "1", "--timeout", "60"],
     ("debug", "profile"): ["--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0"],
+    # place needs a machine; the default (tiny) model places in well under a second
+    ("place",): ["--hardware", "2xA100-80GB"],
 }
 # Flags that would turn a cheap base into minutes of measuring.
 # plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).

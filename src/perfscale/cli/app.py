@@ -16,7 +16,7 @@ from perfscale.cli import tune
 from perfscale.cli import trace
 from perfscale.cli import hpo
 from perfscale.cli import debug
-from perfscale.cli import checkpoint
+from perfscale.cli import checkpoint, place
 
 app = typer.Typer(
     name="perfscale",
@@ -36,6 +36,7 @@ app.command("plan")(plan.plan)
 app.command("hpo")(hpo.hpo)
 app.add_typer(debug.app, name="debug")
 app.add_typer(checkpoint.app, name="checkpoint")
+app.command("place")(place.place)
 
 
 def _version(value: bool) -> None:
