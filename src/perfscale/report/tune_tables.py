@@ -24,16 +24,25 @@ def speedup_text(sp: dict[str, Any]) -> str:
     return f"{sp['ratio']:.2f}x  95% CI [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]"
 
 
-def trials_table(doc: dict[str, Any]):
+# Below this many columns (a narrow terminal, or stdout a file: Rich assumes 80) the trial table keeps only
+# the columns that decide (configuration, status, the rung rates): every cell on one line.
+WIDE = 140
+
+
+def trials_table(doc: dict[str, Any], width: int = WIDE):
     """The trials that a rung touched (measured or broke or the budget skipped), fastest first."""
     from rich.table import Table
 
     rows = [t for t in doc["trials"] if t["status"] in _SHOWN]
     rows.sort(key=lambda t: -max([r.get("tokens_per_s") or 0 for r in t["rungs"]] or [0]))
     winner = (doc.get("winner") or {}).get("name")
-    table = Table(title=f"trials: {doc['model']}, global batch {doc['workload']['global_batch']} x seq {doc['workload']['seq']}")
-    for col in ("configuration", "role", "status", "rung 0 tok/s", "rung 1 tok/s", "est. peak", "traced peak", "note"):
-        table.add_column(col, justify="left" if col in ("configuration", "role", "status", "note") else "right", overflow="fold")
+    wide = width >= WIDE
+    table = Table(title=f"trials: {doc['model']}, global batch {doc['workload']['global_batch']} x seq {doc['workload']['seq']}"
+                  + ("" if wide else " (tokens/s)"))
+    columns = ("configuration", "role", "status", "rung 0 tok/s", "rung 1 tok/s", "est. peak", "traced peak", "note")
+    for col in columns if wide else ("configuration", "status", "rung 0", "rung 1"):
+        table.add_column(col, justify="left" if col in ("configuration", "role", "status", "note") else "right",
+                         overflow="fold" if wide else "ellipsis", no_wrap=not wide)
     for t in rows:
         by_rung = {r["rung"]: r for r in t["rungs"]}
 
@@ -48,6 +57,9 @@ def trials_table(doc: dict[str, Any]):
         est = t.get("estimate") or {}
         tr = t.get("trace") or {}
         style = "bold green" if t["name"] == winner else ("cyan" if t["baseline"] else None)
+        if not wide:
+            table.add_row(t["name"] + (" (baseline)" if t["baseline"] else ""), t["status"], cell(0), cell(1), style=style)
+            continue
         table.add_row(t["name"], ("baseline " if t["baseline"] and t.get("role") != "baseline" else "") + (t.get("role") or ""),
                       t["status"], cell(0), cell(1), gib(est.get("peak_bytes")), gib(tr.get("peak_bytes")) if tr.get("peak_bytes") else "",
                       (t.get("reason") or "")[:120], style=style)
@@ -80,7 +92,7 @@ def render(console, doc: dict[str, Any]) -> None:
     if doc["ranking"] == "estimated":
         console.print(estimated_table(doc))
     else:
-        console.print(trials_table(doc))
+        console.print(trials_table(doc, console.width))
     w, b = doc["winner"], doc["baseline"]
     console.print(f"{len(doc['trials'])} configurations: {summary}.", markup=False)
     console.print(f"[bold]winner:[/bold] {w['name']}", highlight=False)
@@ -89,7 +101,14 @@ def render(console, doc: dict[str, Any]) -> None:
                       f"peak tensors {gib(w.get('peak_live_tensor_bytes'))}"
                       + (f", first compile {seconds(w.get('compile_s'))}" if w.get("compile_s") else ""), markup=False)
         console.print(f"[bold]baseline[/bold] (Trainer defaults): {b.get('name')}: tokens/s {_rate(b.get('throughput'))}", highlight=False)
-    console.print(f"[bold]speed-up over defaults:[/bold] {speedup_text(doc['speedup'])}  ({doc['speedup'].get('verdict')})", highlight=False)
+    sp = doc["speedup"]
+    what = f"best change vs defaults ({sp['challenger']})" if sp.get("challenger") else "speed-up over defaults"
+    console.print(f"[bold]{what}:[/bold] {speedup_text(sp)}", highlight=False)
+    if sp.get("noise"):
+        n = sp["noise"]
+        console.print(f"  final: {sp.get('processes')} process(es), {sp.get('pairs')} alternating step pairs in {sp.get('final_seconds', 0):.0f} s; "
+                      f"the baseline's step time varied +-{n['step_variation']:.0%} meanwhile (cancelled by pairing)", markup=False)
+    console.print(f"[bold]verdict:[/bold] {sp.get('verdict')}", highlight=False)
     if doc["why"]:
         console.print("[bold]why:[/bold]")
         for line in doc["why"]:

@@ -4,7 +4,8 @@ Why: a fresh measurement process pays ~5-10 s of imports and model-class loading
 (FIELD-NOTES), more than a short trial of a small model costs. Successive halving's early rungs
 are many short trials, so they share one process; every trial still builds a fresh model,
 optimizer and data loader, and is timed by bench's own loop (`perfscale.measure.worker.run_job`).
-The final, reported comparison uses one fresh process per run (`measure.runner`).
+The final, reported comparison is a `pair` job in fresh workers: both configurations in one process,
+timed in alternating steps (train_final.py).
 
 Faults stay results: a trial that hangs is killed at its time limit (timeout), a worker that dies
 takes only its current trial with it (oom when SIGKILLed, else failed); the next trial starts a new
@@ -31,9 +32,11 @@ import perfscale
 from perfscale.measure.bench_config import BenchConfig, MeasureOptions
 from perfscale.measure.faults import inject_fault
 from perfscale.measure.result import BenchResult
+from perfscale.measure.stats import StopRule
 from perfscale.measure.worker import parse_oom
 
 READY_TIMEOUT = 180.0  # seconds for the worker's imports on a loaded 2-core machine
+PAIRED_NOTE = "tune final: timed in alternating steps with its comparison partner in the same fresh process (A B, B A, ...)"
 
 
 class TrialServer:
@@ -189,6 +192,39 @@ class TrialServer:
         how_died = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
         return BenchResult(status="failed", reason=f"the trial worker died ({how_died}) during this trial", stderr_tail=tail, **base)
 
+    def measure_pair(self, config_a: BenchConfig, config_b: BenchConfig, stop: StopRule, limit: float, *, warmup: int = 1,
+             group: str | None = None, repeat: int = 0) -> tuple[BenchResult, BenchResult]:
+        """A and B built side by side in this worker and timed in alternating steps (A B, B A, A B, ...),
+        so that the machine's drift hits both alike (the within-process half of the final comparison).
+        Returns one BenchResult per configuration, their samples aligned pair by pair; never raises for a fault."""
+        started = time.time()
+        t0 = time.perf_counter()
+        how, payload, tail = self._call({"kind": "pair", "configs": [config_a.to_dict(), config_b.to_dict()],
+                                         "stop": stop.to_dict(), "warmup": warmup}, limit)
+        wall = time.perf_counter() - t0
+        base = {"group": group, "repeat": repeat, "started_at": started, "wall_s": wall}
+        if how == "done" and payload.get("status") == "ok":
+            out = []
+            for i, config in enumerate((config_a, config_b)):
+                doc = {"config": config.to_dict(), "status": "ok", "samples": payload["samples"][i], "load_s": payload["load_s"][i],
+                       "warmup_s": payload["warmup_s"][i], "tokens_per_iter": payload["tokens_per_iter"][i],
+                       "samples_per_iter": payload["samples_per_iter"][i], "stop_reason": payload["stop_reason"],
+                       "device": payload.get("device"), "environment": payload.get("environment", {}),
+                       "notes": [PAIRED_NOTE] + payload.get("notes", []), "setup": {"paired_with": (config_b, config_a)[i].display}}
+                out.append(BenchResult.from_dict(doc | base))
+            return out[0], out[1]
+        if how == "done":  # the job ran and reported a fault (failed or oom while building or stepping)
+            status, reason, tail = payload.get("status", "failed"), payload.get("reason"), payload.get("stderr_tail") or ""
+        elif how == "timeout":
+            status, reason = "timeout", f"the paired run exceeded its time limit of {limit:.0f} s and was killed"
+        else:
+            is_oom, _ = parse_oom(tail)
+            rc = payload["returncode"] if payload else None
+            status = "oom" if is_oom or rc == -signal.SIGKILL else "failed"
+            reason = "out of memory while running the pair" if status == "oom" else f"the worker died during the paired run (exit {rc})"
+        results = tuple(BenchResult(config=c, status=status, reason=reason, stderr_tail=tail, **base) for c in (config_a, config_b))
+        return results[0], results[1]
+
     def trace(self, model: str, run: dict[str, Any], device: str, limit: float = 600.0) -> dict[str, Any]:
         """A trace of one configuration: {'status': 'ok', 'trace': TraceResult dict} or {'status': ..., 'reason': ...}."""
         how, payload, tail = self._call({"kind": "trace", "model": model, "run": run, "device": device}, limit)
@@ -241,6 +277,77 @@ def _measure_job(job: dict[str, Any], default_threads: int, environment: dict[st
     return payload
 
 
+def _pair_job(job: dict[str, Any], default_threads: int, environment: dict[str, Any]) -> dict[str, Any]:
+    """Build A and B in this process, warm both, then time steps in the order A B, B A, A B, ... until the
+    95% CI of the median per-token time ratio B/A is within the stop rule's target (or its time cap)."""
+    import gc
+    import math
+
+    import numpy as np
+    import torch
+
+    from perfscale.errors import PerfscaleError
+    from perfscale.measure.scenarios import train
+    from perfscale.measure.scenarios.common import resolve_device, sync
+    from perfscale.measure.stats import median_ci
+
+    configs = [BenchConfig.from_dict(c) for c in job["configs"]]
+    stop = StopRule.from_dict(job["stop"])
+    device = resolve_device(configs[0].device)
+    try:
+        scenarios, load_s = [], []
+        for config in configs:
+            inject_fault(config.extra.get("tune_fault"), "tune trial")
+            torch.set_num_threads(config.threads or default_threads)
+            t0 = time.perf_counter()
+            scenarios.append(train.setup(config, device))
+            load_s.append(time.perf_counter() - t0)
+
+        def timed(i: int) -> float:
+            torch.set_num_threads(configs[i].threads or default_threads)
+            sync(device)
+            start = time.perf_counter()
+            scenarios[i].step()
+            sync(device)
+            return time.perf_counter() - start
+
+        warm = [[timed(i) for _ in range(max(0, int(job.get("warmup", 1))))] for i in (0, 1)]
+        samples: list[list[float]] = [[], []]
+        per_token = [1.0 / (s.tokens_per_iter or 1) for s in scenarios]
+        begin, next_check, reason = time.perf_counter(), stop.min_iters, None
+        while reason is None:
+            for i in ((0, 1) if len(samples[0]) % 2 == 0 else (1, 0)):  # ABBA: neither is always first
+                samples[i].append(timed(i))
+            n, elapsed = len(samples[0]), time.perf_counter() - begin
+            if n >= stop.max_iters:
+                reason = "iteration_cap"
+            elif n >= stop.min_iters and elapsed >= stop.max_time:
+                reason = "time_cap"
+            elif n >= next_check and elapsed >= stop.min_time:
+                next_check = n + max(1, n // 10)
+                logs = [math.log(b * per_token[1] / (a * per_token[0])) for a, b in zip(samples[0], samples[1], strict=True)]
+                lo, hi = median_ci(logs, resamples=400)
+                if (math.exp(hi) - math.exp(lo)) / 2 / math.exp(float(np.median(logs))) <= stop.target_rel_ci:
+                    reason = "converged"
+    except MemoryError as exc:
+        return {"status": "oom", "reason": f"MemoryError: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+        import traceback
+
+        is_oom, _ = parse_oom(str(exc))
+        status = "oom" if is_oom else "failed"
+        text = str(exc) if isinstance(exc, PerfscaleError) else f"{type(exc).__name__}: {exc}"[:2000]
+        return {"status": status, "reason": text, "stderr_tail": traceback.format_exc()[-4000:]}
+    finally:
+        torch.set_num_threads(default_threads)
+    out = {"status": "ok", "samples": samples, "warmup_s": warm, "load_s": load_s, "stop_reason": reason, "device": device,
+           "tokens_per_iter": [s.tokens_per_iter for s in scenarios], "samples_per_iter": [s.samples_per_iter for s in scenarios],
+           "environment": environment | {"threads": {"torch_intra_op": torch.get_num_threads()}}, "notes": []}
+    scenarios.clear()
+    gc.collect()
+    return out
+
+
 def _trace_job(job: dict[str, Any]) -> dict[str, Any]:
     from perfscale.config.run_config import RunConfig
     from perfscale.errors import PerfscaleError
@@ -274,7 +381,12 @@ def main() -> int:
         if not path:
             continue
         job = json.loads(Path(path).read_text())
-        payload = _trace_job(job) if job["kind"] == "trace" else _measure_job(job, default_threads, environment)
+        if job["kind"] == "trace":
+            payload = _trace_job(job)
+        elif job["kind"] == "pair":
+            payload = _pair_job(job, default_threads, environment)
+        else:
+            payload = _measure_job(job, default_threads, environment)
         tmp = Path(job["result_path"] + ".tmp")
         tmp.write_text(json.dumps(payload, default=str))
         os.replace(tmp, job["result_path"])

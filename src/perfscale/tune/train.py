@@ -7,8 +7,10 @@
 4. Measure on this machine by successive halving (halving.py): short trials for the pool, longer for
    survivors, the Trainer-defaults baseline always in. Each trial is journaled in the bench store as
    it finishes, so `--resume` re-measures nothing that finished.
-5. Prove it: the winner against the baseline, interleaved, one fresh process per run; the speed-up
-   with its 95% CI (hierarchical bootstrap over processes and iterations, measure/stats.py).
+5. Prove it: the best change against the baseline, paired: both built in each fresh process and timed
+   in alternating steps, the speed-up with its 95% CI (two-level bootstrap over processes and step pairs,
+   train_final.py), and a verdict in words: proven, the same within +-X%, or not resolved on this
+   machine's noise (with the budget that would resolve 10%).
 On hardware you do not have (`--hardware`), steps 4-5 cannot run: the ranking is the estimate's.
 """
 
@@ -31,7 +33,7 @@ from perfscale.measure.stats import StopRule
 from perfscale.specs.workload import DEFAULT_SEQ, MAX_SIZE
 from perfscale.tune.halving import HalvingRun, Outcome, design_pool, successive_halving
 from perfscale.tune.result import TrainTuneResult, TrialRecord
-from perfscale.tune.train_budget import Clock, Costs, final_plan
+from perfscale.tune.train_budget import MIN_PAIRS, Clock, Costs, final_plan
 from perfscale.tune.train_estimated import estimated_only, nothing_fits
 from perfscale.tune.train_final import FinalComparison, final_compare, why_it_won
 from perfscale.tune.train_space import Candidate, TrainSpace, baseline_candidate, build_space
@@ -55,7 +57,12 @@ RUNG_STOPS = (
 # --quick: a 60 s search with one fresh process per finalist (seconds to a minute on this CPU).
 QUICK_BUDGET_S = 60.0
 QUICK_REPEATS = 1
-FINAL_STOP = StopRule(min_iters=5, min_time=2.0, target_rel_ci=0.02, max_time=6.0)
+# The final paired comparison: at least MIN_PAIRS step pairs and 2 s per process, then until the 95% CI of the
+# speed ratio is within +-2% (max_time is set by final_plan from the budget left).
+FINAL_STOP = StopRule(min_iters=MIN_PAIRS, min_time=2.0, target_rel_ci=0.02, max_time=6.0)
+# The share of the budget kept for the final comparison while the halving runs (chosen: its resolution is the
+# verdict's; the halving only has to find a challenger).
+FINAL_SHARE = 0.35
 Progress = Callable[[str], None]
 
 
@@ -74,7 +81,7 @@ class TrainTuneOptions:
     store: str | None = None
     resume: bool = False
     trace_top: int | None = None  # None: 2 here, 1 on --hardware
-    repeats: int = 2  # fresh processes per configuration in the final comparison
+    repeats: int = 3  # fresh processes (each a paired run) in the final comparison
     max_pool: int = 10
     rung_stops: tuple[StopRule, ...] = RUNG_STOPS
     final_stop: StopRule = FINAL_STOP
@@ -258,6 +265,7 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
 # ----------------------------------------------------------------- measured here
 def _measured(ranked, *, options, spec, topology, space, records, notes, clock, baseline, stage_times, capacity, server, progress) -> TrainTuneResult:
     from perfscale.measure.store import Store
+    from perfscale.tune.screen import TrialServer
 
     say = progress
     center, pool, role = design_pool(ranked, baseline, space.knob_values(), options.max_pool)
@@ -322,10 +330,12 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
             return Outcome(cand, rung, rate, result.status, result.reason, result, was_reused)
 
         def keep_going(rung: int) -> bool:
-            # Rung 0 leaves room for two rung-1 trials and the final; rung 1 for the final only.
+            # Rung 0 leaves room for two rung-1 trials and the final; rung 1 for the final only. The final
+            # keeps at least FINAL_SHARE of the budget: the verdict's resolution is bought there.
             later = 2 * costs.trial(options.rung_stops[1]) if rung == 0 and len(options.rung_stops) > 1 else 0.0
             stop = options.rung_stops[min(rung, len(options.rung_stops) - 1)]
-            return clock.left() - costs.final(1, "trial") - later > costs.trial(stop)
+            final = max(costs.final(min(2, options.repeats), "process", options.final_stop.min_iters), FINAL_SHARE * options.budget_seconds)
+            return clock.left() - final - later > costs.trial(stop)
 
         def feasible(c: Candidate) -> bool:
             if c in records:
@@ -347,21 +357,23 @@ def _measured(ranked, *, options, spec, topology, space, records, notes, clock, 
             _trace_confirm(server, spec, [ranking[0].candidate], records, space, capacity, "cpu", say)
             ranking = [o for o in ranking if records[o.candidate].status != "pruned"] or ranking
 
-        # 5. The proof: winner vs baseline, interleaved.
+        # 5. The proof: the best change vs the baseline, paired (alternating steps in each fresh process).
         plan = final_plan(costs, options, clock)
-        final_opts = MeasureOptions(stop=plan["stop"], warmup=1, time_limit=max(options.trial_time_limit, 120.0), gate=False)
         notes.append(plan["note"])
-        if plan["isolation"] == "process":
-            from perfscale.measure.runner import run_in_subprocess
+        stop = plan["stop"]
+        pair_limit = max(options.trial_time_limit, 3 * (costs.pair_fixed(True) + stop.max_time) + 60)
 
-            def run_one(config, rep):
-                return run_in_subprocess(config, final_opts, workdir=server.workdir, repeat=rep)
-        else:
-            def run_one(config, rep):
-                return server.measure(config, final_opts, repeat=rep)
-        say("final: winner vs baseline, interleaved")
+        def run_pair(config_a, config_b, rep):
+            if plan["isolation"] != "process":
+                return server.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
+            fresh = TrialServer(server.workdir / f"final-{rep}")
+            try:
+                return fresh.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
+            finally:
+                fresh.close()
+        say("final: the best change vs the baseline, alternating steps")
         final = final_compare(ranking, baseline if baseline_runs else None, options.model, space.seq, plan["repeats"], store,
-                              f"{group}-final", bool(resumed_from), run_one, say)
+                              f"{group}-final", bool(resumed_from), run_pair, say, budget_s=options.budget_seconds)
         notes.extend(final.notes)
     finally:
         store.close()
@@ -425,16 +437,21 @@ def _all_failed_message(records) -> str:
 def _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run: HalvingRun,
                      final: FinalComparison, session) -> TrainTuneResult:
     winner = final.winner
-    why = why_it_won(winner, baseline, run, records)
+    why = why_it_won(final, run, records)
     runners = []
     for o in run.ranking():
         if o.candidate != winner and len(runners) < 3:
             runners.append({"name": o.candidate.name, "knobs": o.candidate.knobs(), "tokens_per_s": o.rate, "rung": o.rung,
                             "vs_winner_screen": (o.rate / final.winner_screen_rate) if final.winner_screen_rate and o.rate else None})
+    docs = {"winner": final.winner_doc(space.seq), "baseline": final.baseline_doc(space.seq, baseline)}
+    for doc in docs.values():  # two models share a paired process: its peak RSS is not one configuration's
+        rung_peaks = [r["peak_memory_bytes"] for t in records.values() if t.name == doc.get("name") for r in t.rungs if r.get("peak_memory_bytes")]
+        if doc.get("name") and doc.get("peak_memory_bytes") is None and rung_peaks:
+            doc["peak_memory_bytes"], doc["peak_memory_from"] = rung_peaks[-1], "its halving trial (the final runs two models per process)"
     return TrainTuneResult(
         model=spec.name, hardware=topology.hardware.description, measured_here=True, ranking="measured",
         workload={"seq": space.seq, "global_batch": space.global_batch, "tokens_per_step": space.seq * space.global_batch},
-        space=space.to_dict(), winner=final.winner_doc(space.seq), baseline=final.baseline_doc(space.seq, baseline), speedup=final.speedup,
+        space=space.to_dict(), winner=docs["winner"], baseline=docs["baseline"], speedup=final.speedup,
         why=why, runners_up=runners, trials=list(records.values()), notes=notes, session=session,
         timing={"wall_s": clock.elapsed(), "budget_s": options.budget_seconds, **stage_times},
         environment=final.environment,

@@ -9,6 +9,14 @@ from typing import Any
 
 from perfscale.measure.stats import StopRule
 
+# The final comparison times at least this many A/B step pairs per process: fewer give a median of
+# pair ratios that one interrupted step can move (chosen: 6 pairs = 12 steps, ~2-5 s for the tiny
+# model on an idle 2-core box).
+MIN_PAIRS = 6
+# and at most this long per process: past it the CI shrinks as 1/sqrt(time) while more processes
+# also sample process-to-process variation (chosen, not measured).
+MAX_PAIR_SECONDS = 60.0
+
 
 class Clock:
     """Wall time since the tune started, against its budget."""
@@ -65,33 +73,44 @@ class Costs:
         typical = self.typical_wall()
         return self.options.trial_time_limit if typical is None else min(self.options.trial_time_limit, max(20.0, 3 * typical))
 
-    def final(self, repeats: int, isolation: str, stop: StopRule | None = None) -> float:
-        """2 configurations x repeats runs; +1 step each for the profiled memory iteration; +20% for a busy machine."""
-        process = isolation == "process"
-        per_run = self.trial(stop or self.options.final_stop, extra_steps=1, cold=process)
-        # A fresh process also imports the model classes, which the worker did before its first trial.
-        startup = 1.5 * (self.server.startup_s or 12.0)
-        return 1.2 * 2 * repeats * (per_run + (startup if process else 0.0))
+    def pair_fixed(self, process: bool) -> float:
+        """What one paired run pays before its first timed pair: both models built and warmed up, and in a
+        fresh process also the start-up (imports), which the shared worker paid once."""
+        fixed = max(self.cold or 0.0, self._mid(self.fixed, 8.0)) if process else self._mid(self.fixed, 8.0)
+        startup = (self.server.startup_s or 12.0) if process else 0.0
+        return startup + 2 * fixed + 0.5
+
+    def pair_seconds(self, pairs: int) -> float:
+        """Timed part of `pairs` step pairs (two steps each)."""
+        return 2 * pairs * self._mid(self.steps, 2.0)
+
+    def final(self, processes: int, isolation: str, pairs: int = MIN_PAIRS) -> float:
+        """The final comparison: `processes` paired runs of at least `pairs` step pairs each; +20% for a busy machine."""
+        return 1.2 * processes * (self.pair_fixed(isolation == "process") + self.pair_seconds(pairs))
 
 
 def final_plan(costs: Costs, options, clock: Clock) -> dict[str, Any]:
-    """How the final comparison runs within the time left: one fresh process per run when that fits,
-    else every run as a trial of the worker (fresh model each); repeats and time cap shrink to fit."""
+    """How the final comparison spends what is left of the budget: as many fresh processes as fit (up to
+    options.repeats, at least MIN_PAIRS step pairs each), each timing pairs until its 95% CI is within
+    the target or its share of the time is spent; when even one fresh process does not fit, the pairs run
+    in the tune worker (its model classes already imported)."""
     left = clock.left()
-    stop = options.final_stop
-    for repeats in range(options.repeats, 0, -1):
-        if costs.final(repeats, "process") <= left:
-            return {"isolation": "process", "repeats": repeats, "stop": stop, "cost": costs.final(repeats, "process"),
-                    "note": f"final comparison: {repeats} fresh process(es) per configuration, interleaved"}
-    repeats = options.repeats
-    while repeats > 1 and costs.final(repeats, "trial") > left:
-        repeats -= 1
-    if costs.final(repeats, "trial") > left:  # shorten the timed part to what is left, keeping >= 3 iterations
-        quick = StopRule(min_iters=3, min_time=0.0, target_rel_ci=stop.target_rel_ci, max_time=1.0)
-        stop = quick
-    return {"isolation": "trial", "repeats": repeats, "stop": stop, "cost": costs.final(repeats, "trial", stop),
-            "note": f"final comparison: {repeats} run(s) per configuration, interleaved, as trials of the tune worker "
-                    "process (fresh model each): the budget had no room for a fresh process per run"}
+    target = options.final_stop
+    pairs = target.min_iters  # default MIN_PAIRS (train.FINAL_STOP)
+    choices = [(k, "process") for k in range(options.repeats, 1, -1)] + [(k, "trial") for k in range(options.repeats, 0, -1)]
+    for processes, isolation in choices:  # fresh processes sample process-to-process variation: preferred
+        if costs.final(processes, isolation, pairs) <= left:
+            timed = max(costs.pair_seconds(pairs), left / 1.2 / processes - costs.pair_fixed(isolation == "process"))
+            stop = StopRule(min_iters=pairs, min_time=min(target.min_time, timed), target_rel_ci=target.target_rel_ci,
+                            max_time=max(min(timed, MAX_PAIR_SECONDS), target.min_time))
+            where = "a fresh process" if isolation == "process" else "the tune worker (a fresh model each)"
+            return {"isolation": isolation, "repeats": processes, "stop": stop, "cost": costs.final(processes, isolation, pairs),
+                    "note": f"final comparison: {processes} paired run(s), each in {where}: the two configurations built "
+                            f"side by side and timed in alternating steps (A B, B A, ...) for up to {stop.max_time:.0f} s"}
+    stop = StopRule(min_iters=pairs, min_time=0.0, target_rel_ci=target.target_rel_ci, max_time=costs.pair_seconds(pairs))
+    return {"isolation": "trial", "repeats": 1, "stop": stop, "cost": costs.final(1, "trial", pairs),
+            "note": f"final comparison: 1 paired run of {pairs} step pairs in the tune worker, past the budget: "
+                    "the halving used it up (steps are slow on this machine now)"}
 
 
-__all__ = ["Clock", "Costs", "final_plan"]
+__all__ = ["MAX_PAIR_SECONDS", "MIN_PAIRS", "Clock", "Costs", "final_plan"]

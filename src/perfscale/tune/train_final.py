@@ -1,21 +1,30 @@
-"""The proof of a training tune: the winner against the baseline, interleaved, one fresh process per
-run, and the words for why it won.
+"""The proof of a training tune: the best challenger against the baseline, paired, and the words for
+what it means.
 
-Order A, B, A, B ... (A = baseline) so slow drifts of a shared machine hit both alike. The speed-up
-is time(A)/time(B) per token, its 95% CI from the two-level bootstrap of measure/stats.py
-(processes, then iterations), the same statistics as `perfscale compare`.
+Each paired run builds both configurations in one fresh process and times their optimizer steps in
+alternation (A B, B A, A B, ...: neither always goes first), so the machine's drift -- which on a
+shared 2-core box moves a step's time by 20-60% within minutes (FIELD-NOTES) -- hits both alike and
+cancels in the per-pair ratio time(B)/time(A). The speed-up is the median of those ratios over every
+pair of every process, with its 95% CI from the two-level bootstrap of measure/stats.py (processes,
+then pairs within each process): process-to-process variation widens it, no t-quantile is used. When
+the interval still contains 1, the verdict says which: a difference too small to matter (the CI is
+narrow) or a machine too noisy to tell within the budget (with the noise measured and the budget
+that would resolve a 10% difference).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from perfscale.measure.compare import speed_verdict
 from perfscale.measure.stats import CONFIDENCE, Ratio, hierarchical_bootstrap_medians, ratio_of_medians
 from perfscale.tune.train_space import Candidate
+
+# The difference the final comparison is asked to resolve: a 10% speed-up is worth acting on (issue 19).
+RESOLVE = 0.10
 
 KNOB_LABELS = {"micro_batch": "micro-batch x accumulation", "precision": "precision", "optimizer": "optimizer",
                "checkpointing": "gradient checkpointing", "attn": "attention", "compile": "torch.compile",
@@ -39,14 +48,17 @@ def pooled_rate(runs) -> dict[str, Any] | None:
 
 @dataclass
 class FinalComparison:
-    winner: Candidate
+    winner: Candidate  # what tune recommends after the final: the challenger when it proved faster, else the baseline
     baseline: Candidate | None  # None: the baseline does not fit, it was not run
+    challenger: Candidate | None = None  # what was compared against the baseline (the halving's best change)
     winner_runs: list = field(default_factory=list)
     baseline_runs: list = field(default_factory=list)
+    challenger_runs: list = field(default_factory=list)
     speedup: dict[str, Any] = field(default_factory=dict)
     reused: int = 0
     measured: int = 0
     winner_screen_rate: float | None = None
+    seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -78,71 +90,148 @@ class FinalComparison:
 
 
 def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, repeats: int, store, group: str,
-                  resume: bool, run_one, say) -> FinalComparison:
-    """Winner (the best of the last rung; the next one if it breaks here) vs baseline, interleaved.
+                  resume: bool, run_pair, say, budget_s: float | None = None) -> FinalComparison:
+    """The best non-baseline candidate of the last rung (the next one if it breaks here) against the
+    baseline, in `repeats` paired runs; the result says whether it is proven faster.
 
-    `run_one(config, repeat)` measures one run (a fresh process, or a trial of a fresh worker); runs
-    already in the store under `group` (a resumed tune) are reused, new ones are stored at once.
+    `run_pair(config_a, config_b, repeat)` returns (result A, result B) of one paired run (a fresh
+    process, or the tune worker); runs already in the store under `group` (a resumed tune) are reused,
+    new ones are stored at once. Without a runnable baseline, the best candidate wins unproven.
     """
+    import time
+
+    started = time.perf_counter()
     counters = {"reused": 0, "measured": 0}
-
-    def run(config, rep):
-        if resume:
-            for stored in store.runs(group=group, fingerprint=config.fingerprint()):
-                if stored.result.repeat == rep:
-                    counters["reused"] += 1
-                    return stored.result
-        result = run_one(config, rep)
-        result.group, result.repeat = group, rep
-        store.keep(result)  # a failing store: a fallback file (tune reports it), not a lost measurement
-        counters["measured"] += 1
-        return result
-
-    base_cfg = baseline.bench_config(model, seq) if baseline is not None else None
-    base_runs: list = []
+    challengers = [o for o in ranking if o.candidate != baseline]
+    if baseline is None or not challengers:
+        only = ranking[0]
+        fc = FinalComparison(winner=only.candidate, baseline=baseline, winner_screen_rate=only.rate)
+        fc.winner_runs = [only.result] if only.result is not None else []
+        fc.baseline_runs = fc.winner_runs if only.candidate == baseline else []
+        fc.speedup = _unpaired_speedup(fc)
+        return fc
+    base_cfg = baseline.bench_config(model, seq)
     fc = None
-    for outcome in ranking[:2]:
-        winner = outcome.candidate
-        fc = FinalComparison(winner=winner, baseline=baseline, winner_screen_rate=outcome.rate)
-        win_cfg = winner.bench_config(model, seq)
+    notes: list[str] = []
+    for outcome in challengers[:2]:
+        chal = outcome.candidate
+        chal_cfg = chal.bench_config(model, seq)
+        fc = FinalComparison(winner=chal, baseline=baseline, challenger=chal, winner_screen_rate=outcome.rate, notes=notes)
+        sub = f"{group}-{chal_cfg.fingerprint()[:8]}"
         for rep in range(repeats):
-            if base_cfg is not None and len(base_runs) <= rep:
-                say(f"final {rep + 1}/{repeats}: baseline")
-                base_runs.append(run(base_cfg, rep))
-            if winner != baseline:
-                say(f"final {rep + 1}/{repeats}: {winner.name}")
-                fc.winner_runs.append(run(win_cfg, rep))
-        fc.baseline_runs = base_runs
-        if winner == baseline:
-            fc.winner_runs = base_runs
-        if any(r.ok for r in fc.winner_runs):
+            pair = _stored_pair(store, sub, base_cfg, chal_cfg, rep) if resume else None
+            if pair is not None:
+                counters["reused"] += 2
+            else:
+                say(f"final {rep + 1}/{repeats}: {chal.name} vs baseline, alternating steps")
+                pair = run_pair(base_cfg, chal_cfg, rep)
+                for result in pair:
+                    result.group, result.repeat = sub, rep
+                    store.keep(result)  # a failing store: a fallback file (tune reports it), not a lost measurement
+                counters["measured"] += 2
+            fc.baseline_runs.append(pair[0])
+            fc.challenger_runs.append(pair[1])
+            if not (pair[0].ok and pair[1].ok):
+                break  # a configuration that breaks here breaks again: do not spend the budget on it
+        if any(a.ok and b.ok for a, b in zip(fc.baseline_runs, fc.challenger_runs, strict=True)):
             break
-        fc.notes.append(f"{winner.name} won the halving but failed in the final comparison: {fc.winner_runs[0].reason}")
+        bad = next(r for pair in zip(fc.baseline_runs, fc.challenger_runs, strict=True) for r in pair if not r.ok)
+        fc.notes.append(f"the paired run of {chal.name} against the baseline failed ({bad.config.display}: {bad.status}, {bad.reason})")
     fc.reused, fc.measured = counters["reused"], counters["measured"]
-    fc.speedup = _speedup(fc)
+    fc.seconds = time.perf_counter() - started
+    fc.speedup = paired_speedup(fc.baseline_runs, fc.challenger_runs, fc.challenger.name, fc.seconds, budget_s)
+    proven = bool(fc.speedup.get("significant")) and (fc.speedup.get("ratio") or 0) > 1
+    fc.winner = fc.challenger if proven else baseline
+    fc.winner_runs = fc.challenger_runs if proven else fc.baseline_runs
     return fc
 
 
-def _speedup(fc: FinalComparison) -> dict[str, Any]:
-    if fc.winner == fc.baseline:
+def _stored_pair(store, group: str, cfg_a, cfg_b, rep: int):
+    found = []
+    for cfg in (cfg_a, cfg_b):
+        hit = next((s.result for s in store.runs(group=group, fingerprint=cfg.fingerprint()) if s.result.repeat == rep), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return tuple(found)
+
+
+def pair_log_ratios(base_runs, chal_runs) -> list[list[float]]:
+    """Per paired process: log(time per token of the challenger / of the baseline), step pair by step pair."""
+    groups = []
+    for a, b in zip(base_runs, chal_runs, strict=True):
+        if not (a.ok and b.ok) or not a.samples or len(a.samples) != len(b.samples):
+            continue
+        ta, tb = a.tokens_per_iter or 1, b.tokens_per_iter or 1
+        groups.append([math.log((sb / tb) / (sa / ta)) for sa, sb in zip(a.samples, b.samples, strict=True) if sa > 0 and sb > 0])
+    return [g for g in groups if g]
+
+
+def machine_noise(base_runs) -> dict[str, Any] | None:
+    """How much the baseline's own step time moved during the final: +-half its p10-p90 range, relative to its
+    median, over every timed step of every process (the drift that pairing cancels)."""
+    steps = [s / (r.tokens_per_iter or 1) for r in base_runs if r.ok for s in r.samples]
+    if len(steps) < 2:
+        return None
+    p10, med, p90 = np.quantile(steps, [0.1, 0.5, 0.9])
+    medians = [float(np.median(r.samples)) / (r.tokens_per_iter or 1) for r in base_runs if r.ok and r.samples]
+    between = (max(medians) / min(medians) - 1) if len(medians) > 1 else None
+    return {"step_variation": float((p90 - p10) / 2 / med), "between_processes": between, "steps": len(steps)}
+
+
+def paired_speedup(base_runs, chal_runs, name: str, seconds: float, budget_s: float | None) -> dict[str, Any]:
+    """time(baseline)/time(challenger) per token from the paired runs, its 95% CI, and the verdict in words."""
+    groups = pair_log_ratios(base_runs, chal_runs)
+    noise = machine_noise(base_runs)
+    common = {"confidence": CONFIDENCE, "method": "paired: both in each process, alternating steps; two-level bootstrap "
+              "(processes, then step pairs) of the median ratio", "challenger": name, "noise": noise,
+              "final_seconds": seconds}
+    if not groups:
+        bad = next((r for pair in zip(base_runs, chal_runs, strict=True) for r in pair if not r.ok), None)
+        why = f"{bad.config.display}: {bad.status}, {bad.reason}" if bad else "no timed pairs"
+        return common | {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "processes": 0, "pairs": 0,
+                         "verdict": f"no speed-up figure: the final paired run did not finish ({why}); keep the Trainer defaults"}
+    logs = np.concatenate([np.asarray(g) for g in groups])
+    med = float(np.median(logs))
+    boots = hierarchical_bootstrap_medians(groups)
+    lo, hi = np.quantile(boots, [(1 - CONFIDENCE) / 2, 1 - (1 - CONFIDENCE) / 2])
+    speed = Ratio(math.exp(-med), math.exp(-hi), math.exp(-lo))  # time(A)/time(B): > 1 means the challenger is faster
+    resolution = (speed.ci_high - speed.ci_low) / 2 / speed.ratio
+    out = common | {"ratio": speed.ratio, "ci_low": speed.ci_low, "ci_high": speed.ci_high, "significant": speed.significant,
+                    "processes": len(groups), "pairs": int(logs.size), "resolution": resolution}
+    out["verdict"], out["rerun_budget_s"] = final_verdict(speed, name, len(groups), int(logs.size), noise, resolution, seconds, budget_s)
+    return out
+
+
+def final_verdict(speed: Ratio, name: str, processes: int, pairs: int, noise: dict | None, resolution: float,
+                  seconds: float, budget_s: float | None) -> tuple[str, float | None]:
+    """(the verdict a person can act on, the --budget-seconds that would resolve a RESOLVE difference or None)."""
+    how = f"95% CI, {processes} process{'es' if processes != 1 else ''} x {pairs // max(1, processes)} alternating step pairs"
+    interval = f"[{speed.ci_low:.2f}, {speed.ci_high:.2f}]"
+    if speed.significant and speed.ratio > 1:
+        return f"{name} is {speed.ratio:.2f}x the speed of the Trainer defaults {interval} ({how}): use it", None
+    if speed.significant:
+        return (f"keep the Trainer defaults: the best change measured, {name}, is {1 - speed.ratio:.0%} slower "
+                f"{interval} ({how})"), None
+    if resolution <= RESOLVE:
+        return (f"keep the Trainer defaults: {name} runs at the same speed within +-{resolution:.0%} "
+                f"({speed.ratio:.2f}x {interval}, {how}); no difference larger than {resolution:.0%} on this machine"), None
+    # Too noisy: the CI half-width shrinks as 1/sqrt(pairs), so resolving RESOLVE needs (resolution/RESOLVE)^2 times the pairs.
+    more = seconds * ((resolution / RESOLVE) ** 2 - 1)
+    rerun = math.ceil(((budget_s or 0.0) + more) / 30) * 30
+    varied = f"+-{noise['step_variation']:.0%}" if noise else "by an unknown amount"
+    return (f"not resolved: this machine's speed varied {varied} during the run; differences below {resolution:.0%} "
+            f"cannot be resolved in {seconds:.0f} s (best change {name}: {speed.ratio:.2f}x {interval}, {how}); "
+            f"keep the Trainer defaults for now, or rerun with --budget-seconds {rerun:.0f} (or on a quieter machine)"), float(rerun)
+
+
+def _unpaired_speedup(fc: FinalComparison) -> dict[str, Any]:
+    """No pair to run: the baseline was the only candidate measured, or it does not fit."""
+    if fc.baseline is not None and fc.winner == fc.baseline:
         return {"ratio": 1.0, "ci_low": 1.0, "ci_high": 1.0, "significant": False, "confidence": CONFIDENCE,
-                "verdict": "the Trainer defaults were the fastest configuration measured: keep them"}
-    a, b = _per_token(fc.baseline_runs), _per_token(fc.winner_runs)
-    if fc.baseline is None:
-        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "confidence": CONFIDENCE,
-                "verdict": "no speed-up figure: the Trainer defaults do not fit this machine (any configuration that runs beats them)"}
-    if not a:
-        why = fc.baseline_runs[0].reason if fc.baseline_runs else "not run"
-        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "confidence": CONFIDENCE,
-                "verdict": f"no speed-up: the baseline did not finish ({fc.baseline_runs[0].status if fc.baseline_runs else 'n/a'}: {why})"}
-    if not b:
-        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "confidence": CONFIDENCE,
-                "verdict": "no speed-up: the winner did not finish in the final comparison"}
-    r = ratio_of_medians(a, b)  # time(B)/time(A)
-    speed = Ratio(1 / r.ratio, 1 / r.ci_high, 1 / r.ci_low)
-    return {"ratio": speed.ratio, "ci_low": speed.ci_low, "ci_high": speed.ci_high, "significant": speed.significant,
-            "confidence": CONFIDENCE, "processes_per_config": min(len(a), len(b)),
-            "verdict": speed_verdict("baseline (Trainer defaults)", "winner", speed)}
+                "verdict": "keep the Trainer defaults: no other configuration finished a trial within the budget"}
+    return {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "confidence": CONFIDENCE,
+            "verdict": "no speed-up figure: the Trainer defaults do not fit this machine (any configuration that runs beats them)"}
 
 
 def _value(c: Candidate, knob: str) -> str:
@@ -154,40 +243,69 @@ def _value(c: Candidate, knob: str) -> str:
     return str(v)
 
 
-def why_it_won(winner: Candidate, baseline: Candidate, run, records) -> list[str]:
-    """For each knob the winner changes: the one-knob comparison that measured it; for each knob it
-    keeps: the alternative that was measured and lost."""
-    rates: dict[Candidate, tuple[float, int]] = {}
+def _screen_ratio(a, b) -> Ratio | None:
+    """Speed of b over a from their screening trials (one short trial each): time(a)/time(b) per token."""
+    ga, gb = _per_token([a.result]) if a.result is not None else [], _per_token([b.result]) if b.result is not None else []
+    if not ga or not gb:
+        return None
+    r = ratio_of_medians(ga, gb)
+    return Ratio(1 / r.ratio, 1 / r.ci_high, 1 / r.ci_low)
+
+
+def _effect(r: Ratio, rung: int) -> str:
+    return (f"{r.ratio - 1:+.0%} tokens/s [{r.ci_low - 1:+.0%}, {r.ci_high - 1:+.0%}], screening estimate: one short "
+            f"trial each at rung {rung}, not interleaved")
+
+
+def why_it_won(fc: FinalComparison, run, records=None) -> list[str]:
+    """For each knob the challenger changes from the defaults: its measured effect -- from the final paired
+    comparison when that knob is the only change, else the screening estimate with its 95% CI (one short
+    trial each, labelled so); for each knob kept: the alternative that was screened and lost."""
+    baseline = fc.baseline
+    chal = fc.challenger or fc.winner
+    if baseline is None:
+        return [f"{chal.name}: the Trainer defaults do not fit, so there is nothing to compare it with"]
+    first: dict[Candidate, Any] = {}
     for rung in run.rungs:
         for o in rung:
-            if o.rate and o.candidate not in rates:  # first (rung 0) trials: the one-knob pairs were measured together there
-                rates[o.candidate] = (o.rate, o.rung)
-    pairs = [(a, b) for a in rates for b in rates if a != b and len(b.differences(a)) == 1]
+            if o.rate and o.candidate not in first:  # first (rung 0) trials: the one-knob pairs were measured together there
+                first[o.candidate] = o
+    pairs = [(a, b) for a in first for b in first if a != b and len(b.differences(a)) == 1]
     out = []
-    diffs = winner.differences(baseline)
+    diffs = chal.differences(baseline)
+    sp = fc.speedup or {}
     for knob in diffs:
         label = KNOB_LABELS.get(knob, knob)
-        wv = _value(winner, knob)
-        match = [(a, b) for a, b in pairs if knob in b.differences(a) and _value(b, knob) == wv and _value(a, knob) == _value(baseline, knob)]
-        if match:
-            a, b = match[0]
-            gain = rates[b][0] / rates[a][0] - 1
-            out.append(f"{label}: {_value(baseline, knob)} -> {wv} ({gain:+.0%} tokens/s when only this changed, rung {rates[b][1]})")
+        cv = _value(chal, knob)
+        if len(diffs) == 1 and sp.get("ratio") is not None and sp.get("ci_low") is not None:
+            out.append(f"{label}: {_value(baseline, knob)} -> {cv} ({sp['ratio'] - 1:+.0%} tokens/s "
+                       f"[{sp['ci_low'] - 1:+.0%}, {sp['ci_high'] - 1:+.0%}], the final paired comparison)")
+            continue
+        match = [(a, b) for a, b in pairs if knob in b.differences(a) and _value(b, knob) == cv and _value(a, knob) == _value(baseline, knob)]
+        ratio = _screen_ratio(first[match[0][0]], first[match[0][1]]) if match else None
+        if ratio is not None:
+            out.append(f"{label}: {_value(baseline, knob)} -> {cv} ({_effect(ratio, first[match[0][1]].rung)})")
         else:
-            out.append(f"{label}: {_value(baseline, knob)} -> {wv} (found with the other winning knobs; not measured alone)")
+            out.append(f"{label}: {_value(baseline, knob)} -> {cv} (found with the other changes; not measured alone)")
     center = run.center
     for cand, role in run.role.items():
-        if role is None or role[0] in diffs or cand not in rates or center not in rates:
+        if role is None or role[0] in diffs or cand not in first or center not in first:
             continue
-        knob, value = role
-        if _value(winner, knob) != _value(center, knob):
+        knob, _value_ = role
+        if _value(chal, knob) != _value(center, knob):
             continue
-        gain = rates[cand][0] / rates[center][0] - 1
-        if gain <= 0.0:
-            out.append(f"kept {KNOB_LABELS.get(knob, knob)} {_value(winner, knob)}: {_value(cand, knob)} measured {gain:+.0%}")
-    if not diffs:
-        out.insert(0, "the Trainer defaults: no measured change beat them")
+        ratio = _screen_ratio(first[center], first[cand])
+        if ratio is not None and ratio.ratio <= 1.0:
+            out.append(f"kept {KNOB_LABELS.get(knob, knob)} {_value(chal, knob)}: {_value(cand, knob)} measured "
+                       f"{_effect(ratio, first[cand].rung)}")
+    if fc.winner == baseline:
+        if fc.challenger is None:
+            out.insert(0, "the Trainer defaults: no other configuration finished a trial")
+        else:
+            out.insert(0, f"the Trainer defaults stay: the best change found, {chal.name}, was not proven faster in the "
+                          "final paired comparison (its changes below)")
     return out
 
 
-__all__ = ["FinalComparison", "final_compare", "pooled_rate", "why_it_won"]
+__all__ = ["RESOLVE", "FinalComparison", "final_compare", "final_verdict", "machine_noise", "pair_log_ratios", "paired_speedup",
+           "pooled_rate", "why_it_won"]
