@@ -1,7 +1,8 @@
 """`debug dist`: real torchrun processes on gloo on this machine, healthy and made to fail.
 
-The three torchrun runs (2 ranks on one node; 2 single-rank nodes with rank 1 hanging in all_reduce;
-2 ranks with rank 0 exiting in broadcast) run at the same time, so the suite pays for one start-up.
+The torchrun runs (2 ranks on one node; 2 single-rank nodes with rank 1 hanging in all_reduce; 2 ranks with
+rank 0 exiting in broadcast; and `perfscale debug dist` started by torchrun itself, checking from inside the
+job) run at the same time, so the suite pays for one start-up.
 Each must end within its timeout with a verdict that names the rank and the step.
 """
 
@@ -21,22 +22,39 @@ from perfscale.errors import InvalidConfigError
 TIMEOUT = 90.0  # whole-run limit; the machine is shared and torch's import alone can take 6 s
 
 
-def _all_three():
+def _inside_a_job(log_dir):
+    """`perfscale debug dist --json` started by torchrun itself (2 ranks): each rank's stdout, parsed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    perfscale_bin = Path(sys.executable).with_name("perfscale")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--redirects", "3", "--log-dir", str(log_dir),
+           "--no-python", str(perfscale_bin), "debug", "dist", "--sizes", "4K", "--iters", "1", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    docs = [json.loads(p.read_text()) for p in sorted(Path(log_dir).rglob("stdout.log"))]
+    return proc.returncode, docs
+
+
+def _all_three(log_dir):
     runs = {
         "healthy": dict(nproc=2, sizes=(4096, 65536), iters=2),
         "hang": dict(nproc=1, nnodes=2, fault="hang:1:all_reduce", step_timeout=3, sizes=(4096,), iters=1),
         "exit": dict(nproc=2, fault="exit:0:broadcast", step_timeout=3, sizes=(4096,), iters=1),
     }
     started = time.monotonic()
-    with ThreadPoolExecutor(len(runs)) as pool:
+    with ThreadPoolExecutor(len(runs) + 1) as pool:
         futures = {name: pool.submit(debug_dist, timeout=TIMEOUT, **kw) for name, kw in runs.items()}
+        in_job = pool.submit(_inside_a_job, log_dir)
         results = {name: f.result() for name, f in futures.items()}
-    return results, time.monotonic() - started
+        in_job = in_job.result()
+    return results, in_job, time.monotonic() - started
 
 
 @pytest.mark.slow
-def test_torchrun_gloo_healthy_hung_and_exited_ranks():
-    results, wall = _all_three()
+def test_torchrun_gloo_healthy_hung_and_exited_ranks(tmp_path):
+    results, (job_rc, job_docs), wall = _all_three(tmp_path / "job-logs")
     assert wall < TIMEOUT + 15  # never a hang of the tool
 
     ok = results["healthy"]
@@ -61,6 +79,10 @@ def test_torchrun_gloo_healthy_hung_and_exited_ranks():
     states = {r["rank"]: r for r in gone.ranks}
     assert not gone.ok and states[0]["state"] == "exited" and states[0]["exit_code"] == EXIT_CODE_INJECTED
     assert states[1]["state"] == "failed" and states[1]["last_step"] == "broadcast:4096"
+    # inside an existing torchrun job: every rank checks from inside and prints one document with the job's verdict
+    assert job_rc == 0 and [d["rank"] for d in job_docs] == [0, 1], (job_rc, job_docs)
+    assert all(d["ok"] and d["world_size"] == 2 and d["verdict"].startswith("OK") for d in job_docs)
+
     # every rank process is gone afterwards (the hung one too: torchrun puts each rank in its own session)
     import psutil
 

@@ -106,13 +106,19 @@ def dist(
     as_json: bool = JSON,
 ) -> None:
     """Launch the distributed sanity check under torchrun: rendezvous, ranks, devices, every collective's values
-    and bus bandwidth; on failure, which rank hung or exited and at which step, within the timeout."""
+    and bus bandwidth; on failure, which rank hung or exited and at which step, within the timeout.
+
+    Run under torchrun itself (`torchrun --nproc-per-node 8 --no-python perfscale debug dist`), it checks that
+    job from inside: --nproc/--nnodes are the job's, and rank 0 prints the verdict."""
     from perfscale.debug.dist import debug_dist, parse_sizes
 
     result = debug_dist(nproc=nproc, nnodes=nnodes, backend=backend, timeout=timeout, step_timeout=step_timeout,
                         sizes=parse_sizes(sizes), iters=iters, topology=topology)
     document = result.to_dict()
     # a failed check is a result (ok: false, the verdict says which rank and step), not a usage error: exit 0
+    if result.rank not in (None, 0) and not as_json:  # inside a job: rank 0 draws the tables, the others one line
+        typer.echo(f"rank {result.rank}: {result.verdict}", err=True)
+        return
     emit(document, as_json, lambda console: render_dist(console, document))
 
 

@@ -52,6 +52,7 @@ class DistResult:
     interfaces: dict[str, list[str]]
     command: list[str]
     notes: list[str] = field(default_factory=list)
+    rank: int | None = None  # inside an existing job: the rank this process is (None: this process launched the job)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "debug-dist", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
@@ -183,6 +184,11 @@ def _exit_codes(stderr: str) -> dict[int, int]:
     return {int(r): int(c) for r, c in _EXIT.findall(stderr)}
 
 
+def inside_torchrun(environ=os.environ) -> bool:
+    """Whether this process is a rank of a job torchrun (or another launcher) started: the env:// protocol."""
+    return all(k in environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def debug_dist(
     *, nproc: int = 2, nnodes: int = 1, backend: str = "gloo", timeout: float = 60.0, step_timeout: float | None = None,
     sizes=DEFAULT_SIZES, iters: int = 5, collectives=COLLECTIVES, topology: str | None = "local",
@@ -197,6 +203,9 @@ def debug_dist(
     """
     sizes = tuple(sizes)
     collectives = tuple(collectives)
+    if inside_torchrun():  # a rank of an existing job: check it from here, the job decides the layout
+        _check(backend, 1, 1, timeout, sizes, iters, collectives)
+        return _run_in_job(backend, timeout, step_timeout, sizes, iters, collectives, topology, fault)
     _check(backend, nproc, nnodes, timeout, sizes, iters, collectives)
     if fault is not None and not re.fullmatch(r"(hang|exit):\d+:(rendezvous|ranks|" + "|".join(COLLECTIVES) + ")", fault):
         raise InvalidConfigError(f"fault {fault!r}: use hang:RANK:STEP or exit:RANK:STEP with STEP one of rendezvous, ranks, "
@@ -260,6 +269,60 @@ def debug_dist(
         codes = _exit_codes(stderr)
     return _verdict(backend, nnodes, nproc, world, timeout, step_timeout, wall, logs, results, codes, stderr,
                     killed_at_deadline, bandwidth, command)
+
+
+def _run_in_job(backend, timeout, step_timeout, sizes, iters, collectives, topology, fault) -> DistResult:
+    """The checks as this rank of an existing torchrun job; every rank gathers all ranks' logs and results and
+    returns the job's verdict (when a rank fails, the group may be gone: each rank then reports its own view)."""
+    import torch.distributed as dist
+
+    from perfscale.debug.dist_worker import run_rank
+    from perfscale.measure.runner import temp_workdir
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    nproc = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    step_timeout = float(step_timeout) if step_timeout else max(1.0, timeout / 3)
+    bandwidth = _catalogue_bandwidth(topology, max(1, world // max(1, nproc)))
+    started = time.monotonic()
+    with temp_workdir("dist") as folder:
+        job = {"folder": str(folder), "backend": backend, "sizes": list(sizes), "iters": iters, "collectives": list(collectives),
+               "step_timeout": step_timeout, "timeout": timeout, "fault": fault}
+        try:
+            rc = run_rank(job, keep_group=True)
+        except Exception as exc:  # noqa: BLE001 - the rendezvous itself failed: this rank's verdict
+            rc = 1
+            with open(folder / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"t": time.time(), "event": "error", "step": "rendezvous",
+                                    "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        own = {"log": _read_log(folder / f"rank{rank}.jsonl"),
+               "result": json.loads((folder / f"rank{rank}.json").read_text()) if (folder / f"rank{rank}.json").exists() else None}
+        gathered = None
+        if rc == 0:
+            try:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, own)
+            except Exception:  # noqa: BLE001 - the group broke after this rank's checks: its own view
+                gathered = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    wall = time.monotonic() - started
+    nnodes = max(1, world // max(1, nproc))
+    command = ["(inside an existing job)", f"RANK={rank}", f"WORLD_SIZE={world}"]
+    if gathered is not None:
+        logs = {r: g["log"] for r, g in enumerate(gathered)}
+        results = {r: g["result"] for r, g in enumerate(gathered) if g["result"] is not None}
+        out = _verdict(backend, nnodes, nproc, world, timeout, step_timeout, wall, logs, results, {}, "", False, bandwidth, command)
+    else:
+        state = _rank_state(rank, own["log"], own["result"], None, False)
+        failure = {"rank": rank, "state": state["state"], "step": state["last_step"],
+                   "what": f"rank {rank} failed in {_step(state['last_step'])}: {state.get('error')}"}
+        out = DistResult(ok=False, verdict=f"FAILED (this rank's view; the others report their own): {failure['what']}",
+                         backend=backend, nnodes=nnodes, nproc_per_node=nproc, world_size=world, timeout_s=timeout, wall_s=wall,
+                         ranks=[state], collectives=[], failures=[failure], catalogue_bandwidth=bandwidth, env=relevant_env(),
+                         interfaces=(own["result"] or {}).get("interfaces", {}), command=command)
+    out.notes.append(f"run inside an existing torchrun job as rank {rank} of {world}")
+    out.rank = rank
+    return out
 
 
 def _rank_state(r: int, log: list[dict], result: dict | None, code: int | None, killed: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ then timed (nccl-tests' method: a warm-up, then the median of a few timed iterat
 
 Collectives and their bus bandwidth (nccl-tests, doc/PERFORMANCE.md: busbw = algbw x factor, algbw =
 S / t, with n ranks): all_reduce 2(n-1)/n (S = the buffer), all_gather and reduce_scatter (n-1)/n
-(S = the full gathered / scattered buffer), broadcast 1, send/recv 1 (S = what each rank sends).
+(S = the full gathered / scattered buffer), broadcast 1, send/recv 1 (S = what each rank sends). torch 2.13 names the tensor forms all_gather_single and reduce_scatter_single.
 
 `fault` (for testing the tool): `hang:RANK:STEP` makes RANK sleep when it begins STEP (a collective
 name like all_reduce, or rendezvous); `exit:RANK:STEP` makes it exit with code 3 there.
@@ -79,6 +79,9 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
     import torch.distributed as dist
 
     full = lambda v, n=n_elems: torch.full((n,), float(v), device=device)  # noqa: E731
+    # torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor (the old names warn): the new ones where they exist
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     if name == "all_reduce":
         buf = full(rank + 1)
 
@@ -91,7 +94,7 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
         src, out = full(rank + 1), torch.empty(world * n_elems, device=device)
 
         def run():
-            dist.all_gather_into_tensor(out, src, group=group)
+            gather(out, src, group=group)
             return out
         expected = torch.arange(1, world + 1, dtype=torch.float32, device=device).repeat_interleave(n_elems)
         return run, expected, world * n_elems * 4
@@ -101,7 +104,7 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
         out = torch.empty(n_elems, device=device)
 
         def run():
-            dist.reduce_scatter_tensor(out, src, group=group)
+            scatter(out, src, group=group)
             return out
         return run, full(world * (world + 1) / 2 + world * rank), world * n_elems * 4
     if name == "broadcast":
@@ -126,7 +129,13 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
 
 
 def main(job_path: str) -> int:
-    job = json.loads(Path(job_path).read_text())
+    return run_rank(json.loads(Path(job_path).read_text()))
+
+
+def run_rank(job: dict, *, keep_group: bool = False) -> int:
+    """This process's checks as one rank of the job (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from
+    torchrun); writes rank<R>.jsonl and rank<R>.json in job['folder']; 0 when every step ran. With
+    `keep_group` the default process group stays up (to gather the ranks' results afterwards)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     folder = Path(job["folder"])
@@ -197,7 +206,8 @@ def main(job_path: str) -> int:
         (folder / f"rank{rank}.json").write_text(json.dumps(results))
         return 1
     (folder / f"rank{rank}.json").write_text(json.dumps(results))
-    dist.destroy_process_group()
+    if not keep_group:
+        dist.destroy_process_group()
     return 0
 
 
