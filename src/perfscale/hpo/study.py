@@ -89,6 +89,7 @@ class HpoOptions:
     device: str = "auto"
     max_failures: int | None = None  # stop this invocation after this many failed trials (None: --trials)
     plots: str | None = None  # write the study's plots to this HTML file
+    fork: bool = True  # on CPU, fork trials from a launcher that has the imports done (zygote.py)
     faults: dict[int, tuple[str, int]] = field(default_factory=dict)  # tests: trial number -> (fault, at step)
 
     def __post_init__(self) -> None:
@@ -246,6 +247,15 @@ def fail_dead_trials(study) -> int:
 
 
 # ----------------------------------------------------------------- the study
+def _forkable(device: str) -> bool:
+    """Forking the trial launcher is safe on CPU only (CUDA does not survive fork)."""
+    if device == "cpu":
+        return True
+    import torch
+
+    return device == "auto" and not torch.cuda.is_available()
+
+
 @dataclass
 class _Context:
     options: HpoOptions
@@ -268,6 +278,7 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     guard: threading.Lock = field(default_factory=threading.Lock)
     error: BaseException | None = None
+    launcher: Any = None  # zygote.Launcher on CPU (trials forked from a pre-imported launcher), None: spawned
     storage_label: str = ""  # what a trial process opens (the URL, or journal:PATH)
 
     def trial_limit(self) -> float:
@@ -339,7 +350,15 @@ def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
         job["fault"], job["fault_step"] = opts.faults[trial.number]
     ctx.say(f"trial {trial.number}: training " + ", ".join(f"{p.name}={values.get(p.name)}" for p in ctx.space.searched()
                                                            if values.get(p.name) is not None))
-    out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, f"trial-{trial.number}-{time.monotonic_ns()}")
+    tag = f"trial-{trial.number}-{time.monotonic_ns()}"
+    try:
+        out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, tag, launcher=ctx.launcher)
+    except RuntimeError as exc:  # the launcher could not start or fork: spawn this trial and the rest
+        with ctx.guard:
+            if ctx.launcher is not None:
+                ctx.notes.append(f"the trial launcher failed ({exc}); trials were spawned as new interpreters instead")
+            ctx.launcher = None
+        out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, tag)
     p = out.payload
     common = {"wall_s": out.wall_s, "steps": p.get("steps"), "tokens_per_s": p.get("tokens_per_s"), "measured_memory": p.get("memory")}
     if out.status == "complete":
@@ -512,6 +531,14 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
                        workdir=Path(tmp), processes=Processes(), say=say,
                        threads=options.threads or max(1, cores // options.workers), heartbeat=sspec.kind == "rdb", notes=notes)
         ctx.storage_label = sspec.label if sspec.kind == "journal" else sspec.url  # what the trial process opens
+        from optuna.trial import TrialState
+
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+        if options.fork and done < options.trials and _forkable(options.device):
+            from perfscale.hpo.zygote import Launcher
+
+            ctx.launcher = Launcher(options.model, Path(tmp))
+            ctx.launcher.prewarm()
         stop_beats = threading.Event()
         beats = threading.Thread(target=_heartbeats, args=(ctx, stop_beats), daemon=True) if ctx.heartbeat else None
         if beats:
@@ -534,6 +561,8 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
                 w.join(timeout=60)
         finally:
             stop_beats.set()
+            if ctx.launcher is not None:
+                ctx.launcher.close()
         if ctx.error is not None and interrupted is None:
             raise ctx.error
         result = summarize(study, options, space, data, capacity, sspec.label, mine=ctx.mine, notes=ctx.notes,

@@ -73,6 +73,8 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     from perfscale.measure.scenarios.common import build_lm, resolve_device
 
     values = job["values"]
+    if job.get("fault") and job.get("fault_step", 1) == 0:  # tests: misbehave before any work
+        _fault(job["fault"])
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     device = resolve_device(job.get("device", "auto"))
@@ -120,7 +122,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="perfscale-hpo-trial-") as out:
         args = TrainingArguments(
             output_dir=out, max_steps=job["steps"], eval_strategy="steps", eval_steps=job["eval_steps"],
-            per_device_eval_batch_size=job.get("eval_batch", 16), save_strategy="no", logging_strategy="no", report_to="none",
+            per_device_eval_batch_size=job.get("eval_batch", 32), prediction_loss_only=True, save_strategy="no", logging_strategy="no", report_to="none",
             disable_tqdm=True, use_cpu=device == "cpu", seed=job["seed"], data_seed=job["seed"], dataloader_num_workers=0,
             **ta,
         )
@@ -162,10 +164,13 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], parent_pid: int | None = None) -> int:
+    """`parent_pid`: forked by the launcher (zygote.py), which is then the parent to watch."""
     job = json.loads(Path(argv[0]).read_text())
     from perfscale.measure.worker import parse_oom, watch_parent
 
+    if parent_pid is not None:
+        job["parent"] = {"pid": parent_pid, "pipe_fd": None, "workdir": None, "files": (job.get("parent") or {}).get("files", [])}
     watch_parent(job.get("parent"))
     try:
         payload = run_trial(job)
