@@ -19,7 +19,7 @@ CONFIG = typer.Option(None, "--config", help="Measure the configuration in this 
 # The flags that define what is measured; with --config the file does, so these are refused alongside it.
 CONFIG_FLAGS = (
     "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names("measure"),
-    "backend", "encoder_quant", "device", "sentences",
+    "backend", "encoder_quant", "device", "sentences", "nproc", "nnodes", "strategy", "fsdp_reshard", "fsdp_mp", "fsdp_offload",
 )
 
 
@@ -79,6 +79,50 @@ def progress(description: str, total: int | None, quiet: bool):
         yield advance
 
 
+def ranks_table(doc: dict):
+    """The per-rank rows of a torchrun-measured result (measure/multiprocess.py), or None for one process."""
+    from rich.table import Table
+
+    from perfscale.units import gib, seconds
+
+    ranks = doc.get("ranks") or []
+    if not ranks:
+        return None
+    layout = doc.get("distributed") or {}
+    title = (f"per rank: {layout.get('strategy', '?')} x {layout.get('world_size', len(ranks))} on {layout.get('backend', '?')}, "
+             f"{layout.get('threads_per_rank', '?')} thread(s) per rank")
+    table = Table(title=title)
+    for name in ("rank", "node", "step time (median)", "tokens/s", "peak live tensors", "peak RSS", "comm (profiled iter)"):
+        table.add_column(name, justify="right")
+    for r in ranks:
+        tps = r.get("tokens_per_s")
+        table.add_row(str(r.get("rank")), str(r.get("node")), seconds(r.get("step_time_median")),
+                      "n/a" if tps is None else f"{tps:,.1f}", gib(r.get("peak_live_tensor_bytes")), gib(r.get("cpu_peak_rss")),
+                      seconds(r.get("comm_s")))
+    return table
+
+
+def render_bench(doc: dict):
+    """bench's view: the result table, then the per-rank table when there are ranks."""
+    from perfscale.report.bench_tables import bench_table
+
+    def render(console) -> None:
+        console.print(bench_table(doc))
+        table = ranks_table(doc)
+        if table is not None:
+            console.print(table)
+
+    return render
+
+
+def warn_notes(config, notes: list[str], quiet: bool) -> None:
+    """Say on stderr what preflight noted about a multi-process layout (ranks sharing cores) before it runs."""
+    if quiet or not config.distributed:
+        return
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+
+
 def _rerun_interval(doc: dict, db, runs: list, group: str) -> dict:
     """ci_low/ci_high widened by this machine's drift between invocations (measure/drift.py),
     learnt from the store's earlier invocations, this one left out."""
@@ -113,7 +157,6 @@ def bench(
     from perfscale.measure.compare import MAX_REPEATS
     from perfscale.measure.runner import RunInterrupted, measure, sigterm_as_interrupt
     from perfscale.measure.store import Store
-    from perfscale.report.bench_tables import bench_table
     from perfscale.report.emit import emit
 
     with sigterm_as_interrupt():
@@ -129,7 +172,7 @@ def bench(
             raise InvalidConfigError(f"--repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}.")
         from perfscale.measure.preflight import preflight
 
-        preflight(config)  # before the config file is written and before the store is opened
+        warn_notes(config, preflight(config)[config.fingerprint()], as_json)  # before the config file is written and the store opened
         if save_config:
             try:
                 Path(save_config).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -166,7 +209,7 @@ def bench(
             unsaved = report_unsaved(db)
             if unsaved:
                 doc["unsaved"] = unsaved
-        emit(doc, as_json, lambda console: console.print(bench_table(doc["configurations"][0])))
+        emit(doc, as_json, render_bench(doc["configurations"][0]))
         if interrupted is not None:
             raise interrupted_exit(interrupted.how)
         if unsaved:

@@ -30,6 +30,12 @@ OPTIONS: dict[str, Any] = {
     "encoder_quant": typer.Option("none", "--encoder-quant", help="encode: none | int8-dynamic | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range."),
     "device": typer.Option("auto", "--device", help="Where to run: auto (CUDA when present) | cpu | cuda."),
     "sentences": typer.Option(None, "--sentences", help="encode: corpus sentences per iteration (default 4 batches)."),
+    "nproc": typer.Option(None, "--nproc", help="Processes per node (torchrun --nproc-per-node): measure training in that many ranks; --batch is per rank. Default 1 (one plain process)."),
+    "nnodes": typer.Option(None, "--nnodes", help="torchrun agents on this machine joined by a c10d rendezvous on 127.0.0.1 (a real multi-node run without a cluster). Default 1."),
+    "strategy": typer.Option(None, "--strategy", help="ddp | fsdp2 (fully_shard per transformer block) | none. Default ddp with --nproc/--nnodes above 1, else none."),
+    "fsdp_reshard": typer.Option(True, "--fsdp-reshard/--no-fsdp-reshard", help="fsdp2: reshard_after_forward (free gathered parameters after forward; off keeps them until backward)."),
+    "fsdp_mp": typer.Option("none", "--fsdp-mp", help="fsdp2: MixedPrecisionPolicy param dtype, none | bf16 | fp16 (fp32 master weights, gradients reduced in fp32)."),
+    "fsdp_offload": typer.Option(False, "--fsdp-offload", help="fsdp2: CPUOffloadPolicy (parameters, gradients and the optimizer step on the CPU)."),
     "min_iters": typer.Option(10, "--min-iters", help="Stop rule: at least this many timed iterations."),
     "min_time": typer.Option(3.0, "--min-time", help="Stop rule: and at least this many seconds."),
     "max_time": typer.Option(60.0, "--max-time", help="Stop rule: time cap (seconds) even if the CI target is not met (then said so)."),
@@ -57,6 +63,12 @@ class MeasureFlags:
     encoder_quant: str
     device: str
     sentences: int | None
+    nproc: int | None
+    nnodes: int | None
+    strategy: str | None
+    fsdp_reshard: bool
+    fsdp_mp: str
+    fsdp_offload: bool
     min_iters: int
     min_time: float
     max_time: float
@@ -94,7 +106,16 @@ class MeasureFlags:
         backend = self.backend or ("compile" if run_knobs.get("compile") else "eager")
         run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
         return BenchConfig(scenario=scenario, model=self.model, run=run, backend=backend, device=self.device,
-                           encoder_quantization=self.encoder_quant, sentences=self.sentences, label=label)
+                           encoder_quantization=self.encoder_quant, sentences=self.sentences, label=label,
+                           **self.layout())
+
+    def layout(self) -> dict:
+        """The multi-process fields of BenchConfig these flags give (defaults where not given)."""
+        from perfscale.measure.bench_config import DIST_DEFAULTS
+
+        given = {"nproc": self.nproc, "nnodes": self.nnodes, "strategy": self.strategy, "fsdp_reshard": self.fsdp_reshard,
+                 "fsdp_mp": self.fsdp_mp, "fsdp_offload": self.fsdp_offload}
+        return {k: DIST_DEFAULTS[k] if v is None else v for k, v in given.items()}
 
     def measure_options(self):
         from perfscale.measure.bench_config import MeasureOptions

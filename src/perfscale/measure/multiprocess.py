@@ -210,29 +210,12 @@ def merge(config: BenchConfig, payloads: dict[int, dict], nodes: list[dict | Non
     """One BenchResult from every rank's result (see the module docstring)."""
     world = config.world_size
     config_doc = config.to_dict()
-    bad = {r: p for r, p in sorted(payloads.items()) if p.get("status") != "ok"}
-    if bad:
-        rank, p = next(iter(bad.items()))
-        doc = {"config": config_doc, **p, "reason": f"rank {rank}: {p.get('reason')}", "ranks": _rank_rows(payloads, config)}
-        return _from(doc, base)
-    missing = [r for r in range(world) if r not in payloads]
-    if missing:
-        failures = sorted((f for n in nodes if n for f in n.get("failures", ())), key=lambda f: f["rank"])
-        errors = [n["error"] for n in nodes if n and n.get("error")]
-        absent = [n for n, doc in enumerate(nodes) if doc is None]
-        if failures:
-            root = failures[0]
-            text = "; ".join(f"rank {f['rank']} {_failure_text(f)}" for f in failures)
-            status = "oom" if root.get("signal") == "SIGKILL" else "failed"
-            reason = f"rank {root['rank']} died without a result ({text})"
-            if status == "oom":
-                reason += ": killed by SIGKILL, not by perfscale: most likely the kernel's OOM killer"
-        elif errors:
-            status, reason = "failed", f"torchrun could not run the job: {errors[0]}"
-        else:
-            status = "failed"
-            reason = f"ranks {', '.join(map(str, missing))} wrote no result" + (
-                f" (the agents of nodes {', '.join(map(str, absent))} died without a word)" if absent else "")
+    failure = _failure(payloads, nodes, world)
+    if failure is not None:
+        status, reason, payload = failure
+        if payload is not None:
+            doc = {"config": config_doc, **payload, "reason": reason, "ranks": _rank_rows(payloads, config)}
+            return _from(doc, base)
         return BenchResult(status=status, reason=reason, stderr_tail=stderr, ranks=_rank_rows(payloads, config), **base)
     first = payloads[0]
     doc = {"config": config_doc, **first}
@@ -266,6 +249,51 @@ def merge(config: BenchConfig, payloads: dict[int, dict], nodes: list[dict | Non
                  f"{'s' if config.nnodes > 1 else ''}): tokens/s counts every rank's batch over the slowest rank's step time")
     doc["notes"] = notes
     return _from(doc, base)
+
+
+# A rank's error that says a peer went away: a consequence of another rank's failure, not a cause.
+PEER_ERRORS = ("remote worker", "closed by peer", "Connection reset", "Read error", "Socket Timeout", "NCCL communicator",
+               "Broken pipe", "Connection refused")
+
+
+def _failure(payloads: dict[int, dict], nodes: list[dict | None], world: int) -> tuple[str, str, dict | None] | None:
+    """(status, reason naming the rank, that rank's payload or None) of a failed job; None when every rank is ok.
+
+    The cause, in this order: a rank that failed on its own (earliest first), a rank that died without
+    a result on its own (torchrun's record: an exit code, or a signal other than the agent's SIGTERM),
+    a rank that lost a peer; the agent stopping the others with SIGTERM comes last."""
+    wrote = sorted(((p.get("failed_at") or float("inf"), r, p) for r, p in payloads.items() if p.get("status") != "ok"),
+                   key=lambda t: t[:2])
+    own = [(r, p) for _, r, p in wrote if not any(e in str(p.get("reason")) for e in PEER_ERRORS)]
+    peer = [(r, p) for _, r, p in wrote if (r, p) not in own]
+    records = [f for n in nodes if n for f in n.get("failures", ()) if f["rank"] not in payloads]
+    died = sorted((f for f in records if f.get("signal") != "SIGTERM"), key=lambda f: f["rank"])
+    stopped = sorted((f for f in records if f.get("signal") == "SIGTERM"), key=lambda f: f["rank"])
+    missing = [r for r in range(world) if r not in payloads]
+    if not wrote and not missing:
+        return None
+    after = [f"rank {r} {p.get('status')}" for r, p in own[1:] + peer] + [f"rank {f['rank']} {_failure_text(f)}" for f in died + stopped]
+    if own:
+        rank, p = own[0]
+        rest = [a for a in after if not a.startswith(f"rank {rank} ")]
+        return p.get("status", "failed"), f"rank {rank}: {p.get('reason')}" + (f" (then {', '.join(rest)})" if rest else ""), p
+    if died or stopped:
+        root = (died or stopped)[0]
+        rest = [a for a in after if not a.startswith(f"rank {root['rank']} ")]
+        status = "oom" if root.get("signal") == "SIGKILL" else "failed"
+        reason = f"rank {root['rank']} died without a result ({_failure_text(root)}" + (f"; then {', '.join(rest)}" if rest else "") + ")"
+        if status == "oom":
+            reason += ": killed by SIGKILL, not by perfscale: most likely the kernel's OOM killer"
+        return status, reason, None
+    if peer:
+        rank, p = peer[0]
+        return p.get("status", "failed"), f"rank {rank}: {p.get('reason')}", p
+    errors = [n["error"] for n in nodes if n and n.get("error")]
+    if errors:
+        return "failed", f"torchrun could not run the job: {errors[0]}", None
+    absent = [n for n, doc in enumerate(nodes) if doc is None]
+    return "failed", f"ranks {', '.join(map(str, missing))} wrote no result" + (
+        f" (the agents of nodes {', '.join(map(str, absent))} died without a word)" if absent else ""), None
 
 
 def _from(doc: dict, base: dict) -> BenchResult:

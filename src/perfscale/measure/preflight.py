@@ -41,6 +41,8 @@ def preflight(configs: BenchConfig | Iterable[BenchConfig]) -> dict[str, list[st
                 found = _check_encoder(config)
             else:
                 found = _check_language_model(config, cache)
+            if config.distributed:
+                found += _check_distributed(config)
             _PASSED[key] = found
         notes[key] = list(_PASSED[key])
     return notes
@@ -153,6 +155,50 @@ def _check_memory(tokens: int, config: BenchConfig) -> None:
             f"{sizes}: the input token ids alone ({need / 2**30:,.1f} GiB) exceed this machine's memory "
             f"({total / 2**30:,.1f} GiB). Use a smaller --batch or sequence length."
         )
+
+
+# ----- several processes -----
+# What one rank costs before any model: an interpreter with torch and transformers imported, and the
+# process group (measured here: 560-600 MB RSS per rank of the tiny llama; benchmarks/LOG.md).
+RANK_BASE_BYTES = 400 * 2**20
+
+
+def _check_distributed(config: BenchConfig) -> list[str]:
+    """The backend exists, the ranks can start on this machine (memory), and a note when ranks share cores."""
+    import torch.distributed as dist
+
+    from perfscale.measure.distributed import backend_for
+    from perfscale.measure.multiprocess import cores, threads_per_rank
+    from perfscale.measure.scenarios.common import resolve_device
+
+    device = resolve_device(config.device)
+    backend = backend_for(device)
+    available = dist.is_available() and {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available}[backend]()
+    if not available:
+        raise UnsupportedModelError(
+            f"--strategy {config.strategy} on {device} needs the {backend} backend of torch.distributed, which this torch build "
+            f"lacks: install a torch build with {backend}, or use --device {'cpu' if device == 'cuda' else 'cuda'}."
+        )
+    world = config.world_size
+    try:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    except Exception:  # noqa: BLE001 - without psutil a rank that cannot start is a failed result
+        free = None
+    if free is not None and world * RANK_BASE_BYTES > free:
+        raise InvalidConfigError(
+            f"nproc {config.nproc} x nnodes {config.nnodes} = {world} ranks need at least {world * RANK_BASE_BYTES / 2**30:.1f} GiB "
+            f"(about {RANK_BASE_BYTES / 2**20:.0f} MiB each before the model) and {free / 2**30:.1f} GiB are free: "
+            f"use at most --nproc {max(1, int(free // RANK_BASE_BYTES) // config.nnodes)}."
+        )
+    notes = []
+    if device == "cpu" and world * threads_per_rank(config) > cores():
+        notes.append(
+            f"{world} ranks x {threads_per_rank(config)} thread(s) on {cores()} cores: the ranks take turns on the cores, so "
+            "the step time includes waiting for one (fewer ranks or --threads 1 avoid that)"
+        )
+    return notes
 
 
 # ----- encode -----

@@ -79,7 +79,7 @@ class BenchResult:
     def latency(self) -> dict[str, Any]:
         out = {}
         for name, values in self.iteration_metrics.items():
-            if len(values) >= 2:
+            if len(values) >= 2 and name != "loss":
                 out[name] = summarize(values).to_dict()
         return out
 
@@ -90,6 +90,13 @@ class BenchResult:
         unit = {"tokens_per_s": "tokens/s"}.get(key, "sentences/s" if self.config.scenario == "encode" else "samples/s")
         rate = tp.get(key, {})
         return {"unit": unit, "median": rate.get("median"), "ci_low": rate.get("ci_low"), "ci_high": rate.get("ci_high")}
+
+    def loss(self) -> dict[str, Any] | None:
+        """train: the training loss of the first and last timed steps (rank 0's under torchrun), None otherwise."""
+        values = self.iteration_metrics.get("loss") or []
+        if not values:
+            return None
+        return {"first": values[0], "last": values[-1], "min": min(values), "steps": len(values)}
 
     @property
     def converged(self) -> bool:
@@ -120,7 +127,7 @@ class BenchResult:
             "stop_reason": self.stop_reason, "converged": self.converged,
             "load_s": self.load_s, "warmup_s": self.warmup_s, "compile_s": self.compile_s,
             "samples_per_iter": self.samples_per_iter, "tokens_per_iter": self.tokens_per_iter,
-            "latency": self.latency(),
+            "latency": self.latency(), "loss": self.loss(),
             "memory": self.memory, "mfu": self.mfu,
             "accuracy": self.accuracy, "oom_bytes": self.oom_bytes, "stderr_tail": self.stderr_tail,
             "notes": self.notes, "setup": self.setup, "environment": self.environment,

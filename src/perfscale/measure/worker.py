@@ -358,10 +358,10 @@ def main(argv: list[str]) -> int:
     try:
         payload = run_job(job)
     except MemoryError as exc:
-        payload = {"status": "oom", "oom_bytes": None, "reason": f"MemoryError: {exc}"}
+        payload = {"status": "oom", "oom_bytes": None, "reason": f"MemoryError: {exc}", "failed_at": time.time()}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result
         traceback.print_exc()
-        payload = _classify(exc)
+        payload = _classify(exc) | {"failed_at": time.time()}  # under torchrun: the first rank to fail is the cause
     try:
         from perfscale.measure.environment import collect_environment
 

@@ -73,7 +73,10 @@ def setup(config, device: str) -> Scenario:
     def autocast():
         return torch.autocast(device, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
+    last_loss = []  # the optimizer step's training loss (summed over micro-steps), read after the step
+
     def step() -> None:
+        total = 0.0
         for micro in range(wl.grad_accum):
             ids = next(batches).to(device, non_blocking=True)
             with no_sync(micro < wl.grad_accum - 1), autocast():
@@ -82,12 +85,14 @@ def setup(config, device: str) -> Scenario:
                 scaler.scale(loss).backward()
             else:
                 loss.backward()
+            total = total + loss.detach()
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        last_loss[:] = [total]
 
     def no_sync(skip: bool):
         """Gradient accumulation without a reduction on all but the last micro-step (what the Trainer and
@@ -105,6 +110,7 @@ def setup(config, device: str) -> Scenario:
         step=step, samples_per_iter=wl.batch * wl.grad_accum, tokens_per_iter=tokens,
         flops_per_iter=train_flops(spec, tokens, wl.seq, run.lora), peak_dtype=peak_dtype(run.prec, device),
         setup_metrics={"trainable_params": sum(p.numel() for p in params), "model": spec.name}, notes=notes,
+        iteration_metrics=lambda: {"loss": float(last_loss[0])},  # after the timed step: its .item() is not timed
     )
 
 
