@@ -38,7 +38,10 @@ def test_the_train_scenario_through_the_cli_writes_its_trace(tmp_path, monkeypat
     assert any(m["module"] == "Linear" for m in doc["top_modules"])
     trace = json.loads((tmp_path / "prof" / "trace.json").read_text())
     assert any(e.get("name") == "perfscale.step" for e in trace["traceEvents"])
-    assert "Traceback" not in err and "profiler_start" not in err
+    timeline = json.loads((tmp_path / "prof" / "memory_timeline.json").read_text())
+    assert timeline["peak_bytes_above_start"] > 0 and doc["memory"]["peak_bytes_above_start"] == timeline["peak_bytes_above_start"]
+    # nothing from torch's C++ side (kineto's start/stop lines, the allocator's notes) reaches the terminal
+    assert "Traceback" not in err and "profiler_start" not in err and "CPUAllocator" not in err, err
 
 
 def test_bad_input_and_a_failing_step():

@@ -225,6 +225,10 @@ def render_profile(console, doc: dict[str, Any]) -> None:
     if doc["top_modules"]:
         console.print("Top modules (forward, own time per step): " + ", ".join(
             f"{m['module']} {m['self_s_per_step'] * 1e3:.2f} ms" for m in doc["top_modules"][:5]))
+    mem = doc.get("memory") or {}
+    if mem.get("peak_bytes_above_start") is not None:
+        console.print(f"Memory ({mem['device']}): peak {mem['peak_bytes_above_start'] / 2**20:,.1f} MiB allocated above the start "
+                      f"of profiling, {mem['allocations']:,} allocations")
     for kind, path in doc["files"].items():
         console.print(f"{kind}: {path}")
     for note in doc["notes"]:

@@ -78,27 +78,62 @@ class ProfileResult:
     top_ops: list[dict[str, Any]]
     top_modules: list[dict[str, Any]]
     files: dict[str, str]
+    memory: dict[str, Any] = field(default_factory=dict)  # CPU: peak bytes above the start of profiling; CUDA: the snapshot
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "debug-profile", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
 
+# What torch's C++ side prints on file descriptor 2 while profiling, expected and not the user's business:
+# kineto's start/stop lines, and the CPU allocator's note about blocks allocated before profiling began.
+_PROFILER_NOISE = ("profiler_start", "profiler_stop", "allocated before the profiling started")
+
+
 @contextlib.contextmanager
-def _quiet_stderr_fd():
-    """Kineto prints 'profiler_start/stop' lines to file descriptor 2 from C++: keep them off the terminal."""
+def _captured_stderr_fd(kept: list[str]):
+    """Route file descriptor 2 (C++ warnings: kineto, the allocator) to a file while profiling; afterwards the
+    lines that are not known profiler noise are appended to `kept` (they end up in the result's notes)."""
+    import tempfile
+
     try:
         saved = os.dup(2)
     except OSError:
         yield
         return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            kept += [line.strip() for line in text.splitlines() if line.strip() and not any(n in line for n in _PROFILER_NOISE)]
+
+
+def _memory_timeline(prof, step_events) -> dict[str, Any] | None:
+    """CPU memory over the profiled steps from the profiler's allocation events (kineto '[memory]' entries: a
+    signed byte count per allocation and free): bytes allocated since profiling began, its peak, and where."""
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    except Exception:  # noqa: BLE001 - a torch without these events: no timeline
+        return None
+    if not events:
+        return None
+    events.sort(key=lambda e: e.start_ns())
+    t0 = events[0].start_ns()
+    live, peak, peak_t, points = 0, 0, 0, []
+    for e in events:
+        live += e.nbytes()
+        if live > peak:
+            peak, peak_t = live, e.start_ns()
+        points.append(((e.start_ns() - t0) * 1e-9, live))
+    stride = max(1, len(points) // 2000)  # at most ~2000 points in the file
+    return {"device": "cpu", "source": "torch.profiler profile_memory=True ([memory] events)",
+            "peak_bytes_above_start": peak, "peak_at_s": (peak_t - t0) * 1e-9, "allocations": sum(e.nbytes() > 0 for e in events),
+            "timeline": points[::stride]}
 
 
 @contextlib.contextmanager
@@ -264,8 +299,9 @@ def profile_step(step: Callable[[], Any], *, what: str = "step", steps: int = 3,
                  out_dir: str | os.PathLike | None = None, modules: bool = True, notes: list[str] | None = None) -> ProfileResult:
     """Profile `steps` calls of `step` (after `warmup` untimed ones) and classify where the time goes.
 
-    `out_dir`: where the Chrome/Perfetto trace (trace.json) and, on CUDA, the memory snapshot
-    (memory_snapshot.pickle, for https://pytorch.org/memory_viz) are written; nothing is written without it.
+    `out_dir`: where the Chrome/Perfetto trace (trace.json) and the memory record are written: on CUDA the
+    allocator snapshot (memory_snapshot.pickle, for https://pytorch.org/memory_viz), on CPU the timeline of
+    allocated bytes from the profiler's allocation events (memory_timeline.json); nothing is written without it.
     """
     import statistics
 
@@ -305,19 +341,23 @@ def profile_step(step: Callable[[], Any], *, what: str = "step", steps: int = 3,
     walls = []
     scopes = _module_scopes() if modules else contextlib.nullcontext()
     prof = profile(activities=activities, record_shapes=True, profile_memory=True)
-    with _quiet_stderr_fd():
+    stderr_lines: list[str] = []
+    with _captured_stderr_fd(stderr_lines):
         prof.__enter__()
-    try:
-        with scopes:
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                with record_function(STEP_NAME):
-                    run_step()
-                walls.append(time.perf_counter() - t0)
-    finally:
-        with _quiet_stderr_fd(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prof.__exit__(None, None, None)
+        try:
+            with scopes:
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    with record_function(STEP_NAME):
+                        run_step()
+                    walls.append(time.perf_counter() - t0)
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prof.__exit__(None, None, None)
+    events = prof.events()
+    step_events = [e for e in events if e.name == STEP_NAME]
+    memory = None if cuda else _memory_timeline(prof, step_events)
     files: dict[str, str] = {}
     if out is not None:
         prof.export_chrome_trace(str(out / "trace.json"))
@@ -326,8 +366,11 @@ def profile_step(step: Callable[[], Any], *, what: str = "step", steps: int = 3,
             torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
             torch.cuda.memory._record_memory_history(enabled=None)
             files["memory_snapshot"] = str(out / "memory_snapshot.pickle")
-    events = prof.events()
-    step_events = [e for e in events if e.name == STEP_NAME]
+        elif memory is not None:
+            import json
+
+            (out / "memory_timeline.json").write_text(json.dumps(memory))
+            files["memory_timeline"] = str(out / "memory_timeline.json")
     kernels = [e for e in events if cuda and str(e.device_type).endswith("CUDA")]
     per_step = []
     for ev in step_events:
@@ -347,9 +390,14 @@ def profile_step(step: Callable[[], Any], *, what: str = "step", steps: int = 3,
     if top_modules:
         verdict += f" Top module: {top_modules[0]['module']} ({top_modules[0]['self_s_per_step'] * 1e3:.2f} ms per step, own time)."
     advice = [f"{LABELS[c]} ({fractions[c]:.0%}): {KNOBS[c]}" for c in ranked if fractions[c] >= 0.15] or [f"{LABELS[bound]}: {KNOBS[bound]}"]
+    notes = list(notes or []) + [f"stderr while profiling: {line}" for line in stderr_lines[:20]]
+    if memory is not None:
+        memory_summary = {k: v for k, v in memory.items() if k != "timeline"}
+    else:
+        memory_summary = {"device": device, "source": "CUDA memory snapshot (see files)" if cuda and out else "not recorded"}
     return ProfileResult(what=what, device=device, steps=steps, step_time_s=statistics.median(walls), fractions=fractions,
                          seconds=seconds, bound=bound, verdict=verdict, advice=advice, top_ops=top_ops,
-                         top_modules=top_modules, files=files, notes=list(notes or []))
+                         top_modules=top_modules, files=files, memory=memory_summary, notes=notes)
 
 
 def debug_profile(config, *, steps: int = 3, warmup: int = 1, out_dir: str | os.PathLike | None = None) -> ProfileResult:
