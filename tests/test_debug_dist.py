@@ -1,7 +1,7 @@
 """`debug dist`: real torchrun processes on gloo on this machine, healthy and made to fail.
 
 The torchrun runs (2 ranks on one node; 2 single-rank nodes with rank 1 hanging in all_reduce; 2 ranks with
-rank 0 exiting in broadcast; and `perfscale debug dist` started by torchrun itself, checking from inside the
+rank 0 exiting in broadcast; 2 ranks with rank 1 sending wrong data to all_gather; and `perfscale debug dist` started by torchrun itself, checking from inside the
 job) run at the same time, so the suite pays for one start-up.
 Each must end within its timeout with a verdict that names the rank and the step.
 """
@@ -42,6 +42,7 @@ def _all_three(log_dir):
         "healthy": dict(nproc=2, sizes=(4096, 65536), iters=2),
         "hang": dict(nproc=1, nnodes=2, fault="hang:1:all_reduce", step_timeout=3, sizes=(4096,), iters=1),
         "exit": dict(nproc=2, fault="exit:0:broadcast", step_timeout=3, sizes=(4096,), iters=1),
+        "corrupt": dict(nproc=2, fault="corrupt:1:all_gather", sizes=(4096,), iters=1, collectives=("all_reduce", "all_gather")),
     }
     started = time.monotonic()
     with ThreadPoolExecutor(len(runs) + 1) as pool:
@@ -53,7 +54,7 @@ def _all_three(log_dir):
 
 
 @pytest.mark.slow
-def test_torchrun_gloo_healthy_hung_and_exited_ranks(tmp_path):
+def test_torchrun_gloo_healthy_hung_exited_and_wrong_ranks(tmp_path):
     results, (job_rc, job_docs), wall = _all_three(tmp_path / "job-logs")
     assert wall < TIMEOUT + 15  # never a hang of the tool
 
@@ -79,6 +80,11 @@ def test_torchrun_gloo_healthy_hung_and_exited_ranks(tmp_path):
     states = {r["rank"]: r for r in gone.ranks}
     assert not gone.ok and states[0]["state"] == "exited" and states[0]["exit_code"] == EXIT_CODE_INJECTED
     assert states[1]["state"] == "failed" and states[1]["last_step"] == "broadcast:4096"
+    wrong = results["corrupt"]  # rank 1 sends wrong data to all_gather: every rank ran every step, the values name it
+    assert not wrong.ok and [r["state"] for r in wrong.ranks] == ["mismatch", "mismatch"]
+    assert [c["ok"] for c in wrong.collectives] == [True, False] and wrong.collectives[1]["wrong_senders"] == [1]
+    assert wrong.verdict.startswith("FAILED: all_gather of 4 KiB returned wrong values on ranks 0, 1") and "rank 1." in wrong.verdict
+
     # inside an existing torchrun job: every rank checks from inside and prints one document with the job's verdict
     assert job_rc == 0 and [d["rank"] for d in job_docs] == [0, 1], (job_rc, job_docs)
     assert all(d["ok"] and d["world_size"] == 2 and d["verdict"].startswith("OK") for d in job_docs)
@@ -87,7 +93,7 @@ def test_torchrun_gloo_healthy_hung_and_exited_ranks(tmp_path):
     import psutil
 
     pids = [r["pid"] for res in results.values() for r in res.ranks if r["pid"]]
-    assert len(pids) == 6
+    assert len(pids) == 8
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
     assert gone.verdict.startswith(f"FAILED: rank 0 exited with code {EXIT_CODE_INJECTED} during broadcast (4 KiB)"), gone.verdict

@@ -198,8 +198,8 @@ def debug_dist(
 
     Ends within `timeout` seconds whatever the ranks do (every process started is killed at the end).
     `step_timeout`: the process group's timeout, how long a rank waits in one collective for the others
-    (default: a third of `timeout`). `fault` injects a failure to test the tool: 'hang:RANK:STEP' or
-    'exit:RANK:STEP' (STEP: rendezvous, ranks, or a collective name).
+    (default: a third of `timeout`). `fault` injects a failure to test the tool: 'hang:RANK:STEP',
+    'exit:RANK:STEP' or 'corrupt:RANK:STEP' (STEP: rendezvous, ranks, or a collective name).
     """
     sizes = tuple(sizes)
     collectives = tuple(collectives)
@@ -207,9 +207,9 @@ def debug_dist(
         _check(backend, 1, 1, timeout, sizes, iters, collectives)
         return _run_in_job(backend, timeout, step_timeout, sizes, iters, collectives, topology, fault)
     _check(backend, nproc, nnodes, timeout, sizes, iters, collectives)
-    if fault is not None and not re.fullmatch(r"(hang|exit):\d+:(rendezvous|ranks|" + "|".join(COLLECTIVES) + ")", fault):
-        raise InvalidConfigError(f"fault {fault!r}: use hang:RANK:STEP or exit:RANK:STEP with STEP one of rendezvous, ranks, "
-                                 + ", ".join(COLLECTIVES))
+    if fault is not None and not re.fullmatch(r"(hang|exit|corrupt):\d+:(rendezvous|ranks|" + "|".join(COLLECTIVES) + ")", fault):
+        raise InvalidConfigError(f"fault {fault!r}: use hang:RANK:STEP, exit:RANK:STEP or corrupt:RANK:STEP with STEP one of "
+                                 "rendezvous, ranks, " + ", ".join(COLLECTIVES))
     step_timeout = float(step_timeout) if step_timeout else max(1.0, timeout / 3)
     bandwidth = _catalogue_bandwidth(topology, nnodes)
     world = nproc * nnodes
@@ -364,6 +364,7 @@ def _verdict(backend, nnodes, nproc, world, timeout, step_timeout, wall, logs, r
             if not c["ok"]:
                 row["bad_ranks"].append({"rank": r, "mismatches": c["mismatches"], "got": c["first_value"],
                                          "expected": c["expected_value"]})
+                row["wrong_senders"] = sorted(set(row.get("wrong_senders", [])) | set(c.get("wrong_senders", [])))
             if c["time_s"] > row["time_s"]:
                 row["time_s"], row["algbw"], row["busbw"] = c["time_s"], c["algbw"], c["busbw"]
     link = bandwidth.get("bytes_per_s")
@@ -412,6 +413,10 @@ def _verdict(backend, nnodes, nproc, world, timeout, step_timeout, wall, logs, r
         verdict = (f"FAILED: {row['collective']} of {_size(row['bytes'])} returned wrong values on ranks "
                    f"{', '.join(str(b['rank']) for b in row['bad_ranks'])} (rank {row['bad_ranks'][0]['rank']} got "
                    f"{row['bad_ranks'][0]['got']:g}, expected {row['bad_ranks'][0]['expected']:g}).")
+        senders = sorted({s for row in mismatched for s in row.get("wrong_senders", [])})
+        if senders:
+            verdict += f" all_gather shows whose data is wrong: rank {', '.join(map(str, senders))}."
+        verdict += " Every rank ran every step: a data or hardware fault, not a connection one."
     elif victims:
         verdict = f"FAILED: {failures[0]['what']}."
     else:

@@ -12,7 +12,8 @@ S / t, with n ranks): all_reduce 2(n-1)/n (S = the buffer), all_gather and reduc
 (S = the full gathered / scattered buffer), broadcast 1, send/recv 1 (S = what each rank sends). torch 2.13 names the tensor forms all_gather_single and reduce_scatter_single.
 
 `fault` (for testing the tool): `hang:RANK:STEP` makes RANK sleep when it begins STEP (a collective
-name like all_reduce, or rendezvous); `exit:RANK:STEP` makes it exit with code 3 there.
+name like all_reduce, or rendezvous); `exit:RANK:STEP` makes it exit with code 3 there; `corrupt:RANK:STEP`
+makes RANK contribute a wrong value (+1) to that collective, so that the others receive wrong results.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _maybe_fault(fault: str | None, rank: int, step: str) -> None:
     if not fault:
         return
     kind, who, where = fault.split(":", 2)
-    if int(who) != rank or where != step.split(":")[0]:
+    if kind == "corrupt" or int(who) != rank or where != step.split(":")[0]:
         return
     if kind == "hang":
         while True:
@@ -73,8 +74,17 @@ def _maybe_fault(fault: str | None, rank: int, step: str) -> None:
         os._exit(EXIT_CODE_INJECTED)
 
 
-def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, group):
-    """(run: () -> output tensor, expected output tensor, bytes S for algbw) of one collective."""
+def _corrupts(fault: str | None, rank: int, step: str) -> float:
+    """The error this rank adds to what it contributes to `step` (0 unless fault is corrupt:RANK:STEP)."""
+    if not fault or not fault.startswith("corrupt:"):
+        return 0.0
+    _, who, where = fault.split(":", 2)
+    return 1.0 if int(who) == rank and where == step.split(":")[0] else 0.0
+
+
+def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, group, bias: float = 0.0):
+    """(run: () -> output tensor, expected output tensor, bytes S for algbw) of one collective. `bias` is
+    added to what this rank contributes (an injected fault); the expected values are the honest ones."""
     import torch
     import torch.distributed as dist
 
@@ -86,12 +96,12 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
         buf = full(rank + 1)
 
         def run():
-            buf.fill_(rank + 1)
+            buf.fill_(rank + 1 + bias)
             dist.all_reduce(buf, group=group)
             return buf
         return run, full(world * (world + 1) / 2), n_elems * 4
     if name == "all_gather":
-        src, out = full(rank + 1), torch.empty(world * n_elems, device=device)
+        src, out = full(rank + 1 + bias), torch.empty(world * n_elems, device=device)
 
         def run():
             gather(out, src, group=group)
@@ -100,7 +110,7 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
         return run, expected, world * n_elems * 4
     if name == "reduce_scatter":
         # chunk j of rank i holds i + 1 + j; rank r receives sum_i (i + 1 + r) = n(n+1)/2 + n r
-        src = (torch.arange(world, dtype=torch.float32, device=device) + rank + 1).repeat_interleave(n_elems)
+        src = (torch.arange(world, dtype=torch.float32, device=device) + rank + 1 + bias).repeat_interleave(n_elems)
         out = torch.empty(n_elems, device=device)
 
         def run():
@@ -111,12 +121,12 @@ def _expected_and_run(name: str, n_elems: int, rank: int, world: int, device, gr
         buf = full(0)
 
         def run():
-            buf.fill_(42.0 if rank == 0 else 0.0)
+            buf.fill_(42.0 + bias if rank == 0 else 0.0)
             dist.broadcast(buf, src=0, group=group)
             return buf
         return run, full(42), n_elems * 4
     if name == "send_recv":  # a ring: each rank sends to the next and receives from the previous
-        src, out = full(rank + 1), torch.empty(n_elems, device=device)
+        src, out = full(rank + 1 + bias), torch.empty(n_elems, device=device)
 
         def run():
             ops = [dist.P2POp(dist.isend, src, (rank + 1) % world, group),
@@ -179,9 +189,14 @@ def run_rank(job: dict, *, keep_group: bool = False) -> int:
                 log("begin", step)
                 _maybe_fault(fault, rank, step)
                 n_elems = max(1, size // 4)
-                run, expected, nbytes = _expected_and_run(name, n_elems, rank, world, device, group)
+                run, expected, nbytes = _expected_and_run(name, n_elems, rank, world, device, group,
+                                                          _corrupts(fault, rank, step))
                 out = run()
-                mismatches = int((out != expected).sum())
+                wrong = out != expected
+                mismatches = int(wrong.sum())
+                # all_gather keeps every rank's contribution apart: the chunks that are wrong name the ranks that sent them
+                suspects = ([int(i) for i in wrong.view(world, n_elems).any(dim=1).nonzero().flatten()]
+                            if name == "all_gather" and mismatches else [])
                 times = []
                 for i in range(1 + job["iters"]):
                     dist.barrier(group=group)
@@ -194,6 +209,7 @@ def run_rank(job: dict, *, keep_group: bool = False) -> int:
                 t = statistics.median(times)
                 algbw = nbytes / t
                 check = {"step": step, "collective": name, "bytes": size, "ok": mismatches == 0, "mismatches": mismatches,
+                         "wrong_senders": suspects,
                          "first_value": float(out.flatten()[0]), "expected_value": float(expected.flatten()[0]),
                          "time_s": t, "algbw": algbw, "busbw": algbw * BUS_FACTOR[name](world)}
                 results["checks"].append(check)
