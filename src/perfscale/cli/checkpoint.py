@@ -147,3 +147,46 @@ def _render_convert(console, d: dict[str, Any]) -> None:
     for note in d["notes"]:
         facts.add_row("note", note)
     console.print(facts)
+
+
+@app.command("load")
+def load(
+    folders: list[str] = typer.Argument(..., help="One or more model folders (config.json + weights): e.g. the same model "
+                                        "as safetensors, sharded safetensors and .bin, to compare them."),
+    paths: str = typer.Option("defaults,dtype,offload", "--paths", help="Loading paths, comma-separated: defaults "
+                              "(from_pretrained as is), dtype (explicit --dtype), offload (device_map='auto' with CPU/disk "
+                              "offload)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="The dtype of the `dtype` path: bf16 | fp16 | fp32."),
+    repeats: int = typer.Option(1, "--repeats", help="Fresh processes per folder and path (interleaved), 1-50."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds one load may take before it is reported as timed out."),
+    as_json: bool = knobs.JSON,
+) -> None:
+    """Measure from_pretrained's load time and peak host RSS (device memory on a GPU) for each loading path, each in a
+    fresh process; RSS is compared with the checkpoint's bytes."""
+    from perfscale.bigmodel.loading import measure_loading
+    from perfscale.errors import InvalidConfigError
+
+    if not (0 < timeout <= 86400):
+        raise InvalidConfigError(f"--timeout {timeout!r} must be from 0 to 86400 seconds (e.g. --timeout 600).")
+    chosen = [p.strip() for p in paths.split(",") if p.strip()]
+    result = measure_loading(list(folders), paths=chosen, dtype=dtype, repeats=repeats, timeout_s=timeout)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: _render_load(console, document))
+
+
+def _render_load(console, d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"from_pretrained, each in a fresh process ({d['repeats']} repeat(s), medians)")
+    for column in ("folder", "format", "shards", "path", "load", "RSS peak added", "RSS resident added", "x checkpoint",
+                   "devices"):
+        table.add_column(column, justify="left" if column in ("folder", "format", "path", "devices") else "right")
+    for r in d["runs"]:
+        if r["failed"]:
+            table.add_row(r["folder"], r["format"], str(r["shards"]), r["path"], "failed", r["failed"][:60], "", "", "")
+            continue
+        table.add_row(r["folder"], r["format"], str(r["shards"]), r["path"], f"{r['median_load_s']:.2f} s",
+                      _bytes(r["median_rss_load_bytes"]), _bytes(r["median_rss_resident_bytes"]),
+                      f"{r['rss_ratio']:.2f}" if r["rss_ratio"] is not None else "n/a", ", ".join(r["devices"]) or "cpu")
+    console.print(table)
+    console.print("x checkpoint: the larger of the two RSS rises over the checkpoint's tensor bytes (about 1 with mmap).")
