@@ -55,14 +55,18 @@ def accelerate_config(config: RunConfig, topology: Topology, deepspeed_path: str
     return document
 
 
-def torchrun_command(config: RunConfig, topology: Topology, script: str = "train.py") -> str:
-    """torchrun line: one process per device; multi-node uses c10d rendezvous at $MASTER_ADDR."""
+def torchrun_command(config: RunConfig, topology: Topology, script: str = "train.py", threads_per_rank: int | None = None) -> str:
+    """torchrun line: one process per device; multi-node uses a c10d rendezvous at $MASTER_ADDR:$MASTER_PORT
+    (port 29500 unless MASTER_PORT is set: pick a free one where 29500 is taken), the same on every node.
+
+    On CPU every rank's OpenMP threads are set: `threads_per_rank` when it was measured (bench/tune),
+    else $THREADS_PER_RANK, else 1 (torchrun's own default, FIELD-NOTES)."""
     parts = ["torchrun", f"--nnodes={topology.nodes}", f"--nproc_per_node={topology.devices_per_node}"]
     if topology.nodes > 1:
-        parts += ["--rdzv_backend=c10d", "--rdzv_endpoint=$MASTER_ADDR:29500", "--rdzv_id=perfscale"]
+        parts += ["--rdzv_backend=c10d", "--rdzv_endpoint=$MASTER_ADDR:${MASTER_PORT:-29500}", "--rdzv_id=perfscale"]
     parts.append(script)
     line = " ".join(shlex.quote(p) if not p.startswith("--rdzv_endpoint") else p for p in parts)
     if topology.hardware.kind == "cpu":
-        # torchrun sets OMP_NUM_THREADS=1 per rank (FIELD-NOTES); give each rank its share of cores.
-        line = "OMP_NUM_THREADS=${THREADS_PER_RANK:-1} " + line
+        threads = str(threads_per_rank) if threads_per_rank else "${THREADS_PER_RANK:-1}"
+        line = f"OMP_NUM_THREADS={threads} " + line
     return line + "\n"
