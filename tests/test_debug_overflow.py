@@ -136,6 +136,16 @@ def test_unscaled_fp16_gradients_underflow_is_reported(ids_file):
     assert u["fraction_flushed_without_scaling"] > 0 and u["largest_safe_loss_scale"] >= 2.0**10
 
 
+def test_pure_fp16_adamw_step_leaves_nan_weights(ids_file):
+    """Pure fp16 weights: AdamW's eps (1e-8) is 0 in fp16, so rows of the embedding with no gradient get 0/0."""
+    path, _ = ids_file
+    result = debug_overflow(_llama(), precision="fp16", steps=2, batch=BATCH, seq=SEQ, data=path, check_fixes=False)
+    first = result.first
+    assert first["phase"] == "optimizer" and first["step"] == 0 and first["kind"] == "nan"
+    assert first["module"] == "model.embed_tokens" and first["tensor"] == "weight"
+    assert any("fp16-mixed" in f and "eps" in f for f in result.fixes)
+
+
 def test_inference_mode_runs_forward_only(ids_file):
     path, _ = ids_file
     result = debug_overflow(_llama(), precision="bf16", steps=1, batch=BATCH, seq=SEQ, data=path, infer=True)

@@ -64,6 +64,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_step_timeout(step_timeout: float | None, timeout: float) -> None:
+    if step_timeout is not None and not (isinstance(step_timeout, (int, float)) and 0.1 <= step_timeout <= timeout):
+        raise InvalidConfigError(f"--step-timeout {step_timeout!r} must be between 0.1 s and --timeout ({timeout:g} s): it is how long "
+                                 "a rank waits in one collective for the others.")
+
+
 def _check(backend: str, nproc: int, nnodes: int, timeout: float, sizes, iters: int, collectives) -> None:
     import torch
     import torch.distributed as dist
@@ -205,8 +211,10 @@ def debug_dist(
     collectives = tuple(collectives)
     if inside_torchrun():  # a rank of an existing job: check it from here, the job decides the layout
         _check(backend, 1, 1, timeout, sizes, iters, collectives)
+        _check_step_timeout(step_timeout, timeout)
         return _run_in_job(backend, timeout, step_timeout, sizes, iters, collectives, topology, fault)
     _check(backend, nproc, nnodes, timeout, sizes, iters, collectives)
+    _check_step_timeout(step_timeout, timeout)
     if fault is not None and not re.fullmatch(r"(hang|exit|corrupt):\d+:(rendezvous|ranks|" + "|".join(COLLECTIVES) + ")", fault):
         raise InvalidConfigError(f"fault {fault!r}: use hang:RANK:STEP, exit:RANK:STEP or corrupt:RANK:STEP with STEP one of "
                                  "rendezvous, ranks, " + ", ".join(COLLECTIVES))

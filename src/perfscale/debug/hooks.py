@@ -63,7 +63,7 @@ class TensorStats:
 class Frame:
     index: int  # execution order across the whole run
     step: int
-    phase: str  # forward | backward
+    phase: str  # forward | backward | optimizer (parameters after the update)
     module: str  # fully qualified name ("" is the model itself)
     cls: str
     tensors: list[TensorStats] = field(default_factory=list)
@@ -166,6 +166,18 @@ class Recorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def check_parameters(self) -> None:
+        """After an optimizer step: one 'optimizer' frame for each module whose parameters became inf/NaN."""
+        import torch
+
+        for module in self.names:
+            params = [(pname, p) for pname, p in module.named_parameters(recurse=False)
+                      if p.dtype.is_floating_point and not bool(torch.isfinite(p.detach()).all())]
+            if params:
+                frame = self._frame("optimizer", module)
+                for pname, p in params:
+                    self._add(frame, p, pname)
 
     # ----- hooks -----
     def _frame(self, phase: str, module) -> Frame:

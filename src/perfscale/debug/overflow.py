@@ -235,6 +235,7 @@ def _run(module, precision: Precision, device: str, batches, *, infer: bool, los
                         for g in grads:
                             g.div_(loss_scale)
                         optimizer.step()
+                        rec.check_parameters()  # an update can leave a weight inf/NaN (fp16 Adam's eps is 0)
                     else:
                         skipped.append(step)  # GradScaler skips a step with inf/NaN gradients
                     optimizer.zero_grad(set_to_none=True)
@@ -259,7 +260,12 @@ def _keep_in_fp32(root, name: str, device: str):
     def forward(*args, **kwargs):
         up = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
         with torch.autocast(device, enabled=False):
-            return original_forward(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+            out = original_forward(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+        if original_dtype == torch.float32:
+            return out  # autocast casts what follows as it needs
+        # pure 16-bit weights: what follows expects its own dtype back (values beyond its range become inf there)
+        down = lambda v: v.to(original_dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        return down(out) if isinstance(out, torch.Tensor) else type(out)(down(v) for v in out) if isinstance(out, tuple) else out
 
     target.forward = forward
 
@@ -280,8 +286,9 @@ def _leading(frames: list[Frame], first: Frame, n: int) -> list[Frame]:
     return same[-n:]
 
 
-def _headroom(frames: list[Frame], top: int = 10) -> list[dict[str, Any]]:
-    """Per module and phase, the tensor closest to its range over all steps (overflowed ones excluded)."""
+def _headroom(frames: list[Frame], top: int = 10, against_fp16: bool = False) -> list[dict[str, Any]]:
+    """Per module and phase, the tensor closest to its range over all steps (overflowed ones excluded).
+    `against_fp16`: rank by the headroom fp16 would have (for runs in bf16/fp32: would fp16 hold?)."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for f in frames:
         for t in f.tensors:
@@ -291,11 +298,15 @@ def _headroom(frames: list[Frame], top: int = 10) -> list[dict[str, Any]]:
             if bits is None:
                 continue
             key = (f.module, f.phase)
-            if key not in best or bits < best[key]["bits"]:
+            rank = headroom_bits(t.abs_max, "fp16") if against_fp16 else bits
+            if key not in best or rank < best[key]["_rank"]:
                 best[key] = {"module": f.module or "(model)", "class": f.cls, "phase": f.phase, "tensor": t.role,
                              "dtype": t.range_dtype, "abs_max": t.abs_max, "bits": round(bits, 2), "step": f.step,
-                             "fp16_bits": round(headroom_bits(t.abs_max, "fp16"), 2)}
-    return sorted(best.values(), key=lambda e: e["bits"])[:top]
+                             "fp16_bits": round(headroom_bits(t.abs_max, "fp16"), 2), "_rank": rank}
+    rows = sorted(best.values(), key=lambda e: e["_rank"])[:top]
+    for row in rows:
+        del row["_rank"]
+    return rows
 
 
 def _grad_underflow(frames: list[Frame], loss_scale: float) -> dict[str, Any] | None:
@@ -384,7 +395,7 @@ def debug_overflow(
 
     rec, steps_run, skipped = _run(module, prec, dev, batches, infer=infer, loss_scale=scale, stop_at_first=True)
     first = _first(rec.frames)
-    headroom = _headroom(rec.frames)
+    headroom = _headroom(rec.frames, against_fp16=prec.compute_dtype != "fp16")
     underflow = None if infer else _grad_underflow(rec.frames, scale)
     notes = []
     if data is None:
@@ -447,8 +458,13 @@ def _verdict(prec: Precision, first: Frame | None, headroom, underflow, scale: f
         text = f"No overflow: in {what} at {prec.name} no value became inf/NaN or left its dtype's range."
         if headroom:
             h = headroom[0]
-            text += (f" Closest: {h['module']} ({h['class']}, {h['phase']} {h['tensor']}) reaches {h['abs_max']:.3g}, "
-                     f"2^{h['bits']:.1f} below the {h['dtype']} maximum.")
+            if prec.compute_dtype == "fp16":
+                text += (f" Closest: {h['module']} ({h['class']}, {h['phase']} {h['tensor']}) reaches {h['abs_max']:.3g}, "
+                         f"2^{h['bits']:.1f} below the {h['dtype']} maximum.")
+            else:
+                text += (f" Against fp16's range (were you to switch; gradients before any loss scale): closest is {h['module']} ({h['class']}, {h['phase']} "
+                         f"{h['tensor']}) at {h['abs_max']:.3g}, " + (f"2^{h['fp16_bits']:.1f} below fp16's max." if h["fp16_bits"] >= 0
+                                                                    else f"2^{-h['fp16_bits']:.1f} beyond fp16's max: fp16 would overflow."))
         if underflow and underflow["fraction_flushed_without_scaling"] > 0 and prec.compute_dtype == "fp16" and scale == 1.0:
             text += f" But {underflow['fraction_flushed_without_scaling']:.1%} of gradient values lie below fp16's smallest subnormal."
         return text
@@ -471,7 +487,12 @@ def _fixes(prec: Precision, first: Frame | None, headroom, underflow, scale: flo
     if first is not None:
         name = first.module or "(model)"
         checked = {c["fix"]: c for c in checks}
-        if first.phase == "forward":
+        if first.phase == "optimizer":
+            fixes.append(f"The optimizer step left {name}'s weights {first.first_bad.kind}: with {prec.weight_dtype} weights AdamW's "
+                         "state and eps (1e-8, below fp16's smallest subnormal 6e-8, so 0) are 16-bit too, and a parameter "
+                         "whose gradient is 0 gets 0/0 = NaN. Keep fp32 master weights (--precision "
+                         f"{'fp16-mixed' if prec.weight_dtype == 'fp16' else 'bf16-mixed'}) or raise the optimizer's eps")
+        elif first.phase == "forward":
             if fp16:
                 bf = "bf16-mixed" if prec.mixed else "bf16"
                 c = checked.get(f"--precision {bf} instead of {prec.name}")
