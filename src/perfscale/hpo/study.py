@@ -379,8 +379,9 @@ def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
         last = [ln for ln in out.stderr_tail.strip().splitlines() if ln.strip()][-1:] or [""]
         if last[0] and last[0] not in reason:
             reason += f" [{last[0][:300]}]"
-    with ctx.guard:
-        ctx.failures += 1
+    if out.status not in ("killed", "interrupted"):  # the configuration failed (a kill is retried, not counted)
+        with ctx.guard:
+            ctx.failures += 1
     _tell(ctx, trial, state=TrialState.FAIL, status=out.status, reason=reason, **common)
     ctx.say(f"trial {trial.number}: {out.status}: {reason[:200]}")
     if out.status in ("killed", "interrupted"):  # the configuration did not fail: its process was stopped

@@ -63,6 +63,8 @@ def _optuna_trial(job: dict[str, Any]):
 
 
 def run_trial(job: dict[str, Any]) -> dict[str, Any]:
+    if job.get("fault") and job.get("fault_step", 1) == 0:  # tests: misbehave before any work
+        _fault(job["fault"])
     import numpy as np
     import torch
 
@@ -73,8 +75,6 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     from perfscale.measure.scenarios.common import build_lm, resolve_device
 
     values = job["values"]
-    if job.get("fault") and job.get("fault_step", 1) == 0:  # tests: misbehave before any work
-        _fault(job["fault"])
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     device = resolve_device(job.get("device", "auto"))
