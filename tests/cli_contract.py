@@ -32,6 +32,9 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("debug", "profile"): ["--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0"],
     # place needs a machine; the default (tiny) model places in well under a second
     ("place",): ["--hardware", "2xA100-80GB"],
+    # hpo: one trial of one step on a short block; a valid draw trains once (a launcher + ~10 s)
+    ("hpo",): ["--trials", "1", "--steps", "1", "--eval-steps", "1", "--seq", "16", "--max-eval-blocks", "4", "--no-plots",
+               "--no-baseline", "--threads", "1"],
 }
 # Flags that would turn a cheap base into minutes of measuring.
 # plan --calibrate times this CPU's operations (valid, and tens of seconds on a loaded box: its own tests).
@@ -42,6 +45,7 @@ SKIP_OPTIONS: dict[tuple[str, ...], set[str]] = {
     ("tune", "encoder"): {"--quick", "--compile", "--cache-dir", "--backends"},
     ("tune", "decoder"): {"--quick", "--compile"},
     ("debug", "profile"): {"--compile"},  # torch.compile of the model: tens of seconds, valid whatever it is
+    ("hpo",): {"--plots"},  # writes a 5 MB HTML file, valid whatever it is
 }
 
 

@@ -69,6 +69,7 @@ class StorageSpec:
 def parse_storage(text: str | None) -> StorageSpec:
     if text is None or not str(text).strip():
         path = default_storage_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
         return StorageSpec("rdb", f"sqlite:///{path}", str(path))
     text = str(text).strip()
     if text.startswith("journal:"):
