@@ -76,6 +76,9 @@ class CompareRow:
             "memory_ratio_vs_first": self.memory_ratio.to_dict() if self.memory_ratio else None, "memory_verdict": self.memory_verdict,
             "accuracy": self.accuracy, "run_ids": [r.run_id for r in self.runs], "store_ids": [r.store_id for r in self.runs],
             "converged_runs": sum(r.converged for r in self.runs),
+            # under torchrun: the layout and each rank's numbers, from every process of this configuration
+            **({"distributed": next((r.distributed for r in self.runs if r.distributed), {}),
+                "ranks_per_run": [r.ranks for r in self.runs]} if self.config.distributed else {}),
         }
 
 
