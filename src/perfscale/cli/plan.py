@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from perfscale.cli import knobs as K
+from perfscale.cli.task_options import NUM_LABELS, TASK, model_or_spec
 
 HARDWARE = typer.Option(
     None, "--hardware", "--topology",
@@ -33,7 +34,8 @@ def plan(
     batch: int = K.BATCH, seq: int = K.SEQ, grad_accum: int = K.GRAD_ACCUM, prompt: int = K.PROMPT,
     new_tokens: int = K.NEW_TOKENS, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
-    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE, **knobs,
+    as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
+    task: str = TASK, num_labels: int = NUM_LABELS, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -47,7 +49,8 @@ def plan(
                                        prompt=prompt, new_tokens=new_tokens)
     fixed = K.given_knobs(knobs) | ({"grad_accum": grad_accum} if grad_accum is not None else {})
     calibration, prepare = _calibration(hardware, calibrate, as_json)
-    result = run_plan(model or K.DEFAULT_MODEL, hardware, workload, objective=objective, top=top, efficiency=efficiency,
+    target = model_or_spec(model or K.DEFAULT_MODEL, task, num_labels)
+    result = run_plan(target, hardware, workload, objective=objective, top=top, efficiency=efficiency,
                       token_budget=token_budget, price_per_device_hour=price,
                       host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
                       calibration=calibration, prepare_calibration=prepare, **fixed)

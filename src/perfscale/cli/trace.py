@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from perfscale.cli import knobs
+from perfscale.cli.task_options import NUM_LABELS, TASK, model_or_spec
 from perfscale.report.emit import emit
 
 DEVICE = typer.Option(None, "--device", help="Whose program to trace: cuda (default; emulated on CPU-only torch) | cpu.")
@@ -23,6 +24,8 @@ def trace(
     new_tokens: int = knobs.NEW_TOKENS,
     device: str = DEVICE,
     full_layers: bool = FULL,
+    task: str = TASK,
+    num_labels: int = NUM_LABELS,
     as_json: bool = knobs.JSON,
     **run_knobs,
 ) -> None:
@@ -33,7 +36,8 @@ def trace(
         train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens
     )
     config = knobs.build_run_config(workload, **run_knobs)
-    result = run_trace(model or knobs.DEFAULT_MODEL, config, device=device, repeat_layers=False if full_layers else None)
+    target = model_or_spec(model or knobs.DEFAULT_MODEL, task, num_labels)
+    result = run_trace(target, config, device=device, repeat_layers=False if full_layers else None)
     document = result.to_dict()
 
     def render(console) -> None:

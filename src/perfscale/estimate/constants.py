@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 
 from perfscale.config.precision import PRECISIONS
 from perfscale.estimate import families
+from perfscale.specs import heads as task_heads
 
 # (param, stream, compute) bytes per element of each dtype class under each precision (families.py),
 # from config/precision.py: the residual stream is in the parameter dtype (fp32 under autocast
 # "-mixed"), the matmuls in the compute dtype. The per-precision tables below are keyed by name.
 PRECISION_BYTES = {name: (p.weight_bytes, p.weight_bytes, p.compute_bytes) for name, p in PRECISIONS.items()}
+# LM heads whose loss is CrossEntropyLoss on the logits as they come (no `.float()`; transformers 5.x
+# BertForMaskedLM, RobertaForMaskedLM, T5ForConditionalGeneration), unlike `loss_function` (ForCausalLMLoss).
+NO_UPCAST_LM_LOSS = (("bert", "masked-lm"), ("roberta", "masked-lm"), ("t5", "seq2seq-lm"))
 ROPE_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3")
 RMS_FAMILIES = ROPE_FAMILIES + ("t5",)
 # Config keys of dropout probabilities that apply in training (GPT-2, OPT, Falcon, GPT-NeoX, Llama, Phi-3,
@@ -29,6 +33,16 @@ DROPOUT_DEFAULTS = {
     "bert": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
     "roberta": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}, "t5": {"dropout_rate": 0.1},
 }
+
+
+# Soft-capping that a config gets when it omits the keys (Gemma2Config() defaults, transformers 5.x);
+# an explicit null turns it off.
+SOFTCAP_DEFAULTS = {"gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}}
+
+
+def softcapping(spec, key: str) -> bool:
+    """Whether the model soft-caps (attn_logit_softcapping / final_logit_softcapping), as its config class reads it."""
+    return bool(spec.config.get(key, SOFTCAP_DEFAULTS.get(spec.model_type, {}).get(key)))
 
 
 def unit_sizes(h: int, q: int, kv: int, i: int, heads: int) -> dict[str, int]:
@@ -74,7 +88,7 @@ class ModelConstants:
     vocab: int
     max_positions: int | None
     is_encoder_decoder: bool
-    has_lm_head: bool
+    has_lm_head: bool  # vocabulary-sized logits: causal, masked or seq2seq LM head (specs/task_heads.LM_TASKS)
     params_total: int
     params_embed: int  # input embeddings (token + position)
     params_head: int  # untied output head (0 when tied to the embeddings)
@@ -97,6 +111,10 @@ class ModelConstants:
     parallel_block: bool = False  # attention and MLP read one norm output (GPT-NeoX, Falcon)
     mlp_out_exclusive: bool = True
     dropout: float = 0.0  # the largest training dropout probability in the config (see DROPOUT_KEYS)
+    task: str = "causal-lm"  # the head (specs/heads.py TASKS, or "base")
+    sequences_per_example: int = 1  # multiple choice: each example is MULTIPLE_CHOICES sequences
+    lm_loss_upcast: bool = True  # the LM loss upcasts the logits to fp32 (transformers' loss_function)
+    final_softcap: bool = False  # the head soft-caps the logits (Gemma 2 final_logit_softcapping)
 
 
 def _without_sdpa_core(recipe, model_type: str):
@@ -111,8 +129,8 @@ def _without_sdpa_core(recipe, model_type: str):
     return None if core else tuple(base_terms)
 
 
-def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str, str], tuple[float, float, float]]:
-    """(precision, attn) -> recipe_bytes of one layer, for sdpa and eager attention."""
+def _act_table(recipe, model_type: str, sizes: dict[str, int], softcap: bool = False) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(precision, attn) -> recipe_bytes of one layer, for sdpa and eager attention (softcap: eager soft-caps the scores)."""
     base = _without_sdpa_core(recipe, model_type)
     act: dict[tuple[str, str], tuple[float, float, float]] = {}
     for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
@@ -124,6 +142,8 @@ def _act_table(recipe, model_type: str, sizes: dict[str, int]) -> dict[tuple[str
             eager_terms = families.EAGER + (("f32", "hs", families.EAGER_SCORES_F32),)
             if cb < 4:
                 eager_terms += (("compute", "hs", families.EAGER_SCORES_COMPUTE),)
+        if softcap:
+            eager_terms += families.EAGER_SOFTCAP
         act[(precision, "eager")] = recipe_bytes((base or recipe) + eager_terms, sizes, sb, cb)
     return act
 
@@ -199,10 +219,12 @@ def model_constants(spec) -> ModelConstants:
     attn_layer = pc.attention / layers
     experts, topk = spec.num_experts or 0, spec.experts_per_token or 0
     active_mlp = mlp_layer * topk / experts if experts and topk else mlp_layer
-    has_head = spec.architecture.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration", "ForMaskedLM"))
+    task = spec.task
+    has_head = task in task_heads.LM_TASKS
     sizes = unit_sizes(h, q, kv, i, heads)
-    act = _act_table(families.recipe(spec.model_type), spec.model_type, sizes)
-    act_fused = _act_table(families.recipe(spec.model_type, fused=True), spec.model_type, sizes)
+    softcap = softcapping(spec, "attn_logit_softcapping")
+    act = _act_table(families.recipe(spec.model_type), spec.model_type, sizes, softcap)
+    act_fused = _act_table(families.recipe(spec.model_type, fused=True), spec.model_type, sizes, softcap)
     sites = dropout_sites(spec)
     dropout_act, dropout_embed = _dropout_tables(families.recipe(spec.model_type), spec.model_type, sites, sizes)
     head_rep: dict[str, float] = {}
@@ -210,6 +232,11 @@ def model_constants(spec) -> ModelConstants:
     for precision, (_pb, sb, cb) in PRECISION_BYTES.items():
         # Final norm before the head: the same shape as a layer's norm (RMSNorm: 3 x h + 1).
         head_rep[precision] = (4 * h + 4 + sb * h + cb * h) if spec.model_type in RMS_FAMILIES else (sb * h + 8 + cb * h)
+        if has_head and spec.model_type in families.POST_NORM_FAMILIES:
+            # BERT / RoBERTa LM heads transform before the decoder: dense -> GELU -> LayerNorm
+            # (BertPredictionHeadTransform, RobertaLMHead): the GELU input and output, the LayerNorm's
+            # statistics and output, read by the decoder (measured against the trace: BERT -2.7% without it).
+            head_rep[precision] += 2 * cb * h + 8 + sb * h
         rope[precision] = 2 * hd * sb if spec.model_type in ROPE_FAMILIES else 0.0
     lin = families.linears(spec.model_type)
     ext = dict(sizes, **{"2i": 2 * i})
@@ -235,7 +262,10 @@ def model_constants(spec) -> ModelConstants:
         dropout_sites=sites, head_rep=head_rep, rope_per_seq=rope,
         rms_norm=spec.model_type in RMS_FAMILIES, parallel_block=spec.model_type in ("gpt_neox", "falcon"),
         mlp_out_exclusive=families.MLP_OUT_EXCLUSIVE.get(spec.model_type, True),
-        dropout=training_dropout(spec),
+        dropout=training_dropout(spec), task=task,
+        sequences_per_example=task_heads.MULTIPLE_CHOICES if task == "multiple-choice" else 1,
+        lm_loss_upcast=(spec.model_type, task) not in NO_UPCAST_LM_LOSS,
+        final_softcap=has_head and softcapping(spec, "final_logit_softcapping"),
     )
 
 

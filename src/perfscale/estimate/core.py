@@ -23,7 +23,7 @@ def constants_for(spec) -> ModelConstants:
     """ModelConstants of a spec, computed once per model (the CONSTANTS_CACHE_SIZE most recent)."""
     if isinstance(spec, ModelConstants):
         return spec
-    key = (spec.name, spec.location, spec.model_type, spec.hidden_size, spec.num_layers, spec.params.total,
+    key = (spec.name, spec.location, spec.architecture, spec.model_type, spec.hidden_size, spec.num_layers, spec.params.total,
            spec.vocab_size, spec.intermediate_size, dropout_sites(spec), training_dropout(spec))
     return _cached_constants(_SpecKey(key, spec))
 

@@ -63,7 +63,13 @@ RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
 RECIPES["roberta"] = RECIPES["bert"]
 # Post-LN families: no norm reads the embeddings inside a layer and none precedes the head.
 POST_NORM_FAMILIES = ("bert", "roberta")
-RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["gemma2"] = RECIPES["llama"]
+RECIPES["mistral"] = RECIPES["qwen2"] = RECIPES["llama"]
+# Gemma 2: Gemma2RMSNorm computes in fp32 (x.float(), rsqrt, the normalised x that multiplies
+# 1 + weight) and casts back; four norms per layer, the two post-norms' outputs go into the residual
+# (read by no linear). Source: modeling_gemma2.py (Gemma2RMSNorm, Gemma2DecoderLayer); tested against trace.
+_GEMMA_NORM = (("f32", "h", 2), ("f32", "one", 1))
+RECIPES["gemma2"] = (_GEMMA_NORM + (("compute", "h", 1),) + _ATTN + _GEMMA_NORM + _GEMMA_NORM + (("compute", "h", 1),)
+                     + _GATED + _GEMMA_NORM + (("autocast", "h", 3),))
 RECIPES["mixtral"] = RECIPES["llama"]
 
 # Fused kernels (RunConfig.fused_kernels): what training stacks with fused RMSNorm and
@@ -82,7 +88,7 @@ FUSED_RECIPES: dict[str, tuple[tuple[str, str, float], ...]] = {
     "llama": _RMS_FUSED + _ATTN + _RMS_FUSED + _GATED_FUSED + (("autocast", "h", 3),),
     "phi3": _RMS_FUSED + _ATTN_FUSED_QKV + _RMS_FUSED + _GATED_FUSED,
 }
-for _name in ("mistral", "qwen2", "gemma2", "mixtral"):
+for _name in ("mistral", "qwen2", "mixtral"):
     FUSED_RECIPES[_name] = FUSED_RECIPES["llama"]
 
 # The GPT layer of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
@@ -117,6 +123,10 @@ EAGER_SCORES_COMPUTE = 1.0  # x heads x s, only when compute is 16-bit (the .to(
 # training keeps one 16-bit probability tensor, shared by softmax and the matmul with V.
 # Source: eager_attention_forward (gpt2, bert, t5) and FalconAttention.forward; tested against trace.
 EAGER_SOFTMAX_IN_INPUT_DTYPE = ("gpt2", "falcon", "bert", "roberta", "t5")
+# Attention logit soft-capping (Gemma 2, config attn_logit_softcapping): eager computes
+# tanh(scores / cap) * cap, and tanh keeps its output (heads x s per token, the scores' dtype) for
+# backward. Source: eager_attention_forward in modeling_gemma2.py. (SDPA cannot soft-cap.)
+EAGER_SOFTCAP = (("compute", "hs", 1),)
 
 # Dropout sites in training (transformers 5.x modeling code): (config key, where, count) with
 #   layer  a residual branch's output per layer (an h-wide linear output, compute dtype),

@@ -12,6 +12,7 @@ from typing import Any
 
 from perfscale.errors import ConfigFileError, UnsupportedModelError, closest
 from perfscale.specs import catalog
+from perfscale.specs import heads as task_heads
 from perfscale.specs.config_file import ConfigSource, resolve_config
 from perfscale.specs.param_count import ParamCounts, build_meta_model, count_model, fingerprint
 
@@ -60,9 +61,21 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return bool(self.num_experts)
 
+    @property
+    def task(self) -> str:
+        """The head of `architecture` (specs/heads.py TASKS), or "base" for a model without a head."""
+        return task_heads.task_of(self.architecture)
+
+    @property
+    def num_labels(self) -> int | None:
+        """The classifier's outputs (sequence/token classification heads); None for other heads."""
+        return task_heads.num_labels(self.config) if self.task in task_heads.LABELLED_TASKS else None
+
     def to_dict(self, with_config: bool = False) -> dict[str, Any]:
         data = asdict(self)
         data["family"] = self.family
+        data["task"] = self.task
+        data["num_labels"] = self.num_labels
         if not with_config:
             data.pop("config")
         return data
@@ -181,6 +194,8 @@ def spec_from_source(src: ConfigSource) -> ModelSpec:
     _check_required(raw, cfg, src.location)
     architectures = raw.get("architectures") or []
     architecture = architectures[0] if architectures else None
+    if isinstance(architecture, str):
+        task_heads.check_head(raw, task_heads.task_of(architecture), src.location)
     counts = _cached_counts(raw, architecture) if src.kind == "catalog" else None
     if counts is None:
         model = build_meta_model(cfg, architecture)
@@ -223,9 +238,42 @@ def spec_from_source(src: ConfigSource) -> ModelSpec:
     )
 
 
-def load_model_spec(model: str) -> ModelSpec:
-    """ModelSpec from a catalogue name, a local folder or config.json, or a hub id."""
-    return spec_from_source(resolve_config(model))
+def load_model_spec(model: str, task: str | None = None, num_labels: int | None = None) -> ModelSpec:
+    """ModelSpec from a catalogue name, a local folder or config.json, or a hub id.
+
+    task: a head (specs/heads.py TASKS) instead of the config's architectures[0]; num_labels: the
+    classifier's size (sequence/token classification), instead of the config's."""
+    src = resolve_config(model)
+    if task is None and num_labels is None:
+        return spec_from_source(src)
+    return spec_from_source(with_head(src, task, num_labels))
+
+
+def with_head(src: ConfigSource, task: str | None, num_labels: int | None) -> ConfigSource:
+    """The config source with `task`'s head class of its family (and `num_labels`), as from_pretrained
+    would build `AutoModelFor<Task>.from_pretrained(..., num_labels=N)`."""
+    raw = dict(src.config)
+    if task is not None:
+        model_type = raw.get("model_type")
+        if not isinstance(model_type, str):
+            make_config_object(raw, src.location)  # raises the missing / unknown model_type error
+        raw["architectures"] = [task_heads.head_class(model_type, task)]
+    if num_labels is not None:
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or not 1 <= num_labels <= 2**20:
+            raise ConfigFileError(f"num_labels must be an integer from 1 to {2**20:,}, got {num_labels!r}: "
+                                  "give the number of classes of your classification task.")
+        arch = (raw.get("architectures") or [""])[0]
+        if task_heads.task_of(str(arch)) not in task_heads.LABELLED_TASKS:
+            raise ConfigFileError(f"num_labels {num_labels} applies to sequence- or token-classification heads, but "
+                                  f"{src.location} builds {arch or 'the base model'}: add --task sequence-classification "
+                                  "or --task token-classification, or drop --num-labels.")
+        raw["num_labels"] = num_labels
+        raw.pop("id2label", None)
+        raw.pop("label2id", None)
+    same = raw.get("architectures") == src.config.get("architectures")  # a published count is of the published head
+    return ConfigSource(name=src.name, kind=src.kind, location=src.location, config=raw, hub_id=src.hub_id,
+                        published_params=src.published_params if same else None,
+                        published_source=src.published_source if same else None)
 
 
 def spec_from_config(config: dict[str, Any], name: str = "custom") -> ModelSpec:

@@ -114,6 +114,19 @@ def run_raw(spec: ModelSpec, config: RunConfig, fake_device: str, emulate: bool,
     return driver(spec, config, fake_device, emulation), "full"
 
 
+def head_note(spec: ModelSpec) -> str:
+    """Which head was traced, and the labels its loss read (trace/train_step.make_inputs)."""
+    from perfscale.specs import heads
+
+    labels = {"causal-lm": "token labels (b, s)", "masked-lm": "token labels (b, s)", "seq2seq-lm": "token labels (b, s)",
+              "sequence-classification": f"{heads.problem_type(spec.config)} labels per sequence, {spec.num_labels} outputs",
+              "token-classification": f"a class per token, {spec.num_labels} outputs",
+              "question-answering": "start and end positions per sequence",
+              "multiple-choice": f"{heads.MULTIPLE_CHOICES} choices per example (b x {heads.MULTIPLE_CHOICES} sequences)",
+              }.get(spec.task, "no head: the loss is the mean of the model's output")
+    return f"head: {spec.architecture} ({spec.task}; {labels})"
+
+
 def trace(
     model: str | ModelSpec, config: RunConfig, device: str | None = None, *,
     emulate_cuda: bool | None = None, repeat_layers: bool | None = None,
@@ -151,7 +164,9 @@ def trace(
         kv_cache_bytes=raw.kv_cache_bytes,
         prefill_peak_bytes=None if config.is_train else summary["phase_peaks"].get("prefill", 0),
         decode_peak_bytes=None if config.is_train else summary["phase_peaks"].get("decode", 0),
-        notes=([length_note] if length_note else []) + list(raw.notes),
+        notes=([length_note] if length_note else []) + ([head_note(spec)] if config.is_train else []) + list(raw.notes),
+        architecture=spec.architecture,
+        task=spec.task,
     )
     result.trace_seconds = time.perf_counter() - start
     return result

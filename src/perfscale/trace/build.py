@@ -43,6 +43,11 @@ def make_config(spec: ModelSpec, config: RunConfig, num_layers: int | None = Non
     cfg._attn_implementation = config.attn
     if hasattr(cfg, "use_cache"):
         cfg.use_cache = not config.is_train
+    if spec.task == "sequence-classification" and getattr(cfg, "pad_token_id", None) is None:
+        # Decoder classifiers pool the last non-pad token and refuse batches > 1 without a pad id;
+        # fine-tuning sets one (`model.config.pad_token_id = tokenizer.pad_token_id`, usually EOS).
+        eos = getattr(cfg, "eos_token_id", None)
+        cfg.pad_token_id = (eos[0] if isinstance(eos, (list, tuple)) and eos else eos) if eos is not None else 0
     if num_layers is not None:
         key = layer_count_key(cfg)
         if key is None:

@@ -47,6 +47,8 @@ class TraceResult:
     prefill_peak_bytes: int | None = None
     decode_peak_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    architecture: str = ""  # the traced class, e.g. BertForSequenceClassification
+    task: str = ""  # its head (specs/heads.py TASKS, or "base")
 
     def __post_init__(self) -> None:
         if sum(self.breakdown.values()) != self.peak_bytes:
@@ -71,6 +73,8 @@ class TraceResult:
             "prefill_peak_bytes": self.prefill_peak_bytes,
             "decode_peak_bytes": self.decode_peak_bytes,
             "notes": list(self.notes),
+            "architecture": self.architecture,
+            "task": self.task,
         }
 
 

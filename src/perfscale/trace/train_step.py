@@ -71,13 +71,42 @@ def _forward_target(model: Any):
 
 
 def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) -> dict[str, Any]:
+    """The batch a Trainer step feeds this head (specs/heads.py), with the labels its loss expects.
+
+    causal / masked / seq2seq LM: token labels (b, s) (a masked LM's -100 positions change values, not
+    shapes: its loss runs over every position); sequence classification: (b,) class ids, (b,) floats for
+    one-label regression, (b, num_labels) floats for regression or multi-label classification
+    (problem_type, as transformers picks it); token classification: (b, s) class ids; question
+    answering: start and end positions (b,); multiple choice: (b, choices, s) inputs and (b,) choices.
+    """
     import torch
 
-    ids = torch.randint(0, spec.vocab_size, (batch, seq), device=device)
+    from perfscale.specs import heads
+
+    task = spec.task
+    shape = (batch, heads.MULTIPLE_CHOICES, seq) if task == "multiple-choice" else (batch, seq)
+    ids = torch.randint(0, spec.vocab_size, shape, device=device)
     params = inspect.signature(_forward_target(model).forward).parameters
     inputs: dict[str, Any] = {"input_ids": ids}
-    if "labels" in params:
-        inputs["labels"] = ids
+    labels = None
+    if task in heads.LM_TASKS:
+        labels = ids
+    elif task == "sequence-classification":
+        n = spec.num_labels or 1
+        problem = heads.problem_type(spec.config)
+        if problem == "single_label_classification":
+            labels = torch.randint(0, n, (batch,), device=device)
+        else:  # regression (b,) for one label, (b, n) otherwise; multi-label targets are floats too
+            labels = torch.rand((batch,) if n == 1 else (batch, n), device=device, dtype=torch.get_default_dtype())
+    elif task == "token-classification":
+        labels = torch.randint(0, spec.num_labels or 1, (batch, seq), device=device)
+    elif task == "multiple-choice":
+        labels = torch.randint(0, heads.MULTIPLE_CHOICES, (batch,), device=device)
+    elif task == "question-answering":
+        inputs["start_positions"] = torch.randint(0, seq, (batch,), device=device)
+        inputs["end_positions"] = torch.randint(0, seq, (batch,), device=device)
+    if labels is not None and "labels" in params:
+        inputs["labels"] = labels
     if getattr(spec, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         inputs["decoder_input_ids"] = ids  # as long as the target; no shift needing decoder_start_token_id
     return inputs
