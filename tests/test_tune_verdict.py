@@ -163,3 +163,11 @@ def test_screening_estimates_are_labelled_with_their_spread():
     assert any(w.startswith("optimizer: adamw_torch_fused -> adamw_torch (+54% tokens/s [") and "screening estimate" in w for w in why)
     alone = why_it_won(fc, replace(run, rungs=[run.rungs[0][:1] + run.rungs[0][2:]]))
     assert any(w.startswith("optimizer") and "not measured alone" in w for w in alone)
+
+
+def test_too_few_pairs_are_no_verdict_even_when_they_agree():
+    base, chal = _runs(1.5, drift=0.0, jitter=0.001, n=3, processes=1, seed=5)  # 3 pairs, all 1.5x: their range is tiny
+    sp = paired_speedup(base, chal, FASTER.name, seconds=50.0, budget_s=120.0)
+    assert sp["ci_low"] > 1 and not sp["significant"]
+    assert sp["verdict"].startswith("not resolved: only 3 alternating step pair(s) fit in the budget")
+    assert sp["rerun_budget_s"] > 120 and f"--budget-seconds {sp['rerun_budget_s']:.0f}" in sp["verdict"]

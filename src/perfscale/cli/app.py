@@ -17,6 +17,7 @@ from perfscale.cli import trace
 from perfscale.cli import hpo
 from perfscale.cli import debug
 from perfscale.cli import checkpoint, place
+from perfscale.cli import report  # issue 19: perfscale report (cli/report.py)
 
 app = typer.Typer(
     name="perfscale",
@@ -36,6 +37,7 @@ app.command("plan")(plan.plan)
 app.command("hpo")(hpo.hpo)
 app.add_typer(debug.app, name="debug")
 app.add_typer(checkpoint.app, name="checkpoint")
+app.command("report")(report.report)  # issue 19
 app.command("place")(place.place)
 
 

@@ -21,8 +21,11 @@ app = typer.Typer(
 
 QUICK = typer.Option(False, "--quick", help="A small search, one measurement process per finalist (seconds to a minute).")
 BUDGET = typer.Option(None, "--budget-seconds", help="Stop trying new variants after this many seconds (the final measurement still runs).")
-COMPILE = typer.Option(None, "--compile/--no-compile", help="Include torch.compile variants (default: when the budget allows; no with --quick).")
+COMPILE = typer.Option(None, "--compile/--no-compile", help="Include torch.compile variants (tune: when the budget allows; "
+                       "tune encoder/decoder: only when asked for, its first compile takes ~30+ s here).")
 SAVE = typer.Option(None, "--save", help="Write the result to this JSON file (for perfscale.apply and `tune --resume`).")
+VERBOSE = typer.Option(False, "--verbose", help="Show third-party warnings and progress bars as they come (by default "
+                       "they are captured and summarised in one note).")
 INFER_MOVED = typer.Option(False, "--infer", hidden=True, help="Moved: use `perfscale tune encoder` or `perfscale tune decoder`.")
 
 
@@ -33,7 +36,7 @@ def tune(
                               "(catalogue name, local folder, hub id)."),
     quick: bool = QUICK,
     budget_seconds: float = BUDGET,
-    repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved comparison (default 2; 1 with --quick)."),
+    repeats: int = typer.Option(None, "--repeats", help="Fresh processes (each a paired run: both configurations, alternating steps) in the final comparison (default 3; 1 with --quick)."),
     compile_: bool = COMPILE,
     save: str = SAVE,
     as_json: bool = knobs.JSON,
@@ -48,6 +51,7 @@ def tune(
     out: str = typer.Option(None, "--out", help="Folder for --emit (default ./perfscale-tuned)."),
     trace_top: int = typer.Option(None, "--trace-top", help="Candidates whose fit trace confirms (default 1, plus the baseline and the winner)."),
     infer: bool = INFER_MOVED,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Tune training of a model against Trainer defaults (measured here, or estimated with --hardware)."""
     if ctx.invoked_subcommand is not None:
@@ -60,7 +64,7 @@ def tune(
     tune_training_cli(
         model=model, quick=quick, budget_seconds=budget_seconds, repeats=repeats, compile_=compile_, save=save, as_json=as_json,
         seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
-        store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top,
+        store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, verbose=verbose,
     )
 
 
@@ -72,11 +76,12 @@ def encoder(
     min_mean_cosine: float = typer.Option(0.99, "--min-mean-cosine", help="Gate: mean cosine vs fp32 eager over the corpus."),
     min_min_cosine: float = typer.Option(0.97, "--min-min-cosine", help="Gate: lowest cosine of any sentence vs fp32 eager."),
     backends: str = typer.Option("eager,compile,onnxruntime", "--backends", help="Runtimes to search, comma-separated."),
-    repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved measurement (default 3; 1 with --quick)."),
+    repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved measurement (default 2; 1 with --quick)."),
     compile_: bool = COMPILE,
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where exported ONNX files go (default $XDG_CACHE_HOME/perfscale)."),
     save: str = SAVE,
     as_json: bool = knobs.JSON,
+    verbose: bool = VERBOSE,
 ) -> None:
     """The fastest sentence encoder on this CPU whose embeddings pass the accuracy gate."""
     from perfscale.report import infer_tables
@@ -90,7 +95,7 @@ def encoder(
     _run(lambda progress: tune_encoder(model, quick=quick, budget_seconds=budget_seconds, min_mean_cosine=min_mean_cosine,
                                        min_min_cosine=min_min_cosine, backends=chosen, include_compile=compile_,
                                        repeats=repeats, cache_dir=cache_dir, progress=progress),
-         infer_tables.render_encoder, save, as_json)
+         infer_tables.render_encoder, save, as_json, verbose)
 
 
 @app.command("decoder")
@@ -104,6 +109,7 @@ def decoder(
     compile_: bool = COMPILE,
     save: str = SAVE,
     as_json: bool = knobs.JSON,
+    verbose: bool = VERBOSE,
 ) -> None:
     """The fastest generation settings (KV cache, compile, batch, prompt buckets) whose greedy tokens match eager."""
     from perfscale.report import infer_tables
@@ -116,7 +122,7 @@ def decoder(
     lengths = _split_ints(prompt_lengths, "--prompt-lengths")
     _run(lambda progress: tune_decoder(model, prompt_lengths=lengths, new_tokens=new_tokens, batch=batch, quick=quick,
                                        include_compile=compile_, passes=repeats, progress=progress),
-         infer_tables.render_decoder, save, as_json)
+         infer_tables.render_decoder, save, as_json, verbose)
 
 
 def _check_common(budget_seconds: float | None, repeats: int | None, save: str | None) -> None:
@@ -148,18 +154,23 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
     return values
 
 
-def _run(search, render, save: str | None, as_json: bool) -> None:
-    """Run a search with a spinner on stderr (nothing in --json mode), save it, print it."""
+def _run(search, render, save: str | None, as_json: bool, verbose: bool = False) -> None:
+    """Run a search with a spinner on stderr (nothing in --json mode), third-party output captured into one
+    note (report/quiet.py; --verbose shows it), save it, print it."""
     from perfscale.cli.tune_train import progress_spinner, save_or_say
+    from perfscale.report.quiet import captured_stderr
 
-    status, progress = progress_spinner(as_json)
-    if status is not None:
-        status.start()
-    try:
-        result = search(progress)
-    finally:
+    with captured_stderr(verbose) as capture:
+        status, progress = progress_spinner(as_json, capture.terminal)
         if status is not None:
-            status.stop()
+            status.start()
+        try:
+            result = search(progress)
+        finally:
+            if status is not None:
+                status.stop()
+    if capture.summary():
+        result.notes.append(capture.summary())
     document = result.to_dict()
     saved = save_or_say(result, save, document)
     emit(document, as_json, lambda console: render(console, document, saved))

@@ -13,7 +13,7 @@ import typer
 from perfscale.errors import InvalidConfigError
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
-                      allow_optimizer_change, store, resume, emit, out, trace_top) -> None:
+                      allow_optimizer_change, store, resume, emit, out, trace_top, verbose=False) -> None:
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
     from perfscale.user_files import check_writable
@@ -35,14 +35,19 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         check_writable(options.store, "--store")
     if save:
         check_writable(save, "--save")  # before minutes of measuring, not after
-    status, progress = progress_spinner(as_json)
-    if status is not None:
-        status.start()
-    try:
-        result = tune_training(options, progress=progress)
-    finally:
+    from perfscale.report.quiet import captured_stderr
+
+    with captured_stderr(verbose) as capture:
+        status, progress = progress_spinner(as_json, capture.terminal)
         if status is not None:
-            status.stop()
+            status.start()
+        try:
+            result = tune_training(options, progress=progress)
+        finally:
+            if status is not None:
+                status.stop()
+    if capture.summary():
+        result.notes.append(capture.summary())
     from perfscale.export.tune_winner import add_trainer_snippet, emit_winner
 
     add_trainer_snippet(result, options)
@@ -79,13 +84,14 @@ def save_or_say(result, save: str | None, document: dict) -> str | None:
     return save
 
 
-def progress_spinner(as_json: bool):
-    """A spinner on stderr for people; nothing in --json mode."""
+def progress_spinner(as_json: bool, terminal=None):
+    """A spinner on stderr (or `terminal`, the real stderr while third-party output is captured) for people;
+    nothing in --json mode."""
     if as_json:
         return None, (lambda _m: None)
     from rich.console import Console
 
-    status = Console(stderr=True).status("tune: starting")
+    status = (Console(file=terminal) if terminal is not None else Console(stderr=True)).status("tune: starting")
     return status, (lambda message: status.update(f"tune: {message}"))
 
 

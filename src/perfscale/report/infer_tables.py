@@ -74,4 +74,6 @@ def render_decoder(console, doc: dict[str, Any], saved: str | None = None) -> No
     console.print(f"recompilations (torch.compile, dynamic=False) over {len(rc['lengths'])} prompt lengths: "
                   f"{rc['unbucketed']} graphs unbucketed{' (limit hit)' if rc.get('unbucketed_limit_hit') else ''}, "
                   f"{rc['bucketed']} with buckets {rc['buckets']}")
+    for note in doc.get("notes", []):
+        console.print(f"note: {note}", markup=False)
     _print_usage(console, doc, saved)

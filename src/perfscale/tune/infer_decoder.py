@@ -56,6 +56,7 @@ class DecoderTuneResult:
     environment: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     kind: str = "decoder"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def apply_snippet(self) -> str:

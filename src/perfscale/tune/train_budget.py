@@ -107,10 +107,14 @@ def final_plan(costs: Costs, options, clock: Clock) -> dict[str, Any]:
             return {"isolation": isolation, "repeats": processes, "stop": stop, "cost": costs.final(processes, isolation, pairs),
                     "note": f"final comparison: {processes} paired run(s), each in {where}: the two configurations built "
                             f"side by side and timed in alternating steps (A B, B A, ...) for up to {stop.max_time:.0f} s"}
+    # Not even the minimum fits: as many pairs as the time left allows (at least 2, which no verdict can rest
+    # on: the verdict then says the run could not resolve anything, and what budget would).
+    fit = int(max(0.0, left / 1.2 - costs.pair_fixed(False)) // max(costs.pair_seconds(1), 1e-9))
+    pairs = max(2, min(pairs, fit))
     stop = StopRule(min_iters=pairs, min_time=0.0, target_rel_ci=target.target_rel_ci, max_time=costs.pair_seconds(pairs))
     return {"isolation": "trial", "repeats": 1, "stop": stop, "cost": costs.final(1, "trial", pairs),
-            "note": f"final comparison: 1 paired run of {pairs} step pairs in the tune worker, past the budget: "
-                    "the halving used it up (steps are slow on this machine now)"}
+            "note": f"final comparison: 1 paired run of {pairs} step pairs in the tune worker: the halving used up the budget "
+                    f"(a step takes {costs.pair_seconds(1) / 2:.1f} s on this machine now)"}
 
 
 __all__ = ["MAX_PAIR_SECONDS", "MIN_PAIRS", "Clock", "Costs", "final_plan"]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from perfscale.measure.stats import CONFIDENCE, Ratio, hierarchical_bootstrap_medians, ratio_of_medians
+from perfscale.tune.train_budget import MIN_PAIRS
 from perfscale.tune.train_space import Candidate
 
 # The difference the final comparison is asked to resolve: a 10% speed-up is worth acting on (issue 19).
@@ -199,6 +200,16 @@ def paired_speedup(base_runs, chal_runs, name: str, seconds: float, budget_s: fl
     resolution = (speed.ci_high - speed.ci_low) / 2 / speed.ratio
     out = common | {"ratio": speed.ratio, "ci_low": speed.ci_low, "ci_high": speed.ci_high, "significant": speed.significant,
                     "processes": len(groups), "pairs": int(logs.size), "resolution": resolution}
+    if logs.size < MIN_PAIRS:  # a bootstrap of 2-5 pairs is their range: no verdict rests on it
+        out["significant"] = False
+        rerun = math.ceil(((budget_s or 0.0) + seconds * (3 * MIN_PAIRS / logs.size - 1)) / 30) * 30
+        step = float(np.median([s for r in base_runs if r.ok for s in r.samples])) if noise else float("nan")
+        out["verdict"] = (f"not resolved: only {logs.size} alternating step pair(s) fit in the budget (a step of the baseline takes "
+                          f"{step:.1f} s on this machine now; {MIN_PAIRS} per process is the least a verdict rests on); best change "
+                          f"{name}: {speed.ratio:.2f}x; keep the Trainer defaults for now, or rerun with --budget-seconds {rerun} "
+                          "(or on a quieter machine)")
+        out["rerun_budget_s"] = float(rerun)
+        return out
     out["verdict"], out["rerun_budget_s"] = final_verdict(speed, name, len(groups), int(logs.size), noise, resolution, seconds, budget_s)
     return out
 
