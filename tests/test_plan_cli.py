@@ -143,3 +143,16 @@ def test_pp_virtual_flag_cuts_the_bubble(capsys):
         assert c["knobs"]["pp_virtual"] == int(v) and c["run_config"].get("pp_virtual", 1) == int(v)
         steps[v] = c["time"]["split"]["bubble"]
     assert steps["2"] == pytest.approx(steps["1"] / 2, rel=0.02)
+
+
+def test_optimizer_algorithm_changes_only_when_allowed(capsys):
+    """As in tune: by default plan searches AdamW's implementations only (another algorithm changes
+    what is trained); --allow-optimizer-change opens Adafactor, SGD and 8-bit AdamW."""
+    args = ["--model", "llama-3.1-8b", "--hardware", "H100-80GB", "--train", "--batch", "4", "--seq", "4096",
+            "--precision", "bf16-mixed", "--checkpointing", "--top", "50", "--json"]
+    code, out, _ = _run(args, capsys)
+    assert code == 0
+    assert {c["knobs"]["optimizer"] for c in json.loads(out)["configs"]} <= {"adamw_torch", "adamw_torch_fused"}
+    code, out, _ = _run([*args, "--allow-optimizer-change"], capsys)
+    assert code == 0
+    assert {c["knobs"]["optimizer"] for c in json.loads(out)["configs"]} - {"adamw_torch", "adamw_torch_fused"}

@@ -35,7 +35,8 @@ def plan(
     new_tokens: int = K.NEW_TOKENS, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
     as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
-    task: str = TASK, num_labels: int = NUM_LABELS, **knobs,
+    task: str = TASK, num_labels: int = NUM_LABELS,
+    allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -53,7 +54,8 @@ def plan(
     result = run_plan(target, hardware, workload, objective=objective, top=top, efficiency=efficiency,
                       token_budget=token_budget, price_per_device_hour=price,
                       host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
-                      calibration=calibration, prepare_calibration=prepare, **fixed)
+                      calibration=calibration, prepare_calibration=prepare,
+                      allow_optimizer_change=allow_optimizer_change, **fixed)
     emit(result.to_dict(), as_json, lambda console: render_plan(result, console))
 
 
