@@ -145,6 +145,7 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         capacity_bytes=int(numbers["capacity"]),
         host_bytes_per_node=int(round(numbers.get("host", 0.0))),
         host_capacity_bytes=None if numbers.get("host_capacity") is None else int(numbers["host_capacity"]),
+        optimizer_peak_bytes=int(round(mem["optimizer_peak"])) if "optimizer_peak" in mem else None,
     )
     train_seconds = cost = None
     if token_budget and numbers["tps"] > 0:

@@ -392,6 +392,7 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda"
                 "other": 0.0,
             },
             "trainable": trainable * (pp * tp),
+            "optimizer_peak": cands["optimizer"][0],
             "stage": stage,
             "host": host,
         }

@@ -28,6 +28,10 @@ class MemoryEstimate:
     # node's host memory (None: unknown, not checked). See estimate/host.py.
     host_bytes_per_node: int = 0
     host_capacity_bytes: int | None = None
+    # Training: the peak of the optimizer step itself (parameters + gradients + state + the optimizer's
+    # temporaries, config/optimizer.py), also when another phase holds the overall peak; trace's
+    # phase_peaks["optimizer"]. None for inference.
+    optimizer_peak_bytes: int | None = None
 
     @property
     def overhead_bytes(self) -> int:
