@@ -63,7 +63,10 @@ def _payload(rank: int, step: float, **over) -> dict:
 
 def test_merge_counts_every_rank_and_names_the_failed_one():
     config = BenchConfig(nproc=1, nnodes=2, strategy="ddp")
-    ok = merge(config, {0: _payload(0, 0.1), 1: _payload(1, 0.2)}, [{}, {}], "", {"config": config})
+    args = ["--nnodes=2", "--nproc-per-node=1", "--max-restarts=0", "--rdzv-backend=c10d", "-m", "perfscale.measure.worker", "x"]
+    ok = merge(config, {0: _payload(0, 0.1), 1: _payload(1, 0.2)}, [{"args": args}, {}], "", {"config": config})
+    # what was measured, to run again with a user's script
+    assert ok.distributed["torchrun"] == "OMP_NUM_THREADS=1 torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d train.py"
     assert ok.ok and ok.tokens_per_iter == 128 and ok.samples_per_iter == 4
     assert [r["tokens_per_s"] for r in ok.ranks] == pytest.approx([640, 320])  # each rank's own step time
     assert ok.memory["cpu_peak_rss"] == 101 and ok.memory["peak_live_tensor_bytes"] == 50  # the largest rank

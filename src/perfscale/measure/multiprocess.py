@@ -241,6 +241,7 @@ def merge(config: BenchConfig, payloads: dict[int, dict], nodes: list[dict | Non
         "comm_s_max": max(comm) if comm else None,
         "comm_fraction": max(c / s for c, s in zip(comm, step, strict=False)) if comm and step else None,
         "step_time": "the slowest rank's per iteration", "tokens": "all ranks' (global batch)",
+        "torchrun": launch_line(nodes, (first.get("rank") or {}).get("threads")),
     }
     notes = list(doc.get("notes") or [])
     if world > cores() and (first.get("device") or "cpu") == "cpu":
@@ -294,6 +295,16 @@ def _failure(payloads: dict[int, dict], nodes: list[dict | None], world: int) ->
     absent = [n for n, doc in enumerate(nodes) if doc is None]
     return "failed", f"ranks {', '.join(map(str, missing))} wrote no result" + (
         f" (the agents of nodes {', '.join(map(str, absent))} died without a word)" if absent else ""), None
+
+
+def launch_line(nodes: list[dict | None], threads: int | None) -> str | None:
+    """The torchrun line each agent ran, for a user's train.py: what was measured, to run again."""
+    args = next((n["args"] for n in nodes if n and n.get("args")), None)
+    if not args:
+        return None
+    flags = [a for a in args[: args.index("-m")] if not a.startswith(("--max-restarts", "--monitor-interval"))]
+    env = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return env + " ".join(["torchrun", *flags, "train.py"])
 
 
 def _from(doc: dict, base: dict) -> BenchResult:
