@@ -162,3 +162,35 @@ def test_destination_not_empty_and_no_config(qwen_bin, tmp_path):
     torch.save({"w": torch.zeros(2)}, bare / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="--no-probe"):
         convert_checkpoint(str(bare), str(tmp_path / "o"))
+
+
+def test_sharded_bin_and_safetensors_sources(qwen_bin, tmp_path):
+    """A .bin sharded with pytorch_model.bin.index.json, and a legacy (pre-zip) .bin, convert like the single .bin;
+    a sharded safetensors source re-shards and casts."""
+    src, state = qwen_bin
+    sharded = tmp_path / "sharded-bin"
+    sharded.mkdir()
+    (sharded / "config.json").write_text((src / "config.json").read_text())
+    names = list(state)
+    halves = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    for file, part in halves.items():
+        torch.save({n: state[n] for n in part}, sharded / file)
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": 0}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
+    a = convert_checkpoint(str(sharded), str(tmp_path / "a"), probe=False)
+    assert a.source_files == list(halves) and a.verify["tensors"]["identical"]
+    # lm_head and the embedding are in different files here: no shared storage, so both are written
+    assert a.dropped_aliases == [] and set(_read_all(tmp_path / "a")) == set(state)
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((src / "config.json").read_text())
+    torch.save(state, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    b = convert_checkpoint(str(legacy), str(tmp_path / "b"), probe=False)
+    assert any("legacy" in n for n in b.notes) and b.verify["tensors"]["identical"]
+
+    c = convert_checkpoint(str(tmp_path / "b"), str(tmp_path / "c"), max_shard_size="50KB", dtype="fp16", probe=False)
+    written = _read_all(tmp_path / "c")
+    assert c.source_format == "safetensors" and len(c.shards) > 2
+    assert all(torch.equal(t, state[k].to(torch.float16)) for k, t in written.items())

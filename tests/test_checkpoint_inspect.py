@@ -189,3 +189,11 @@ def test_bad_checkpoints_exit_2(tmp_path, case):
     assert not isinstance(info.value, UnsafePickleError)
     code, out, err, _ = run_in_process(["checkpoint", "inspect", str(folder), "--json"], 60)
     assert code == 2 and "Traceback" not in err and json.loads(out)["error"]["exit_code"] == 2
+
+
+def test_hub_id_offline_is_refused(monkeypatch):
+    from perfscale.errors import OfflineError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="hf download someone/some-model"):
+        inspect_checkpoint("someone/some-model")

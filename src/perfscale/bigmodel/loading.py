@@ -102,6 +102,8 @@ def measure_loading(folders: list[str], paths: tuple[str, ...] | list[str] = ("d
 
     if not folders:
         raise InvalidConfigError("No model folder given: pass one or more folders holding config.json and weights.")
+    if not paths:
+        raise InvalidConfigError(f"No loading path given. Choose from: {', '.join(PATHS)} (comma-separated).")
     for p in paths:
         if p not in PATHS:
             raise choice_error("loading path", p, PATHS, "Pass them comma-separated, e.g. --paths defaults,dtype,offload.")
