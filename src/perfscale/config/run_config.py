@@ -38,11 +38,16 @@ OFFLOAD = ("none", "optimizer", "optimizer+params")
 QUANTIZATION = ("none", "int8", "int4", "nf4")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 KV_CACHE_DTYPES = ("auto", "fp8")
+# The training loop's program: the Trainer (compute_loss returns the loss alone, so the model outputs
+# are freed before backward) or a hand-written loop that keeps `outputs` (HF course / accelerate examples:
+# `outputs = model(**batch); loss = outputs.loss; loss.backward(); optimizer.step()`).
+LOOPS = ("trainer", "custom")
 
 # The choices of every closed knob, defined once: validation, --help and compare's keys read them.
 CHOICES: dict[str, tuple] = {
     "precision": TRAIN_PRECISIONS, "optimizer": OPTIMIZERS, "attn": ATTENTION, "zero": ZERO_STAGES,
     "offload": OFFLOAD, "quantization": QUANTIZATION, "cache": CACHE_IMPLEMENTATIONS, "kv_cache_dtype": KV_CACHE_DTYPES,
+    "loop": LOOPS,
 }
 
 # Ranks beyond the widest hidden size in use (~2^14) make an adapter larger than the layer it adapts.
@@ -137,6 +142,8 @@ class RunConfig:
     """DataLoader worker processes (Trainer dataloader_num_workers); 0 = load in the main process."""
     dataloader_pin_memory: bool = _knob(False, "measure", mode="train", flag="--pin-memory")
     """DataLoader pin_memory (Trainer dataloader_pin_memory; has an effect on CUDA only)."""
+    loop: str = _knob("trainer", "estimate", "trace", mode="train")
+    """Training loop: trainer (outputs freed before backward) or custom (a loop that keeps `outputs` holds the logits through backward and the optimizer step)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.precision, Precision):

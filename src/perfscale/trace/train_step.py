@@ -112,12 +112,15 @@ def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) 
     return inputs
 
 
-def loss_of(model: Any, inputs: dict[str, Any]):
-    out = model(**inputs)
+def loss_from(out: Any):
     loss = getattr(out, "loss", None)
     if loss is None:  # a base model without a head: a scalar of its first output
         loss = out[0].mean()
     return loss
+
+
+def loss_of(model: Any, inputs: dict[str, Any]):
+    return loss_from(model(**inputs))
 
 
 class _NoHandle:
@@ -151,7 +154,13 @@ def run_step_loop(model, opt, inputs, tracker, config: RunConfig, device: str) -
             if it or micro:
                 tracker.reset_mod_stats()
             with autocast_context(config, device):
-                loss = loss_of(model, inputs)
+                if config.loop == "custom":
+                    # `outputs = model(**batch)`: the previous step's outputs stay bound until this
+                    # forward returns, and these through backward and the optimizer step
+                    outputs = model(**inputs)
+                    loss = loss_from(outputs)
+                else:  # the Trainer: compute_loss returns the loss alone, the outputs are freed
+                    loss = loss_of(model, inputs)
             (loss / accum if accum > 1 else loss).backward()
             del loss
         opt.step()
