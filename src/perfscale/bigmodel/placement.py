@@ -379,7 +379,7 @@ def plan_placement(model: str, topology: str, batch: int = 1, prompt: int = 512,
         notes.append(f"disk offload: {DISK_BANDWIDTH_SOURCE}" if disk_bandwidth is None else "disk offload at the given bandwidth")
     kwargs, auto_kwargs = _kwargs(device_map, budgets, uses, dtype, quantization, strategy)
     snippet = _snippet(spec, kwargs)
-    accepted = accelerate_accepts(spec, device_map, DTYPES[dtype])
+    accepted = accelerate_accepts(spec, device_map, DTYPES[dtype], model=planner.model)  # last use: hooks may stay
     return PlacementResult(
         model=spec.name, architecture=spec.architecture, topology=topo.label, dtype=DTYPES[dtype], quantization=quantization,
         strategy=strategy, workload={"batch": batch, "prompt": prompt, "new_tokens": new_tokens}, fits=fits,
@@ -388,10 +388,11 @@ def plan_placement(model: str, topology: str, batch: int = 1, prompt: int = 512,
         accelerate_check=accepted, notes=notes)
 
 
-def accelerate_accepts(spec, device_map: dict, dtype: str) -> str:
+def accelerate_accepts(spec, device_map: dict, dtype: str, model=None) -> str:
     """Hand the map to accelerate on a fresh meta model: check_device_map, then dispatch_model with every GPU index
     mapped to "meta" (no GPU needed) and disk-offloaded weights described by an offload index instead of written.
-    Returns what was checked; raises whatever accelerate raises (a bug in the map, not a user error)."""
+    Returns what was checked; raises whatever accelerate raises (a bug in the map, not a user error).
+    `model`: a meta model of spec to use (dispatch attaches hooks to it); None builds a fresh one."""
     import tempfile
 
     from accelerate import dispatch_model
@@ -399,7 +400,8 @@ def accelerate_accepts(spec, device_map: dict, dtype: str) -> str:
 
     from perfscale.specs.param_count import build_meta_model
 
-    model = build_meta_model(spec.config_object(), spec.architecture)
+    if model is None:
+        model = build_meta_model(spec.config_object(), spec.architecture)
     check_device_map(model, device_map)
     if not any(isinstance(v, int) for v in device_map.values()):
         # dispatch_model would move the CPU-resident part to the CPU: impossible for meta tensors
