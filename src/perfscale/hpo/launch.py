@@ -80,6 +80,8 @@ def run_trial_process(job: dict[str, Any], workdir: Path, time_limit: float, pro
     `python -m perfscale.hpo.trial`), wait at most `time_limit` seconds, classify what happened."""
     workdir = Path(workdir)
     job_path, result_path, err_path = (workdir / f"{tag}.{ext}" for ext in ("job.json", "result.json", "stderr.txt"))
+    if processes.stopping.is_set():
+        return Outcome("interrupted", "interrupted (Ctrl-C or SIGTERM) before the trial process started")
     if launcher is not None:
         job_path.write_text(json.dumps(dict(job, result_path=str(result_path), parent={"files": [str(job_path), str(result_path)]})))
         rc, killed_by_us, wall = _run_forked(launcher, tag, job_path, err_path, time_limit, processes)
@@ -114,7 +116,7 @@ class _Pid:
 
 
 def _run_forked(launcher, tag: str, job_path: Path, err_path: Path, time_limit: float, processes: Processes) -> tuple[int, bool, float]:
-    pid = launcher.start(tag, job_path, err_path)  # waits for the launcher's imports the first time
+    pid = launcher.start(tag, job_path, err_path, processes.stopping)  # waits for the launcher's imports the first time
     t0 = time.perf_counter()
     handle = _Pid(pid)
     processes.add(handle)

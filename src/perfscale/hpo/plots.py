@@ -40,6 +40,10 @@ def write_plots(study, path: str | Path, multi: bool = False) -> tuple[str, list
     path = Path(path)
     parts, skipped = [], []
     first = True
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" and the like: said as notes instead
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for title, make in _figures(study, multi):
@@ -53,6 +57,7 @@ def write_plots(study, path: str | Path, multi: bool = False) -> tuple[str, list
                 skipped.append(f"{title}: no finished trials to draw")
             parts.append(f"<h2>{html.escape(title)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=first))
             first = False
+    optuna.logging.set_verbosity(level)
     doc = ("<!doctype html><html><head><meta charset='utf-8'><title>perfscale hpo: "
            f"{html.escape(study.study_name)}</title></head><body><h1>Study {html.escape(study.study_name)}</h1>"
            + "".join(parts) + "</body></html>")

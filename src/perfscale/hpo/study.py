@@ -322,9 +322,19 @@ def _next_trial(ctx: _Context):
     return trial, values
 
 
-def _tell(ctx: _Context, trial, *, state=None, values=None, **attrs: Any) -> None:
-    _set_attrs(ctx.study, trial._trial_id, **attrs)
-    ctx.study.tell(trial, values=values, state=state)
+def _tell(ctx: _Context, trial, *, state=None, values=None, **attrs: Any) -> bool:
+    """Tell Optuna the outcome; False when the trial was already finished elsewhere (failed as dead by
+    another worker, or by this run's interruption): that verdict stands."""
+    import optuna
+
+    try:
+        _set_attrs(ctx.study, trial._trial_id, **attrs)
+        ctx.study.tell(trial, values=values, state=state)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as exc:
+        if "finished" not in str(exc).lower():
+            raise
+        return False
+    return True
 
 
 def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
@@ -354,10 +364,11 @@ def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
     try:
         out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, tag, launcher=ctx.launcher)
     except RuntimeError as exc:  # the launcher could not start or fork: spawn this trial and the rest
-        with ctx.guard:
-            if ctx.launcher is not None:
-                ctx.notes.append(f"the trial launcher failed ({exc}); trials were spawned as new interpreters instead")
-            ctx.launcher = None
+        if not ctx.processes.stopping.is_set():
+            with ctx.guard:
+                if ctx.launcher is not None:
+                    ctx.notes.append(f"the trial launcher failed ({exc}); trials were spawned as new interpreters instead")
+                ctx.launcher = None
         out = run_trial_process(job, ctx.workdir, ctx.trial_limit(), ctx.processes, tag)
     p = out.payload
     common = {"wall_s": out.wall_s, "steps": p.get("steps"), "tokens_per_s": p.get("tokens_per_s"), "measured_memory": p.get("memory")}
@@ -382,13 +393,29 @@ def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
     if out.status not in ("killed", "interrupted"):  # the configuration failed (a kill is retried, not counted)
         with ctx.guard:
             ctx.failures += 1
-    _tell(ctx, trial, state=TrialState.FAIL, status=out.status, reason=reason, **common)
+    told = _tell(ctx, trial, state=TrialState.FAIL, status=out.status, reason=reason, **common)
     ctx.say(f"trial {trial.number}: {out.status}: {reason[:200]}")
-    if out.status in ("killed", "interrupted"):  # the configuration did not fail: its process was stopped
+    if told and out.status in ("killed", "interrupted"):  # the configuration did not fail: its process was stopped
         _retry(study, trial.number)
 
 
-def _worker(ctx: _Context, index: int) -> None:
+def _fail_leftovers(ctx: _Context, how: str) -> None:
+    """After an interruption: this run's trials still RUNNING (a worker was not done) are failed and retried."""
+    import optuna
+    from optuna.trial import TrialState
+
+    for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in ctx.mine:
+            continue
+        try:
+            _set_attrs(ctx.study, t._trial_id, status="interrupted", reason=f"interrupted by {how}: the trial was stopped")
+            ctx.study.tell(t.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            continue  # its worker told it in the meantime
+        _retry(ctx.study, t.number)
+
+
+def _worker(ctx: _Context, index: int, done: threading.Event) -> None:
     try:
         while not ctx.processes.stopping.is_set():
             kind, values = _next_trial(ctx)
@@ -412,6 +439,8 @@ def _worker(ctx: _Context, index: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         ctx.error = exc
         ctx.processes.kill_all()
+    finally:
+        done.set()
 
 
 def _heartbeats(ctx: _Context, stop: threading.Event) -> None:
@@ -544,28 +573,35 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
         beats = threading.Thread(target=_heartbeats, args=(ctx, stop_beats), daemon=True) if ctx.heartbeat else None
         if beats:
             beats.start()
-        workers = [threading.Thread(target=_worker, args=(ctx, i), name=f"perfscale-hpo-worker-{i}", daemon=True)
+        # The main thread waits on events, not Thread.join: a join interrupted by Ctrl-C can return early
+        # afterwards (CPython 3.11), and the trials must be told before the summary.
+        dones = [threading.Event() for _ in range(options.workers)]
+        workers = [threading.Thread(target=_worker, args=(ctx, i, dones[i]), name=f"perfscale-hpo-worker-{i}", daemon=True)
                    for i in range(options.workers)]
         interrupted = None
         try:
             for w in workers:
                 w.start()
-            for w in workers:
-                while w.is_alive():
-                    w.join(timeout=0.5)
+            for d in dones:
+                while not d.wait(0.5):
+                    pass
         except KeyboardInterrupt as exc:
             from perfscale.measure.runner import how_interrupted
 
             interrupted = how_interrupted(exc)
             ctx.processes.kill_all()
-            for w in workers:
-                w.join(timeout=60)
+            deadline = time.monotonic() + 30
+            for d in dones:
+                d.wait(max(0.0, deadline - time.monotonic()))
+            _fail_leftovers(ctx, interrupted)
         finally:
             stop_beats.set()
             if ctx.launcher is not None:
                 ctx.launcher.close()
         if ctx.error is not None and interrupted is None:
             raise ctx.error
+        if ctx.error is not None:
+            ctx.notes.append(f"a worker stopped with {type(ctx.error).__name__}: {ctx.error}")
         result = summarize(study, options, space, data, capacity, sspec.label, mine=ctx.mine, notes=ctx.notes,
                            wall_s=time.perf_counter() - t0)
         if ctx.filter.traces:
@@ -616,6 +652,8 @@ def summarize(study, options: HpoOptions, space: SearchSpace, data, capacity, st
         ua = t.user_attrs
         mem = ua.get(f"{ATTR}_memory") or {}
         reason = ua.get(f"{ATTR}_reason")
+        if status in ("waiting", "running"):
+            reason = None  # a retry's copy carries its original's attributes: its own outcome is to come
         if status == "dead-worker" and not reason:
             reason = "no heartbeat within the grace period: its worker died (killed?); failed and retried"
         rows.append(TrialRow(

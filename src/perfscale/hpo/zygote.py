@@ -137,34 +137,35 @@ class Launcher:
         self._dead = False
         self.starts = 0
 
-    def _spawn(self) -> None:
+    def _spawn(self, stop: threading.Event | None = None) -> None:
         env = dict(os.environ)
         src = str(Path(perfscale.__file__).resolve().parents[1])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         err = open(self.workdir / f"launcher-{self.starts}.stderr.txt", "wb")
-        self._proc = subprocess.Popen([sys.executable, "-m", "perfscale.hpo.zygote", self.model], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True, bufsize=0)
+        proc = subprocess.Popen([sys.executable, "-m", "perfscale.hpo.zygote", self.model], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True, bufsize=0)
         err.close()
+        self._proc = proc
         self.starts += 1
         self._dead = False
         deadline = time.monotonic() + READY_TIMEOUT_S
         line = b""
-        fd = self._proc.stdout.fileno()
+        fd = proc.stdout.fileno()
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
-            r, _, _ = select.select([fd], [], [], max(0.0, min(1.0, left)))
+            r, _, _ = select.select([fd], [], [], max(0.0, min(0.5, left)))
             if not r:
-                if left <= 0 or self._proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("the trial launcher did not start")
+                if left <= 0 or proc.poll() is not None or (stop is not None and stop.is_set()) or self._proc is not proc:
+                    self._kill(proc)
+                    raise RuntimeError("the trial launcher did not start" + (" (stopped)" if stop is not None and stop.is_set() else ""))
                 continue
             ch = os.read(fd, 1)
             if not ch:
-                self.close()
+                self._kill(proc)
                 raise RuntimeError("the trial launcher exited while starting")
             line += ch
-        threading.Thread(target=self._read, args=(self._proc,), daemon=True, name="perfscale-hpo-launcher").start()
+        threading.Thread(target=self._read, args=(proc,), daemon=True, name="perfscale-hpo-launcher").start()
 
     def _read(self, proc: subprocess.Popen) -> None:
         for raw in proc.stdout:
@@ -180,10 +181,15 @@ class Launcher:
                 self._dead = True
             self._cond.notify_all()
 
-    def _ensure(self) -> None:
-        with self._lock:
+    def _ensure(self, stop: threading.Event | None = None) -> None:
+        while not self._lock.acquire(timeout=0.5):  # another thread is starting it
+            if stop is not None and stop.is_set():
+                raise RuntimeError("stopped while the trial launcher was starting")
+        try:
             if self._proc is None or self._proc.poll() is not None or self._dead:
-                self._spawn()
+                self._spawn(stop)
+        finally:
+            self._lock.release()
 
     def prewarm(self) -> None:
         """Start the launcher now, in the background (its imports overlap the parent's own work)."""
@@ -195,8 +201,8 @@ class Launcher:
 
         threading.Thread(target=run, daemon=True, name="perfscale-hpo-launcher-start").start()
 
-    def start(self, tag: str, job_path: Path, err_path: Path) -> int:
-        self._ensure()
+    def start(self, tag: str, job_path: Path, err_path: Path, stop: threading.Event | None = None) -> int:
+        self._ensure(stop)
         with self._lock:
             self._proc.stdin.write(f"RUN {tag} {job_path} {err_path}\n".encode())
         with self._cond:
@@ -216,6 +222,14 @@ class Launcher:
                 return -signal.SIGKILL
             return None
 
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
@@ -225,11 +239,7 @@ class Launcher:
             proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        self._kill(proc)
 
 
 if __name__ == "__main__":
