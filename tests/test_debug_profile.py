@@ -27,6 +27,23 @@ def test_made_to_fail_steps_are_classified(make, bound, knob):
     json.dumps(result.to_dict(), allow_nan=False)
 
 
+def test_waiting_while_a_collective_runs_elsewhere_is_communication():
+    """c10d returns at once and gloo reduces on its own thread: the gap in the step's thread that overlaps the
+    collective is the step waiting for it (synthetic events: a step of 0..100 us with ops at 0..10 and 90..100)."""
+    from types import SimpleNamespace as NS
+
+    from perfscale.debug.profile import _gaps, _waits_on_communication
+
+    def ev(start, end, thread=1, children=()):
+        return NS(time_range=NS(start=start, end=end), thread=thread, cpu_children=list(children))
+
+    step = ev(0, 100, children=[ev(0, 10), ev(90, 100)])
+    assert _gaps(step) == [(10, 90)]
+    gloo = [ev(20, 50, thread=7), ev(40, 70, thread=7), ev(95, 120, thread=7), ev(30, 60, thread=1)]
+    # other threads only, merged (20..70), inside the gap: 50 us; the same-thread event is the step's own
+    assert _waits_on_communication(step, gloo) == pytest.approx(50e-6)
+
+
 @pytest.mark.slow
 def test_the_train_scenario_through_the_cli_writes_its_trace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,8 @@ matches an event claims it with everything below it):
 
   input pipeline   DataLoader waits: `enumerate(DataLoader)#...__next__`, which torch records itself
   optimizer        `Optimizer.step#...` / `Optimizer.zero_grad#...` (torch records these too)
-  communication    c10d / gloo / nccl collectives and `record_param_comms`
+  communication    c10d / gloo / nccl collectives and `record_param_comms`, and the time the step's thread
+                   waits while a collective runs on another thread (gloo's and nccl's own threads)
   synchronisation  `.item()` / `.cpu()` / `.tolist()` reads (aten::item, aten::_local_scalar_dense) and
                    CUDA synchronisations (cudaDeviceSynchronize, cudaStreamSynchronize)
   compute (GEMM)   matmuls, convolutions and attention kernels (aten::mm, addmm, bmm, linear, sdpa...)
@@ -225,6 +226,42 @@ def _classify_step(step_event) -> dict[str, float]:
     return out
 
 
+def _intervals_overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Total length (us) where two sets of intervals overlap (b merged first)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(b):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    total = 0.0
+    for s0, e0 in a:
+        for s1, e1 in merged:
+            total += max(0.0, min(e0, e1) - max(s0, s1))
+    return total
+
+
+def _gaps(step_event) -> list[tuple[float, float]]:
+    """The parts of a step that no event of its own thread covers (us): where Python ran or the thread waited."""
+    out, cursor = [], step_event.time_range.start
+    for c in sorted(step_event.cpu_children, key=lambda c: c.time_range.start):
+        if c.time_range.start > cursor:
+            out.append((cursor, c.time_range.start))
+        cursor = max(cursor, c.time_range.end)
+    if step_event.time_range.end > cursor:
+        out.append((cursor, step_event.time_range.end))
+    return out
+
+
+def _waits_on_communication(step_event, comm_events) -> float:
+    """Seconds of the step's uncovered time during which a collective ran on another thread: the step was
+    waiting for it (c10d returns at once and the wait is not an operator; gloo works on its own threads)."""
+    inside = [(e.time_range.start, e.time_range.end) for e in comm_events
+              if e.thread != step_event.thread and e.time_range.end > step_event.time_range.start
+              and e.time_range.start < step_event.time_range.end]
+    return _intervals_overlap(_gaps(step_event), inside) * 1e-6 if inside else 0.0
+
+
 def _classify_cuda(step_event, kernels) -> dict[str, float] | None:
     """Seconds per class from the GPU kernels that ran inside the step's window (CUDA view), or None."""
     start, end = step_event.time_range.start, step_event.time_range.end
@@ -372,9 +409,14 @@ def profile_step(step: Callable[[], Any], *, what: str = "step", steps: int = 3,
             (out / "memory_timeline.json").write_text(json.dumps(memory))
             files["memory_timeline"] = str(out / "memory_timeline.json")
     kernels = [e for e in events if cuda and str(e.device_type).endswith("CUDA")]
+    comm_events = [e for e in events if _rule(e.name, None) == "communication"]
     per_step = []
     for ev in step_events:
-        per_step.append((_classify_cuda(ev, kernels) if cuda else None) or _classify_step(ev))
+        classes = (_classify_cuda(ev, kernels) if cuda else None) or _classify_step(ev)
+        waited = min(classes["host"], _waits_on_communication(ev, comm_events)) if comm_events else 0.0
+        classes["host"] -= waited
+        classes["communication"] += waited
+        per_step.append(classes)
     seconds = {c: sum(s[c] for s in per_step) / max(1, len(per_step)) for c in CLASSES}
     total = sum(seconds.values()) or 1.0
     fractions = {c: seconds[c] / total for c in CLASSES}
@@ -422,9 +464,13 @@ def debug_profile(config, *, steps: int = 3, warmup: int = 1, out_dir: str | os.
     except Exception as exc:  # noqa: BLE001 - the scenario could not be built from this configuration
         raise UnsupportedModelError(f"the {config.scenario} scenario of {config.display} could not be built: "
                                     f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+    notes = list(scenario.notes)
+    if config.backend == "onnxruntime":
+        notes.append("ONNX Runtime's kernels are invisible to torch.profiler: its time reads as host/launch overhead "
+                     "(the gaps between torch events); profile ORT itself with SessionOptions.enable_profiling")
     with quiet_transformers():
         return profile_step(scenario.step, what=config.display, steps=steps, warmup=warmup, device=device, out_dir=out_dir,
-                            notes=list(scenario.notes))
+                            notes=notes)
 
 
 __all__ = ["CLASSES", "KNOBS", "LABELS", "ProfileResult", "debug_profile", "profile_step"]
