@@ -209,3 +209,25 @@ def test_dead_workers_trials_are_failed_and_retried(tmp_path):
     assert sorted(x.system_attrs["failed_trial"] for x in retries) == [0, 1]
     assert {x.params["learning_rate"] for x in retries} == {trials[0].params["learning_rate"], trials[1].params["learning_rate"]}
     assert fail_dead_trials(stale_study) == 0  # nothing twice
+
+
+def test_journal_storage_holds_a_study_and_its_dead_trials(tmp_path):
+    """Optuna's JournalStorage (a file): no heartbeats there, a dead local owner is still failed and retried."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    spec = parse_storage(str(tmp_path / "hpo.journal"))
+    assert spec.kind == "journal" and spec.lock_path.endswith(".perfscale-lock")
+    data = _prepared(tmp_path)
+    storage = open_storage(spec)
+    study, created = open_study(HpoOptions(storage=spec.label), SearchSpace.default(), data, storage, StudyLock(spec.lock_path), "j")
+    assert created
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = study.ask()
+    t.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
+    t.set_user_attr("perfscale_owner", {"host": os.uname().nodename, "pid": dead.pid, "started": time.time() - 5})
+    reopened = optuna.load_study(study_name="j", storage=open_storage(spec.label))
+    assert fail_dead_trials(reopened) == 1
+    assert [x.state for x in reopened.get_trials()] == [TrialState.FAIL, TrialState.WAITING]

@@ -14,6 +14,7 @@ parent-death pipe and PR_SET_PDEATHSIG), so `kill -9` of the study leaves no tri
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -110,9 +111,9 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
         def on_evaluate(self, args, tstate, control, metrics=None, **kw):
             loss = float(metrics["eval_loss"])
-            state["evals"].append({"step": tstate.global_step, "eval_loss": loss})
+            state["evals"].append({"step": tstate.global_step, "eval_loss": loss if math.isfinite(loss) else str(loss)})
             state["eval_s"] += float(metrics.get("eval_runtime", 0.0))
-            if trial is not None and tstate.global_step < job["steps"]:
+            if trial is not None and tstate.global_step < job["steps"] and math.isfinite(loss):
                 trial.report(loss, tstate.global_step)
                 if trial.should_prune():
                     state["pruned_at"] = tstate.global_step
@@ -156,9 +157,9 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     if state["pruned_at"] is not None:
         out.update(status="pruned", reason=f"pruned at step {state['pruned_at']} (eval loss {state['evals'][-1]['eval_loss']:.4f})")
     else:
-        loss = state["evals"][-1]["eval_loss"]
-        if loss != loss:  # NaN: diverged
-            out.update(status="failed", reason=f"the evaluation loss is NaN after {steps_done} steps: the training diverged")
+        loss = float(state["evals"][-1]["eval_loss"])
+        if not math.isfinite(loss):  # NaN or inf: diverged
+            out.update(status="failed", reason=f"the evaluation loss is {loss} after {steps_done} steps: the training diverged")
         else:
             out.update(status="complete", eval_loss=loss)
     return out
