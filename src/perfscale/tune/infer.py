@@ -35,6 +35,19 @@ Progress = Callable[[str], None]
 # move by +-10% on this CPU, FIELD-NOTES) does not replace a simpler setting; the finalists'
 # interleaved measurement decides the winner, not this screen.
 KNOB_STAGE_MIN_GAIN = 1.02
+# Cheap screening (issue 19: the default search answers in ~3 minutes here, --quick in ~1): each variant is
+# timed and pre-gated in this process on SCREEN_SENTENCES; only the finalists are gated on GATE_SENTENCES
+# (a third of the shipped corpus: 512 sentences of its seeded-shuffle order, so lengths and topics mix).
+SCREEN_SENTENCES = 128
+QUICK_SCREEN_SENTENCES = 64
+GATE_SENTENCES = 512
+QUICK_GATE_SENTENCES = 128
+# Stop screening new variants after this long (the gate of the finalists and the final measurement still run).
+# Chosen from the timings in benchmarks/LOG.md (2026-12): ~5 s a variant idle, 2-4x that on a busy box.
+SCREEN_BUDGET_S = 75.0
+QUICK_SCREEN_BUDGET_S = 25.0
+# Runtime variants screened whatever the budget: the first ones of the prior order (_runtime_candidates).
+MIN_SCREENED = 2
 
 @dataclass
 class Variant:
@@ -113,14 +126,29 @@ def _runtime_candidates(quick: bool, native_bf16: bool, backends: tuple[str, ...
             out.append(({"backend": "eager", "quantization": "int8-dynamic"}, None))
     if "compile" in backends:
         out.append(({"backend": "compile", "pad_multiple": 16},
-                    None if include_compile else "torch.compile is left out of the quick search (first compile ~30+ s); run the full search"))
+                    None if include_compile else "torch.compile is left out unless asked for (its first compile takes ~30+ s here): add --compile"))
     if "onnxruntime" in backends:
         quants = ("int8-dynamic", "int8-per-channel") if quick else ("int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
         out.append(({"backend": "onnxruntime"}, None))
         if not quick:
             out.append(({"backend": "onnxruntime", "fusions": True}, None))
         out += [({"backend": "onnxruntime", "fusions": True, "quantization": q}, None) for q in quants]
-    return out
+    return sorted(out, key=lambda item: -_prior(item[0]))
+
+
+# The screen's order: sentences/s of all-MiniLM-L6-v2 on this kind of CPU (FIELD-NOTES, "Inference on this
+# CPU"; 2 threads, batch 32), so that a budget that ends the screen early has tried the likeliest winners.
+# A prior orders the search only: every variant is still gated and timed here.
+PRIORS = {("onnxruntime", "int8-per-channel-reduce-range"): 104, ("onnxruntime", "int8-per-channel"): 100,
+          ("onnxruntime", "int8-reduce-range"): 95, ("onnxruntime", "int8-dynamic"): 93, ("eager", "int8-dynamic"): 84,
+          ("onnxruntime+fusions", "none"): 72, ("compile", "none"): 66, ("onnxruntime", "none"): 65, ("eager", "none"): 57}
+
+
+def _prior(kwargs: dict[str, Any]) -> float:
+    backend = kwargs["backend"] + ("+fusions" if kwargs.get("fusions") and not kwargs.get("quantization") else "")
+    if kwargs.get("precision") == "bf16":
+        return 10.0  # 9-10 sentences/s where bf16 was emulated; screened last
+    return PRIORS.get((backend, kwargs.get("quantization") or "none"), 50.0)
 
 def _knob_stages(best: dict[str, Any], quick: bool, cores: int) -> list[tuple[str, list[dict[str, Any]]]]:
     """One knob at a time on the best runtime: (stage name, list of setting overrides)."""
@@ -171,6 +199,22 @@ def _try_variant(variant: Variant, source, corpus, ref, thresholds, timing, reps
     if ref is None:
         variant._embeddings = emb  # type: ignore[attr-defined]
 
+def _full_gate(variant: Variant, source, corpus, ref, thresholds, cache_dir) -> None:
+    """The gate on the whole gate corpus, for a finalist that passed on the screening slice."""
+    from perfscale.measure.gate import compare_outputs
+    from perfscale.runtimes.encoder import EncoderSettings, load_encoder
+
+    try:
+        emb = load_encoder(source, EncoderSettings.from_dict(variant.settings), cache_dir=cache_dir).encode(corpus)
+    except Exception as exc:  # noqa: BLE001 - a variant that crashes is a result
+        variant.status, variant.reason = "failed", f"{type(exc).__name__}: {exc}"
+        return
+    variant.accuracy = compare_outputs({"embeddings": ref}, {"embeddings": emb}, thresholds)
+    if not variant.accuracy["passed"]:
+        variant.status = "inaccurate"
+        variant.reason = (f"passed on the {SCREEN_SENTENCES} screening sentences, failed the gate on all {len(corpus)}: "
+                          + "; ".join(variant.accuracy["failures"]))
+
 # ----- final measurement (fresh processes, interleaved) -----
 def _bench_config(model: str, source, settings: dict[str, Any], label: str, sentences: int, cache_dir):
     from perfscale.config.run_config import RunConfig
@@ -191,14 +235,15 @@ def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: 
     from perfscale.measure.compare import compare
     from perfscale.measure.stats import StopRule
 
-    sentences = 64 if quick else 256
+    # 128 sentences an iteration: 4 batches of the default 32, and whole batches of 64/128 if those won.
+    sentences = 64 if quick else 128
     if quick:
         options = MeasureOptions(stop=StopRule(min_iters=3, min_time=0.3, target_rel_ci=0.05, max_time=4.0), warmup=1,
                                  gate=False, profile_memory=False, time_limit=240)
     else:
-        options = MeasureOptions(stop=StopRule(min_iters=8, min_time=4.0, target_rel_ci=0.03, max_time=30.0), warmup=2,
+        options = MeasureOptions(stop=StopRule(min_iters=3, min_time=2.0, target_rel_ci=0.03, max_time=10.0), warmup=1,
                                  gate=False, profile_memory=False)
-    repeats = repeats or (1 if quick else 3)
+    repeats = repeats or (1 if quick else 2)
     configs = [_bench_config(model, source, v.settings, v.label, sentences, cache_dir) for v in [baseline, *finalists]]
     progress(f"measuring {len(configs)} configurations x {repeats} fresh processes, interleaved")
     result = compare(configs, options, repeats=repeats, on_result=lambda r: progress(f"  {r.config.display}: {r.status}"))
@@ -223,8 +268,12 @@ def tune_encoder(
 ) -> EncoderTuneResult:
     """Search encoder runtimes and knobs; return the fastest variant that passes the accuracy gate.
 
-    quick: a small search on 128 sentences with one measurement process per configuration (tests, CI).
-    budget_seconds: stop screening new variants after this long (the final measurement still runs).
+    Cheap first (issue 19: the default answers in about 3 minutes): every variant is screened in this process
+    on SCREEN_SENTENCES sentences (speed, and the gate on those); only the finalists are gated on the whole gate
+    corpus (GATE_SENTENCES) and measured against the baseline in fresh processes.
+    quick: a smaller search (64 screening sentences, one finalist, one measurement process each).
+    budget_seconds: stop screening new variants after this long (default SCREEN_BUDGET_S; the gate and the
+    final measurement still run).
     """
     from perfscale.measure.bench_config import GateThresholds
     from perfscale.measure.corpus import load_sentences
@@ -245,44 +294,58 @@ def tune_encoder(
     thresholds = GateThresholds(min_mean_cosine=min_mean_cosine, min_min_cosine=min_min_cosine)
     source = resolve_encoder(model)
     bench_model = "minilm" if source.name == "minilm" else source.path
-    corpus = list(sentences) if sentences is not None else load_sentences(128 if quick else None)
+    corpus = list(sentences) if sentences is not None else load_sentences(QUICK_GATE_SENTENCES if quick else GATE_SENTENCES)
     if not corpus:
         raise InvalidConfigError("The sentence list is empty: give sentences to encode (or leave it out for the shipped corpus).")
-    timing = corpus[: 64 if quick else 256]
+    timing = corpus[: QUICK_SCREEN_SENTENCES if quick else SCREEN_SENTENCES]
     reps = 1 if quick else 2
     cpu = detect_cpu()
     cores = max(1, cpu.physical_cores)
-    include_compile = (not quick) if include_compile is None else include_compile
-    finalists = finalists or (2 if quick else 3)  # each finalist costs `repeats` fresh processes
+    # torch.compile's first compile alone takes ~36 s here (FIELD-NOTES): only when asked for.
+    include_compile = False if include_compile is None else include_compile
+    if budget_seconds is None:
+        budget_seconds = QUICK_SCREEN_BUDGET_S if quick else SCREEN_BUDGET_S
+    finalists = finalists or 1  # each finalist costs `repeats` fresh processes: the budget goes to the best one
     notes: list[str] = []
 
     def over_budget() -> bool:
         return budget_seconds is not None and time.perf_counter() - started > budget_seconds
 
     # Reference (fp32 eager, perfscale's pooling) and the baseline a user has today.
-    progress(f"reference: fp32 eager on {len(corpus)} sentences")
+    progress(f"reference: fp32 eager on {len(timing)} sentences")
     reference = Variant(label="fp32 eager (reference)", settings=EncoderSettings().to_dict(), stage="reference")
-    _try_variant(reference, source, corpus, None, thresholds, timing, reps, cache_dir)
+    _try_variant(reference, source, timing, None, thresholds, timing, reps, cache_dir)
     if reference.status != "ok":
         raise PerfscaleError(f"The fp32 eager reference of {source.name!r} does not run: {reference.reason}")
-    ref = reference._embeddings  # type: ignore[attr-defined]
+    screen_ref = reference._embeddings  # type: ignore[attr-defined]
     reference.accuracy = {"reference": True, "passed": True}
+    full_ref: list = []
+
+    def reference_on_corpus():
+        """fp32 eager on the whole gate corpus, once, when the first finalist needs it."""
+        if not full_ref:
+            from perfscale.runtimes.encoder import load_encoder
+
+            progress(f"reference: fp32 eager on all {len(corpus)} sentences")
+            full_ref.append(load_encoder(source, EncoderSettings(), cache_dir=cache_dir).encode(corpus))
+        return full_ref[0]
     baseline = Variant(label="sentence-transformers", settings=EncoderSettings(engine="sentence-transformers").to_dict(), stage="baseline")
     progress("baseline: SentenceTransformer(...).encode")
-    _try_variant(baseline, source, corpus, ref, thresholds, timing, reps, cache_dir)
+    _try_variant(baseline, source, timing, screen_ref, thresholds, timing, reps, cache_dir)
     if baseline.status == "failed":
         raise PerfscaleError(f"The sentence-transformers baseline does not run on {source.name!r}: {baseline.reason}")
     variants = [baseline, reference]
 
-    def run(v: Variant) -> Variant:
-        if over_budget():
+    def run(v: Variant, always: bool = False) -> Variant:
+        if over_budget() and not always:
             v.status, v.reason = "skipped", f"time budget of {budget_seconds:g} s spent before this variant"
         else:
             progress(f"trying {v.label}")
-            _try_variant(v, source, corpus, ref, thresholds, timing, reps, cache_dir)
+            _try_variant(v, source, timing, screen_ref, thresholds, timing, reps, cache_dir)
         variants.append(v)
         return v
 
+    screened = 0
     for kwargs, skip in _runtime_candidates(quick, cpu.native_bf16, tuple(backends), include_compile):
         settings = EncoderSettings(**kwargs)
         v = Variant(label=settings.label(), settings=settings.to_dict(), stage="runtime")
@@ -290,10 +353,11 @@ def tune_encoder(
             v.status, v.reason = "skipped", skip
             variants.append(v)
             continue
-        run(v)
+        run(v, always=screened < MIN_SCREENED)  # the best priors are screened even when the machine is slow
+        screened += v.status != "skipped"
     passing = [v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")]
     if not passing:
-        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment)
+        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds)
     best = max(passing, key=lambda v: v.screen_rate or 0.0)
     for stage, overrides in _knob_stages(best.settings, quick, cores):
         for override in overrides:
@@ -301,16 +365,27 @@ def tune_encoder(
             v = run(Variant(label=settings.label(), settings=settings.to_dict(), stage=stage))
             if v.status == "ok" and (v.screen_rate or 0) > (best.screen_rate or 0) * KNOB_STAGE_MIN_GAIN:
                 best = v
-    # Finalists: the best, then the fastest passing variants of other runtimes.
+    # Finalists: the best, then the fastest passing variants of other runtimes; each gated on the whole corpus
+    # now (only these could win), the next one taking the place of one that fails.
     ranked = sorted((v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")), key=lambda v: -(v.screen_rate or 0))
     chosen = [best] + [v for v in ranked if v is not best]
     finals: list[Variant] = []
     for v in chosen:
         key = (v.settings["backend"], v.settings["quantization"], v.settings["precision"])
-        if all((f.settings["backend"], f.settings["quantization"], f.settings["precision"]) != key for f in finals):
+        if any((f.settings["backend"], f.settings["quantization"], f.settings["precision"]) == key for f in finals):
+            continue
+        if len(timing) < len(corpus):
+            progress(f"gate: {v.label} on all {len(corpus)} sentences")
+            _full_gate(v, source, corpus, reference_on_corpus(), thresholds, cache_dir)
+        if v.status == "ok":
             finals.append(v)
         if len(finals) >= finalists:
             break
+    if not finals:
+        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds)
+    notes.append(f"screened {sum(v.screen_rate is not None for v in variants) - 2} variants in this process on {len(timing)} "
+                 f"sentences (speed and the gate on those); gated the finalist(s) on all {len(corpus)}; measured "
+                 f"{len(finals)} finalist(s) against the baseline in fresh processes")
     measurement = _measure(bench_model, source, baseline, finals, quick, repeats, cache_dir, progress)
     winner, speedup, verdict = _decide(baseline, finals)
     for v in variants:
@@ -327,14 +402,23 @@ def tune_encoder(
         elapsed_s=time.perf_counter() - started,
     )
 
-def _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment) -> EncoderTuneResult:
+def _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget=None) -> EncoderTuneResult:
     """No variant passed the gate (or ran): the baseline stays, and each variant says why it lost."""
     baseline = variants[0]
-    why = "; ".join(f"{v.label}: {v.status} ({v.reason})" for v in variants if v.stage not in ("baseline", "reference"))
+    tried = [v for v in variants if v.stage not in ("baseline", "reference")]
+    why = "; ".join(f"{v.label}: {v.status} ({v.reason})" for v in tried if v.status != "skipped" or "budget" not in (v.reason or ""))
+    ran = [v for v in tried if v.status != "skipped"]
+    out_of_time = [v for v in tried if v.status == "skipped" and "budget" in (v.reason or "")]
+    verdict = f"no variant passed the accuracy gate and ran: keep the baseline. {why}"
+    if out_of_time:
+        slow = f"the fp32 reference encoded {variants[1].screen_rate:.0f} sentences/s here" if variants[1].screen_rate else "this machine is slow now"
+        verdict = (f"keep the baseline for now: {len(ran)} variant(s) screened ({why or 'none passed'}), {len(out_of_time)} not tried "
+                   f"before the {budget:g} s screening budget ran out ({slow}); rerun with --budget-seconds {4 * (budget or 60):g} "
+                   "(or on a quieter machine)")
     return EncoderTuneResult(
         model=source.name, model_path=source.path, gate=thresholds.to_dict(), corpus_sentences=len(corpus), variants=variants,
         winner=baseline.label, winner_settings=baseline.settings, speedup=None,
-        verdict=f"no variant passed the accuracy gate and ran: keep the baseline. {why}",
+        verdict=verdict,
         measurement={"method": "none: nothing to measure against the baseline", "repeats": 0, "sentences_per_iteration": 0},
         environment=collect_environment("cpu"), notes=notes, elapsed_s=time.perf_counter() - started,
     )
