@@ -231,3 +231,24 @@ def test_journal_storage_holds_a_study_and_its_dead_trials(tmp_path):
     reopened = optuna.load_study(study_name="j", storage=open_storage(spec.label))
     assert fail_dead_trials(reopened) == 1
     assert [x.state for x in reopened.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_best_trial_files_are_valid_training_arguments(tmp_path):
+    """The emitted snippet compiles (no keyword twice) and the JSON holds each tuned value once."""
+    from perfscale.cli.hpo import _write_best
+    from perfscale.hpo.result import HpoResult
+
+    values = SearchSpace.default().suggest_fixed({"learning_rate": 2e-3, "warmup_ratio": 0.1, "weight_decay": 0.01,
+                                                  "lr_scheduler_type": "cosine", "per_device_train_batch_size": 4,
+                                                  "gradient_accumulation_steps": 2})
+    best = {"number": 3, "values": [2.5], "params": {}, "training_arguments": training_arguments(values),
+            "run_config": run_config(values, 64).to_dict()}
+    result = HpoResult("s", "x.db", "perfscale-tiny-llama", ["minimize"], {}, {}, 1, {}, best, [], None, None, {})
+    written = _write_best(result, HpoOptions(steps=30), tmp_path / "out", ())
+    kwargs = json.loads((tmp_path / "out" / "best_training_arguments.json").read_text())
+    assert kwargs["learning_rate"] == 2e-3 and kwargs["warmup_steps"] == 0.1 and kwargs["gradient_accumulation_steps"] == 2
+    assert kwargs["lr_scheduler_type"] == "cosine" and kwargs["max_steps"] == 30 and kwargs["use_cpu"] is True
+    snippet = (tmp_path / "out" / "best_trial.py").read_text()
+    compile(snippet, "best_trial.py", "exec")  # a repeated keyword argument would be a SyntaxError
+    assert snippet.count("per_device_train_batch_size=") == 1 and "learning_rate=0.002" in snippet
+    assert len(written) == 2

@@ -145,8 +145,9 @@ def _write_best(result, options, out_dir: Path, formats: tuple[str, ...]) -> lis
         config = RunConfig.from_dict(best["run_config"])
         _, topology = resolve_capacity(options.device_memory_gib, options.hardware)
         kwargs = trainer_kwargs(config, topology)
-        hyper = {k: v for k, v in best["training_arguments"].items() if k not in ("bf16", "fp16", "activation_checkpointing", "optim")}
-        kwargs.update(hyper, max_steps=options.steps)
+        # the tuned hyperparameters that are not perfscale knobs (those come from the RunConfig above)
+        hyper = {k: v for k, v in best["training_arguments"].items() if k not in kwargs} | {"max_steps": options.steps}
+        kwargs.update(hyper)
         out_dir.mkdir(parents=True, exist_ok=True)
         args_path = out_dir / "best_training_arguments.json"
         args_path.write_text(json.dumps(kwargs, indent=2) + "\n")
