@@ -187,8 +187,9 @@ def render(console, doc: dict[str, Any]) -> None:
     table = Table(title="trials (held-out eval loss" + (", tokens/s" if len(doc["directions"]) > 1 else "") + ")")
     from perfscale.hpo.space import PARAMS
 
-    for col in ("#", "status", "eval loss", *(PARAMS[k]["short"] for k in space), "GiB", "s", "why"):
+    for col in ("#", "status", "eval loss", *(PARAMS[k]["short"] for k in space), "GiB", "s"):
         table.add_column(col, overflow="fold")
+    reasons = []
     best_n = doc["best"]["number"] if doc["best"] else None
     for t in doc["trials"]:
         loss = _fmt(t["values"][0]) if t["values"] else ""
@@ -196,8 +197,12 @@ def render(console, doc: dict[str, Any]) -> None:
             f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "")
         gib = f"{t['needed_bytes'] / 2**30:.2f}" if t["needed_bytes"] else ""
         table.add_row(name, t["status"], loss, *[_fmt(t["params"].get(k, "")) for k in space], gib,
-                      f"{t['wall_s']:.0f}" if t["wall_s"] else "", (t["reason"] or "")[:160])
+                      f"{t['wall_s']:.0f}" if t["wall_s"] else "")
+        if t["reason"]:
+            reasons.append(f"  trial {t['number']} ({t['status']}): {t['reason'][:300]}")
     console.print(table)
+    for line in reasons:
+        console.print(line, markup=False, highlight=False)
     if doc["best"]:
         b = doc["best"]
         console.print(f"[bold]best[/bold]: trial {b['number']}, eval loss {b['values'][0]:.4f}"
