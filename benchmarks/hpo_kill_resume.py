@@ -67,12 +67,24 @@ def main() -> int:
            str(args.steps), "--eval-steps", str(max(1, args.steps // 3)), "--workers", "2", "--threads", "1", "--storage", db,
            "--study-name", "killed", "--no-plots", "--out", str(tmp / "out"), "--json"]
     t0 = time.time()
-    run1 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    run1 = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return _run(args, db, cmd, run1, t0)
+    finally:
+        try:
+            os.killpg(run1.pid, signal.SIGKILL)  # never leave the first run behind (a failed check above)
+        except ProcessLookupError:
+            pass
+
+
+def _run(args, db: str, cmd: list[str], run1: subprocess.Popen, t0: float) -> int:
     events = []
     # 1. kill one trial process of the run
-    while time.time() - t0 < 900 and len(_training(db, run1.pid)) < 2:
+    pids: list[int] = []
+    while time.time() - t0 < 1800 and (len(_training(db, run1.pid)) < 2 or len(pids) < 2):
         time.sleep(1)
-    pids = _trial_pids(run1.pid)
+        pids = _trial_pids(run1.pid)  # forked once the launcher is ready (the trials are marked before)
+    time.sleep(5)  # mid-trial: past the trial's own start-up
     victim_trial = max(t.number for t in _training(db, run1.pid))
     os.kill(pids[0], signal.SIGKILL)
     events.append({"t": time.time() - t0, "what": f"SIGKILL to trial process {pids[0]} (one of {len(pids)} running)"})

@@ -216,8 +216,7 @@ def _owner_dead(owner: Any) -> bool:
 def _retry(study, trial_number: int) -> None:
     from perfscale.hpo.storage import retry_callback
 
-    frozen = study.get_trials(deepcopy=False)[trial_number] if trial_number < len(study.trials) else None
-    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), frozen)
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
     if frozen is not None:
         retry_callback()(study, frozen)
 
