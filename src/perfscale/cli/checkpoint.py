@@ -78,6 +78,8 @@ def _render_inspect(console, d: dict[str, Any]) -> None:
         totals.add_row("key layout", m["layout"])
         totals.add_row("missing", _names(m["missing"]))
         totals.add_row("unexpected", _names(m["unexpected"]))
+        if m["ignored_unexpected"]:
+            totals.add_row("ignored by from_pretrained", _names(m["ignored_unexpected"]))
         for t in m["tied"]:
             totals.add_row("tied", f"{' = '.join(t['names'])} (stored: {', '.join(t['stored']) or 'none'})")
     for note in d["notes"]:
