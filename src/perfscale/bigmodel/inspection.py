@@ -74,7 +74,8 @@ class InspectResult:
     shared: list[dict[str, Any]]  # names viewing one storage in a .bin (stored once on disk)
     model: ModelCheck | None
     notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # everything, the model comparison included (it imports and builds the model class)
+    read_seconds: float = 0.0  # finding and reading the files' headers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +131,7 @@ def inspect_checkpoint(path: str, check_model: bool = True) -> InspectResult:
     else:
         found, shards, notes = _hub_shards(path)
         source, root = "hub", None
+    read_seconds = time.perf_counter() - start
     records = [r for s in shards for r in s.records]
     params, nbytes, dtypes, shared = _count(records)
     summaries = _summaries(shards)
@@ -156,7 +158,7 @@ def inspect_checkpoint(path: str, check_model: bool = True) -> InspectResult:
         shards=summaries, dtypes=dtypes, tensors=len(records), params=params, tensor_bytes=nbytes,
         file_bytes=None if None in file_sizes else sum(file_sizes),
         largest_shard_bytes=max((s.file_bytes or s.tensor_bytes for s in summaries), default=0),
-        shared=shared, model=model, notes=notes, seconds=time.perf_counter() - start)
+        shared=shared, model=model, notes=notes, seconds=time.perf_counter() - start, read_seconds=read_seconds)
 
 
 def _is_local(path: str) -> bool:

@@ -84,7 +84,8 @@ def _render_inspect(console, d: dict[str, Any]) -> None:
             totals.add_row("tied", f"{' = '.join(t['names'])} (stored: {', '.join(t['stored']) or 'none'})")
     for note in d["notes"]:
         totals.add_row("note", note)
-    totals.add_row("read in", f"{d['seconds']:.2f} s")
+    totals.add_row("read in", f"{d['read_seconds']:.2f} s (files)" + (f", {d['seconds']:.2f} s with the model comparison"
+                                                                     if d["model"] else ""))
     console.print(totals)
 
 
