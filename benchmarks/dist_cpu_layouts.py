@@ -4,11 +4,13 @@
 
 One `compare` (interleaved, fresh processes, two-level bootstrap CIs) of the tiny llama's train step
 (per rank: batch 2 x seq 64, fp32):
-  A  one process, --threads <cores>                      (1 x cores)
-  B  one rank under torchrun, DDP, --threads <cores>      (the torchrun path on the same work as A)
-  C  <cores> ranks, DDP, --threads 1                      (cores x 1; global batch x cores)
+  A  one process, --threads 1                            (1 x 1)
+  B  one rank under torchrun, DDP, --threads 1            (the torchrun path on the same work as A)
+  C  one process, --threads <cores>                       (1 x cores)
+  D  <cores> ranks, DDP, --threads 1                      (cores x 1; global batch x cores)
 B vs A is the harness overhead of the torchrun path (target < 3% of step time; it includes DDP's
-reducer, which at world size 1 has nothing to send). C vs A says what wins on this machine, per token.
+reducer, which at world size 1 has nothing to send). C and D vs A say what wins on this machine, per
+token, and A separates the cost of OpenMP threads on a busy machine from what more processes buy.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     base = parse_inline("batch=2,seq=64", BenchConfig())
-    configs = [parse_inline(f"threads={cores},label=1x{cores} one process", base),
-               parse_inline(f"threads={cores},nproc=1,strategy=ddp,label=1x{cores} torchrun ddp", base),
+    configs = [parse_inline("threads=1,label=1x1 one process", base),
+               parse_inline("threads=1,nproc=1,strategy=ddp,label=1x1 torchrun ddp", base),
+               parse_inline(f"threads={cores},label=1x{cores} one process", base),
                parse_inline(f"threads=1,nproc={cores},strategy=ddp,label={cores}x1 torchrun ddp", base)]
     opts = MeasureOptions(stop=StopRule(min_iters=10, min_time=3.0, max_time=15.0), warmup=2, gate=False)
     result = compare(configs, opts, repeats=args.repeats)

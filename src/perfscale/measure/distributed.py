@@ -3,8 +3,8 @@
 The runner starts `nnodes` torchrun agents (measure/launcher.py); each agent starts `nproc` ranks, and
 each rank runs the ordinary worker (measure/worker.py) with a `RankGroup`:
 
-- the backend that fits the device: gloo on CPU (oneCCL's `ccl` where its bindings are installed and
-  asked for), NCCL on CUDA;
+- the backend that fits the device: gloo on CPU (oneCCL's `ccl` where its torch bindings are
+  installed), NCCL on CUDA;
 - every timed iteration's step time is the slowest rank's (all_reduce MAX after the step, outside the
   timed region), so the stop rule sees the job's step time; rank 0 decides when to stop and
   broadcasts it, so every rank runs the same number of iterations (a collective would hang otherwise);
@@ -27,8 +27,13 @@ STOP_CODES = (None, "converged", "time_cap", "iteration_cap")
 
 
 def backend_for(device: str) -> str:
-    """gloo on CPU, NCCL on CUDA (torch.distributed's recommendation for each)."""
-    return "nccl" if device == "cuda" else "gloo"
+    """NCCL on CUDA; on CPU Intel's oneCCL (`ccl`) where its torch bindings are installed, else gloo
+    (torch.distributed's recommendation for each; the bindings register `ccl` when imported)."""
+    if device == "cuda":
+        return "nccl"
+    import importlib.util
+
+    return "ccl" if importlib.util.find_spec("oneccl_bindings_for_pytorch") is not None else "gloo"
 
 
 def rank_file(template: str, rank: int, kind: str) -> Path:
@@ -60,6 +65,8 @@ class RankGroup:
         if device == "cuda":
             torch.cuda.set_device(local_rank)
         backend = backend_for(device)
+        if backend == "ccl":
+            import oneccl_bindings_for_pytorch  # noqa: F401 - registers the ccl backend
         dist.init_process_group(backend, timeout=timedelta(seconds=max(60.0, timeout_s)))
         return cls(rank, local_rank, node, world, backend, template)
 

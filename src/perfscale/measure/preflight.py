@@ -173,7 +173,8 @@ def _check_distributed(config: BenchConfig) -> list[str]:
 
     device = resolve_device(config.device)
     backend = backend_for(device)
-    available = dist.is_available() and {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available}[backend]()
+    available = dist.is_available() and {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available,
+                                         "ccl": lambda: True}[backend]()  # ccl: chosen only where its bindings exist
     if not available:
         raise UnsupportedModelError(
             f"--strategy {config.strategy} on {device} needs the {backend} backend of torch.distributed, which this torch build "
