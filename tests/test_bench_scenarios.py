@@ -146,3 +146,25 @@ def test_bench_cli_train_json_document(tmp_path):
     assert conf["environment"]["packages"]["transformers"] and conf["store_id"] == 1
     assert json.loads(save.read_text())["label"] == "cli-run"
     assert doc["store"] == str(store)
+
+
+def test_a_local_folder_with_weights_is_measured_with_them(tmp_path):
+    """bench --model ./folder loads the folder's weights (its location is the config.json beside them),
+    not random ones; a catalogue name builds random weights from the config."""
+    import torch
+    import transformers
+
+    from perfscale.config.precision import Precision
+    from perfscale.measure.scenarios.common import build_lm
+
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(123)
+    saved = transformers.LlamaForCausalLM(cfg)
+    saved.save_pretrained(tmp_path)
+    _, loaded = build_lm(str(tmp_path), "train", Precision.of("fp32"), "sdpa", "cpu", seed=0)
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    _, built = build_lm("perfscale-tiny-llama", "train", Precision.of("fp32"), "sdpa", "cpu", seed=0)
+    _, again = build_lm("perfscale-tiny-llama", "train", Precision.of("fp32"), "sdpa", "cpu", seed=0)
+    assert torch.equal(built.model.embed_tokens.weight, again.model.embed_tokens.weight)  # seeded random weights

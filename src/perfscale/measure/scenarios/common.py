@@ -85,13 +85,15 @@ def build_lm(model: str, scenario: str, precision: Precision, attn: str, device:
     config = spec.config_object()
     auto = getattr(transformers, lm_auto_class(spec, scenario))
     dtype = precision.torch_weight_dtype()
-    has_weights = os.path.isdir(spec.location) and any(
-        os.path.exists(os.path.join(spec.location, f)) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    # A local model's location is its config.json (or the folder); the weights sit beside it.
+    folder = spec.location if os.path.isdir(spec.location) else os.path.dirname(spec.location)
+    has_weights = bool(folder) and any(
+        os.path.exists(os.path.join(folder, f)) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
     )
     torch.manual_seed(seed)
     try:
         if has_weights:
-            m = auto.from_pretrained(spec.location, dtype=dtype, attn_implementation=attn)
+            m = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
         else:
             m = auto.from_config(config, dtype=dtype, attn_implementation=attn)
     except (ValueError, ImportError) as exc:
