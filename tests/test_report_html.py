@@ -189,3 +189,20 @@ def test_reports_render_in_headless_chromium_offline(documents, tmp_path):
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and shot.stat().st_size > 50_000, done.stderr[-2000:]
     assert time.perf_counter() - started < 120
+
+
+def test_terminal_breakdowns_gain_inline_bars(documents):
+    from rich.console import Console
+
+    from perfscale.report.bars import bar
+    from perfscale.report.trace_tables import breakdown_table
+
+    assert bar(0.5, 4) == "██  " and bar(1.0, 4) == "████" and bar(0.0, 3) == "   " and bar(None, 2) == "  "
+    assert bar(0.33, 20).startswith("██████▋") and len(bar(0.33, 20)) == 20 and bar(7.0, 5) == "█████"
+    doc = documents["trace"]
+    console = Console(record=True, width=140, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(breakdown_table(doc))
+    text = console.export_text()
+    top = max((k for k, v in doc["breakdown"].items() if v), key=lambda k: doc["breakdown"][k])
+    share = doc["breakdown"][top] / doc["peak_bytes"]
+    assert "█" * int(share * 20) in text and "█" * 20 in text  # the largest part's bar, and the peak's full bar

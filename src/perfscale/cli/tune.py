@@ -24,6 +24,7 @@ BUDGET = typer.Option(None, "--budget-seconds", help="Stop trying new variants a
 COMPILE = typer.Option(None, "--compile/--no-compile", help="Include torch.compile variants (tune: when the budget allows; "
                        "tune encoder/decoder: only when asked for, its first compile takes ~30+ s here).")
 SAVE = typer.Option(None, "--save", help="Write the result to this JSON file (for perfscale.apply and `tune --resume`).")
+REPORT = typer.Option(None, "--report", help="Also write the result as a self-contained HTML report with plots (opens offline).")
 VERBOSE = typer.Option(False, "--verbose", help="Show third-party warnings and progress bars as they come (by default "
                        "they are captured and summarised in one note).")
 INFER_MOVED = typer.Option(False, "--infer", hidden=True, help="Moved: use `perfscale tune encoder` or `perfscale tune decoder`.")
@@ -52,6 +53,7 @@ def tune(
     trace_top: int = typer.Option(None, "--trace-top", help="Candidates whose fit trace confirms (default 1, plus the baseline and the winner)."),
     infer: bool = INFER_MOVED,
     verbose: bool = VERBOSE,
+    report: str = REPORT,
 ) -> None:
     """Tune training of a model against Trainer defaults (measured here, or estimated with --hardware)."""
     if ctx.invoked_subcommand is not None:
@@ -64,7 +66,7 @@ def tune(
     tune_training_cli(
         model=model, quick=quick, budget_seconds=budget_seconds, repeats=repeats, compile_=compile_, save=save, as_json=as_json,
         seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
-        store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, verbose=verbose,
+        store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, verbose=verbose, report=report,
     )
 
 
@@ -82,12 +84,13 @@ def encoder(
     save: str = SAVE,
     as_json: bool = knobs.JSON,
     verbose: bool = VERBOSE,
+    report: str = REPORT,
 ) -> None:
     """The fastest sentence encoder on this CPU whose embeddings pass the accuracy gate."""
     from perfscale.report import infer_tables
     from perfscale.tune.infer import tune_encoder
 
-    _check_common(budget_seconds, repeats, save)
+    _check_common(budget_seconds, repeats, save, report)
     for flag, value in (("--min-mean-cosine", min_mean_cosine), ("--min-min-cosine", min_min_cosine)):
         if not -1.0 <= value <= 1.0:  # NaN fails too
             raise InvalidConfigError(f"{flag} is a cosine similarity: give a number in [-1, 1], got {value}.")
@@ -95,7 +98,7 @@ def encoder(
     _run(lambda progress: tune_encoder(model, quick=quick, budget_seconds=budget_seconds, min_mean_cosine=min_mean_cosine,
                                        min_min_cosine=min_min_cosine, backends=chosen, include_compile=compile_,
                                        repeats=repeats, cache_dir=cache_dir, progress=progress),
-         infer_tables.render_encoder, save, as_json, verbose)
+         infer_tables.render_encoder, save, as_json, verbose, report)
 
 
 @app.command("decoder")
@@ -110,22 +113,23 @@ def decoder(
     save: str = SAVE,
     as_json: bool = knobs.JSON,
     verbose: bool = VERBOSE,
+    report: str = REPORT,
 ) -> None:
     """The fastest generation settings (KV cache, compile, batch, prompt buckets) whose greedy tokens match eager."""
     from perfscale.report import infer_tables
     from perfscale.tune.infer_decoder import tune_decoder
 
-    _check_common(None, repeats, save)
+    _check_common(None, repeats, save, report)
     for flag, value in (("--new-tokens", new_tokens), ("--batch", batch)):
         if not 1 <= value <= MAX_SIZE:
             raise InvalidConfigError(f"{flag} must be an integer from 1 to {MAX_SIZE:,}, got {value}.")
     lengths = _split_ints(prompt_lengths, "--prompt-lengths")
     _run(lambda progress: tune_decoder(model, prompt_lengths=lengths, new_tokens=new_tokens, batch=batch, quick=quick,
                                        include_compile=compile_, passes=repeats, progress=progress),
-         infer_tables.render_decoder, save, as_json, verbose)
+         infer_tables.render_decoder, save, as_json, verbose, report)
 
 
-def _check_common(budget_seconds: float | None, repeats: int | None, save: str | None) -> None:
+def _check_common(budget_seconds: float | None, repeats: int | None, save: str | None, report: str | None = None) -> None:
     from perfscale.cli.tune_train import check_budget
 
     check_budget(budget_seconds)
@@ -137,6 +141,10 @@ def _check_common(budget_seconds: float | None, repeats: int | None, save: str |
         from perfscale.user_files import check_writable
 
         check_writable(save, "--save")  # before minutes of measuring, not after
+    if report:
+        from perfscale.user_files import check_writable
+
+        check_writable(report, "--report")
 
 
 def _split_ints(text: str | None, what: str) -> list[int] | None:
@@ -154,10 +162,10 @@ def _split_ints(text: str | None, what: str) -> list[int] | None:
     return values
 
 
-def _run(search, render, save: str | None, as_json: bool, verbose: bool = False) -> None:
+def _run(search, render, save: str | None, as_json: bool, verbose: bool = False, report: str | None = None) -> None:
     """Run a search with a spinner on stderr (nothing in --json mode), third-party output captured into one
     note (report/quiet.py; --verbose shows it), save it, print it."""
-    from perfscale.cli.tune_train import progress_spinner, save_or_say
+    from perfscale.cli.tune_train import progress_spinner, report_or_say, save_or_say
     from perfscale.report.quiet import captured_stderr
 
     with captured_stderr(verbose) as capture:
@@ -173,6 +181,7 @@ def _run(search, render, save: str | None, as_json: bool, verbose: bool = False)
         result.notes.append(capture.summary())
     document = result.to_dict()
     saved = save_or_say(result, save, document)
+    reported = report_or_say(document, report)
     emit(document, as_json, lambda console: render(console, document, saved))
-    if save and not saved:
-        raise typer.Exit(2)  # the result is printed above; only the file is missing
+    if (save and not saved) or (report and not reported):
+        raise typer.Exit(2)  # the result is printed above; only a file is missing

@@ -13,7 +13,7 @@ import typer
 from perfscale.errors import InvalidConfigError
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
-                      allow_optimizer_change, store, resume, emit, out, trace_top, verbose=False) -> None:
+                      allow_optimizer_change, store, resume, emit, out, trace_top, verbose=False, report=None) -> None:
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
     from perfscale.user_files import check_writable
@@ -35,6 +35,8 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
         check_writable(options.store, "--store")
     if save:
         check_writable(save, "--save")  # before minutes of measuring, not after
+    if report:
+        check_writable(report, "--report")
     from perfscale.report.quiet import captured_stderr
 
     with captured_stderr(verbose) as capture:
@@ -57,9 +59,10 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
 
     document = result.to_dict()
     saved = save_or_say(result, save, document)
+    reported = report_or_say(document, report)
     print_result(document, as_json, lambda console: tune_tables.render(console, document))
-    if save and not saved:
-        raise typer.Exit(2)  # the result is printed above; only the file is missing
+    if (save and not saved) or (report and not reported):
+        raise typer.Exit(2)  # the result is printed above; only a file is missing
 
 
 def check_budget(budget_seconds: float | None) -> None:
@@ -84,6 +87,24 @@ def save_or_say(result, save: str | None, document: dict) -> str | None:
     return save
 
 
+def report_or_say(document: dict, report: str | None) -> str | None:
+    """Write --report (the HTML report of this result); a failure after the search keeps the result, like --save."""
+    from perfscale.errors import PerfscaleError
+
+    if not report:
+        return None
+    from perfscale.report.html import detect_kind, write_report
+
+    try:
+        written = write_report([("this run", detect_kind(document), document)], report)
+    except PerfscaleError as exc:
+        document["report_error"] = str(exc)
+        typer.echo(f"error: {exc} The result is printed instead.", err=True)
+        return None
+    document["report"] = written.path
+    return written.path
+
+
 def progress_spinner(as_json: bool, terminal=None):
     """A spinner on stderr (or `terminal`, the real stderr while third-party output is captured) for people;
     nothing in --json mode."""
@@ -95,4 +116,4 @@ def progress_spinner(as_json: bool, terminal=None):
     return status, (lambda message: status.update(f"tune: {message}"))
 
 
-__all__ = ["check_budget", "progress_spinner", "save_or_say", "tune_training_cli"]
+__all__ = ["check_budget", "progress_spinner", "report_or_say", "save_or_say", "tune_training_cli"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from perfscale.report.bars import bar
 from perfscale.units import gib, seconds
 
 _SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual",
@@ -41,13 +42,15 @@ def render_plan(result, console) -> None:
         bd = Table(title=f"Best configuration: memory at the peak ({best.memory.phase})")
         bd.add_column("part")
         bd.add_column("bytes", justify="right")
+        bd.add_column("of capacity", no_wrap=True)  # an inline bar (report/bars.py)
         bd.add_column("source")
+        cap = best.memory.capacity_bytes or None
         for key, value in best.memory.breakdown.items():
             if value:
-                bd.add_row(key, gib(value), "estimate")
+                bd.add_row(key, gib(value), bar(value / cap if cap else None, 16), "estimate")
         for o in best.memory.overheads:
-            bd.add_row(o.label, gib(o.bytes), o.source)
-        bd.add_row("[bold]capacity[/bold]", gib(best.memory.capacity_bytes), result.topology)
+            bd.add_row(o.label, gib(o.bytes), bar(o.bytes / cap if cap else None, 16), o.source)
+        bd.add_row("[bold]capacity[/bold]", gib(best.memory.capacity_bytes), bar(1.0 if cap else None, 16), result.topology)
         console.print(bd)
         if best.memory.host_bytes_per_node:
             cap = best.memory.host_capacity_bytes

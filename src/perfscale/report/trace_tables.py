@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from perfscale.report.bars import bar
 from perfscale.units import gib, seconds
 
 _LABELS = {
@@ -35,11 +36,13 @@ def breakdown_table(doc: dict[str, Any]):
     table.add_column("bytes", justify="right")
     table.add_column("size", justify="right")
     table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)  # the share as a bar (report/bars.py)
     for key, value in doc["breakdown"].items():
         if value:
-            table.add_row(_LABELS.get(key, key), f"{value:,}", _size(value), _pct(value, doc["peak_bytes"]))
+            table.add_row(_LABELS.get(key, key), f"{value:,}", _size(value), _pct(value, doc["peak_bytes"]),
+                          bar(value / doc["peak_bytes"] if doc["peak_bytes"] else None))
     table.add_section()
-    table.add_row("peak allocated", f"{doc['peak_bytes']:,}", _size(doc["peak_bytes"]), "100%")
+    table.add_row("peak allocated", f"{doc['peak_bytes']:,}", _size(doc["peak_bytes"]), "100%", bar(1.0))
     return table
 
 
