@@ -177,6 +177,7 @@ def test_one_name_two_spaces_is_refused_and_the_study_is_unchanged(tmp_path):
     assert open_study(HpoOptions(storage=url, resume=True), SearchSpace.default(), data, storage, lock, "same")[1] is False
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed", "ignore::optuna.exceptions.ExperimentalWarning")
 def test_dead_workers_trials_are_failed_and_retried(tmp_path):
     import optuna
     from optuna.trial import TrialState
