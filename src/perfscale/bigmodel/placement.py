@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from perfscale.bigmodel.errors import PlacementError
-from perfscale.errors import InvalidConfigError, choice_error
+from perfscale.errors import InvalidConfigError
 
 STRATEGIES = ("balanced", "balanced_low_0", "sequential")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -307,16 +307,16 @@ def _fits(uses: list[DeviceUse]) -> bool:
     return all(u.fits for u in uses)
 
 
-def _check(workload: dict[str, int], dtype: str, quantization: str, strategy: str) -> None:
+def _check(dtype: str, quantization: str, strategy: str) -> None:
+    """Every bad choice at once, each with the valid ones."""
     problems = []
-    if dtype not in DTYPES:
-        raise choice_error("dtype", dtype, DTYPES, "Placement stores the weights in this dtype.")
-    if quantization not in QUANTIZATIONS:
-        raise choice_error("quantization", quantization, QUANTIZATIONS, "int8 and nf4 are bitsandbytes' (quantization_config).")
-    if strategy not in STRATEGIES:
-        raise choice_error("strategy", strategy, STRATEGIES, "These are accelerate's device_map strategies ('auto' = balanced).")
+    for what, value, choices, why in (("dtype", dtype, DTYPES, "the weights' dtype"),
+                                      ("quantization", quantization, QUANTIZATIONS, "bitsandbytes' quantization_config"),
+                                      ("strategy", strategy, STRATEGIES, "accelerate's device_map strategies; auto = balanced")):
+        if value not in choices:
+            problems.append(f"unknown {what} {value!r} ({why}): choose from {', '.join(choices)}")
     if problems:
-        raise InvalidConfigError("; ".join(problems))
+        raise InvalidConfigError("Bad placement request: " + "; ".join(problems) + ".")
 
 
 def plan_placement(model: str, topology: str, batch: int = 1, prompt: int = 512, new_tokens: int = 128,
@@ -333,7 +333,7 @@ def plan_placement(model: str, topology: str, batch: int = 1, prompt: int = 512,
 
     if strategy == "auto":
         strategy = "balanced"  # transformers: device_map="auto" is "balanced"
-    _check({}, dtype, quantization, strategy)
+    _check(dtype, quantization, strategy)
     for name, value in (("host memory", host_memory), ("disk", disk), ("disk bandwidth", disk_bandwidth)):
         if value is not None and not (value == value and 0 <= value < float("inf")):
             raise InvalidConfigError(f"{name} {value!r} must be a finite number >= 0.")
