@@ -121,7 +121,13 @@ def test_kill_9_then_resume_remeasures_nothing_that_finished(tiny, tmp_path):
     assert len(before) >= 1
     resume = [a if a != "120" else "20" for a in args[:-1]]  # the budget is not part of the session: a short one finishes it
     out = tmp_path / "emitted"
-    doc = run_json(*resume, "--resume", "--emit", "all", "--out", str(out), timeout=400)
+    report = tmp_path / "tune.html"
+    done = run_cli(*resume, "--resume", "--emit", "all", "--out", str(out), "--report", str(report), "--json", timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == "", done.stderr[-3000:]  # a quiet terminal: nothing third-party on stderr (issue 19)
+    doc = json.loads(done.stdout)
+    assert doc["report"] == str(report) and "tune-trials" in report.read_text()
+    _check_narrow_rendering(doc)
     assert doc["session"]["resumed"] and doc["session"]["reused_trials"] >= len(before)
     assert doc["session"]["group"] == before[0][0].rsplit("-", 1)[0]
     with sqlite3.connect(db) as conn:
@@ -132,6 +138,22 @@ def test_kill_9_then_resume_remeasures_nothing_that_finished(tiny, tmp_path):
     reused = [r for t in doc["trials"] for r in t["rungs"] if r["reused"]]
     assert len(reused) == len([b for b in before if b[0].endswith(("-r0", "-r1"))])
     _check_cli_document(doc, out)
+
+
+def _check_narrow_rendering(doc):
+    """Printed to a file (Rich assumes 80 columns): the trial table keeps 4 columns, one line per trial, and a verdict."""
+    from rich.console import Console
+
+    from perfscale.report import tune_tables
+
+    console = Console(record=True, width=80, file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the console
+    tune_tables.render(console, doc)
+    lines = console.export_text().splitlines()
+    table = [line for line in lines if line.startswith("│")]
+    assert table and all(line.count("│") == 5 for line in table), table
+    trials = [t for t in doc["trials"] if t["status"] in ("measured", "failed", "oom", "timeout", "not-measured")]
+    assert len(table) == len(trials)  # no cell wrapped onto a second line
+    assert any(line.startswith("verdict: ") for line in lines)
 
 
 def _check_cli_document(doc, out):
