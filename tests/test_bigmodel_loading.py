@@ -76,3 +76,14 @@ def test_bad_loading_requests(tmp_path):
         measure_loading([str(tmp_path / "w")], repeats=0)
     with pytest.raises(InvalidConfigError):
         measure_loading([])
+
+
+@pytest.mark.gpu
+def test_offload_path_on_a_gpu_reports_device_memory(tmp_path):
+    """On a CUDA machine the offload path splits GPU 0 / CPU / disk and the worker reports the device's peak."""
+    folder = _tiny(tmp_path)
+    result = measure_loading([str(folder)], paths=("defaults", "offload"), repeats=1)
+    defaults, offload = result.runs
+    assert defaults.failed is None and offload.failed is None, (defaults.failed, offload.failed)
+    assert offload.kwargs["max_memory"].keys() == {0, "cpu"} and "0" in offload.devices
+    assert offload.device_peak_bytes is not None and offload.device_peak_bytes > 0

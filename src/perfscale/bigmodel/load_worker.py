@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
     kwargs = dict(spec.get("kwargs") or {})
     if "dtype" in kwargs and kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    if "max_memory" in kwargs:  # JSON made the GPU indices strings; accelerate wants ints
+        kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in kwargs["max_memory"].items()}
     import_s = time.perf_counter() - start
     with _Peak() as peak:
         t0 = time.perf_counter()
