@@ -46,6 +46,8 @@ QUICK_GATE_SENTENCES = 128
 # Chosen from the timings in benchmarks/LOG.md (2026-12): ~5 s a variant idle, 2-4x that on a busy box.
 SCREEN_BUDGET_S = 75.0
 QUICK_SCREEN_BUDGET_S = 25.0
+# Target seconds of one measured iteration of the baseline (the final measurement's unit of work).
+ITERATION_S = 1.5
 # Runtime variants screened whatever the budget: the first ones of the prior order (_runtime_candidates).
 MIN_SCREENED = 2
 
@@ -235,8 +237,12 @@ def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: 
     from perfscale.measure.compare import compare
     from perfscale.measure.stats import StopRule
 
-    # 128 sentences an iteration: 4 batches of the default 32, and whole batches of 64/128 if those won.
-    sentences = 64 if quick else 128
+    # Sentences an iteration: about ITERATION_S of the baseline at its screened speed, in whole batches of 32,
+    # at most 128 (64 quick: 4 batches of the default 32, whole batches of 64/128 if those won). On a busy box
+    # the baseline encoded 3 sentences/s instead of 57: 128 a iteration made each of its processes take minutes.
+    cap = 64 if quick else 128
+    rate = baseline.screen_rate or 0.0
+    sentences = int(min(cap, max(32, 32 * round(rate * ITERATION_S / 32)))) if rate else cap
     if quick:
         options = MeasureOptions(stop=StopRule(min_iters=3, min_time=0.3, target_rel_ci=0.05, max_time=4.0), warmup=1,
                                  gate=False, profile_memory=False, time_limit=240)
