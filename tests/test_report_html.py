@@ -114,6 +114,9 @@ def test_every_kind_is_detected_and_drawn(documents):
     assert text.count("<script type='text/javascript'>") == 1  # plotly.js embedded once
     assert not re.search(r"<script[^>]+src=", text) and not re.search(r"<link[^>]+href=", text)  # nothing fetched when it opens
     assert "environment of these numbers" in text and "1.21x the speed" in text
+    estimated = docs["tune-train"] | {"ranking": "estimated", "trials": [], "runners_up": [{"name": "b", "estimated_tokens_per_s": 9e3}],
+                                      "winner": {"name": "a", "estimated_tokens_per_s": 1e4, "estimated_peak_bytes": 5e10}}
+    assert [p["name"] for p in render_html([("e", "tune-train", estimated)])[1]] == ["tune-estimated", "tune-final"]
 
 
 def _user_error(capsys, argv, *fragments):

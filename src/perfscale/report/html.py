@@ -295,6 +295,14 @@ def _tune_train(doc: dict[str, Any], _runs) -> Section:
             marker={"color": colour, "size": 12 if t["name"] == winner or t["baseline"] else 8}, line={"color": colour, "width": 1},
             error_y={"type": "data", "symmetric": False, "array": [(r.get("ci_high") or r["tokens_per_s"]) - r["tokens_per_s"] for r in pts],
                      "arrayminus": [r["tokens_per_s"] - (r.get("ci_low") or r["tokens_per_s"]) for r in pts]}))
+    if doc.get("ranking") == "estimated":  # hardware you do not have: the estimate's ranking, nothing measured
+        ranked = [r for r in [doc.get("winner") or {}, *doc.get("runners_up", [])] if r.get("estimated_tokens_per_s")]
+        if ranked:
+            bars = go.Figure(go.Bar(x=[r["name"] for r in ranked], y=[r["estimated_tokens_per_s"] for r in ranked],
+                                    marker_color=["#2ca02c"] + ["#7f7f7f"] * (len(ranked) - 1),
+                                    text=[f"{(r.get('estimated_peak_bytes') or 0) / GIB:.1f} GiB" for r in ranked], textposition="outside"))
+            s.plots.append(("tune-estimated", _layout(bars, f"estimated ranking on {doc['hardware']} (not measured; label: peak memory)",
+                                                      "configuration", "tokens/s (estimated)", height=460)))
     if fig.data:
         s.plots.append(("tune-trials", _layout(fig, "every measured trial by rung (tokens/s, 95% CI within the trial)", "rung",
                                                "tokens/s", height=480)))
