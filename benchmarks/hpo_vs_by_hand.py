@@ -110,6 +110,8 @@ def main() -> int:
     result = {
         "trials": args.trials, "steps": args.steps, "seq": args.seq, "limit_gib": limit, "estimated_need_gib": need,
         "by_hand": {"exit": done.returncode, "stderr_tail": done.stderr[-1500:] if done.returncode else None, "wall_s": hand_wall,
+                    # Optuna's own line for each failed trial: "Trial N failed with parameters: ... because of ..."
+                    "failures": [line[:400] for line in done.stderr.splitlines() if " failed with " in line or "Error" in line[:60]][:40],
                     "best": min(hand_ok) if hand_ok else None, "oom_trials": sum(t["state"] == "FAIL" for t in hand), "trials": hand},
         "perfscale": {"wall_s": ours_wall, "best": res.best["values"][0] if res.best else None, "counts": res.counts,
                       "oom_trials": res.counts.get("oom", 0), "trials": ours},
