@@ -43,6 +43,7 @@ def test_layout_fields_validate_and_keep_old_fingerprints():
     assert "fsdp2x4 (2 nodes)" in fsdp.display
     for bad, fragment in [({"nproc": 0}, "nproc must be an integer from 1 to 256"), ({"strategy": "zero3"}, "ddp, fsdp2"),
                           ({"nproc": 2, "fsdp_mp": "bf16"}, "apply to strategy fsdp2 only"),
+                          ({"nproc": 2, "strategy": "fsdp"}, "use --strategy fsdp2, the same full shard"),
                           ({"nnodes": 99}, "nnodes must be an integer from 1 to 16")]:
         with pytest.raises(InvalidConfigError, match=fragment):
             BenchConfig(**bad)

@@ -163,7 +163,11 @@ class BenchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 p.append(f"{name} must be an integer from 1 to {top}, got {value!r}")
-        if self.strategy not in STRATEGIES:
+        if self.strategy == "fsdp":  # FSDP1, FullyShardedDataParallel: named, so refused with the reason
+            p.append("strategy fsdp (FSDP1, FullyShardedDataParallel) is not measured: torch 2.13 refuses it without an "
+                     "accelerator ('FSDP needs a non-CPU accelerator device') and deprecates it for fully_shard; "
+                     "use --strategy fsdp2, the same full shard")
+        elif self.strategy not in STRATEGIES:
             p.append(f"strategy {self.strategy!r} is not one of: {', '.join(STRATEGIES)}")
         if self.fsdp_mp not in FSDP_MIXED_PRECISION:
             p.append(f"fsdp_mp {self.fsdp_mp!r} is not one of: {', '.join(FSDP_MIXED_PRECISION)}")
