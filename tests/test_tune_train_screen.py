@@ -65,6 +65,16 @@ def test_trials_share_a_worker_and_faults_become_results(tmp_path):
         assert hang.status == "timeout" and "time limit of 3 s" in hang.reason
         assert server.starts == 2  # the hang ran in a new worker, started after the crash
 
+        # The final's paired run: both configurations in one process, steps alternating, samples aligned pair by pair.
+        pairs = StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.01, max_time=0.5)
+        a, b = server.measure_pair(_config(model), _config(model, precision="bf16-mixed"), pairs, 120, repeat=1)
+        assert a.status == b.status == "ok", (a.reason, a.stderr_tail)
+        assert len(a.samples) == len(b.samples) >= 3 and a.repeat == b.repeat == 1 and a.stop_reason == b.stop_reason
+        assert a.config.run.precision == "fp32" and b.config.run.precision == "bf16-mixed"
+        assert any("alternating steps" in n for n in a.notes) and b.setup["paired_with"] == a.config.display
+        broken_a, broken_b = server.measure_pair(_config(model), _config(model, "error"), pairs, 120)
+        assert broken_a.status == broken_b.status == "failed" and "on purpose" in broken_b.reason
+
 
 _PARENT = """
 import sys, time
