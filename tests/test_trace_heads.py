@@ -135,3 +135,14 @@ def test_cli_task_and_num_labels(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["configs"]
     assert main(["trace", "--model", model, "--task", "seq2seq-lm", "--json"]) == 2
     assert "no seq2seq-lm head" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_infer_trace_takes_every_causal_lm_head():
+    """GPT2LMHeadModel is a causal LM (its class name does not end in ForCausalLM): trace --infer runs it;
+    a classifier has no generation to trace (a user error naming plan)."""
+    from perfscale.specs import InferWorkload, spec_from_config
+
+    gpt2 = spec_from_config(tiny_config("gpt2"), "gpt2-infer")
+    assert trace_api.trace(gpt2, RunConfig(InferWorkload(2, 16, 4))).kv_cache_bytes > 0
+    with pytest.raises(UnsupportedModelError, match="causal LMs with a KV cache"):
+        trace_api.trace(head_spec("bert", "sequence-classification"), RunConfig(InferWorkload(2, 16, 4)))

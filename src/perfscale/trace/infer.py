@@ -23,7 +23,7 @@ from perfscale.trace.tracker import KV, RegionMemTracker, to_breakdown
 
 
 def check_infer_config(spec: ModelSpec, config: RunConfig) -> None:
-    if spec.is_encoder_decoder or not spec.architecture.endswith("ForCausalLM"):
+    if spec.is_encoder_decoder or spec.task != "causal-lm":  # GPT2LMHeadModel is a causal LM too
         raise UnsupportedModelError(
             f"{spec.name} ({spec.architecture}): trace --infer covers decoder-only causal LMs with a KV cache; "
             "use `perfscale plan` for encoder or encoder-decoder inference."
