@@ -36,11 +36,10 @@ from typing import Any
 
 from perfscale.errors import InvalidConfigError
 from perfscale.hpo.result import HpoResult, TrialRow
+from perfscale.hpo.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from perfscale.hpo.space import SearchSpace, run_config, training_arguments
 
 Progress = Callable[[str], None]
-SAMPLERS = ("tpe", "random", "nsga2")
-PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("loss", "loss+speed")
 DEFAULT_MODEL = "perfscale-tiny-llama"
 DEFAULT_TRIALS = 12
@@ -137,33 +136,6 @@ class HpoInterrupted(KeyboardInterrupt):
         super().__init__(how)
         self.result = result
         self.how = how
-
-
-# ----------------------------------------------------------------- Optuna's pieces
-def make_pruner(name: str, steps: int, eval_steps: int | None = None):
-    import optuna
-
-    if name == "median":
-        # n_startup_trials: the median of fewer than 4 curves is noise. Evaluations are the steps.
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=eval_steps or max(1, steps // 3), max_resource=steps, reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def make_sampler(name: str, seed: int | None, trials: int, multi: bool):
-    import optuna
-
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
-    # TPE: random startup for a third of the study (at least 3, Optuna's default 10 at most), then the
-    # model; multivariate (joint) with constant liar for trials running in parallel.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True,
-                                          constant_liar=True)
 
 
 def _identity(options: HpoOptions, space: SearchSpace, data) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def _optuna_trial(job: dict[str, Any]):
     import optuna
 
     from perfscale.hpo.storage import open_storage
-    from perfscale.hpo.study import make_pruner
+    from perfscale.hpo.samplers import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job["storage"], heartbeat=False)
