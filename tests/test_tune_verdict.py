@@ -171,3 +171,13 @@ def test_too_few_pairs_are_no_verdict_even_when_they_agree():
     assert sp["ci_low"] > 1 and not sp["significant"]
     assert sp["verdict"].startswith("not resolved: only 3 alternating step pair(s) fit in the budget")
     assert sp["rerun_budget_s"] > 120 and f"--budget-seconds {sp['rerun_budget_s']:.0f}" in sp["verdict"]
+
+
+def test_no_paired_run_finishes_keeps_the_defaults_with_their_trial_figures():
+    def run_pair(a, b, rep):
+        return (BenchResult(config=a, status="oom", reason="killed"), BenchResult(config=b, status="oom", reason="killed"))
+
+    ranking = [_outcome(FASTER, 150.0), _outcome(BASE, 100.0)]
+    fc = final_compare(ranking, BASE, "m", SEQ, 2, _Store(), "g", False, run_pair, lambda _m: None)
+    assert fc.winner == BASE and fc.speedup["ratio"] is None and "did not finish" in fc.speedup["verdict"]
+    assert fc.winner_doc(SEQ)["throughput"]["median"] == pytest.approx(100.0)

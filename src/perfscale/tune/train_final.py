@@ -144,6 +144,11 @@ def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, rep
     proven = bool(fc.speedup.get("significant")) and (fc.speedup.get("ratio") or 0) > 1
     fc.winner = fc.challenger if proven else baseline
     fc.winner_runs = fc.challenger_runs if proven else fc.baseline_runs
+    if not any(r.ok for r in fc.baseline_runs):  # no paired run finished: the baseline's halving trial gives its figures
+        trial = next((o.result for o in ranking if o.candidate == baseline and o.result is not None and o.result.ok), None)
+        if trial is not None:
+            fc.baseline_runs = [trial, *fc.baseline_runs]
+            fc.winner_runs = fc.baseline_runs if fc.winner == baseline else fc.winner_runs
     return fc
 
 
