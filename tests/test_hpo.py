@@ -92,7 +92,10 @@ def test_defaults_are_the_baseline_only_inside_the_space():
 
 # ----- feasibility
 def test_feasibility_filter_prunes_what_cannot_fit_and_traces_near_the_limit():
-    spec = load_model_spec("perfscale-tiny-llama")
+    from perfscale.specs import spec_from_config
+    from tiny_configs import tiny_config
+
+    spec = spec_from_config(tiny_config("llama"), "llama")  # a toy llama: its trace takes a fraction of a second
     topo = parse_topology("cpu")
     values = dict(SearchSpace.default().suggest_fixed({"learning_rate": 1e-3, "warmup_ratio": 0.0, "weight_decay": 0.0,
                                                        "lr_scheduler_type": "linear", "per_device_train_batch_size": 4,
