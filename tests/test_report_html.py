@@ -161,6 +161,7 @@ def test_cli_writes_the_file_and_bad_inputs_exit_2(documents, tmp_path, capsys):
     assert "time per iteration" in out.read_text()
 
 
+@pytest.mark.slow  # ~12 s of browser time idle, 30 s on a busy box
 @pytest.mark.skipif(BROWSER is None, reason="no chromium here: `.ci/run` installs Debian's chromium (apt-get), which this machine lacks")
 def test_reports_render_in_headless_chromium_offline(documents, tmp_path):
     from perfscale.cli.report import stored_runs
