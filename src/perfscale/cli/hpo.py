@@ -135,6 +135,7 @@ def _write_best(result, options, out_dir: Path, formats: tuple[str, ...]) -> lis
     """best_training_arguments.json (the Trainer's kwargs: perfscale's knobs + the tuned hyperparameters),
     best_trial.py (a snippet) and the --emit files. A failure here keeps the result (noted)."""
     from perfscale.config.run_config import RunConfig
+    from perfscale.errors import PerfscaleError
     from perfscale.export.emit import emit_files
     from perfscale.export.trainer import trainer_kwargs, trainer_snippet
     from perfscale.hpo.feasibility import resolve_capacity
@@ -163,7 +164,7 @@ def _write_best(result, options, out_dir: Path, formats: tuple[str, ...]) -> lis
             written += [f.path for f in emit_files(config, topology, out_dir, formats, model_id)]
         best["trainer_kwargs"] = kwargs
         return written
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PerfscaleError) as exc:  # the study is done and stored: keep the result, say why
         result.notes.append(f"the best trial's files were not written to {out_dir}: {exc} (the study is in {result.storage})")
         return []
 
