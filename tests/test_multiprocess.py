@@ -189,3 +189,21 @@ def test_ddp_and_two_node_fsdp2_train_the_tiny_llama(tmp_path):
     assert any("all_gather" in op or "allgather" in op for op in fsdp.ranks[0]["comm_ops"]), fsdp.ranks[0]["comm_ops"]
     assert result.rows[1].speedup is not None  # compare's ratio and verdict work on torchrun rows
     json.dumps(result.to_dict())
+
+
+def test_preflight_warns_when_ranks_share_cores_and_refuses_what_cannot_start(monkeypatch):
+    from types import SimpleNamespace
+
+    import psutil as ps
+
+    from perfscale.measure import preflight as pf
+    from perfscale.measure.multiprocess import cores
+
+    many = BenchConfig(scenario="selftest", nproc=cores() + 1, device="cpu")
+    notes = pf._check_distributed(many)
+    assert notes and f"{cores() + 1} ranks x 1 thread(s) on {cores()} cores" in notes[0]
+    # one rank gets every core as its threads: nothing shared, nothing to say
+    assert pf._check_distributed(BenchConfig(scenario="selftest", nproc=1, strategy="ddp", device="cpu")) == []
+    monkeypatch.setattr(ps, "virtual_memory", lambda: SimpleNamespace(available=3 * pf.RANK_BASE_BYTES, total=2**40))
+    with pytest.raises(InvalidConfigError, match="8 ranks need at least .* use at most --nproc 3"):
+        pf._check_distributed(BenchConfig(scenario="selftest", nproc=8, device="cpu"))
