@@ -115,6 +115,9 @@ class ModelConstants:
     sequences_per_example: int = 1  # multiple choice: each example is MULTIPLE_CHOICES sequences
     lm_loss_upcast: bool = True  # the LM loss upcasts the logits to fp32 (transformers' loss_function)
     final_softcap: bool = False  # the head soft-caps the logits (Gemma 2 final_logit_softcapping)
+    # KV heads the cache stores: Falcon's new decoder architecture broadcasts k and v to every head before
+    # the cache update (modeling_falcon.py FalconAttention.forward: num_kv_heads = num_heads); 0 = kv_heads.
+    cache_kv_heads: int = 0
 
 
 def _without_sdpa_core(recipe, model_type: str):
@@ -266,6 +269,7 @@ def model_constants(spec) -> ModelConstants:
         sequences_per_example=task_heads.MULTIPLE_CHOICES if task == "multiple-choice" else 1,
         lm_loss_upcast=(spec.model_type, task) not in NO_UPCAST_LM_LOSS,
         final_softcap=has_head and softcapping(spec, "final_logit_softcapping"),
+        cache_kv_heads=heads if spec.model_type == "falcon" and spec.config.get("new_decoder_architecture") else 0,
     )
 
 

@@ -11,6 +11,7 @@ position's logits, logits_to_keep=1, upcast to fp32). Derived; tested against tr
 from __future__ import annotations
 
 from perfscale.estimate.constants import ModelConstants
+from perfscale.estimate.families import EAGER_SOFTMAX_IN_INPUT_DTYPE, GATED_FAMILIES
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import QUANT_BYTES
 
@@ -27,18 +28,32 @@ def weight_bytes(mc: ModelConstants, k: Knobs) -> float:
 def kv_bytes_per_token(mc: ModelConstants, k: Knobs) -> float:
     """KV cache bytes per token per sequence on one device (kv heads split by TP when they can be)."""
     cb = 1 if k.kv_cache_dtype == "fp8" else k.prec.compute_bytes
-    kv_split = k.tp if mc.kv_heads % k.tp == 0 else 1
-    return mc.decoder_layers * 2 * mc.kv_heads * mc.head_dim * cb / kv_split
+    kv_heads = mc.cache_kv_heads or mc.kv_heads
+    kv_split = k.tp if kv_heads % k.tp == 0 else 1
+    return mc.decoder_layers * 2 * kv_heads * mc.head_dim * cb / kv_split
 
 
 def prefill_transient(mc: ModelConstants, k: Knobs, batch: int, prompt: int) -> float:
-    """Largest intermediates of the prefill forward (one layer at a time under no_grad)."""
+    """Largest intermediates of the prefill forward (one layer at a time under no_grad), per token:
+      MLP    the residual, the norm output and the layer input's copy, and the MLP's wide tensors alive
+             together (gated: act(gate), up and their product; GELU/ReLU: fc1 output and its activation)
+      attention (eager)  q, k, v, k and v repeated to all heads, residual and norm output, and per score
+             element the scores, scaled and masked (compute dtype), the fp32 softmax, and the causal mask
+             (b x s x s, shared by the heads)
+      attention (sdpa)   q, k, v, the output and the residual
+    Fitted to trace(--infer) of llama (tiny, b4/b8, prompt 128/256, bf16): exact per token (5,195 B)."""
     cb = k.prec.compute_bytes
     tokens = batch * prompt
-    layer = tokens * (3 * mc.i + 2 * mc.h) * cb / k.tp  # gated MLP: gate, up, act + residual in/out
+    # wide tensors of the MLP alive at once: gated 3; Phi-3's fused gate_up output stays whole (4);
+    # GPT-2's gelu_new in Python (x, the x^3 terms, tanh, 1 + tanh, the product: 4.5 fitted to the trace); GELU/ReLU 2
+    wide = {"phi3": 4, "gpt2": 4.5}.get(mc.model_type, 3 if mc.model_type in GATED_FAMILIES else 2)
+    layer = tokens * (wide * mc.i + 4 * mc.h) * cb / k.tp
     attn = tokens * (2 * mc.q + 2 * mc.kv + mc.h) * cb / k.tp
     if k.attn == "eager":
-        attn += batch * mc.heads / k.tp * prompt * prompt * (4 + cb)  # fp32 softmax + its cast
+        heads = mc.heads / k.tp
+        # the softmax in fp32, or in the scores' dtype (gpt2, falcon: families.EAGER_SOFTMAX_IN_INPUT_DTYPE)
+        per_score = (cb if mc.model_type in EAGER_SOFTMAX_IN_INPUT_DTYPE else 4) + 3 * cb + cb / heads
+        attn = tokens * (3 * mc.q + 2 * mc.kv + 2 * mc.h) * cb / k.tp + batch * heads * prompt * prompt * per_score
     head = batch * mc.vocab * (cb + 4 + 4) if mc.has_lm_head else 0.0  # last-position logits, fp32 copy
     return max(layer, attn) + head
 
