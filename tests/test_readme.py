@@ -69,12 +69,16 @@ SMALLER = {
 # tests/test_tune_infer.py::test_cli_tune_infer_quick_json_save_and_apply runs `tune encoder --quick` and applies it;
 # tests/test_plan_calibration.py::test_cli_calibrate_stores_and_later_plans_reuse runs `plan --calibrate` (tiny model).
 # (Each would add ~45-70 s to the suite here, which must stay under 20 minutes on 2 cores.)
+# tests/test_multiprocess.py runs bench under torchrun (2 ranks, DDP and FSDP2, 25-95 s here);
+# tests/test_debug_overflow.py and tests/test_debug_dist.py run `debug overflow` and `debug dist` (torchrun) through the CLI.
 RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "perfscale tune encoder --model minilm",
-                 "perfscale plan --train --batch 8 --seq 256 --calibrate"}
+                 "perfscale plan --train --batch 8 --seq 256 --calibrate",
+                 "perfscale bench --batch 2 --seq 32 --nproc 2 --strategy fsdp2",
+                 "perfscale debug overflow --steps 1 --seq 16 --batch 1", "perfscale debug dist --nproc 2 --sizes 4K --iters 1"}
 # The top-level keys each verb's JSON document has (its shape).
 SHAPE = {"models": "models", "models show": "params", "hardware": "hardware", "hardware show": "hardware",
          "hardware --local": "cpu", "trace": "peak_bytes", "plan": "configs", "bench": "configurations", "compare": "configurations",
-         "tune": "winner"}
+         "tune": "winner", "place": "device_map"}
 
 
 def test_smaller_runs_are_readme_commands():
