@@ -113,8 +113,8 @@ def final_plan(costs: Costs, options, clock: Clock) -> dict[str, Any]:
     pairs = max(2, min(pairs, fit))
     stop = StopRule(min_iters=pairs, min_time=0.0, target_rel_ci=target.target_rel_ci, max_time=costs.pair_seconds(pairs))
     return {"isolation": "trial", "repeats": 1, "stop": stop, "cost": costs.final(1, "trial", pairs),
-            "note": f"final comparison: 1 paired run of {pairs} step pairs in the tune worker: the halving used up the budget "
-                    f"(a step takes {costs.pair_seconds(1) / 2:.1f} s on this machine now)"}
+            "note": f"final comparison: 1 paired run of at least {pairs} step pairs in the tune worker: the halving used up "
+                    f"the budget (a trial's step took {costs.pair_seconds(1) / 2:.1f} s on this machine now)"}
 
 
 __all__ = ["MAX_PAIR_SECONDS", "MIN_PAIRS", "Clock", "Costs", "final_plan"]
