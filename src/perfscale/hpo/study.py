@@ -538,8 +538,7 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
         if options.fork and done < options.trials and _forkable(options.device):
             from perfscale.hpo.zygote import Launcher
 
-            ctx.launcher = Launcher(options.model, Path(tmp))
-            ctx.launcher.prewarm()
+            ctx.launcher = Launcher(options.model, Path(tmp))  # started by the first trial that fits (none: no cost)
         stop_beats = threading.Event()
         beats = threading.Thread(target=_heartbeats, args=(ctx, stop_beats), daemon=True) if ctx.heartbeat else None
         if beats:
