@@ -116,9 +116,17 @@ class RegionMixin:
         self._note_entry(module)
 
     def _pre_bw_hook(self, module, args) -> None:  # noqa: ANN001
+        # A module not alive in backward (a classifier head's dropout, freed with the outputs) has no
+        # state to capture; MemTracker would skip it too, with a warning on the user's terminal.
+        if module is None:
+            return
         super()._pre_bw_hook(module, args)  # type: ignore[misc]
-        if module is not None:
-            self._note_entry(module)
+        self._note_entry(module)
+
+    def _post_bw_hook(self, module, args) -> None:  # noqa: ANN001
+        if module is None:  # as above
+            return
+        super()._post_bw_hook(module, args)  # type: ignore[misc]
 
     # --- the per-op update --------------------------------------------------------------------
     def _phase(self) -> str | None:
