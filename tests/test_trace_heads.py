@@ -88,6 +88,11 @@ def test_multiple_choice_runs_choices_per_example():
     plain = trace_api.trace(head_spec("bert", "sequence-classification", num_labels=2), RunConfig(TrainWorkload(2 * heads.MULTIPLE_CHOICES, 64)))
     # b examples of 4 choices carry the activations of 4b sequences (the heads differ by a few kB)
     assert abs(one.peak_bytes - plain.peak_bytes) <= 0.01 * plain.peak_bytes
+    # and their time: the estimate's step of b examples is that of 4b sequences
+    mc_time = estimate(spec, RunConfig(TrainWorkload(2, 64)), H100).time.step_seconds
+    cls = head_spec("bert", "sequence-classification", num_labels=2)
+    cls_time = estimate(cls, RunConfig(TrainWorkload(2 * heads.MULTIPLE_CHOICES, 64)), H100).time.step_seconds
+    assert mc_time == pytest.approx(cls_time, rel=0.01)
 
 
 def test_catalogue_entries_say_their_head():

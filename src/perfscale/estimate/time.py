@@ -99,7 +99,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff
     fwd = flops_per_token(mc, k.seq)
-    tokens_replica = k.batch * k.seq * k.accum
+    tokens_replica = k.batch * k.seq * k.accum * mc.sequences_per_example  # multiple choice: b x choices sequences
     backward_factor = 1.0 if k.lora_r is not None else 2.0
     compute = tokens_replica * fwd * (1 + backward_factor) / (tp * pp) / rate
     recompute = tokens_replica * fwd / (tp * pp) / rate if k.checkpointing else 0.0
