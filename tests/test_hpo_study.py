@@ -25,7 +25,7 @@ import pytest
 
 from perfscale.hpo.space import DEFAULTS, SearchSpace, run_config
 
-SMALL = dict(steps=2, eval_steps=1, seq=32, max_eval_blocks=4, threads=1)
+SMALL = dict(steps=2, eval_steps=1, seq=32, max_eval_blocks=4, threads=1, workers=1)
 
 
 def _need_gib(batch: int) -> float:
@@ -94,7 +94,7 @@ def test_a_hung_trial_is_killed_at_its_limit(tmp_path):
 WORKER = textwrap.dedent("""
     import sys
     from perfscale.hpo import run_hpo
-    r = run_hpo(trials=4, steps=6, eval_steps=2, seq=32, max_eval_blocks=4, threads=1, storage=sys.argv[1],
+    r = run_hpo(trials=4, steps=6, eval_steps=2, seq=32, max_eval_blocks=4, threads=1, workers=1, storage=sys.argv[1],
                 study_name="shared", resume=True, plots=None)
     print(r.finished)
 """)

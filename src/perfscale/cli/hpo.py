@@ -65,7 +65,7 @@ def hpo(
                                 "Default: the user cache's hpo.db. Workers on many machines share one URL."),
     study_name: str = typer.Option(None, "--study-name", help="The study's name in the storage. Default: derived from the model, data, space and budget."),
     resume: bool = typer.Option(False, "--resume", help="Continue (or join) the study to --trials in total; killed trials are failed and retried."),
-    workers: int = typer.Option(None, "--workers", help="Trial processes at once on this machine (default 1)."),
+    workers: int = typer.Option(None, "--workers", help="Trial processes at once on this machine (default: one per physical core, 1 thread each, on CPU; 1 on a GPU)."),
     device_memory_gib: float = typer.Option(None, "--device-memory-gib", help="The memory a trial may use, in GiB (default: this device's)."),
     hardware: str = typer.Option(None, "--hardware", help="The device the trials run on, for the feasibility check (e.g. A100-40GB). Default: this machine."),
     trial_timeout: float = typer.Option(None, "--trial-timeout", help="Seconds before a trial counts as hung and is killed (default 900; 4x the slowest finished trial once one finished)."),

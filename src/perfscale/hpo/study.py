@@ -54,6 +54,7 @@ MIN_TRIAL_LIMIT_S = 120.0
 POLL_S = 1.0
 ATTR = "perfscale"  # user attributes: perfscale_status, perfscale_reason, ...
 MAX_INT = 1_000_000
+MAX_DEFAULT_WORKERS = 8
 
 
 @dataclass
@@ -77,7 +78,7 @@ class HpoOptions:
     storage: str | None = None
     study_name: str | None = None
     resume: bool = False
-    workers: int = 1
+    workers: int | None = None  # None: one single-threaded trial per physical core on CPU, 1 on a GPU
     device_memory_gib: float | None = None
     hardware: str | None = None
     trial_timeout: float = DEFAULT_TRIAL_TIMEOUT_S
@@ -95,6 +96,8 @@ class HpoOptions:
         problems = []
         for name, lo in (("trials", 1), ("steps", 1), ("eval_steps", 1), ("seq", 1), ("workers", 1), ("max_eval_blocks", 4)):
             v = getattr(self, name)
+            if v is None and name == "workers":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= MAX_INT:
                 problems.append(f"--{name.replace('_', '-')} must be an integer from {lo} to {MAX_INT:,}, got {v!r}")
         if isinstance(self.steps, int) and isinstance(self.eval_steps, int) and self.eval_steps > self.steps:
@@ -527,6 +530,12 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
         if options.multi_objective and options.pruner != "none":
             notes.append("multi-objective: Optuna prunes single-objective studies only, so no trial is pruned early")
         cores = detect_local().cpu.physical_cores or os.cpu_count() or 1
+        forkable = _forkable(options.device)
+        # Default: on CPU one trial per physical core with one thread each (2 threads per trial on a shared
+        # 2-core box lose to OpenMP barriers: 12 default trials took 13.7 min that way and 2.7 min so,
+        # benchmarks/LOG.md); on a GPU one trial at a time.
+        workers = options.workers or (max(1, min(cores, MAX_DEFAULT_WORKERS)) if forkable else 1)
+        options = replace(options, workers=workers)
         ctx = _Context(options=options, space=space, study=study, storage=storage, spec=spec, data=data,
                        filter=FeasibilityFilter(spec, topology, capacity, use_trace=options.use_trace), lock=lock,
                        workdir=Path(tmp), processes=Processes(), say=say,
@@ -535,7 +544,7 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
         from optuna.trial import TrialState
 
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
-        if options.fork and done < options.trials and _forkable(options.device):
+        if options.fork and done < options.trials and forkable:
             from perfscale.hpo.zygote import Launcher
 
             ctx.launcher = Launcher(options.model, Path(tmp))  # started by the first trial that fits (none: no cost)
