@@ -78,7 +78,7 @@ RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "pe
 # The top-level keys each verb's JSON document has (its shape).
 SHAPE = {"models": "models", "models show": "params", "hardware": "hardware", "hardware show": "hardware",
          "hardware --local": "cpu", "trace": "peak_bytes", "plan": "configs", "bench": "configurations", "compare": "configurations",
-         "tune": "winner", "place": "device_map"}
+         "tune": "winner", "place": "device_map", "hpo": "counts"}
 
 
 def test_smaller_runs_are_readme_commands():
