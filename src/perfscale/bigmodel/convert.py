@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 from perfscale.bigmodel.errors import CheckpointError
 from perfscale.bigmodel.files import (SAFE_INDEX, SAFE_WEIGHTS, ShardFile, TensorRecord, find_checkpoint, load_bin,
                                       read_shards)
+from perfscale.bigmodel.rss import PeakRss, max_rss_bytes
 from perfscale.bigmodel.sizes import parse_dtype, parse_size, torch_dtype
 from perfscale.bigmodel.streaming import release_mapped, write_streaming
 
@@ -69,33 +68,6 @@ class ConvertResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _RssSampler:
-    """Peak resident set size of this process, sampled every `interval` seconds on a thread."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.baseline = self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._interval = interval
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def _check_destination(to: str) -> Path:
@@ -232,7 +204,7 @@ def convert_checkpoint(path: str, to: str, max_shard_size: str | int = "5GB", dt
     try:
         written: list[OutputShard] = []
         start = time.perf_counter()
-        with _RssSampler() as rss:
+        with PeakRss(interval=0.002) as rss:
             for file, names in split.items():
                 entries = [(n, out_dtypes[n], by_name[n].shape, out_bytes[n]) for n in names]
                 size = write_streaming(tmp / file, entries, _stream(names, by_name, sources, out_dtype),
@@ -241,7 +213,7 @@ def convert_checkpoint(path: str, to: str, max_shard_size: str | int = "5GB", dt
                                            tensor_bytes=sum(out_bytes[n] for n in names),
                                            over_limit=sum(out_bytes[n] for n in names) > limit))
         write_seconds = time.perf_counter() - start
-        process_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        process_max = max_rss_bytes()
         total_size = sum(out_bytes.values())
         total_params = sum(r.numel for r in kept)
         index_file = None
@@ -269,7 +241,7 @@ def convert_checkpoint(path: str, to: str, max_shard_size: str | int = "5GB", dt
         dtype=out_dtype, max_shard_size=limit, shards=written, index_file=index_file, total_size=total_size,
         total_parameters=total_params, dropped_aliases=dropped, copied_files=copied,
         largest_shard_bytes=max(s.file_bytes for s in written), largest_tensor_bytes=max(out_bytes.values()),
-        baseline_rss_bytes=rss.baseline, peak_rss_bytes=rss.peak, process_max_rss_bytes=process_max,
+        baseline_rss_bytes=rss.start, peak_rss_bytes=rss.peak, process_max_rss_bytes=process_max,
         write_seconds=write_seconds, verify=checks, notes=notes)
 
 

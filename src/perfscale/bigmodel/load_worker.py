@@ -11,40 +11,10 @@ forward brings them in, so that is what a run holds). Device memory
 from __future__ import annotations
 
 import json
-import resource
 import sys
-import threading
 import time
 
-
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-class _Peak:
-    """Peak RSS on a thread while a block runs (psutil, every `interval` s)."""
-
-    def __init__(self, interval: float = 0.001) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.start = self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+from perfscale.bigmodel.rss import PeakRss, max_rss_bytes
 
 
 def main(argv: list[str]) -> int:
@@ -63,11 +33,11 @@ def main(argv: list[str]) -> int:
     if "max_memory" in kwargs:  # JSON made the GPU indices strings; accelerate wants ints
         kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in kwargs["max_memory"].items()}
     import_s = time.perf_counter() - start
-    with _Peak() as peak:
+    with PeakRss(interval=0.001) as peak:
         t0 = time.perf_counter()
         model = cls.from_pretrained(spec["path"], **kwargs)
         load_s = time.perf_counter() - t0
-    maxrss = _maxrss()
+    maxrss = max_rss_bytes()
     with torch.no_grad():
         params = 0
         for p in model.parameters():
