@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from perfscale.config.run_config import CACHE_IMPLEMENTATIONS, KV_CACHE_DTYPES, QUANTIZATION
 from perfscale.config.run_config import OFFLOAD as OFFLOAD_CHOICES
 from perfscale.estimate.knobs import Knobs
 
@@ -165,13 +166,11 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
 
 
 def infer_space(base: Knobs, fixed: dict, heads: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
-    def pick(name, options):
-        return _pick(fixed, name, options)
-
-    kv_dtypes = pick("kv_cache_dtype", ["auto"] + (["fp8"] if hw.peak("fp8") else []))
+    kv_dtypes = _pick(fixed, "kv_cache_dtype", [d for d in KV_CACHE_DTYPES if d != "fp8" or hw.peak("fp8")])
     for precision, quant, kvd, tp, attn, cache in itertools.product(
-        pick("precision", infer_precisions(hw)), pick("quantization", ["none", "int8", "int4", "nf4"]), kv_dtypes,
-        pick("tp", tp_choices(heads, world, per_node)), pick("attn", list(attention_choices(measured=False))), pick("cache", ["dynamic", "static"]),
+        _pick(fixed, "precision", infer_precisions(hw)), _pick(fixed, "quantization", list(QUANTIZATION)), kv_dtypes,
+        _pick(fixed, "tp", tp_choices(heads, world, per_node)), _pick(fixed, "attn", list(attention_choices(measured=False))),
+        _pick(fixed, "cache", list(CACHE_IMPLEMENTATIONS)),
     ):
         dp = world // tp
         if base.batch % dp and fixed.get("tp") is None and tp != world:
