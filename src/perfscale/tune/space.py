@@ -108,12 +108,18 @@ def _pick(fixed: dict, name: str, options: list) -> list:
     return [fixed[name]] if fixed.get(name) is not None else options
 
 
+def pipeline_schedulable(pp: int, virtual: int, accum: int) -> bool:
+    """Whether `accum` micro-batches can be scheduled on `pp` stages with `virtual` chunks each: 1F1B
+    needs at least p micro-batches, and interleaving runs them in groups of p (Megatron-LM)."""
+    return (pp == 1 or accum >= pp) and (virtual == 1 or accum % pp == 0)
+
+
 def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: dict | None = None,
                      pp_embedding_as_layer: bool = False) -> Iterator[dict]:
     """Every way to lay a training step over `world` devices: tp x pp x data parallel, with the data
     parallel sharding (none, ZeRO 1-3, FSDP full shard over all replicas), CPU offload and the
     interleaving degree. Yields dicts of tp, pp, zero, fsdp, offload, pp_virtual; knobs in `fixed`
-    keep the user's value. Micro-batch rules (1F1B needs >= pp micro-batches) are the caller's."""
+    keep the user's value. Micro-batch rules (pipeline_schedulable) are the caller's."""
     fixed = fixed or {}
     for tp in _pick(fixed, "tp", tp_choices(heads, world, per_node)):
         if world % tp:
@@ -157,10 +163,8 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
         pp, virtual = layout["pp"], layout["pp_virtual"]
         for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micro):
             accum = per_replica // mb
-            if pp > 1 and accum < pp:
-                continue  # 1F1B needs at least p micro-batches
-            if virtual > 1 and accum % pp:
-                continue  # interleaving runs micro-batches in groups of p (Megatron-LM)
+            if not pipeline_schedulable(pp, virtual, accum):
+                continue
             yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, batch=mb,
                             accum=accum, **layout)
 

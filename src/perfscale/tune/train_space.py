@@ -135,11 +135,10 @@ class TrainSpace:
         for layout in self.layouts:
             dp = self.data_parallel_of(layout)
             for mb, prec, ckpt, lora, comp, attn, opt, thr, wk in itertools.product(*self.knob_values().values()):
-                if self.global_batch % (mb * dp):
+                accum = self.global_batch // (mb * dp)
+                if self.global_batch % (mb * dp) or not space.pipeline_schedulable(layout.get("pp", 1), 1, accum):
                     continue
-                if layout.get("pp", 1) > 1 and self.global_batch // (mb * dp) < layout["pp"]:
-                    continue  # 1F1B needs at least p micro-batches (as in tune/space.train_space)
-                out.append(Candidate(micro_batch=mb, grad_accum=self.global_batch // (mb * dp), precision=prec, optimizer=opt,
+                out.append(Candidate(micro_batch=mb, grad_accum=accum, precision=prec, optimizer=opt,
                                      checkpointing=ckpt, attn=attn, compile=comp, threads=thr, workers=wk, lora_r=lora, **layout))
         return out
 
