@@ -181,9 +181,9 @@ def test_sigterm_mid_measurement_is_handled_like_ctrl_c(verb, tmp_path):
     slow = _config_file(tmp_path, sleep=0.2)
     if verb == "bench":
         proc = _start(tmp_path, "bench", "--config", slow, *LONG, "--store", str(store), "--json")
-    else:  # a fast configuration that finishes, then a slow one that is interrupted
-        fast = _config_file(tmp_path, "fast")
-        proc = _start(tmp_path, "compare", fast, slow, "--repeats", "2", *LONG, "--store", str(store), "--json")
+    else:  # a fast configuration that finishes, then a slow one (3 s a step, >= 3 steps) that is interrupted
+        fast, slow = _config_file(tmp_path, "fast"), _config_file(tmp_path, sleep=3.0)
+        proc = _start(tmp_path, "compare", fast, slow, "--repeats", "2", *QUICK, "--store", str(store), "--json")
     workers = _workers(proc)
     if verb == "compare":
         while _rows(store) != ["ok"]:
