@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from perfscale.cli import knobs
+from perfscale.cli import report as R
 from perfscale.cli.measure_flags import MeasureFlags, with_measure_flags
 
 LABEL = typer.Option(None, "--label", help="A name for this configuration in tables and the store.")
@@ -143,6 +144,7 @@ def bench(
     repeats: int = REPEATS,
     save_config: Path = SAVE_CONFIG,
     config_file: Path = CONFIG,
+    report: str = R.REPORT,
     **run_knobs,
 ) -> None:
     """Measure one configuration on this machine: fresh process, warm-up, stop rule, median with 95% CI,
@@ -172,6 +174,7 @@ def bench(
             raise InvalidConfigError(f"--repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}.")
         from perfscale.measure.preflight import preflight
 
+        R.check_report(report)
         warn_notes(config, preflight(config)[config.fingerprint()], as_json)  # before the config file is written and the store opened
         if save_config:
             try:
@@ -190,10 +193,11 @@ def bench(
                 unsaved = report_unsaved(db)
                 if unsaved:
                     doc["unsaved"] = unsaved
+                reported = R.write_or_say(doc, report, as_json)
                 emit(doc, as_json, lambda console: console.print(compare_table(doc)))
                 if row.interrupted:
                     raise interrupted_exit(row.interrupted_by or "Ctrl-C")
-                if unsaved:
+                if unsaved or not reported:
                     raise typer.Exit(2)
                 return
             group = uuid.uuid4().hex[:12]  # this invocation, left out of the drift it is judged by
@@ -209,8 +213,9 @@ def bench(
             unsaved = report_unsaved(db)
             if unsaved:
                 doc["unsaved"] = unsaved
+        reported = R.write_or_say(doc, report, as_json)
         emit(doc, as_json, render_bench(doc["configurations"][0]))
         if interrupted is not None:
             raise interrupted_exit(interrupted.how)
-        if unsaved:
+        if unsaved or not reported:
             raise typer.Exit(2)

@@ -7,6 +7,7 @@ import typer
 
 from perfscale.cli import bench as b
 from perfscale.cli import knobs
+from perfscale.cli import report as R
 from perfscale.cli.measure_flags import MeasureFlags, with_measure_flags
 from perfscale.measure.bench_config import INLINE_HELP
 
@@ -21,6 +22,7 @@ def compare(
     *,
     flags: MeasureFlags,
     repeats: int = REPEATS,
+    report: str = R.REPORT,
     **run_knobs,
 ) -> None:
     """Compare configurations on this machine: each runs in `--repeats` fresh processes, interleaved;
@@ -45,6 +47,7 @@ def compare(
         parsed = [resolve_configuration(text, base) for text in configs]  # all validated before anything runs
         options = flags.measure_options()
         as_json = flags.as_json
+        R.check_report(report)
         if len(parsed) >= 2:
             preflight(parsed)  # the models, LoRA targets and sizes, before the store is opened
         with Store(flags.store) as db:
@@ -60,8 +63,9 @@ def compare(
             for line in compare_verdicts(doc):
                 console.print(line)
 
+        reported = R.write_or_say(doc, report, as_json)
         emit(doc, as_json, render)
         if result.interrupted:  # after printing what finished
             raise b.interrupted_exit(result.interrupted_by or "Ctrl-C")
-        if unsaved:
+        if unsaved or not reported:
             raise typer.Exit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from perfscale.cli import knobs as K
+from perfscale.cli import report as R
 from perfscale.cli.task_options import NUM_LABELS, TASK, model_or_spec
 
 HARDWARE = typer.Option(
@@ -35,7 +36,7 @@ def plan(
     new_tokens: int = K.NEW_TOKENS, top: int = TOP,
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
     as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
-    task: str = TASK, num_labels: int = NUM_LABELS,
+    task: str = TASK, num_labels: int = NUM_LABELS, report: str = R.REPORT,
     allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
@@ -43,11 +44,11 @@ def plan(
     Give every knob to evaluate one configuration. Without --hardware, plans for this machine.
     """
     from perfscale.tune.plan import plan as run_plan
-    from perfscale.report.emit import emit
     from perfscale.report.plan_tables import render_plan
 
     workload = K.workload_from_options(train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum,
                                        prompt=prompt, new_tokens=new_tokens)
+    R.check_report(report)
     fixed = K.given_knobs(knobs) | ({"grad_accum": grad_accum} if grad_accum is not None else {})
     calibration, prepare = _calibration(hardware, calibrate, as_json)
     target = model_or_spec(model or K.DEFAULT_MODEL, task, num_labels)
@@ -56,7 +57,7 @@ def plan(
                       host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
                       calibration=calibration, prepare_calibration=prepare,
                       allow_optimizer_change=allow_optimizer_change, **fixed)
-    emit(result.to_dict(), as_json, lambda console: render_plan(result, console))
+    R.emit_with_report(result.to_dict(), as_json, lambda console: render_plan(result, console), report)
 
 
 def _calibration(hardware: str | None, calibrate: bool, quiet: bool):

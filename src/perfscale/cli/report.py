@@ -11,6 +11,9 @@ from perfscale.cli import knobs
 from perfscale.errors import InvalidConfigError
 
 DEFAULT_OUT = "perfscale-report.html"
+# --report on plan, trace, bench and compare (tune declares its own): the same report, written at once.
+REPORT = typer.Option(None, "--report", help="Also write the result as a self-contained HTML report with plots "
+                      "(plotly embedded: opens offline), as `perfscale report` makes it from the --json output.")
 
 
 def report(
@@ -41,6 +44,45 @@ def report(
     result = write_report(items, out, runs=stored_runs(store))
     document = result.to_dict()
     emit(document, as_json, lambda console: _render(console, document))
+
+
+def check_report(path: str | None) -> None:
+    """--report must be writable before the work starts (InvalidConfigError naming it otherwise)."""
+    if path is not None:
+        from perfscale.user_files import check_writable
+
+        check_writable(path, "--report")
+
+
+def write_or_say(document: dict[str, Any], path: str | None, as_json: bool = False) -> bool:
+    """Write --report of a finished result (`document`, the verb's --json document), said on stderr for
+    people (`report` in the document). A failure keeps the result: its reason goes into the document
+    (`report_error`) and on stderr; False then, True otherwise."""
+    from perfscale.errors import PerfscaleError
+    from perfscale.report.html import detect_kind, write_report
+
+    if path is None:
+        return True
+    try:
+        written = write_report([("this run", detect_kind(document), document)], path, runs=stored_runs(None))
+    except PerfscaleError as exc:
+        document["report_error"] = str(exc)
+        typer.echo(f"error: {exc} The result is printed instead.", err=True)
+        return False
+    document["report"] = written.path
+    if not as_json:
+        typer.echo(f"wrote {written.path} ({written.bytes / 2**20:.1f} MiB, {len(written.plots)} plots; opens offline)", err=True)
+    return True
+
+
+def emit_with_report(document: dict[str, Any], as_json: bool, render, path: str | None) -> None:
+    """write_or_say, then print the result; exit 2 after printing when the report could not be written."""
+    from perfscale.report.emit import emit
+
+    written = write_or_say(document, path, as_json)
+    emit(document, as_json, render)
+    if not written:
+        raise typer.Exit(2)
 
 
 def _render(console, doc: dict[str, Any]) -> None:
@@ -94,4 +136,4 @@ def store_document(store_path: str | None, group: str | None) -> tuple[str, str,
         return f"{store.path} group {group}", "compare", summarize_group(stored, group, str(store.path))
 
 
-__all__ = ["report", "store_document", "stored_runs"]
+__all__ = ["REPORT", "check_report", "emit_with_report", "report", "store_document", "stored_runs", "write_or_say"]

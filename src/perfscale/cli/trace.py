@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from perfscale.cli import knobs
+from perfscale.cli import report as R
 from perfscale.cli.task_options import NUM_LABELS, TASK, model_or_spec
-from perfscale.report.emit import emit
 
 DEVICE = typer.Option(None, "--device", help="Whose program to trace: cuda (default; emulated on CPU-only torch) | cpu.")
 FULL = typer.Option(False, "--full-layers", help="Trace every layer instead of extrapolating exactly from 4 and 5 layers.")
@@ -27,6 +27,7 @@ def trace(
     task: str = TASK,
     num_labels: int = NUM_LABELS,
     as_json: bool = knobs.JSON,
+    report: str = R.REPORT,
     **run_knobs,
 ) -> None:
     """Run the real model code on fake tensors and report peak allocated memory per device, exactly."""
@@ -36,6 +37,7 @@ def trace(
         train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum, prompt=prompt, new_tokens=new_tokens
     )
     config = knobs.build_run_config(workload, **run_knobs)
+    R.check_report(report)
     target = model_or_spec(model or knobs.DEFAULT_MODEL, task, num_labels)
     result = run_trace(target, config, device=device, repeat_layers=False if full_layers else None)
     document = result.to_dict()
@@ -45,4 +47,4 @@ def trace(
 
         render_trace(console, document)
 
-    emit(document, as_json, render)
+    R.emit_with_report(document, as_json, render, report)

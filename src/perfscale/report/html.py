@@ -237,11 +237,12 @@ def _trace(doc: dict[str, Any], _runs) -> Section:
 def _measured(doc: dict[str, Any], runs: Callable[[list[int]], list[dict]] | None, kind: str) -> Section:
     go = _go()
     rows = doc["configurations"]
-    s = Section(f"{kind}: {len(rows)} configuration(s), {doc.get('repeats')} fresh process(es) each", kind)
+    s = Section(f"{kind}: {len(rows)} configuration(s), {doc.get('repeats') or 1} fresh process(es) each", kind)
     fig = go.Figure()
     drawn = 0
     for row in rows:
-        samples = runs(row.get("store_ids") or [], row.get("config"), doc.get("store")) if runs else []
+        ids = row.get("store_ids") or ([row["store_id"]] if row.get("store_id") is not None else [])  # compare / one bench run
+        samples = runs(ids, row.get("config"), doc.get("store")) if runs else []
         for i, run in enumerate(samples):
             per_iter = run.get("samples") or []
             if per_iter:
