@@ -210,3 +210,34 @@ def test_terminal_breakdowns_gain_inline_bars(documents):
     top = max((k for k, v in doc["breakdown"].items() if v), key=lambda k: doc["breakdown"][k])
     share = doc["breakdown"][top] / doc["peak_bytes"]
     assert "█" * int(share * 20) in text and "█" * 20 in text  # the largest part's bar, and the peak's full bar
+
+
+def test_verbs_write_their_report_directly(documents, tmp_path, capsys):
+    """--report on plan and trace (in-process, as the CLI runs them), and the same writer on bench/compare
+    documents: the file holds the verb's plots; a bad path is refused before the work; a failure after it
+    keeps the result (report_error, exit 2 after printing)."""
+    import typer
+
+    from perfscale.cli.app import main
+    from perfscale.cli.report import emit_with_report, write_or_say
+
+    out = tmp_path / "plan.html"
+    argv = ["plan", "--model", "perfscale-tiny-llama", "--hardware", "H100-80GB", "--train", "--batch", "4", "--seq", "128", "--top", "3"]
+    assert main([*argv, "--report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == str(out)
+    assert all(f"data-plot='{p}'" in out.read_text() for p in ("plan-pareto", "plan-memory"))
+    out = tmp_path / "trace.html"
+    assert main(["trace", "--train", "--batch", "2", "--seq", "32", "--report", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err and "data-plot='trace-breakdown'" in out.read_text()
+    _user_error(capsys, ["trace", "--train", "--batch", "2", "--seq", "32", "--report", str(tmp_path / "no" / "t.html")],
+                "--report", "does not exist")
+    # one bench run: its row names one store id (compare rows name several); the samples come from that store
+    row = {k: v for k, v in documents["compare"]["configurations"][0].items() if k != "store_ids"}
+    single = {"store": documents["_store"], "configurations": [row | {"store_id": documents["compare"]["configurations"][0]["store_ids"][0]}]}
+    assert write_or_say(single, str(tmp_path / "bench.html"), as_json=True) and single["report"] == str(tmp_path / "bench.html")
+    assert "data-plot='bench-distribution'" in (tmp_path / "bench.html").read_text()
+    doc = dict(documents["compare"])
+    with pytest.raises(typer.Exit) as stop:
+        emit_with_report(doc, True, None, str(tmp_path))  # a folder: refused after the (already computed) result
+    printed = json.loads(capsys.readouterr().out)
+    assert stop.value.exit_code == 2 and "is a folder" in printed["report_error"] and printed["configurations"] == doc["configurations"]
