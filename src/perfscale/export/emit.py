@@ -40,8 +40,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return tuple(wanted)
 
 
-def emit_files(config: RunConfig, topology: Topology, out_dir: Path, formats: tuple[str, ...], model_id: str) -> list[EmittedFile]:
-    """Write each requested format under out_dir; returns what was written."""
+def emit_files(config: RunConfig, topology: Topology, out_dir: Path, formats: tuple[str, ...], model_id: str,
+               build_from: dict | None = None) -> list[EmittedFile]:
+    """Write each requested format under out_dir; returns what was written (`build_from`: trainer_snippet's)."""
     if not config.is_train:
         raise InvalidConfigError("--emit writes training launch files; it needs a training configuration (not --infer).")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def emit_files(config: RunConfig, topology: Topology, out_dir: Path, formats: tu
 
     if "trainer" in formats:
         write("trainer", "trainer_args.json", trainer_json(config, topology), "TrainingArguments(**json.load(...))")
-        write("trainer", "train_snippet.py", trainer_snippet(config, topology, model_id), "paste into your training script")
+        write("trainer", "train_snippet.py", trainer_snippet(config, topology, model_id, build_from), "runs as printed; paste into your training script")
     if "accelerate" in formats:
         write("accelerate", "accelerate_config.yaml", _yaml(accelerate_config(config, topology)), "accelerate launch --config_file accelerate_config.yaml train.py")
     if "deepspeed" in formats:

@@ -14,14 +14,18 @@ from perfscale.export.trainer import trainer_snippet
 
 
 def _winner(result, options):
-    """(RunConfig, topology, model id) of the tune's winner, or None when nothing won."""
+    """(RunConfig, topology, model id, config to build from) of the tune's winner, or None when nothing won.
+
+    A hub id or a local folder loads with from_pretrained; a catalogue model without a hub id (the built-in
+    perfscale-tiny-llama) is no name from_pretrained knows, so the snippet builds it from its config."""
     if not result.winner or not result.winner.get("run_config"):
         return None
     from perfscale.specs import load_model_spec
     from perfscale.tune.train import resolve_topology
 
     spec = load_model_spec(options.model)
-    return RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options), spec.hub_id or options.model
+    build_from = dict(spec.config) if spec.source == "catalog" and spec.hub_id is None else None
+    return RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options), spec.hub_id or options.model, build_from
 
 
 def add_trainer_snippet(result, options):
@@ -37,8 +41,7 @@ def emit_winner(result, formats: tuple[str, ...], out_dir: Path, options) -> lis
     winner = _winner(result, options)
     if winner is None:
         return []
-    config, topology, model_id = winner
-    written = emit_files(config, topology, out_dir, formats, model_id)
+    written = emit_files(*winner[:2], out_dir, formats, *winner[2:])
     return [{"format": f.format, "path": f.path, "description": f.description} for f in written]
 
 
