@@ -66,7 +66,9 @@ def test_machine_drift_reads_this_machines_earlier_invocations(tmp_path):
 
 def test_bench_widens_its_interval_by_earlier_invocations_only(tmp_path, capsys):
     store = str(tmp_path / "r.sqlite")
-    args = ["bench", "--scenario", "train", "--batch", "1", "--seq", "16", "--min-iters", "3", "--min-time", "0.1",
+    config = tmp_path / "selftest.json"  # the harness's own matmul scenario: no transformers import in the worker
+    config.write_text(json.dumps(BenchConfig(scenario="selftest").to_dict()))
+    args = ["bench", "--config", str(config), "--min-iters", "3", "--min-time", "0.1",
             "--max-time", "1", "--warmup", "1", "--store", store, "--json"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)["configurations"][0]
