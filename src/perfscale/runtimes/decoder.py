@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from perfscale.errors import InvalidConfigError, UnsupportedModelError, choice_error
+from perfscale.runtimes.decoder_quant import QUANT_BACKENDS, QUANT_SCHEMES
 
 CACHES = ("dynamic", "static")
 COMPILE_BACKENDS = ("inductor", "eager")
@@ -61,6 +62,11 @@ class DecoderSettings:
     (transformers generate `max_cache_len`). None: largest bucket + new tokens when bucketed, else
     transformers' default (prompt + new tokens, growing)."""
     attn: str = "sdpa"
+    quant: str | None = None
+    """None (fp32 weights) | int8-weight-only: every linear weight int8 + one fp32 scale per output channel
+    (runtimes/decoder_quant.py); the runner quantizes a copy of the model."""
+    quant_backend: str | None = None
+    """Who quantizes, with quant: torchao (optional package) | torch (torch._weight_int8pack_mm)."""
 
     def __post_init__(self) -> None:
         if self.cache not in CACHES:
@@ -79,12 +85,20 @@ class DecoderSettings:
                 raise InvalidConfigError("max_cache_len sizes the static KV cache; set cache='static' or drop max_cache_len.")
             if not isinstance(self.max_cache_len, int) or self.max_cache_len < 1:
                 raise InvalidConfigError(f"max_cache_len must be a positive integer, got {self.max_cache_len!r}.")
+        if self.quant is not None and self.quant not in QUANT_SCHEMES:
+            raise choice_error("quantization scheme", self.quant, QUANT_SCHEMES, "Or None for fp32 weights.")
+        if self.quant is not None and self.quant_backend not in QUANT_BACKENDS:
+            raise choice_error("int8 quantization backend", self.quant_backend, QUANT_BACKENDS, "")
+        if self.quant is None and self.quant_backend is not None:
+            raise InvalidConfigError(f"quant_backend {self.quant_backend!r} without quant: set quant='int8-weight-only' or drop quant_backend.")
 
     def label(self) -> str:
         parts = [("compile" + ("" if self.compile_backend == "inductor" else f"[{self.compile_backend}]")) if self.compile else "eager",
                  f"{self.cache}-cache", f"b{self.batch}"]
         if self.buckets:
             parts.append("buckets" + ",".join(map(str, self.buckets)) if len(self.buckets) <= 3 else f"buckets{self.buckets[0]}..{self.buckets[-1]}")
+        if self.quant:
+            parts.append(f"{self.quant}[{self.quant_backend}]")
         return " ".join(parts)
 
     def cache_length(self, new_tokens: int | None = None) -> int | None:
@@ -218,26 +232,49 @@ def _recompile_limit_hits() -> int:
 
 
 class DecoderRunner:
-    """A model plus DecoderSettings: `run(prompts, new_tokens)` -> GenerationRun."""
+    """A model plus DecoderSettings: `run(prompts, new_tokens)` -> GenerationRun.
+
+    With `settings.quant` the runner generates with a quantized copy of `model` (`quant_info` says what was
+    quantized); the caller's model is untouched. The compiled forward is installed on the model only while `run`
+    runs, so several runners (eager, compiled, quantized) can share one model and take turns (interleaved timing).
+    """
 
     def __init__(self, model, settings: DecoderSettings) -> None:
         import torch
 
-        self.model = model
         self.settings = settings
+        self.quant_info = None
+        if settings.quant:
+            from perfscale.runtimes.decoder_quant import quantize_decoder
+
+            model, self.quant_info = quantize_decoder(model, settings.quant, settings.quant_backend)
+        self.model = model
         self._eager_forward = model.forward
-        # transformers keeps the largest static cache length seen on the model and reuses it: forget it, so a
-        # runner's cache length (and so its graph count) does not depend on what ran on this model before.
-        if hasattr(model, "_previous_max_cache_length"):
-            del model._previous_max_cache_length
-        if settings.compile:
-            model.forward = torch.compile(model.forward, backend=settings.compile_backend, dynamic=False)
+        self._forward = (torch.compile(model.forward, backend=settings.compile_backend, dynamic=False)
+                         if settings.compile else None)
 
     def close(self) -> None:
-        """Put the model's eager forward back (the runner compiled a wrapper around it)."""
+        """Make sure the model's eager forward is in place (run() puts it back after each call anyway)."""
         self.model.forward = self._eager_forward
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> GenerationRun:
+        # transformers keeps the largest static cache length seen on the model and reuses it: forget it, so a
+        # run's cache length (and so its graph count) does not depend on what ran on this model before.
+        if hasattr(self.model, "_previous_max_cache_length"):
+            del self.model._previous_max_cache_length
+        if self._forward is not None:
+            self.model.forward = self._forward
+        try:
+            if self.settings.quant_backend == "torchao":
+                from perfscale.runtimes.decoder_quant import quiet_torchao
+
+                with quiet_torchao():
+                    return self._run(prompts, new_tokens)
+            return self._run(prompts, new_tokens)
+        finally:
+            self.model.forward = self._eager_forward
+
+    def _run(self, prompts: list[list[int]], new_tokens: int) -> GenerationRun:
         import torch
         from torch._dynamo import config as dynamo_config
         from transformers import LogitsProcessor, LogitsProcessorList
@@ -312,10 +349,16 @@ def reset_compiler() -> None:
 
 
 def greedy_agreement(reference: list[list[int]], tokens: list[list[int]]) -> dict[str, Any]:
-    """The decoder gate: identical greedy tokens to the eager reference, prompt by prompt."""
+    """The decoder gate: identical greedy tokens to the eager reference, prompt by prompt.
+
+    `prefix_agreement`: the fraction of the reference's tokens generated before each prompt's first mismatch (1.0
+    when identical): how close a variant that fails the gate came (greedy decoding diverges for good after one
+    different token, so later matches are not counted)."""
     same = [a == b for a, b in zip(reference, tokens, strict=False)]  # unequal counts fail `passed` below
     first_diff = []
     for a, b in zip(reference, tokens, strict=False):
         first_diff.append(next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None if len(a) == len(b) else min(len(a), len(b))))
+    total = sum(len(a) for a in reference)
+    kept = sum(len(a) if d is None else d for a, d in zip(reference, first_diff, strict=False))
     return {"identical_prompts": sum(same), "prompts": len(same), "passed": all(same) and len(reference) == len(tokens),
-            "first_mismatch_position": first_diff}
+            "first_mismatch_position": first_diff, "prefix_agreement": kept / total if total else 1.0}
