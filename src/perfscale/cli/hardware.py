@@ -48,7 +48,7 @@ def list_hardware(
 
 @app.command("show")
 def show(
-    name: str = typer.Argument(..., help="Catalogue name or alias, a topology such as 8xH100-80GB, or `local`."),
+    name: str = typer.Argument(..., help="Catalogue name or alias, a topology such as 8xH100-80GB, a TPU slice such as v5e-16, or `local`."),
     as_json: bool = knobs.JSON,
 ) -> None:
     """Show one device (or topology) with the source of every number."""
@@ -61,7 +61,11 @@ def show(
     topology = parse_topology(name)
 
     def render(console) -> None:
-        if topology.world_size > 1:
+        if topology.hardware.torus is not None:
+            from perfscale.report.tpu_tables import tpu_slice_table
+
+            console.print(tpu_slice_table(topology))
+        elif topology.world_size > 1:
             console.print(f"[bold]{topology.label}[/]: {topology.nodes} node(s) x {topology.devices_per_node} devices = {topology.world_size}")
         console.print(hardware_table(topology.hardware))
 

@@ -12,7 +12,8 @@ from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import kept_logits, train_memory
 from perfscale.estimate.overheads import overheads
 from perfscale.estimate.result import BREAKDOWN_KEYS, Estimate, MemoryEstimate, Overhead, TimeEstimate
-from perfscale.estimate.time import ASSUMED_MEMORY_BANDWIDTH, infer_time, train_time
+from perfscale.estimate.time import ASSUMED_MEMORY_BANDWIDTH, flops_per_token, infer_time, train_time
+from perfscale.estimate.tpu_time import padded_flops_per_token
 
 # Most recently used models whose constants are kept: a plan or tune run uses one model; the test
 # suite and the benchmarks a few dozen. An evicted model is only recomputed (0.2-0.3 ms, measured here).
@@ -90,6 +91,15 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
     return problems
 
 
+def hardware_problems(hw, k: Knobs) -> list[str]:
+    """What the hardware cannot run at all (empty when it can): fp16 on a TPU, whose MXUs have no fp16 mode."""
+    if hw.kind == "tpu" and k.prec.compute_dtype == "fp16":
+        return [f"precision {k.precision} on {hw.name}: TPUs have no fp16 matmuls (the MXU multiplies bf16; "
+                f"{hw.peak_flops['fp16'].source}). Use --precision bf16-mixed (fp32 weights, bf16 matmuls; no loss "
+                "scaling needed) or bf16 (pure bf16 weights)."]
+    return []
+
+
 def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None,
              host_memory: float | None = None, calibration=None) -> dict:
     """All numbers of one configuration as a dict (no validation, no result objects).
@@ -163,8 +173,14 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
         notes.append("time from operations measured on this machine (perfscale plan --calibrate), not peak x efficiency")
     elif numbers.get("uncalibrated"):
         notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
-    if not numbers["native"]:
+    if not numbers["native"] and topology.hardware.kind == "tpu":
+        notes.append(f"{topology.hardware.name} has no native fp32 matmuls: time assumes XLA's HIGHEST precision, 6 bf16 "
+                     "passes (6x slower than bf16); use bf16-mixed")
+    elif not numbers["native"]:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
+    tpu = getattr(topology.hardware, "torus", None)
+    if tpu is not None:
+        notes.append(_tpu_note(mc, k, tpu))
     if k.mode == "infer" and not topology.hardware.memory_bandwidth.value:
         notes.append(f"{topology.hardware.name}'s memory bandwidth is unknown: decode time assumes "
                      f"{ASSUMED_MEMORY_BANDWIDTH / 1e9:.0f} GB/s")
@@ -175,6 +191,17 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,
                     notes=tuple(notes), run_config=k.to_run_config().to_dict())
+
+
+def _tpu_note(mc: ModelConstants, k: Knobs, tpu) -> str:
+    """The slice, and what padding to the MXU tile costs this model (estimate/tpu_time.py)."""
+    waste = padded_flops_per_token(mc, k.seq, tpu.mxu_tile) / flops_per_token(mc, k.seq) - 1
+    torus = "x".join(f"{d}{'' if w else ' (mesh)'}" for d, w in zip(tpu.shape, tpu.wraps, strict=True))
+    where = f"{tpu.slices} slices over DCN ({tpu.dcn_bandwidth / 1e9:g} GB/s per chip) of " if tpu.slices > 1 else ""
+    pad = (f"matmuls padded to the {tpu.mxu_tile}-wide MXU tile cost {waste:.1%} more FLOPs than the model's"
+           if waste > 0.0005 else f"every matmul dimension is a multiple of the {tpu.mxu_tile}-wide MXU tile (no padding)")
+    return (f"TPU {where}{tpu.chips} chips ({torus} ICI torus, {tpu.ici_link_bandwidth / 1e9:g} GB/s per link per "
+            f"direction): {pad}; bf16 matmuls, collectives as rings per torus axis")
 
 
 # When the logits a custom loop keeps are worth a word: above this share of the peak (Qwen2.5-0.5B at
@@ -210,6 +237,9 @@ def estimate(spec, config, topology, efficiency: float | None = None, token_budg
     problems = layout_problems(mc, k, topology.world_size)
     if problems:
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
+    unrunnable = hardware_problems(topology.hardware, k)
+    if unrunnable:
+        raise InvalidConfigError(" ".join(unrunnable))
     numbers = evaluate(mc, k, topology.hardware, topology.nodes, topology.devices_per_node, efficiency, host_memory,
                        calibration)
     return to_estimate(mc, k, topology, numbers, token_budget, price_per_device_hour)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from perfscale.config.precision import Precision
 from perfscale.estimate.constants import ModelConstants
+from perfscale.estimate import tpu_time
 from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
 
@@ -42,7 +43,12 @@ from perfscale.estimate.knobs import Knobs
 # within 16% but a 4x larger model 31% slow (bigger GEMMs run closer to peak): a planning value.
 # Override with `efficiency=` / --efficiency; on this machine, `perfscale plan --calibrate` replaces it
 # with the step's operations timed here (cpu_step.py; 7/7 configurations within 15%, LOG 2026-11-27).
-DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.5, "cpu": 0.28}
+# TPU 0.81: fitted on one published run, MaxText's 16B model on one v5e-256 slice (61.1% MFU with full
+# rematerialisation, i.e. 0.81 of the bf16 peak executed; MaxText/configs/v5e/README.md); held out, the same
+# table's 32B/64B rows, 2-32 slices over DCN and the v4-128 rows are within 15%
+# (benchmarks/plan_vs_published_tpu.py, benchmarks/LOG.md 2026-12-02). A well-tuned JAX/XLA stack: PyTorch/XLA
+# programs with host syncs or recompilations reach less (--efficiency).
+DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.81, "cpu": 0.28}
 # Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).
 BANDWIDTH_EFFICIENCY = 0.8
 # Achieved fraction of link bandwidth for large collectives (NCCL bus bandwidth vs link peak).
@@ -77,6 +83,8 @@ def effective_peak(hw, precision: Precision, efficiency: float | None) -> tuple[
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY.get(hw.kind, 0.45)
     if peak:
         return peak, eff, True
+    if hw.kind == "tpu" and precision.peak_key == "fp32" and hw.peak("bf16"):
+        return hw.peak("bf16") / tpu_time.FP32_PASSES, eff, False  # XLA HIGHEST: 6 bf16 passes (tpu_time.py)
     base = hw.peak("fp32") or hw.peak("bf16") or 1e12
     return base * EMULATION_PENALTY, eff, False
 
@@ -99,10 +107,12 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff
     fwd = flops_per_token(mc, k.seq)
+    tpu = getattr(hw, "torus", None)  # a TPU chip in a slice: padded matmuls, torus collectives (tpu_time.py)
+    fwd_run = tpu_time.padded_flops_per_token(mc, k.seq, tpu.mxu_tile) if tpu is not None else fwd
     tokens_replica = k.batch * k.seq * k.accum * mc.sequences_per_example  # multiple choice: b x choices sequences
     backward_factor = 1.0 if k.lora_r is not None else 2.0
-    compute = tokens_replica * fwd * (1 + backward_factor) / (tp * pp) / rate
-    recompute = tokens_replica * fwd / (tp * pp) / rate if k.checkpointing else 0.0
+    compute = tokens_replica * fwd_run * (1 + backward_factor) / (tp * pp) / rate
+    recompute = tokens_replica * fwd_run / (tp * pp) / rate if k.checkpointing else 0.0
     if k.selective_recompute and not k.checkpointing:
         recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / (tp * pp) / rate
     measured = uncalibrated = None
@@ -117,6 +127,9 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     # Data-parallel traffic: gradients of the trainable parameters on this device (16-bit under
     # any 16-bit precision; LoRA's fp32 adapters in fp32).
     gbytes = trainable / (tp * pp) * (2 if cb < 4 and k.lora_r is None else 4)
+    if tpu is not None:
+        return _tpu_train_time(mc, k, hw, tpu, nodes, per_node, fwd, compute, recompute, gbytes, eff, native,
+                               tokens_replica * dp)
     dp_bw = _bw(hw, nodes > 1 and dp > 1)
     ring = (dp - 1) / dp if dp > 1 else 0.0
     shard_full = k.zero == 3 or bool(k.fsdp)
@@ -170,23 +183,53 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     }
 
 
+def _tpu_train_time(mc: ModelConstants, k: Knobs, hw, tpu, nodes: int, per_node: int, fwd: float, compute: float,
+                    recompute: float, gbytes: float, eff: float, native: bool, tokens_global: float) -> dict:
+    """train_time on a TPU slice: the same compute, recompute and bubble terms, the collectives of tpu_time.py
+    (torus rings, DCN between slices) instead of the node-and-link model; no CPU offload."""
+    comm = tpu_time.train_comm(mc, k, tpu, per_node, nodes, gbytes, compute, LINK_EFFICIENCY)
+    exposed = max(0.0, comm["dp"] - comm["dp_overlappable"])
+    bubble = 0.0
+    if k.pp > 1:
+        bubble = (compute + recompute + comm["tp"]) * (k.pp - 1) / (k.pp_virtual * k.accum)
+    pp_exposed = comm["pp"] if k.pp_virtual == 1 else max(0.0, comm["pp"] - (compute + recompute))
+    exposed += comm["tp"] + pp_exposed
+    step = compute + recompute + exposed + bubble
+    tps = tokens_global / step if step > 0 else 0.0
+    peak = hw.peak(k.prec.peak_key)
+    mfu = 3 * fwd * tps / (nodes * per_node * peak) if native and peak else None
+    return {
+        "step": step,
+        "split": {"compute": compute, "exposed_comm": exposed, "bubble": bubble, "recompute": recompute},
+        "comm_total": comm["dp"] + comm["tp"] + comm["pp"],
+        "tokens_per_second": tps, "mfu": mfu, "efficiency": eff, "native": native, "calibrated": False,
+        "uncalibrated": None, "flops_per_token": fwd * 3,
+    }
+
+
 def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: float, efficiency: float | None) -> dict:
     """TTFT = prefill FLOPs at peak x efficiency; each decode step reads the weights and the KV
     cache once: max(bytes / (bandwidth x 0.8), FLOPs / (peak x efficiency)) (roofline, Williams et
     al. 2009; decode memory-bound, Pope et al. 2022). TP adds 2 all-reduces per layer per token."""
     peak, eff, native = effective_peak(hw, k.prec, efficiency)
     rate = peak * eff / k.tp
-    prefill = k.batch * k.prompt * flops_per_token(mc, k.prompt / 2) / rate
+    tpu = getattr(hw, "torus", None)
+
+    def fpt(seq: float) -> float:  # forward FLOPs per token as the device runs them (a TPU pads to its MXU tile)
+        return tpu_time.padded_flops_per_token(mc, seq, tpu.mxu_tile) if tpu is not None else flops_per_token(mc, seq)
+
+    prefill = k.batch * k.prompt * fpt(k.prompt / 2) / rate
     bw = (hw.memory_bandwidth.value or ASSUMED_MEMORY_BANDWIDTH) * BANDWIDTH_EFFICIENCY
     avg_ctx = k.prompt + k.new_tokens / 2
     read = weights + kv_per_token * avg_ctx * k.batch
     decode_mem = read / bw
-    decode_flops = k.batch * flops_per_token(mc, avg_ctx) / rate
+    decode_flops = k.batch * fpt(avg_ctx) / rate
     tp_lat = 0.0
     if k.tp > 1:
         cb = k.prec.compute_bytes
-        tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / _bw(hw, False) + TP_ALLREDUCE_LATENCY_S)
-        prefill += 2 * mc.layers * 2 * k.batch * k.prompt * mc.h * cb / _bw(hw, False)
+        tp_bw = tpu.group_bandwidth(k.tp) * LINK_EFFICIENCY if tpu is not None else _bw(hw, False)
+        tp_lat = 2 * mc.layers * (2 * k.batch * mc.h * cb / tp_bw + TP_ALLREDUCE_LATENCY_S)
+        prefill += 2 * mc.layers * 2 * k.batch * k.prompt * mc.h * cb / tp_bw
     per_token = max(decode_mem, decode_flops) + tp_lat
     total = prefill + per_token * k.new_tokens
     return {

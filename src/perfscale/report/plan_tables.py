@@ -22,6 +22,23 @@ def _knob_text(knobs: dict, mode: str) -> str:
     return " ".join(parts)
 
 
+def _render_strategies(result, console) -> None:
+    """TPU slices: the best configuration of each way to shard (tune/plan.TPU_STRATEGIES), fit or not."""
+    from rich.table import Table
+
+    from perfscale.tune.plan import strategy_of
+
+    table = Table(title=f"Sharding strategies on {result.topology} (best of each; memory per chip)")
+    for col in ("strategy", "configuration", "peak", "fits", "step", "tokens/s", "MFU"):
+        table.add_column(col, justify="left" if col in ("strategy", "configuration") else "right")
+    for c in result.strategies:
+        table.add_row(strategy_of(c.knobs) or "", _knob_text(c.knobs, result.mode), gib(c.memory.total_bytes),
+                      "yes" if c.fits else f"[red]no[/red] (capacity {gib(c.memory.capacity_bytes)})",
+                      seconds(c.time.step_seconds), f"{c.time.tokens_per_second:,.0f}",
+                      "n/a" if c.time.mfu is None else f"{c.time.mfu:.0%}")
+    console.print(table)
+
+
 def render_plan(result, console) -> None:
     from rich.table import Table
 
@@ -37,6 +54,8 @@ def render_plan(result, console) -> None:
                       "yes" if c.fits else "[red]no[/red]", seconds(c.time.step_seconds), f"{c.time.tokens_per_second:,.0f}",
                       "n/a" if c.time.mfu is None else f"{c.time.mfu:.0%}", c.binding)
     console.print(table)
+    if result.strategies:
+        _render_strategies(result, console)
     if result.configs:
         best = result.configs[0]
         bd = Table(title=f"Best configuration: memory at the peak ({best.memory.phase})")

@@ -48,6 +48,12 @@ def hardware_document() -> dict[str, Any]:
 
 
 @cache
+def tpu_document() -> dict[str, Any]:
+    """TPU generations: chip specs, slice shapes, ICI and DCN (specs/tpu.py reads it)."""
+    return json.loads((_DATA / "tpu.json").read_text())
+
+
+@cache
 def param_count_cache() -> dict[str, Any]:
     """Exact parameter counts of catalogue models, keyed by config fingerprint.
 

@@ -44,6 +44,9 @@ class Hardware:
     inter_node: Link
     aliases: tuple[str, ...] = ()
     detected: dict[str, Any] = field(default_factory=dict)  # facts read off this machine
+    # A TPU chip placed in a slice: the slice's torus and DCN (specs/tpu.TpuSlice), read by the time model; None
+    # for a catalogue chip and for every GPU/CPU.
+    torus: Any = None
 
     def peak(self, dtype: str) -> float | None:
         """Dense peak FLOP/s for a dtype, or None when the device does not run it (or it is unknown)."""
@@ -55,7 +58,10 @@ class Hardware:
         return int(self.memory_bytes.value or 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["torus"] is None:  # only a TPU chip in a slice has one
+            del data["torus"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class Topology:
 
     @property
     def label(self) -> str:
+        if self.hardware.torus is not None:  # a TPU slice: Google's accelerator type, N x it over DCN
+            return self.hardware.torus.label
         if self.nodes > 1:
             return f"{self.nodes}x{self.devices_per_node}x{self.hardware.name}"
         if self.devices_per_node > 1:
@@ -79,13 +87,18 @@ class Topology:
         return self.hardware.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        hardware = self.hardware.to_dict()
+        tpu = hardware.pop("torus", None)
+        data = {
             "label": self.label,
             "nodes": self.nodes,
             "devices_per_node": self.devices_per_node,
             "world_size": self.world_size,
-            "hardware": self.hardware.to_dict(),
+            "hardware": hardware,
         }
+        if tpu is not None:  # nodes = slices (over DCN), devices_per_node = chips per slice
+            data["tpu_slice"] = self.hardware.torus.to_dict()
+        return data
 
 
 def _sourced(data: dict[str, Any] | None) -> Sourced:
@@ -115,8 +128,30 @@ def hardware_from_dict(data: dict[str, Any]) -> Hardware:
     )
 
 
+def tpu_chip_from_entry(entry: dict[str, Any]) -> Hardware:
+    """A TPU generation's chip (specs/data/tpu.json) as a catalogue device: ICI within a slice, DCN between."""
+    peaks = entry["peak_flops"]
+    ici, ports = entry["ici_link_bandwidth"], entry["ici_ports"]
+    return Hardware(
+        name=entry["chip"], kind="tpu", vendor="google", description=entry["description"],
+        memory_bytes=_sourced(entry["memory_bytes"]), peak_flops={d: _sourced(peaks.get(d)) for d in DTYPES},
+        memory_bandwidth=_sourced(entry["memory_bandwidth"]),
+        intra_node=Link(f"ICI {entry['torus_dims']}D torus, {ports['value']} links",
+                        Sourced(ici["value"] * ports["value"],
+                                f"{ports['value']} links x {ici['value'] / 1e9:g} GB/s per link per direction (all links "
+                                f"of a chip, one direction). Links: {ports['source']}. Per link: {ici['source']}")),
+        node_size=_sourced(entry["chips_per_host"]),
+        inter_node=Link("DCN (data-center network, between slices)", _sourced(entry["dcn_bandwidth"])),
+        aliases=tuple(entry["aliases"]),
+    )
+
+
 def catalog_hardware() -> list[Hardware]:
-    return [hardware_from_dict(d) for d in catalog.hardware_document()["devices"]]
+    """GPUs and CPUs (specs/data/hardware.json), then the TPU chips (specs/data/tpu.json), before the CPU entry."""
+    devices = [hardware_from_dict(d) for d in catalog.hardware_document()["devices"]]
+    tpus = [tpu_chip_from_entry(e) for e in catalog.tpu_document()["generations"]]
+    cpus = [d for d in devices if d.kind == "cpu"]
+    return [d for d in devices if d.kind != "cpu"] + tpus + cpus
 
 
 def hardware_names() -> list[str]:

@@ -12,6 +12,7 @@ import re
 from perfscale.errors import TopologyError, UnknownNameError, closest
 from perfscale.specs.detect import detect_local
 from perfscale.specs.hardware import Hardware, Topology, catalog_hardware, hardware_names
+from perfscale.specs.tpu import chip_on_slice, looks_like_slice, parse_slice, slice_of_chips
 
 
 def get_hardware(name: str) -> Hardware:
@@ -41,9 +42,18 @@ MAX_NODES = 2**17
 MAX_DEVICES_PER_NODE = 1024
 
 
+def tpu_topology(tpu) -> Topology:
+    """A TPU slice as a topology: nodes = slices (joined by DCN), devices per node = chips per slice."""
+    return Topology(hardware=chip_on_slice(tpu), nodes=tpu.slices, devices_per_node=tpu.chips)
+
+
 def parse_topology(text: str) -> Topology:
-    """`H100-80GB` (1 device), `8xH100-80GB` (one node of 8), `2x8xH100-80GB` (2 nodes of 8)."""
-    example = "Use DEVICE, NxDEVICE or NODESxNxDEVICE, e.g. H100-80GB, 8xH100-80GB, 2x8xH100-80GB."
+    """`H100-80GB` (1 device), `8xH100-80GB` (one node of 8), `2x8xH100-80GB` (2 nodes of 8); TPU slices by
+    Google's accelerator type, `v5e-16`, `v5p-128`, `v4-32`, `2xv5e-256` (2 slices over DCN)."""
+    example = ("Use DEVICE, NxDEVICE or NODESxNxDEVICE, e.g. H100-80GB, 8xH100-80GB, 2x8xH100-80GB, "
+               "or a TPU slice such as v5e-16.")
+    if looks_like_slice(text):
+        return tpu_topology(parse_slice(text))
     rest, counts = text.strip(), []
     while (match := _COUNT_PREFIX.match(rest)) and len(counts) < 3:
         counts.append(int(match.group(1)))
@@ -60,4 +70,7 @@ def parse_topology(text: str) -> Topology:
         hardware = get_hardware(rest)
     except UnknownNameError as exc:
         raise TopologyError(f"Bad topology {text!r}: {exc}") from exc
+    if hardware.kind == "tpu":  # NxTPU-v5e: the slice of N chips (NODESxN: NODES slices over DCN); a bare chip
+        # name: the generation's smallest slice (v5e-1; v4-8 and v5p-8 are one host of 4 chips)
+        return tpu_topology(slice_of_chips(hardware, per_node if counts else None, nodes))
     return Topology(hardware=hardware, nodes=nodes, devices_per_node=per_node)

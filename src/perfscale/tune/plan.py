@@ -16,7 +16,7 @@ from typing import Any
 from perfscale.config.run_config import KNOB_FIELDS
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate import cpu_step
-from perfscale.estimate.core import constants_for, evaluate, layout_problems, to_estimate
+from perfscale.estimate.core import constants_for, evaluate, hardware_problems, layout_problems, to_estimate
 from perfscale.estimate.inference import largest_batch, longest_context
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.result import Estimate
@@ -46,6 +46,8 @@ class PlanResult:
     configs: tuple[Estimate, ...]
     advice: tuple[str, ...]
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. largest batch / longest context
+    # TPU slices, training: the best configuration of each strategy in TPU_STRATEGIES (fit or not), in that order
+    strategies: tuple[Estimate, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class PlanResult:
             "configs": [c.to_dict() for c in self.configs],
             "advice": list(self.advice),
             "extras": self.extras,
+            "strategies": [dict(c.to_dict(), strategy=strategy_of(c.knobs)) for c in self.strategies],
         }
 
 
@@ -179,6 +182,9 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     # only a layout the user fixed can be impossible up front.
     if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed):
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
+    unrunnable = hardware_problems(hw, probe)
+    if unrunnable and "precision" in fixed:
+        raise InvalidConfigError(" ".join(unrunnable))
     if fixed.get("fsdp") is not None and (fixed["fsdp"] > world or world % fixed["fsdp"]):
         raise TopologyError(f"FSDP shard degree {fixed['fsdp']} must divide the {world} devices of {topo.label} (it shards "
                             f"over data-parallel ranks): use --fsdp one of {', '.join(map(str, space.divisors(world)))}.")
@@ -204,6 +210,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
 
     evaluated, fitting, smallest = 0, [], None
     used_lora = False
+    tpu_best: dict[str, tuple[dict, Knobs]] = {}  # TPU slices: the best configuration of each sharding strategy
     single = list(itertools.islice(candidates(False), 2))
     if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
         k = single[0]
@@ -228,6 +235,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         for k in attempt_candidates:
             numbers = evaluate_k(k)
             evaluated += 1
+            if hw.kind == "tpu" and train:
+                _keep_strategy(tpu_best, numbers, k)
             if numbers["fits"]:
                 fitting.append((numbers, k))
             elif smallest is None or numbers["short"] < smallest[0]["short"]:
@@ -255,8 +264,36 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
     words = ((length_note,) if length_note else ()) + tuple(words)
     open_knobs = tuple(n for n in (space.TRAIN_OPEN if train else space.INFER_OPEN) if fixed.get(n if n != "micro_batch" else "grad_accum") is None)
+    strategies = tuple(to_estimate(mc, tpu_best[name][1], topo, tpu_best[name][0], token_budget, price_per_device_hour)
+                       for name in TPU_STRATEGIES if name in tpu_best)
     return PlanResult(
         model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode, objective=objective,
         evaluated=evaluated, feasible=len(fitting), seconds=_time.perf_counter() - started, open_knobs=open_knobs,
-        configs=estimates, advice=tuple(words), extras=extras,
+        configs=estimates, advice=tuple(words), extras=extras, strategies=strategies,
     )
+
+
+# On a TPU slice plan also reports the best configuration of each way to shard (issue 20): memory per chip and
+# step time of data parallel, FSDP (XLA SPMD, ZeRO-3-like) and tensor sharding (with or without FSDP beside it).
+TPU_STRATEGIES = ("data-parallel", "fsdp", "tensor")
+
+
+def strategy_of(knobs: Knobs | dict) -> str | None:
+    """data-parallel | fsdp | tensor (tensor parallel, with or without FSDP beside it); None for other layouts."""
+    get = knobs.get if isinstance(knobs, dict) else (lambda name, default=None: getattr(knobs, name, default))
+    if get("pp", 1) > 1 or get("zero", 0) in (1, 2) or get("offload", "none") != "none":
+        return None
+    if get("tp", 1) > 1:
+        return "tensor"
+    return "fsdp" if (get("fsdp") or get("zero", 0) == 3) else "data-parallel"
+
+
+def _keep_strategy(best: dict, numbers: dict, k: Knobs) -> None:
+    """Keep, per strategy, the fastest configuration that fits, else the one closest to fitting."""
+    name = strategy_of(k)
+    if name is None:
+        return
+    held = best.get(name)
+    key = (not numbers["fits"], numbers["short"] if not numbers["fits"] else numbers["step"])
+    if held is None or key < (not held[0]["fits"], held[0]["short"] if not held[0]["fits"] else held[0]["step"]):
+        best[name] = (numbers, k)
