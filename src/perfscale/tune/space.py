@@ -77,8 +77,8 @@ def train_precisions(hw) -> tuple[list[str], list[str]]:
 
 def train_optimizers(hw, allow_change: bool) -> tuple[list[str], list[str]]:
     """Trainer `optim` names searched, and the note when other algorithms are left out."""
-    if allow_change:
-        return list(SAME_ALGORITHM + (OTHER_ALGORITHMS_CPU if hw.kind == "cpu" else OTHER_ALGORITHMS_GPU)), []
+    if allow_change:  # bitsandbytes' 8-bit AdamW is CUDA-only: not on CPUs or TPUs
+        return list(SAME_ALGORITHM + (OTHER_ALGORITHMS_GPU if hw.kind == "gpu" else OTHER_ALGORITHMS_CPU)), []
     return list(SAME_ALGORITHM), ["optimizer: only AdamW implementations (fused, foreach/loop); other algorithms "
                                   "change training: allow them with --allow-optimizer-change"]
 
@@ -149,6 +149,21 @@ def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: 
                 yield {"tp": tp, "pp": pp, "zero": zero, "fsdp": fsdp, "offload": offload, "pp_virtual": virtual}
 
 
+def tpu_layouts(layouts: Iterator[dict], fixed: dict, world: int, per_node: int) -> Iterator[dict]:
+    """The layouts XLA SPMD runs on a TPU slice (PyTorch/XLA's FSDPv2 and tensor sharding, MaxText's mesh):
+    data parallel, FSDP (ZeRO-3-like) and tensor parallel, with FSDP inside each slice and data parallel across
+    slices when there are several (MaxText's ici_fsdp / dcn_data). ZeRO stages (FSDP is the SPMD form of stage 3),
+    pipeline stages and CPU offload are GPU-stack (DeepSpeed / Megatron) knobs: searched only when given."""
+    for layout in layouts:
+        if (layout["pp"] > 1 and fixed.get("pp") is None) or (layout["zero"] and fixed.get("zero") is None) \
+                or (layout["offload"] != "none" and fixed.get("offload") is None):
+            continue
+        yield layout
+        in_slice = per_node // (layout["tp"] * layout["pp"])
+        if layout["fsdp"] and world > per_node and fixed.get("fsdp") is None and 1 < in_slice < layout["fsdp"]:
+            yield dict(layout, fsdp=in_slice)  # FSDP over ICI in each slice, data parallel over DCN
+
+
 def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw,
                 allow_optimizer_change: bool = False) -> Iterator[Knobs]:
     """All training configurations the estimate ranks: `fixed` maps knob -> value for the knobs the
@@ -159,7 +174,10 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
     attns = _pick(fixed, "attn", list(attention_choices(measured=False)))
     per_replica = base.batch * base.accum
     micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(base.batch, base.accum) if m <= base.batch]
-    for layout in parallel_layouts(world, per_node, heads, layers, fixed, base.pp_embedding_as_layer):
+    layouts = parallel_layouts(world, per_node, heads, layers, fixed, base.pp_embedding_as_layer)
+    if hw.kind == "tpu":
+        layouts = tpu_layouts(layouts, fixed, world, per_node)
+    for layout in layouts:
         pp, virtual = layout["pp"], layout["pp_virtual"]
         for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micro):
             accum = per_replica // mb
