@@ -187,10 +187,17 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
                             accum=accum, **layout)
 
 
+# Weight quantization on a TPU: PyTorch/XLA's quantized matmul (torch_xla.experimental.xla_quantized_matmul,
+# https://docs.pytorch.org/xla/release/r2.8/perf/quantized_ops.html) runs int8 and blockwise int4 weights;
+# bitsandbytes' nf4 is CUDA-only.
+TPU_QUANTIZATION = ("none", "int8", "int4")
+
+
 def infer_space(base: Knobs, fixed: dict, heads: int, world: int, per_node: int, hw) -> Iterator[Knobs]:
     kv_dtypes = _pick(fixed, "kv_cache_dtype", [d for d in KV_CACHE_DTYPES if d != "fp8" or hw.peak("fp8")])
+    quants = [q for q in QUANTIZATION if hw.kind != "tpu" or q in TPU_QUANTIZATION]
     for precision, quant, kvd, tp, attn, cache in itertools.product(
-        _pick(fixed, "precision", infer_precisions(hw)), _pick(fixed, "quantization", list(QUANTIZATION)), kv_dtypes,
+        _pick(fixed, "precision", infer_precisions(hw)), _pick(fixed, "quantization", quants), kv_dtypes,
         _pick(fixed, "tp", tp_choices(heads, world, per_node)), _pick(fixed, "attn", list(attention_choices(measured=False))),
         _pick(fixed, "cache", list(CACHE_IMPLEMENTATIONS)),
     ):
