@@ -233,3 +233,73 @@ def render_profile(console, doc: dict[str, Any]) -> None:
         console.print(f"{kind}: {path}")
     for note in doc["notes"]:
         console.print(f"[dim]note: {note}[/dim]")
+
+
+# ----- xla (issue 20) -----
+@app.command("xla")
+def xla(
+    model: str = typer.Option("perfscale-tiny-llama", "--model", "-m", help="Catalogue name, local folder (its weights are loaded) or hub id."),
+    mode: str = typer.Option("train", "--mode", help="train (forward, loss, backward, AdamW) | generate (generate() per prompt)."),
+    lengths: str = typer.Option(None, "--lengths", help="Sequence (train) or prompt (generate) lengths, comma-separated, used in order. Default: drawn from --data or the shipped corpus."),
+    data: str = typer.Option(None, "--data", help="Lengths from a file: JSON token-id lists, or text (one example a line; the model folder's tokenizer if it has one)."),
+    batches: int = typer.Option(20, "--batches", help="Training steps (train) or prompts (generate) in the stream."),
+    batch: int = typer.Option(2, "--batch", help="Sequences per training batch (padded to the longest, as DataCollatorWithPadding)."),
+    buckets: str = typer.Option(None, "--buckets", help="Bucket lengths for the fixed pass, e.g. 16,32,64. Default: powers of two from 16 up to the longest length."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | xla (torch_xla, e.g. PJRT_DEVICE=CPU). auto: xla when torch_xla is installed, else CUDA, else CPU."),
+    backend: str = typer.Option("eager", "--backend", help="torch.compile backend: eager (capture only: exact counts, cheap) | aot_eager | inductor (real kernels)."),
+    new_tokens: int = typer.Option(4, "--new-tokens", help="generate: tokens per prompt (min = max: a fixed generation length)."),
+    item_in_step: bool = typer.Option(True, "--item-in-step/--no-item-in-step", help="train: the step as written reads loss.item() every step (the common logging habit)."),
+    log_every: int = typer.Option(10, "--log-every", help="train, fixed pass: read the loss outside the step every N steps (0: never)."),
+    max_len: int = typer.Option(128, "--max-len", help="Drawn lengths are clipped to this."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights, the drawn lengths and the token ids."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Find host synchronisations (.item(), printing, if on a tensor) with one extra eager step."),
+    as_json: bool = JSON,
+) -> None:
+    """Count compilations per input shape, graph breaks, host syncs (and on XLA transfers and CPU fallbacks) over a
+    stream of realistic lengths, then pad to buckets, move .item() out, and count again."""
+    from perfscale.debug.xla import debug_xla, parse_int_list
+
+    result = debug_xla(model, mode=mode, lengths=parse_int_list(lengths, "--lengths"), data=data, batches=batches, batch=batch,
+                       buckets=parse_int_list(buckets, "--buckets"), device=device, backend=backend, new_tokens=new_tokens,
+                       item_in_step=item_in_step, log_every=log_every, max_len=max_len, seed=seed, probe=probe)
+    document = result.to_dict()
+    emit(document, as_json, lambda console: render_xla(console, document))
+
+
+def render_xla(console, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console.print(("[green]" if doc["within_bound"] else "[red]") + doc["verdict"])
+    console.print(f"[dim]lengths: {doc['lengths_source']}; buckets {', '.join(map(str, doc['buckets']))}[/dim]")
+    table = Table(title="Before and after")
+    for col in ("pass", "padding", "shapes", "compilations", "graph breaks", "syncs/step", "transfers", "CPU fallbacks",
+                "wall s", "steady step ms", "padding cost"):
+        table.add_column(col, justify="left" if col in ("pass", "padding") else "right")
+    for p in (doc["before"], doc["after"]):
+        steady = "-" if p["steady_step_s"] is None else f"{p['steady_step_s'] * 1e3:.1f}"
+        table.add_row(p["name"], p["padding"], str(p["distinct_shapes"]), str(p["compilations"]),
+                      str(sum(g["count"] for g in p["graph_breaks"])), f"{sum(s['per_step'] for s in p['syncs']):g}",
+                      "n/a" if p["transfers_from_device"] is None else str(p["transfers_from_device"]),
+                      str(sum(f["count"] for f in p["fallbacks"])), f"{p['wall_s']:.2f}", steady,
+                      f"{p['padded_tokens'] / p['tokens'] - 1:.0%}" if p["tokens"] else "-")
+    console.print(table)
+    for p in (doc["before"], doc["after"]):
+        shapes = Table(title=f"Compilations per shape ({p['name']})")
+        for col in ("shape", "steps", "compilations"):
+            shapes.add_column(col, justify="right")
+        for s in p["per_shape"]:
+            shapes.add_row(" x ".join(map(str, s["shape"])), str(s["steps"]), str(s["compilations"]))
+        console.print(shapes)
+    b = doc["before"]
+    for reason in b["recompile_reasons"][:5]:
+        console.print(f"recompiled: {reason[:160]}")
+    for g in b["graph_breaks"]:
+        console.print(f"graph break x{g['count']}: {g['reason'][:160]}")
+    for s in b["syncs"]:
+        console.print(f"sync {s['per_step']:g}/step: {s['kind']} at {s['where']} ({s['in']})")
+    for f in doc["after"]["fallbacks"]:
+        console.print(f"CPU fallback: {f['op']} x{f['count']}")
+    for fix in doc["fixes"]:
+        console.print(f"[bold]fix:[/bold] {fix}")
+    for note in doc["notes"]:
+        console.print(f"[dim]note: {note}[/dim]")
