@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 
 from perfscale.specs import catalog
 from perfscale.specs.hardware import DTYPES, catalog_hardware
 from perfscale.specs.listing import list_models
-from perfscale.specs.param_cache import count_entry
+from perfscale.specs.param_cache import count_entry, describe_entry
 from perfscale.specs.param_count import fingerprint
 
 REQUIRED_MODELS = {
@@ -53,9 +57,31 @@ def test_shipped_count_cache_is_what_the_classes_count():
     cache = catalog.param_count_cache()
     assert len(cache) == len(catalog.model_entries())
     for entry in catalog.model_entries():
-        key, counts = count_entry(entry)
+        key, counts, spec_fields = describe_entry(entry)
         assert key in cache, f"{entry['name']}: stale cache, run python -m perfscale.specs.param_cache"
         assert {k: v for k, v in cache[key].items() if not k.startswith("_")} == counts
+        assert cache[key]["_spec"] == spec_fields, entry["name"]  # what plan reads without transformers
+
+
+def test_a_catalogue_spec_from_the_cache_equals_one_read_off_the_config_class():
+    """The cached fast path and the transformers path describe every catalogue model identically."""
+    from perfscale.specs import config_file
+    from perfscale.specs import model as model_spec
+
+    for entry in catalog.model_entries():
+        src = config_file.resolve_config(entry["name"])
+        fast = model_spec.spec_from_source(src)
+        slow = model_spec.spec_from_source(dataclasses.replace(src, kind="local"))  # no cache: transformers reads it
+        assert dataclasses.replace(slow, source="catalog") == fast, entry["name"]
+
+
+def test_plan_on_a_catalogue_model_imports_neither_transformers_nor_torch():
+    code = ("import sys; from perfscale.tune.plan import plan; from perfscale.specs import parse_topology; "
+            "plan('llama-3.1-8b', parse_topology('H100-80GB')); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_listing_uses_the_counts_and_filters_by_family():

@@ -7,6 +7,7 @@ transformers knows works without a table of our own.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,7 +89,9 @@ class ModelSpec:
 def make_config_object(config: dict[str, Any], location: str):
     from transformers import CONFIG_MAPPING, AutoConfig
 
-    values = dict(config)
+    # A deep copy: transformers' config classes rewrite nested fields in place (rope parameters), and
+    # the caller's dict is the config as read, which fingerprints and ModelSpec.config must keep.
+    values = copy.deepcopy(config)
     model_type = values.pop("model_type", None)
     if not model_type:
         raise ConfigFileError(
@@ -181,25 +184,10 @@ def _kv_heads(cfg: Any, heads: int) -> int:
     return int(_first(cfg, ("num_key_value_heads", "num_kv_heads")) or heads)
 
 
-def _cached_counts(raw: dict[str, Any], architecture: str | None) -> ParamCounts | None:
-    cached = catalog.param_count_cache().get(fingerprint(raw, architecture or ""))
-    if not cached:
-        return None
-    return ParamCounts(**{k: v for k, v in cached.items() if not k.startswith("_")})
-
-
-def spec_from_source(src: ConfigSource) -> ModelSpec:
-    raw = src.config
-    cfg = make_config_object(raw, src.location)
-    _check_required(raw, cfg, src.location)
-    architectures = raw.get("architectures") or []
-    architecture = architectures[0] if architectures else None
-    if isinstance(architecture, str):
-        task_heads.check_head(raw, task_heads.task_of(architecture), src.location)
-    counts = _cached_counts(raw, architecture) if src.kind == "catalog" else None
-    if counts is None:
-        model = build_meta_model(cfg, architecture)
-        counts, architecture = count_model(model), type(model).__name__
+def architecture_fields(cfg: Any, architecture: str | None) -> dict[str, Any]:
+    """The ModelSpec fields read off a transformers config object (its class's defaults and aliases
+    applied). Also what the shipped cache keeps per catalogue entry (specs/param_cache.py), so that a
+    catalogue model is described without importing transformers and torch (seconds of start-up)."""
     hidden = int(cfg.hidden_size)
     heads = int(cfg.num_attention_heads)
     enc_dec = bool(getattr(cfg, "is_encoder_decoder", False))
@@ -210,27 +198,61 @@ def spec_from_source(src: ConfigSource) -> ModelSpec:
     tie = getattr(cfg, "tie_word_embeddings", None)
     if tie is None:
         tie = bool(getattr(cfg, "tie_encoder_decoder", False))
+    return {
+        "model_type": cfg.model_type,
+        "architecture": architecture or "",
+        "is_encoder_decoder": enc_dec,
+        "num_layers": decoder_layers if enc_dec else layers,
+        "num_encoder_layers": layers if enc_dec else None,
+        "num_decoder_layers": decoder_layers,
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_kv_heads": _kv_heads(cfg, heads),
+        "head_dim": int(head_dim),
+        "intermediate_size": int(intermediate or 4 * hidden),
+        "vocab_size": int(cfg.vocab_size),
+        "tied_embeddings": bool(tie),
+        "num_experts": _first(cfg, _EXPERT_NAMES),
+        "experts_per_token": _first(cfg, _EXPERTS_PER_TOKEN_NAMES),
+        "max_positions": _first(cfg, ("max_position_embeddings", "n_positions")),
+    }
+
+
+def _cached(raw: dict[str, Any], architecture: str | None) -> tuple[ParamCounts, dict[str, Any] | None] | None:
+    """(counts, architecture fields or None) of a catalogue entry from the shipped cache, if it has it."""
+    cached = catalog.param_count_cache().get(fingerprint(raw, architecture or ""))
+    if not cached:
+        return None
+    counts = ParamCounts(**{k: v for k, v in cached.items() if not k.startswith("_")})
+    return counts, cached.get("_spec")
+
+
+def spec_from_source(src: ConfigSource) -> ModelSpec:
+    raw = src.config
+    architectures = raw.get("architectures") or []
+    architecture = architectures[0] if architectures else None
+    cached = _cached(raw, architecture) if src.kind == "catalog" else None
+    if cached is not None and cached[1] is not None:
+        # A shipped catalogue entry exactly as counted (the fingerprint covers config and class): its
+        # fields were read off transformers' config class when the cache was made, and tests re-read them.
+        counts, fields_ = cached
+    else:
+        cfg = make_config_object(raw, src.location)
+        _check_required(raw, cfg, src.location)
+        if isinstance(architecture, str):
+            task_heads.check_head(raw, task_heads.task_of(architecture), src.location)
+        if cached is not None:
+            counts = cached[0]
+        else:
+            model = build_meta_model(cfg, architecture)
+            counts, architecture = count_model(model), type(model).__name__
+        fields_ = architecture_fields(cfg, architecture)
     return ModelSpec(
         name=src.name,
         source=src.kind,
         location=src.location,
         hub_id=src.hub_id,
-        model_type=cfg.model_type,
-        architecture=architecture or "",
-        is_encoder_decoder=enc_dec,
-        num_layers=decoder_layers if enc_dec else layers,
-        num_encoder_layers=layers if enc_dec else None,
-        num_decoder_layers=decoder_layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=_kv_heads(cfg, heads),
-        head_dim=int(head_dim),
-        intermediate_size=int(intermediate or 4 * hidden),
-        vocab_size=int(cfg.vocab_size),
-        tied_embeddings=bool(tie),
-        num_experts=_first(cfg, _EXPERT_NAMES),
-        experts_per_token=_first(cfg, _EXPERTS_PER_TOKEN_NAMES),
-        max_positions=_first(cfg, ("max_position_embeddings", "n_positions")),
+        **fields_,
         params=counts,
         published_params=src.published_params,
         published_source=src.published_source,
