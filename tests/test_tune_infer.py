@@ -90,6 +90,10 @@ def test_gate_nobody_passes_keeps_baseline_and_says_why(tiny, tmp_path):
     assert "keep the baseline" in result.verdict
     for v in tried:
         assert v.label in result.verdict
+    # The gate nothing passes says which variant came closest, by its worse margin, and what would accept it.
+    closest = max(tried, key=lambda v: min(v.accuracy["mean_cosine"] - 1.0, v.accuracy["min_cosine"] - 1.0))
+    assert f"closest: {closest.label} (mean cosine {closest.accuracy['mean_cosine']:.4f}" in result.verdict
+    assert "--min-min-cosine" in result.verdict
     json.dumps(result.to_dict())  # serialisable
 
 

@@ -20,7 +20,7 @@ def encoder(result: Any, *, model: str | None = None, cache_dir: str | os.PathLi
     model in another folder); `overrides` change single settings (e.g. threads=4).
     """
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
-    from perfscale.tune.infer import load_result
+    from perfscale.tune.infer import calibration_sentences, load_result
 
     tuned = load_result(result)
     settings = dict(tuned.winner_settings)
@@ -30,4 +30,6 @@ def encoder(result: Any, *, model: str | None = None, cache_dir: str | os.PathLi
     except TypeError as exc:
         raise InvalidConfigError(f"The tune result holds settings this perfscale does not know: {exc}. Re-run the tuner.") from exc
     where = model or (tuned.model if tuned.model == "minilm" else tuned.model_path)
-    return load_encoder(where, es, cache_dir=cache_dir)
+    # A static int8 winner (openvino int8-static) is recalibrated on the tuner's sentences when its model is not cached.
+    calibration = calibration_sentences() if es.quantization == "int8-static" else None
+    return load_encoder(where, es, cache_dir=cache_dir, calibration=calibration)

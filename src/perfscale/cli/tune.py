@@ -77,7 +77,10 @@ def encoder(
     budget_seconds: float = BUDGET,
     min_mean_cosine: float = typer.Option(0.99, "--min-mean-cosine", help="Gate: mean cosine vs fp32 eager over the corpus."),
     min_min_cosine: float = typer.Option(0.97, "--min-min-cosine", help="Gate: lowest cosine of any sentence vs fp32 eager."),
-    backends: str = typer.Option("eager,compile,onnxruntime", "--backends", help="Runtimes to search, comma-separated."),
+    backends: str = typer.Option(None, "--backends", help="Runtimes to search, comma-separated: eager, compile, onnxruntime, "
+                                 "openvino. Default: every one installed (absent ones are skipped with a note)."),
+    objective: str = typer.Option("throughput", "--objective", help="What to pick the winner for: throughput (sentences/s "
+                                  "in batches) or latency (p50 of single requests, what an online service sees)."),
     repeats: int = typer.Option(None, "--repeats", help="Fresh processes per finalist in the final interleaved measurement (default 2; 1 with --quick)."),
     compile_: bool = COMPILE,
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where exported ONNX files go (default $XDG_CACHE_HOME/perfscale)."),
@@ -94,10 +97,23 @@ def encoder(
     for flag, value in (("--min-mean-cosine", min_mean_cosine), ("--min-min-cosine", min_min_cosine)):
         if not -1.0 <= value <= 1.0:  # NaN fails too
             raise InvalidConfigError(f"{flag} is a cosine similarity: give a number in [-1, 1], got {value}.")
-    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    from perfscale.errors import choice_error
+    from perfscale.runtimes.encoder import BACKENDS, require_backend
+    from perfscale.tune.infer import OBJECTIVES
+
+    if objective not in OBJECTIVES:
+        raise choice_error("--objective", objective, OBJECTIVES, "throughput: sentences/s in batches; latency: one request at a time.")
+    chosen = None if backends is None else tuple(b.strip() for b in backends.split(",") if b.strip())
+    if chosen is not None:  # before minutes of searching: an unknown or absent backend is the user's to fix
+        bad = [b for b in chosen if b not in BACKENDS]
+        if bad or not chosen:
+            raise InvalidConfigError(f"--backends: unknown backend(s) {', '.join(map(repr, bad)) or '(none given)'}; "
+                                     f"choose from {', '.join(BACKENDS)} (comma-separated).")
+        for b in chosen:
+            require_backend(b)
     _run(lambda progress: tune_encoder(model, quick=quick, budget_seconds=budget_seconds, min_mean_cosine=min_mean_cosine,
                                        min_min_cosine=min_min_cosine, backends=chosen, include_compile=compile_,
-                                       repeats=repeats, cache_dir=cache_dir, progress=progress),
+                                       repeats=repeats, cache_dir=cache_dir, objective=objective, progress=progress),
          infer_tables.render_encoder, save, as_json, verbose, report)
 
 

@@ -20,7 +20,10 @@ from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload
 
 SCENARIOS = ("train", "encode", "generate")
 TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
-BACKENDS = ("eager", "compile", "onnxruntime")
+# eager and compile run every scenario; the encoder runtimes' other backends (onnxruntime, openvino) run encode only.
+from perfscale.runtimes.encoder import BACKENDS as _ENCODER_BACKENDS
+
+BACKENDS = tuple(dict.fromkeys(("eager", "compile", *_ENCODER_BACKENDS)))
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "selftest": "none"}
 # Encoder quantization schemes: perfscale.runtimes.encoder owns the list.
@@ -136,8 +139,8 @@ class BenchConfig:
                 f"scenario {self.scenario} needs {'a training' if wants_train else 'an inference'} workload, "
                 f"got {self.run.workload.mode}: {'use --batch/--seq' if wants_train else 'add --infer or use --prompt/--new-tokens'}"
             )
-        if self.backend == "onnxruntime" and self.scenario != "encode":
-            p.append(f"backend onnxruntime is for the encode scenario only, not {self.scenario}: use eager or compile")
+        if self.backend not in ("eager", "compile") and self.scenario != "encode":
+            p.append(f"backend {self.backend} is for the encode scenario only, not {self.scenario}: use eager or compile")
         if self.encoder_quantization != "none" and self.scenario != "encode":
             p.append("encoder quantization applies to the encode scenario only")
         if self.run.compile != (self.backend == "compile"):

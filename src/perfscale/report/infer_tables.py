@@ -46,9 +46,28 @@ def render_encoder(console, doc: dict[str, Any], saved: str | None = None) -> No
     meas = doc["measurement"]
     console.print(f"measured with {meas['method']}: {meas['repeats']} process(es) per configuration, "
                   f"{meas['sentences_per_iteration']} sentences per iteration; shared machines make timings noisy: trust the CI.")
+    serving = doc.get("serving")
+    if serving:
+        console.print(serving_table(doc))
     for note in doc.get("notes", []):
         console.print(f"note: {note}")
     _print_usage(console, doc, saved)
+
+
+def serving_table(doc: dict[str, Any]):
+    """Batch-1 latency under one interleaved stream of single requests (the result's `serving`)."""
+    from rich.table import Table
+
+    serving = doc["serving"]
+    table = Table(title=f"serving: {serving['requests']} single requests, one at a time, interleaved "
+                        f"(objective {doc.get('objective', 'throughput')})")
+    for col in ("variant", "p50 ms", "p90 ms", "p99 ms", "requests/s", "p50 speed-up vs baseline (95% CI)"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    fmt = lambda x: f"{x:.1f}" if x is not None else "n/a"  # noqa: E731
+    for label, lat in serving["latency"].items():
+        table.add_row(label, fmt(lat["p50_ms"]), fmt(lat["p90_ms"]), fmt(lat["p99_ms"]), fmt(lat["requests_per_s"]),
+                      _ci(serving["p50_speedup"].get(label)), style="bold green" if label == doc["winner"] else None)
+    return table
 
 
 def decoder_table(doc: dict[str, Any]):

@@ -1,7 +1,9 @@
 """Sentence-embedding encoders behind one interface: `load_encoder(model, settings).encode(list[str])`.
 
-Backends: PyPI transformers in eager mode, the same under `torch.compile`, and ONNX Runtime on an
-exported graph (optionally with ORT's transformer fusions and int8 dynamic quantization). Every
+Backends: PyPI transformers in eager mode, the same under `torch.compile`, ONNX Runtime on an
+exported graph (optionally with ORT's transformer fusions and int8 dynamic quantization), and OpenVINO
+on the same graph (runtimes/openvino.py: fp32, bf16, NNCF int8). onnxruntime and openvino are optional
+packages: `backend_missing(name)` says which are absent and how to install them. Every
 backend pools and normalises exactly as sentence-transformers does for all-MiniLM-L6-v2
 (mean over the attention mask, then L2), so embeddings are comparable across backends.
 
@@ -28,8 +30,17 @@ from perfscale.runtimes.onnx_export import onnx_model_for
 from perfscale.config.precision import Precision
 from perfscale.runtimes.source import EncoderSource, load_tokenizer, load_torch_model, resolve_encoder
 
-BACKENDS = ("eager", "compile", "onnxruntime")
-QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+# The packages each optional backend imports (both export through torch's dynamo ONNX exporter, which needs
+# onnx and onnxscript), and the line that installs them. NNCF (openvino's int8) is checked where it is used.
+OPTIONAL_BACKENDS = {
+    "onnxruntime": (("onnxruntime", "onnx", "onnxscript"), "pip install onnxruntime onnx onnxscript (or pip install 'perfscale[infer]')"),
+    "openvino": (("openvino", "onnxruntime", "onnx", "onnxscript"), "pip install openvino nncf onnxruntime onnx onnxscript "
+                 "(or pip install 'perfscale[openvino]')"),
+}
+# int8-static: OpenVINO + NNCF post-training quantization (activations' scales calibrated once); the others
+# are ONNX Runtime's dynamic schemes (int8-dynamic also torch's quantize_dynamic).
+QUANTIZATIONS = ("none", "int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range", "int8-static")
 # The precision names of RunConfig (config/precision.py): the weights stay fp32 and "bf16-mixed" runs
 # the forward under bf16 autocast. "bf16" (bf16 weights in RunConfig's vocabulary) was this field's
 # earlier name for autocast: read as bf16-mixed, so settings saved before keep their meaning.
@@ -43,12 +54,14 @@ class EncoderSettings:
     """How to run an encoder. Validated when built; serialises with to_dict/from_dict."""
 
     backend: str = "eager"
-    """eager | compile | onnxruntime."""
+    """eager | compile | onnxruntime | openvino."""
     quantization: str = "none"
     """none | int8-dynamic (per-tensor) | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range.
-    onnxruntime takes all; eager takes none or int8-dynamic (torch quantize_dynamic)."""
+    onnxruntime takes the dynamic ones; openvino takes none or int8-static (NNCF, calibrated); eager and
+    compile take none or int8-dynamic (torch quantize_dynamic)."""
     precision: str = "fp32"
-    """fp32 | bf16-mixed (torch backends: fp32 weights, bf16 autocast; fast only on CPUs with avx512_bf16/AMX)."""
+    """fp32 | bf16-mixed (torch backends: fp32 weights, bf16 autocast; openvino: bf16 inference precision;
+    fast only on CPUs with avx512_bf16/AMX)."""
     fusions: bool = False
     """ONNX Runtime transformer graph fusions (attention, layer norm, GELU) before quantization."""
     threads: int | None = None
@@ -83,14 +96,21 @@ class EncoderSettings:
             raise choice_error("quantization", self.quantization, QUANTIZATIONS, "Use none for full precision.")
         if self.precision not in PRECISIONS:
             raise choice_error("precision", self.precision, PRECISIONS, "")
-        if self.backend != "onnxruntime" and self.quantization not in ("none", "int8-dynamic"):
+        if self.backend == "openvino":
+            if self.quantization not in ("none", "int8-static"):
+                problems.append(f"quantization {self.quantization!r} is ONNX Runtime's or torch's: backend 'openvino' takes none or int8-static")
+        elif self.quantization == "int8-static":
+            problems.append("quantization 'int8-static' (NNCF, calibrated) needs backend 'openvino'")
+        elif self.backend != "onnxruntime" and self.quantization not in ("none", "int8-dynamic"):
             problems.append(f"quantization {self.quantization!r} needs backend 'onnxruntime' (torch backends take none or int8-dynamic)")
         if self.backend == "onnxruntime" and self.precision != "fp32":
-            problems.append("precision bf16-mixed applies to the torch backends; onnxruntime runs fp32 or int8")
+            problems.append("precision bf16-mixed applies to the torch backends and openvino; onnxruntime runs fp32 or int8 "
+                            "(its CPU provider has no bf16 GEMM on x86)")
         if self.fusions and self.backend != "onnxruntime":
             problems.append("fusions are ONNX Runtime graph fusions: use them with backend 'onnxruntime'")
-        if self.quantization != "none" and self.precision != "fp32":
-            problems.append("int8 quantization and bf16-mixed cannot be combined")
+        # OpenVINO runs an int8 model's remaining (unquantized) ops at its inference precision: bf16 there is a real mix.
+        if self.quantization != "none" and self.precision != "fp32" and self.backend != "openvino":
+            problems.append("int8 quantization and bf16-mixed cannot be combined (except on backend 'openvino')")
         for name in ("batch_size",):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -131,7 +151,7 @@ class EncoderSettings:
             parts.append(f"pad{self.pad_multiple}")
         if not self.sort_by_length:
             parts.append("unsorted")
-        if not self.inference_mode and self.backend != "onnxruntime":
+        if not self.inference_mode and self.backend in ("eager", "compile"):
             parts.append("no_grad")
         return " ".join(parts)
 
@@ -288,19 +308,49 @@ def _sentence_transformers_runner(source: EncoderSource, settings: EncoderSettin
     return run
 
 
-def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSettings | None = None, cache_dir=None) -> Encoder:
+def backend_missing(backend: str) -> str | None:
+    """None when the backend's package imports here; else the line that installs it."""
+    import importlib.util
+
+    def absent(package: str) -> bool:
+        try:
+            return importlib.util.find_spec(package) is None
+        except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
+            return True
+
+    packages, install = OPTIONAL_BACKENDS.get(backend, ((), None))
+    return install if any(absent(p) for p in packages) else None
+
+
+def require_backend(backend: str) -> None:
+    """Raise (exit 2 at the CLI) when a backend the user named is not installed, with its install line."""
+    install = backend_missing(backend)
+    if install:
+        have = [b for b in BACKENDS if backend_missing(b) is None]
+        raise InvalidConfigError(f"Backend {backend!r} is not installed here: {install}. Installed backends: {', '.join(have)}.")
+
+
+def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSettings | None = None, cache_dir=None,
+                 calibration: list[str] | None = None) -> Encoder:
     """An encoder ready to `encode(list[str])`.
 
     `model`: 'minilm' or a local folder (Hugging Face / sentence-transformers layout).
     `cache_dir`: where exported ONNX files go; default $XDG_CACHE_HOME/perfscale or ~/.cache/perfscale.
+    `calibration`: sentences that calibrate a static int8 model (openvino int8-static) when none is cached.
     """
     settings = settings or EncoderSettings()
     source = model if isinstance(model, EncoderSource) else resolve_encoder(model)
+    if settings.engine == "perfscale":
+        require_backend(settings.backend)
     tokenizer = load_tokenizer(source)
     if settings.engine == "sentence-transformers":
         run = _sentence_transformers_runner(source, settings)
     elif settings.backend == "onnxruntime":
         run = _ort_runner(source, settings, tokenizer, cache_dir)
+    elif settings.backend == "openvino":
+        from perfscale.runtimes.openvino import openvino_runner
+
+        run = openvino_runner(source, settings, tokenizer, cache_dir, calibration)
     else:
         run = _torch_runner(source, settings)
     encoder = Encoder(source, settings, tokenizer, run)

@@ -12,6 +12,14 @@ Encoders (sentence embeddings), in three steps:
    variants run interleaved in fresh processes (perfscale.measure.compare); the speed-up over the
    baseline and its 95% CI come from there. The winner must be significantly faster than the
    baseline, else the baseline stays.
+Objectives (`objective=`): throughput (sentences/s in batches, the above) or latency (what an online service
+sees: a stream of single requests; screen and final rank by the median latency of one request, and the final is
+one interleaved stream of the baseline and the finalists, perfscale.tune.infer_serving). Either way the result
+states both shapes: `serving` holds batch-1 p50/p90/p99 of the baseline and the winner under one stream.
+Backends: every installed one unless named (an absent optional package is skipped with a note; a named one that
+is absent is the user's error, with its install line). Variants follow the CPU's flags (specs/detect.py):
+bf16 (torch autocast, torch.compile + autocast, OpenVINO's bf16 precision) only with native bf16; ONNX Runtime's
+int8 schemes ordered by whether the CPU has VNNI/AMX int8 kernels.
 Decoders: perfscale.tune.infer_decoder.tune_decoder (cache, compile, batch, prompt buckets).
 """
 
@@ -50,6 +58,23 @@ QUICK_SCREEN_BUDGET_S = 25.0
 ITERATION_S = 1.5
 # Runtime variants screened whatever the budget: the first ones of the prior order (_runtime_candidates).
 MIN_SCREENED = 2
+OBJECTIVES = ("throughput", "latency")
+# Serving shapes: single requests per variant in the latency screen, and in the final stream (which stops
+# after SERVING_MAX_S of timing once SERVING_MIN_REQUESTS are done: ~10 ms a request idle, 10-60x that loaded).
+SCREEN_REQUESTS, QUICK_SCREEN_REQUESTS = 32, 16
+SERVING_REQUESTS, QUICK_SERVING_REQUESTS = 200, 64
+SERVING_MAX_S, QUICK_SERVING_MAX_S = 30.0, 10.0
+SERVING_MIN_REQUESTS = 16
+# OpenVINO int8 (NNCF) calibrates on the last CALIBRATION_SENTENCES of the shipped corpus: never the gate's
+# sentences (its first GATE_SENTENCES), so the gate does not grade the int8 model on what it was calibrated on.
+CALIBRATION_SENTENCES = 64
+
+
+def calibration_sentences() -> list[str]:
+    """The sentences static int8 variants calibrate on (the shipped corpus' tail, disjoint from the gate's)."""
+    from perfscale.measure.corpus import load_sentences
+
+    return load_sentences()[-CALIBRATION_SENTENCES:]
 
 @dataclass
 class Variant:
@@ -65,6 +90,7 @@ class Variant:
     load_s: float | None = None
     onnx_path: str | None = None
     measured: dict[str, Any] | None = None  # from perfscale.measure.compare: throughput, speedup vs baseline
+    latency: dict[str, Any] | None = None  # objective latency: single-request latency in the screen (infer_serving)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +113,10 @@ class EncoderTuneResult:
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     kind: str = "encoder"
+    objective: str = "throughput"  # throughput | latency: what the winner was picked for (results before: throughput)
+    # Serving shapes: batch-1 latency of the baseline and the winner under one interleaved stream of single requests
+    # (infer_serving): {method, requests, latency: {label: p50/p90/p99 ...}, p50_speedup}; None in results before it.
+    serving: dict[str, Any] | None = None
 
     @property
     def winner_variant(self) -> Variant:
@@ -117,51 +147,98 @@ class EncoderTuneResult:
         return cls(**data)
 
 # ----- the search space -----
-def _runtime_candidates(quick: bool, native_bf16: bool, backends: tuple[str, ...], include_compile: bool):
-    """(settings kwargs, skip reason or None) for the runtime/quantization stage."""
+def _runtime_candidates(quick: bool, cpu, backends: tuple[str, ...], include_compile: bool, missing: dict[str, str]):
+    """(settings kwargs, skip reason or None) for the runtime/quantization stage, in the screen's order.
+
+    `cpu`: specs.detect.CpuInfo (its ISA flags decide the bf16 and int8 variants); `missing`: backend -> install line
+    of the optional backends whose packages are absent (their variants are listed, skipped, with that line)."""
+    import importlib.util
+
+    native_bf16 = cpu.native_bf16
+    no_bf16 = "this CPU has no native bf16 (avx512_bf16/AMX): bf16 runs emulated, several times slower (FIELD-NOTES)"
     out: list[tuple[dict[str, Any], str | None]] = []
     if "eager" in backends:
         out.append(({"backend": "eager"}, None))
         if not quick:
-            out.append(({"backend": "eager", "precision": "bf16"},
-                        None if native_bf16 else "this CPU has no native bf16 (avx512_bf16/AMX): bf16 runs emulated, several times slower (FIELD-NOTES)"))
+            out.append(({"backend": "eager", "precision": "bf16-mixed"}, None if native_bf16 else no_bf16))
             out.append(({"backend": "eager", "quantization": "int8-dynamic"}, None))
     if "compile" in backends:
-        out.append(({"backend": "compile", "pad_multiple": 16},
-                    None if include_compile else "torch.compile is left out unless asked for (its first compile takes ~30+ s here): add --compile"))
+        no_compile = "torch.compile is left out unless asked for (its first compile takes ~30+ s here): add --compile"
+        out.append(({"backend": "compile", "pad_multiple": 16}, None if include_compile else no_compile))
+        out.append(({"backend": "compile", "precision": "bf16-mixed", "pad_multiple": 16},
+                    (None if include_compile else no_compile) if native_bf16 else no_bf16))
     if "onnxruntime" in backends:
         quants = ("int8-dynamic", "int8-per-channel") if quick else ("int8-dynamic", "int8-per-channel", "int8-reduce-range", "int8-per-channel-reduce-range")
         out.append(({"backend": "onnxruntime"}, None))
         if not quick:
             out.append(({"backend": "onnxruntime", "fusions": True}, None))
         out += [({"backend": "onnxruntime", "fusions": True, "quantization": q}, None) for q in quants]
-    return sorted(out, key=lambda item: -_prior(item[0]))
+    if "openvino" in backends:
+        fast = "bf16-mixed" if native_bf16 else "fp32"
+        out.append(({"backend": "openvino", "precision": fast}, None))
+        if not quick:
+            if native_bf16:
+                out.append(({"backend": "openvino"}, None))
+            # NNCF calibrates ~20 s (once, cached): left to the full search.
+            no_nncf = None if importlib.util.find_spec("nncf") else "NNCF (OpenVINO's int8) is not installed: pip install nncf"
+            out.append(({"backend": "openvino", "quantization": "int8-static", "precision": fast}, no_nncf))
+    out = [(kw, f"{kw['backend']} is not installed: {missing[kw['backend']]}" if kw["backend"] in missing else skip) for kw, skip in out]
+    return sorted(out, key=lambda item: -_prior(item[0], cpu))
 
 
 # The screen's order: sentences/s of all-MiniLM-L6-v2 on this kind of CPU (FIELD-NOTES, "Inference on this
 # CPU"; 2 threads, batch 32), so that a budget that ends the screen early has tried the likeliest winners.
+# OpenVINO's: measured here 2026-12-02 on the avx512_bf16/VNNI box (loaded; relative to ORT int8 there), scaled.
 # A prior orders the search only: every variant is still gated and timed here.
 PRIORS = {("onnxruntime", "int8-per-channel-reduce-range"): 104, ("onnxruntime", "int8-per-channel"): 100,
           ("onnxruntime", "int8-reduce-range"): 95, ("onnxruntime", "int8-dynamic"): 93, ("eager", "int8-dynamic"): 84,
-          ("onnxruntime+fusions", "none"): 72, ("compile", "none"): 66, ("onnxruntime", "none"): 65, ("eager", "none"): 57}
+          ("onnxruntime+fusions", "none"): 72, ("compile", "none"): 66, ("onnxruntime", "none"): 65, ("eager", "none"): 57,
+          ("openvino", "int8-static"): 90, ("openvino", "none"): 60}
+# With native bf16 (measured here, 2026-11-27 and 2026-12-02): OpenVINO bf16 ~1.6x its fp32 and its int8 ~1.6x
+# again; torch bf16 autocast about fp32's speed.
+BF16_PRIORS = {("openvino", "int8-static"): 112, ("openvino", "none"): 95, ("compile", "none"): 64, ("eager", "none"): 55}
 
 
-def _prior(kwargs: dict[str, Any]) -> float:
+def int8_kernels(cpu) -> str:
+    """Which int8 GEMM kernels ONNX Runtime's MLAS and OpenVINO dispatch to on this CPU (by CPUID, at run time)."""
+    if cpu.isa.get("amx_int8"):
+        return "AMX int8 tiles"
+    if cpu.isa.get("avx512_vnni"):
+        return "AVX-512 VNNI"
+    return "no VNNI (u8s8 products accumulate in int16 and can saturate: reduce_range avoids it)"
+
+
+def _prior(kwargs: dict[str, Any], cpu) -> float:
     backend = kwargs["backend"] + ("+fusions" if kwargs.get("fusions") and not kwargs.get("quantization") else "")
-    if kwargs.get("precision") == "bf16":
-        return 10.0  # 9-10 sentences/s where bf16 was emulated; screened last
-    return PRIORS.get((backend, kwargs.get("quantization") or "none"), 50.0)
+    quant = kwargs.get("quantization") or "none"
+    if kwargs.get("precision") in ("bf16", "bf16-mixed"):
+        if not cpu.native_bf16:
+            return 10.0  # 9-10 sentences/s where bf16 was emulated; screened last
+        return BF16_PRIORS.get((backend, quant), 50.0)
+    prior = PRIORS.get((backend, quant), 50.0)
+    if "reduce-range" in quant and (cpu.isa.get("avx512_vnni") or cpu.isa.get("amx_int8")):
+        # With VNNI/AMX there is no int16 saturation to avoid: 7-bit weights only lose accuracy (LOG 2026-11-27:
+        # per-channel+reduce_range failed the min-cosine bar here, 0.957). Still screened, last of the int8 schemes.
+        prior -= 40
+    return prior
 
-def _knob_stages(best: dict[str, Any], quick: bool, cores: int) -> list[tuple[str, list[dict[str, Any]]]]:
-    """One knob at a time on the best runtime: (stage name, list of setting overrides)."""
-    stages = [("batch_size", [{"batch_size": b} for b in ((64,) if quick else (16, 64, 128))])]
-    if quick:
+
+def _knob_stages(best: dict[str, Any], quick: bool, cores: int, objective: str = "throughput") -> list[tuple[str, list[dict[str, Any]]]]:
+    """One knob at a time on the best runtime: (stage name, list of setting overrides).
+
+    objective latency: a request is one sentence, so batch size, padding and length bucketing change nothing
+    (padding only adds tokens); threads and inference_mode are what is left."""
+    stages = [] if objective == "latency" else [("batch_size", [{"batch_size": b} for b in ((64,) if quick else (16, 64, 128))])]
+    if quick and objective == "throughput":
         return stages
     if cores > 1:
         stages.append(("threads", [{"threads": t} for t in sorted({1, cores})]))
-    stages.append(("padding", [{"pad_multiple": 8}]))
-    stages.append(("bucketing", [{"sort_by_length": False}]))
-    if best.get("backend") != "onnxruntime":
+    if quick:
+        return stages
+    if objective == "throughput":
+        stages.append(("padding", [{"pad_multiple": 8}]))
+        stages.append(("bucketing", [{"sort_by_length": False}]))
+    if best.get("backend") in ("eager", "compile"):
         stages.append(("inference_mode", [{"inference_mode": False}]))
     return stages
 
@@ -175,13 +252,24 @@ def _screen(encoder, sentences: list[str], reps: int) -> float:
         times.append(time.perf_counter() - t0)
     return len(sentences) / float(np.median(times))
 
-def _try_variant(variant: Variant, source, corpus, ref, thresholds, timing, reps, cache_dir) -> None:
+def _score(v: Variant, objective: str) -> float:
+    """Higher is better: screened sentences/s (throughput), or 1 / median single-request latency (latency)."""
+    if objective == "latency":
+        p50 = (v.latency or {}).get("p50_ms")
+        return 1.0 / p50 if p50 else 0.0
+    return v.screen_rate or 0.0
+
+
+def _try_variant(variant: Variant, source, corpus, ref, thresholds, timing, reps, cache_dir, requests: int = 0) -> None:
+    """Load, gate on `corpus`, screen the batch speed on `timing`; with `requests`, also the latency of that many
+    single requests (objective latency)."""
     from perfscale.measure.gate import compare_outputs
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
 
     try:
         t0 = time.perf_counter()
-        encoder = load_encoder(source, EncoderSettings.from_dict(variant.settings), cache_dir=cache_dir)
+        encoder = load_encoder(source, EncoderSettings.from_dict(variant.settings), cache_dir=cache_dir,
+                               calibration=calibration_sentences())
         variant.load_s = time.perf_counter() - t0
         variant.onnx_path = getattr(encoder, "onnx_path", None)
         emb = encoder.encode(corpus)  # also the warm-up (compile, ORT session arenas)
@@ -198,6 +286,10 @@ def _try_variant(variant: Variant, source, corpus, ref, thresholds, timing, reps
     else:
         variant.status = "ok"
     variant.screen_rate = _screen(encoder, timing, reps)
+    if requests:
+        from perfscale.tune.infer_serving import latency_summary, stream_latencies
+
+        variant.latency = latency_summary(stream_latencies({variant.label: encoder}, timing[:requests])[variant.label])
     if ref is None:
         variant._embeddings = emb  # type: ignore[attr-defined]
 
@@ -207,7 +299,8 @@ def _full_gate(variant: Variant, source, corpus, ref, thresholds, cache_dir) -> 
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
 
     try:
-        emb = load_encoder(source, EncoderSettings.from_dict(variant.settings), cache_dir=cache_dir).encode(corpus)
+        emb = load_encoder(source, EncoderSettings.from_dict(variant.settings), cache_dir=cache_dir,
+                           calibration=calibration_sentences()).encode(corpus)
     except Exception as exc:  # noqa: BLE001 - a variant that crashes is a result
         variant.status, variant.reason = "failed", f"{type(exc).__name__}: {exc}"
         return
@@ -226,7 +319,10 @@ def _bench_config(model: str, source, settings: dict[str, Any], label: str, sent
     s = dict(settings)
     explicit = {k: s.pop(k) for k in ("backend", "quantization", "precision", "threads", "batch_size", "max_length")}
     workload = InferWorkload(batch=explicit["batch_size"], prompt=explicit["max_length"] or source.max_length, new_tokens=0)
-    run = RunConfig(workload=workload, precision=explicit["precision"], compile=explicit["backend"] == "compile",
+    # RunConfig's inference precisions are fp32 | bf16 | fp16; the encode scenario reads "bf16" back as the encoder's
+    # bf16-mixed (EncoderSettings' alias), so a bf16 finalist is measured as what was gated.
+    precision = "bf16" if explicit["precision"] == "bf16-mixed" else explicit["precision"]
+    run = RunConfig(workload=workload, precision=precision, compile=explicit["backend"] == "compile",
                     torch_num_threads=explicit["threads"])
     extra = {"encoder": s, "onnx_cache_dir": str(cache_dir) if cache_dir else None}
     return BenchConfig(scenario="encode", model=model, run=run, backend=explicit["backend"],
@@ -268,9 +364,9 @@ def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: 
 # ----- the tuner -----
 def tune_encoder(
     model: str = "minilm", *, quick: bool = False, budget_seconds: float | None = None, min_mean_cosine: float = 0.99,
-    min_min_cosine: float = 0.97, sentences: list[str] | None = None, backends: tuple[str, ...] = ("eager", "compile", "onnxruntime"),
+    min_min_cosine: float = 0.97, sentences: list[str] | None = None, backends: tuple[str, ...] | None = None,
     include_compile: bool | None = None, repeats: int | None = None, finalists: int | None = None, cache_dir=None,
-    progress: Progress | None = None,
+    objective: str = "throughput", progress: Progress | None = None,
 ) -> EncoderTuneResult:
     """Search encoder runtimes and knobs; return the fastest variant that passes the accuracy gate.
 
@@ -280,23 +376,37 @@ def tune_encoder(
     quick: a smaller search (64 screening sentences, one finalist, one measurement process each).
     budget_seconds: stop screening new variants after this long (default SCREEN_BUDGET_S; the gate and the
     final measurement still run).
+    backends: the runtimes to search; None = every one installed here (absent ones are skipped with a note).
+    A backend named here that is not installed raises InvalidConfigError with its install line.
+    objective: throughput (sentences/s in batches) or latency (median latency of a single request).
     """
     from perfscale.measure.bench_config import GateThresholds
     from perfscale.measure.corpus import load_sentences
     from perfscale.measure.environment import collect_environment
-    from perfscale.runtimes.encoder import BACKENDS, EncoderSettings
+    from perfscale.runtimes.encoder import BACKENDS, EncoderSettings, backend_missing, require_backend
     from perfscale.runtimes.source import resolve_encoder
     from perfscale.specs.detect import detect_cpu
 
     progress = progress or (lambda _msg: None)
     started = time.perf_counter()
+    if objective not in OBJECTIVES:
+        from perfscale.errors import choice_error
+
+        raise choice_error("objective", objective, OBJECTIVES, "throughput: sentences/s in batches; latency: one request at a time.")
     if not 0 < min_min_cosine <= 1 or not 0 < min_mean_cosine <= 1:
         raise InvalidConfigError(f"Gate thresholds must be cosines in (0, 1], got mean {min_mean_cosine!r}, min {min_min_cosine!r}.")
     if budget_seconds is not None and budget_seconds <= 0:
         raise InvalidConfigError(f"--budget-seconds must be > 0, got {budget_seconds!r}.")
+    named = backends is not None
+    backends = tuple(backends) if named else BACKENDS
     bad = [b for b in backends if b not in BACKENDS]
     if bad or not backends:
         raise InvalidConfigError(f"Unknown backend(s): {', '.join(bad) or '(none given)'}. Choose from: {', '.join(BACKENDS)}.")
+    if named:
+        for b in backends:
+            require_backend(b)  # named and absent: the user's to install (exit 2, with the line)
+    missing = {b: line for b in backends if (line := backend_missing(b))}
+    notes: list[str] = [f"backend {b} skipped: not installed ({line})" for b, line in missing.items()]
     thresholds = GateThresholds(min_mean_cosine=min_mean_cosine, min_min_cosine=min_min_cosine)
     source = resolve_encoder(model)
     bench_model = "minilm" if source.name == "minilm" else source.path
@@ -305,6 +415,7 @@ def tune_encoder(
         raise InvalidConfigError("The sentence list is empty: give sentences to encode (or leave it out for the shipped corpus).")
     timing = corpus[: QUICK_SCREEN_SENTENCES if quick else SCREEN_SENTENCES]
     reps = 1 if quick else 2
+    requests = 0 if objective == "throughput" else (QUICK_SCREEN_REQUESTS if quick else SCREEN_REQUESTS)
     cpu = detect_cpu()
     cores = max(1, cpu.physical_cores)
     # torch.compile's first compile alone takes ~36 s here (FIELD-NOTES): only when asked for.
@@ -312,7 +423,6 @@ def tune_encoder(
     if budget_seconds is None:
         budget_seconds = QUICK_SCREEN_BUDGET_S if quick else SCREEN_BUDGET_S
     finalists = finalists or 1  # each finalist costs `repeats` fresh processes: the budget goes to the best one
-    notes: list[str] = []
 
     def over_budget() -> bool:
         return budget_seconds is not None and time.perf_counter() - started > budget_seconds
@@ -337,7 +447,7 @@ def tune_encoder(
         return full_ref[0]
     baseline = Variant(label="sentence-transformers", settings=EncoderSettings(engine="sentence-transformers").to_dict(), stage="baseline")
     progress("baseline: SentenceTransformer(...).encode")
-    _try_variant(baseline, source, timing, screen_ref, thresholds, timing, reps, cache_dir)
+    _try_variant(baseline, source, timing, screen_ref, thresholds, timing, reps, cache_dir, requests)
     if baseline.status == "failed":
         raise PerfscaleError(f"The sentence-transformers baseline does not run on {source.name!r}: {baseline.reason}")
     variants = [baseline, reference]
@@ -347,12 +457,12 @@ def tune_encoder(
             v.status, v.reason = "skipped", f"time budget of {budget_seconds:g} s spent before this variant"
         else:
             progress(f"trying {v.label}")
-            _try_variant(v, source, timing, screen_ref, thresholds, timing, reps, cache_dir)
+            _try_variant(v, source, timing, screen_ref, thresholds, timing, reps, cache_dir, requests)
         variants.append(v)
         return v
 
     screened = 0
-    for kwargs, skip in _runtime_candidates(quick, cpu.native_bf16, tuple(backends), include_compile):
+    for kwargs, skip in _runtime_candidates(quick, cpu, tuple(backends), include_compile, missing):
         settings = EncoderSettings(**kwargs)
         v = Variant(label=settings.label(), settings=settings.to_dict(), stage="runtime")
         if skip:
@@ -363,17 +473,17 @@ def tune_encoder(
         screened += v.status != "skipped"
     passing = [v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")]
     if not passing:
-        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds)
-    best = max(passing, key=lambda v: v.screen_rate or 0.0)
-    for stage, overrides in _knob_stages(best.settings, quick, cores):
+        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds, objective)
+    best = max(passing, key=lambda v: _score(v, objective))
+    for stage, overrides in _knob_stages(best.settings, quick, cores, objective):
         for override in overrides:
             settings = EncoderSettings.from_dict({**best.settings, **override})
             v = run(Variant(label=settings.label(), settings=settings.to_dict(), stage=stage))
-            if v.status == "ok" and (v.screen_rate or 0) > (best.screen_rate or 0) * KNOB_STAGE_MIN_GAIN:
+            if v.status == "ok" and _score(v, objective) > _score(best, objective) * KNOB_STAGE_MIN_GAIN:
                 best = v
     # Finalists: the best, then the fastest passing variants of other runtimes; each gated on the whole corpus
     # now (only these could win), the next one taking the place of one that fails.
-    ranked = sorted((v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")), key=lambda v: -(v.screen_rate or 0))
+    ranked = sorted((v for v in variants if v.status == "ok" and v.stage not in ("baseline", "reference")), key=lambda v: -_score(v, objective))
     chosen = [best] + [v for v in ranked if v is not best]
     finals: list[Variant] = []
     for v in chosen:
@@ -388,45 +498,128 @@ def tune_encoder(
         if len(finals) >= finalists:
             break
     if not finals:
-        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds)
+        return _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget_seconds, objective)
+    what = "speed" if objective == "throughput" else "speed, single-request latency"
     notes.append(f"screened {sum(v.screen_rate is not None for v in variants) - 2} variants in this process on {len(timing)} "
-                 f"sentences (speed and the gate on those); gated the finalist(s) on all {len(corpus)}; measured "
-                 f"{len(finals)} finalist(s) against the baseline in fresh processes")
-    measurement = _measure(bench_model, source, baseline, finals, quick, repeats, cache_dir, progress)
-    winner, speedup, verdict = _decide(baseline, finals)
+                 f"sentences ({what} and the gate on those); gated the finalist(s) on all {len(corpus)}; measured "
+                 f"{len(finals)} finalist(s) against the baseline "
+                 + ("in fresh processes" if objective == "throughput" else "in one interleaved stream of single requests"))
+    stream = corpus[: QUICK_SERVING_REQUESTS if quick else SERVING_REQUESTS]
+    max_s = QUICK_SERVING_MAX_S if quick else SERVING_MAX_S
+    if objective == "throughput":
+        measurement = _measure(bench_model, source, baseline, finals, quick, repeats, cache_dir, progress)
+        winner, speedup, verdict = _decide(baseline, finals)
+        serving = _serving(source, baseline, [winner] if winner is not baseline else [], stream, max_s, cache_dir, progress)
+    else:
+        serving = _serving(source, baseline, finals, stream, max_s, cache_dir, progress)
+        measurement = {"method": serving["method"], "repeats": 1, "sentences_per_iteration": 1, "requests": serving["requests"]}
+        winner, speedup, verdict = _decide_latency(baseline, finals, serving)
     for v in variants:
         if v.status == "ok" and v is not winner and v.stage not in ("baseline", "reference"):
             v.status = "slower"
             v.reason = v.reason or (f"slower than the winner in the measurement: {v.measured['verdict']}" if v.measured
-                                    else f"screened at {v.screen_rate:.0f} sentences/s, below the finalists")
-    if source.name == "minilm" and not cpu.isa.get("avx512_vnni"):
-        notes.append("no VNNI on this CPU: int8 kernels saturate without reduce_range; expect per-channel+reduce_range to be the accurate int8 scheme")
+                                    else f"screened at {v.screen_rate:.0f} sentences/s, below the finalists" if objective == "throughput"
+                                    else f"screened at {(v.latency or {}).get('p50_ms') or 0:.1f} ms a request (p50), above the finalists")
+    notes.append(f"int8 kernels on this CPU: {int8_kernels(cpu)}; bf16: {'native' if cpu.native_bf16 else 'emulated (bf16 variants skipped)'}"
+                 + ("" if "onnxruntime" not in backends else "; ONNX Runtime runs no bf16 variant (its CPU provider's bf16 GEMM "
+                    "fast-math is ARM64-only): bf16 is tried through torch and OpenVINO"))
     return EncoderTuneResult(
         model=source.name, model_path=source.path, gate=thresholds.to_dict(), corpus_sentences=len(corpus),
         variants=variants, winner=winner.label, winner_settings=winner.settings, speedup=speedup, verdict=verdict,
-        measurement=measurement, environment=collect_environment("cpu"), notes=notes,
-        elapsed_s=time.perf_counter() - started,
+        measurement=measurement, environment=_environment(collect_environment), notes=notes,
+        elapsed_s=time.perf_counter() - started, objective=objective, serving=serving,
     )
 
-def _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget=None) -> EncoderTuneResult:
+
+def _environment(collect_environment) -> dict[str, Any]:
+    """The measurement's context, with the optional backends' versions (absent: None)."""
+    from importlib import metadata
+
+    env = collect_environment("cpu")
+    for package in ("openvino", "nncf"):
+        try:
+            env.setdefault("packages", {})[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env.setdefault("packages", {})[package] = None
+    return env
+
+
+def _serving(source, baseline: Variant, finals: list[Variant], stream: list[str], max_s: float, cache_dir, progress) -> dict[str, Any]:
+    """Batch-1 latency of the baseline and `finals` under one interleaved stream of single requests (fresh loads)."""
+    from perfscale.runtimes.encoder import EncoderSettings, load_encoder
+    from perfscale.tune.infer_serving import latency_summary, p50_speedup, stream_latencies
+
+    progress(f"serving: a stream of up to {len(stream)} single requests, {1 + len(finals)} encoder(s) interleaved")
+    encoders = {}
+    for v in [baseline, *finals]:
+        try:
+            encoders[v.label] = load_encoder(source, EncoderSettings.from_dict(v.settings), cache_dir=cache_dir,
+                                             calibration=calibration_sentences())
+        except Exception as exc:  # noqa: BLE001 - a variant that fails to load is a result
+            v.status, v.reason = "failed", f"serving: {type(exc).__name__}: {exc}"
+    times = stream_latencies(encoders, stream, max_time_s=max_s, min_requests=min(SERVING_MIN_REQUESTS, len(stream)))
+    base = times.get(baseline.label, [])
+    return {
+        "method": "one process, encoders loaded side by side, each request sent to every encoder in turn (order rotating), "
+                  "closed loop: encode([sentence]) back to back",
+        "requests": len(base),
+        "latency": {label: latency_summary(t) for label, t in times.items()},
+        "p50_speedup": {label: p50_speedup(base, t) for label, t in times.items() if label != baseline.label},
+    }
+
+
+def _decide_latency(baseline: Variant, finals: list[Variant], serving: dict[str, Any]):
+    """The finalist with the lowest median single-request latency, if significantly below the baseline's."""
+    ratios = {v.label: serving["p50_speedup"].get(v.label) for v in finals if v.status == "ok"}
+    ratios = {k: r for k, r in ratios.items() if r}
+    if not ratios:
+        return baseline, None, "no variant both passed the accuracy gate and served the stream: keep the baseline"
+    label = max(ratios, key=lambda k: ratios[k]["ratio"])
+    top, sp = next(v for v in finals if v.label == label), ratios[label]
+    lat = serving["latency"]
+    said = (f"{lat[label]['p50_ms']:.1f} ms vs {lat[baseline.label]['p50_ms']:.1f} ms p50 per single request "
+            f"({serving['requests']} requests, interleaved)")
+    if sp["ci_low"] > 1:
+        return top, sp, f"{label} answers a single request {sp['ratio']:.2f}x faster than the baseline [95% CI {sp['ci_low']:.2f}, {sp['ci_high']:.2f}]: {said}"
+    top.status, top.reason = "slower", f"not significantly faster than the baseline at batch 1: {sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]"
+    return baseline, None, f"no variant was significantly faster than the baseline at batch 1 (best: {label}, {sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]; {said}): keep the baseline"
+
+
+def _closest(tried: list[Variant], thresholds) -> str | None:
+    """The gated variant nearest to passing: the one whose worse margin (mean or min cosine) is the smallest miss."""
+    gated = [v for v in tried if v.accuracy and np.isfinite(v.accuracy.get("mean_cosine", np.nan))
+             and np.isfinite(v.accuracy.get("min_cosine", np.nan))]
+    if not gated:
+        return None
+
+    def margin(v: Variant) -> float:
+        return min(v.accuracy["mean_cosine"] - thresholds.min_mean_cosine, v.accuracy["min_cosine"] - thresholds.min_min_cosine)
+    v = max(gated, key=margin)
+    return (f"closest: {v.label} (mean cosine {v.accuracy['mean_cosine']:.4f} vs >= {thresholds.min_mean_cosine:g}, "
+            f"min {v.accuracy['min_cosine']:.4f} vs >= {thresholds.min_min_cosine:g}); to accept that accuracy, rerun with "
+            f"--min-mean-cosine {np.floor(v.accuracy['mean_cosine'] * 1e4) / 1e4:g} --min-min-cosine {np.floor(v.accuracy['min_cosine'] * 1e4) / 1e4:g}")
+
+
+def _no_winner(source, thresholds, corpus, variants, notes, started, collect_environment, budget=None, objective="throughput") -> EncoderTuneResult:
     """No variant passed the gate (or ran): the baseline stays, and each variant says why it lost."""
     baseline = variants[0]
     tried = [v for v in variants if v.stage not in ("baseline", "reference")]
     why = "; ".join(f"{v.label}: {v.status} ({v.reason})" for v in tried if v.status != "skipped" or "budget" not in (v.reason or ""))
     ran = [v for v in tried if v.status != "skipped"]
     out_of_time = [v for v in tried if v.status == "skipped" and "budget" in (v.reason or "")]
-    verdict = f"no variant passed the accuracy gate and ran: keep the baseline. {why}"
+    closest = _closest(tried, thresholds)
+    verdict = f"no variant passed the accuracy gate and ran: keep the baseline. {closest + '. ' if closest else ''}{why}"
     if out_of_time:
         slow = f"the fp32 reference encoded {variants[1].screen_rate:.0f} sentences/s here" if variants[1].screen_rate else "this machine is slow now"
-        verdict = (f"keep the baseline for now: {len(ran)} variant(s) screened ({why or 'none passed'}), {len(out_of_time)} not tried "
-                   f"before the {budget:g} s screening budget ran out ({slow}); rerun with --budget-seconds {4 * (budget or 60):g} "
-                   "(or on a quieter machine)")
+        verdict = (f"keep the baseline for now: {len(ran)} variant(s) screened ({(closest + '; ') if closest else ''}{why or 'none passed'}), "
+                   f"{len(out_of_time)} not tried before the {budget:g} s screening budget ran out ({slow}); rerun with "
+                   f"--budget-seconds {4 * (budget or 60):g} (or on a quieter machine)")
     return EncoderTuneResult(
         model=source.name, model_path=source.path, gate=thresholds.to_dict(), corpus_sentences=len(corpus), variants=variants,
         winner=baseline.label, winner_settings=baseline.settings, speedup=None,
         verdict=verdict,
         measurement={"method": "none: nothing to measure against the baseline", "repeats": 0, "sentences_per_iteration": 0},
-        environment=collect_environment("cpu"), notes=notes, elapsed_s=time.perf_counter() - started,
+        environment=_environment(collect_environment), notes=notes, elapsed_s=time.perf_counter() - started, objective=objective,
     )
 
 
