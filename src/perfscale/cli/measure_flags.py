@@ -19,7 +19,7 @@ import typer
 from perfscale.cli import knobs
 
 OPTIONS: dict[str, Any] = {
-    "scenario": typer.Option("train", "--scenario", "-s", help="train | encode | generate."),
+    "scenario": typer.Option("train", "--scenario", "-s", help="train | encode | generate | load (from_pretrained in a fresh process: time, peak RSS vs the checkpoint's bytes)."),
     "model": knobs.MODEL,
     "batch": knobs.BATCH,
     "seq": knobs.SEQ,

@@ -18,14 +18,15 @@ from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.stats import StopRule
 from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload, TrainWorkload
 
-SCENARIOS = ("train", "encode", "generate")
+SCENARIOS = ("train", "encode", "generate", "load")
 TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
 # eager and compile run every scenario; the encoder runtimes' other backends (onnxruntime, openvino) run encode only.
 from perfscale.runtimes.encoder import BACKENDS as _ENCODER_BACKENDS
 
 BACKENDS = tuple(dict.fromkeys(("eager", "compile", *_ENCODER_BACKENDS)))
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "selftest": "none"}
+DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "load": "perfscale-tiny-llama",
+                  "selftest": "none"}
 # Encoder quantization schemes: perfscale.runtimes.encoder owns the list.
 from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
 # Workload defaults per scenario when the user gives none: train and generate use every command's
@@ -36,6 +37,7 @@ DEFAULT_WORKLOADS = {
     # encode: `batch` sentences per forward, `prompt` = truncation length in tokens (MiniLM: 256).
     "encode": InferWorkload(batch=32, prompt=256, new_tokens=0),
     "selftest": InferWorkload(batch=1, prompt=64, new_tokens=0),
+    "load": InferWorkload(batch=1, prompt=1, new_tokens=0),  # load: nothing runs through the model (scenarios/load.py)
 }
 
 
@@ -46,6 +48,7 @@ EXTRA_KEYS = {
     "tune_fault": "tune's trial worker: a fault to inject",
     "encoder": "encode: further EncoderSettings fields", "onnx_cache_dir": "encode: where exported ONNX files go",
     "fault_rank": "multi-process: the only rank that injects `fault` (default: every rank)",
+    "load": "load: the from_pretrained path (defaults, dtype, offload: scenarios/load.py)",
 }
 # Multi-process layouts measured under torchrun (measure/launcher.py): DDP, or FSDP2 (`fully_shard` per
 # decoder layer and the root). `none` is one plain process; more than one rank without a strategy is DDP.
@@ -93,6 +96,8 @@ class BenchConfig:
             object.__setattr__(self, "run", RunConfig(workload=workload, compile=self.backend == "compile"))
         if self.model is None:
             object.__setattr__(self, "model", DEFAULT_MODELS.get(self.scenario, DEFAULT_MODELS["train"]))
+        if self.scenario == "load" and self.device == "auto":  # load measures host memory (scenarios/load.py)
+            object.__setattr__(self, "device", "cpu")
         if self.run.compile and self.backend == "eager":  # --compile is the same as --backend compile
             object.__setattr__(self, "backend", "compile")
         problems = self.problems()
@@ -148,6 +153,10 @@ class BenchConfig:
         if self.scenario == "generate" and self.run.workload.new_tokens < 1:
             p.append("generate needs new_tokens >= 1")
         p += self._distributed_problems()
+        if self.scenario == "load":
+            from perfscale.measure.scenarios.load import load_problems
+
+            p += load_problems(self)
         if self.scenario == "encode" and not p:
             from perfscale.errors import PerfscaleError
             from perfscale.measure.scenarios.encode import encoder_settings
@@ -247,7 +256,7 @@ class BenchConfig:
         """Short human label: the user's label or the knobs that differ from defaults."""
         if self.label:
             return self.label
-        parts = [self.scenario, self.backend]
+        parts = [self.scenario, self.extra.get("load", "defaults") if self.scenario == "load" else self.backend]
         if self.run.precision != "fp32":
             parts.append(self.run.precision)
         if self.encoder_quantization != "none":
@@ -335,6 +344,7 @@ INLINE_KEYS = {
     "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
     "nproc": ("nproc", int), "nnodes": ("nnodes", int), "strategy": ("strategy", str),
     "fsdp_reshard": ("fsdp_reshard", bool), "fsdp_mp": ("fsdp_mp", str), "fsdp_offload": ("fsdp_offload", bool),
+    "load": ("extra.load", str),
     **{name: (f"run.{name}", _run_key_type(name)) for name in KNOB_FIELDS},
 }
 INLINE_HELP = (
@@ -372,6 +382,8 @@ def apply_overrides(base: BenchConfig, overrides: dict[str, Any]) -> BenchConfig
             workload[path.split(".", 1)[1]] = value
         elif path.startswith("run."):
             run[path.split(".", 1)[1]] = value
+        elif path.startswith("extra."):
+            top["extra"] = {**base.extra, **top.get("extra", {}), path.split(".", 1)[1]: value}
         else:
             top[path] = value
     scenario = top.get("scenario", base.scenario)

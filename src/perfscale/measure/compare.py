@@ -110,6 +110,8 @@ def _unit(config: BenchConfig) -> tuple[str, str]:
         return "samples_per_iter", "sentences/s"
     if config.scenario in ("train", "generate"):
         return "tokens_per_iter", "tokens/s"
+    if config.scenario == "load":
+        return "samples_per_iter", "loads/s"
     return "samples_per_iter", "samples/s"
 
 

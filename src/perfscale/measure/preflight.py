@@ -39,6 +39,10 @@ def preflight(configs: BenchConfig | Iterable[BenchConfig]) -> dict[str, list[st
                 found: list[str] = []
             elif config.scenario == "encode":
                 found = _check_encoder(config)
+            elif config.scenario == "load":
+                from perfscale.measure.scenarios.load import preflight_notes
+
+                found = preflight_notes(config)
             else:
                 found = _check_language_model(config, cache)
             if config.distributed:

@@ -87,7 +87,7 @@ class BenchResult:
         """{unit, median, ci_low, ci_high} of the main rate; Nones when nothing was timed."""
         tp = self.throughput()
         key = "tokens_per_s" if self.config.scenario in ("train", "generate") and "tokens_per_s" in tp else "samples_per_s"
-        unit = {"tokens_per_s": "tokens/s"}.get(key, "sentences/s" if self.config.scenario == "encode" else "samples/s")
+        unit = {"tokens_per_s": "tokens/s"}.get(key, {"encode": "sentences/s", "load": "loads/s"}.get(self.config.scenario, "samples/s"))
         rate = tp.get(key, {})
         return {"unit": unit, "median": rate.get("median"), "ci_low": rate.get("ci_low"), "ci_high": rate.get("ci_high")}
 
@@ -107,6 +107,8 @@ class BenchResult:
         """The peak memory figure compared across configurations: CUDA max allocated on GPU, peak RSS on CPU."""
         if self.device == "cuda":
             return self.memory.get("cuda_max_allocated")
+        if self.config.scenario == "load":  # each load runs in a forked child: its peak, not the worker's (scenarios/load.py)
+            return max(self.iteration_metrics.get("rss_peak_bytes") or [0]) or None
         return self.memory.get("cpu_peak_rss")
 
     # ----- serialisation -----

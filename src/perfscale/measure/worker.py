@@ -236,7 +236,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     else:
         memory["peak_live_tensor_bytes"] = None
         if not scenario.torch_memory:
-            out["notes"].append("tensors live in ONNX Runtime's arena: peak RSS is the memory figure")
+            out["notes"].append("tensors live outside this process's torch (ONNX Runtime's arena, or a forked load): peak RSS is the memory figure")
     out["memory"] = memory
 
     peak, source = _hardware_peak(device, scenario.peak_dtype)

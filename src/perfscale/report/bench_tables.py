@@ -25,6 +25,15 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def _metric_format(name: str):
+    """How a per-iteration metric reads: bytes in MiB, ratios as x, everything else as a duration."""
+    if name.endswith("_bytes"):
+        return lambda v: "n/a" if v is None else f"{v / 2**20:,.1f} MiB"
+    if name.endswith("_ratio"):
+        return lambda v: "n/a" if v is None else f"{v:.3f}x"
+    return seconds
+
+
 def bench_table(doc: dict[str, Any]):
     """One BenchResult.to_dict() as a two-column table."""
     from rich.table import Table
@@ -54,7 +63,12 @@ def bench_table(doc: dict[str, Any]):
         table.add_row("  IQR, iterations", f"{seconds(t['iqr'])}, n={t['n']}")
         table.add_row("  stop", f"{doc.get('stop_reason')} (CI half-width {t['rel_ci_half_width']:.1%})")
     for name, lat in (doc.get("latency") or {}).items():
-        table.add_row(f"{name} median [CI]", f"{seconds(lat['median'])} [{seconds(lat['ci_low'])}, {seconds(lat['ci_high'])}]")
+        shown = _metric_format(name)
+        table.add_row(f"{name} median [CI]", f"{shown(lat['median'])} [{shown(lat['ci_low'])}, {shown(lat['ci_high'])}]")
+    setup = doc.get("setup") or {}
+    if "checkpoint_bytes" in setup:  # the load scenario: what was loaded, against which the RSS ratio is taken
+        table.add_row("checkpoint", f"{setup['checkpoint_bytes'] / 2**20:,.1f} MiB, {setup.get('format')}, {setup.get('shards')} file(s); "
+                      f"{setup.get('class')}.from_pretrained(**{setup.get('kwargs')})")
     table.add_row("load / first iteration extra (compile)", f"{seconds(doc.get('load_s'))} / {seconds(doc.get('compile_s'))}")
     mem = doc.get("memory") or {}
     table.add_row("peak memory", gib(doc.get("peak_memory_bytes")))

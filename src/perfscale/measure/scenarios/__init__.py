@@ -4,5 +4,6 @@ SCENARIO_MODULES = {
     "train": "perfscale.measure.scenarios.train",
     "encode": "perfscale.measure.scenarios.encode",
     "generate": "perfscale.measure.scenarios.generate",
+    "load": "perfscale.measure.scenarios.load",
     "selftest": "perfscale.measure.scenarios.selftest",
 }
