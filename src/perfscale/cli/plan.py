@@ -25,6 +25,9 @@ CALIBRATE = typer.Option(
     "~/.cache/perfscale/calibration/) and estimate time from those instead of peak x efficiency. Later plans on "
     "this machine reuse stored timings without the flag.",
 )
+GLOBAL_BATCH = typer.Option(
+    None, "--global-batch", help="Training: sequences per optimizer step over all data-parallel replicas, held fixed "
+    "while the search picks the layout, micro-batch and accumulation (instead of --batch).")
 HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per node in GiB, for CPU offload "
                            "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
@@ -37,7 +40,7 @@ def plan(
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
     as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
     task: str = TASK, num_labels: int = NUM_LABELS, report: str = R.REPORT,
-    allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, **knobs,
+    allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, global_batch: int = GLOBAL_BATCH, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -46,6 +49,11 @@ def plan(
     from perfscale.tune.plan import plan as run_plan
     from perfscale.report.plan_tables import render_plan
 
+    if global_batch is not None and batch is not None:
+        from perfscale.errors import InvalidConfigError
+
+        raise InvalidConfigError(f"Give --global-batch ({global_batch}) or --batch ({batch}), not both: with "
+                                 "--global-batch the search picks the micro-batch.")
     workload = K.workload_from_options(train=train, infer=infer, batch=batch, seq=seq, grad_accum=grad_accum,
                                        prompt=prompt, new_tokens=new_tokens)
     R.check_report(report)
@@ -56,7 +64,7 @@ def plan(
                       token_budget=token_budget, price_per_device_hour=price,
                       host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
                       calibration=calibration, prepare_calibration=prepare,
-                      allow_optimizer_change=allow_optimizer_change, **fixed)
+                      allow_optimizer_change=allow_optimizer_change, global_batch=global_batch, **fixed)
     R.emit_with_report(result.to_dict(), as_json, lambda console: render_plan(result, console), report)
 
 

@@ -29,6 +29,8 @@ def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | 
     }
     if topology.hardware.kind == "cpu":
         kwargs["use_cpu"] = True
+    if config.fused_kernels:  # fused RMSNorm / SwiGLU / cross-entropy: Liger-Kernel, as TrainingArguments names it
+        kwargs["use_liger_kernel"] = True
     if config.dataloader_num_workers:
         kwargs["dataloader_num_workers"] = config.dataloader_num_workers
     if config.dataloader_pin_memory:

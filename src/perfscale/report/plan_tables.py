@@ -6,7 +6,7 @@ from perfscale.report.bars import bar
 from perfscale.units import gib, seconds
 
 _SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual",
-                "offload", "lora_r")
+                "pp_embedding_as_layer", "offload", "sequence_parallel", "fused_kernels", "selective_recompute", "lora_r")
 _SHOWN_INFER = ("precision", "quantization", "kv_cache_dtype", "cache", "attn", "batch", "tp")
 
 

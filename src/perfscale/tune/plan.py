@@ -89,7 +89,8 @@ def _resolve_model(model):
 # instead of searching, and the secondary knobs left open take their defaults (SECONDARY_DEFAULTS).
 CORE_KNOBS = {"train": ("precision", "optimizer", "checkpointing", "attn", "tp", "pp"), "infer": ("precision", "tp", "attn")}
 SECONDARY_DEFAULTS = {"zero": 0, "pp_virtual": 1, "offload": "none", "quantization": "none", "cache": "dynamic",
-                      "kv_cache_dtype": "auto"}
+                      "kv_cache_dtype": "auto", "sequence_parallel": False, "fused_kernels": False,
+                      "selective_recompute": False}
 
 
 def pin_secondary_knobs(fixed: dict[str, Any], workload) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
          efficiency: float | None = None, token_budget: float | None = None,
          price_per_device_hour: float | None = None, host_memory: float | None = None, calibration=None,
          prepare_calibration: Callable[[Any, list[tuple[str, int]]], None] | None = None,
-         allow_optimizer_change: bool = False, **fixed: Any) -> PlanResult:
+         allow_optimizer_change: bool = False, global_batch: int | None = None, **fixed: Any) -> PlanResult:
     """Search the open knobs (those not given in `fixed`) and rank what fits.
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
@@ -134,6 +135,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
     allow_optimizer_change: also search optimizers other than AdamW (Adafactor, SGD, 8-bit AdamW), which
     change what is trained; by default only AdamW's implementations are searched, as in `tune`.
+    global_batch: sequences per optimizer step over all data-parallel replicas (training), held fixed
+    across layouts (space.train_space); the workload's batch and accumulation are then searched, not given.
     """
     from perfscale.specs.workload import DEFAULT_TRAIN
 
@@ -149,6 +152,13 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     unknown = sorted(set(fixed) - set(KNOB_NAMES))
     if unknown:
         raise InvalidConfigError(f"Unknown knobs: {', '.join(unknown)}. Valid knobs: {', '.join(KNOB_NAMES)}.")
+    if global_batch is not None:
+        if isinstance(global_batch, bool) or not isinstance(global_batch, int) or not 1 <= global_batch <= 2**24:
+            raise InvalidConfigError(f"global batch {global_batch!r} is out of range: give the sequences per optimizer "
+                                     "step over all replicas, an integer from 1 to 16,777,216 (e.g. --global-batch 2048).")
+        if workload is not None and workload.mode != "train":
+            raise InvalidConfigError("--global-batch is a training size (sequences per optimizer step); for --infer "
+                                     "use --batch.")
     fixed = pin_secondary_knobs({k: v for k, v in fixed.items() if v is not None}, workload)
     if host_memory is not None and (isinstance(host_memory, bool) or not isinstance(host_memory, (int, float))
                                     or not math.isfinite(host_memory) or host_memory <= 0):
@@ -192,7 +202,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     def candidates(with_lora: bool):
         if train:
             b = base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims)) if with_lora else base
-            return space.train_space(b, fixed, mc.heads, mc.layers, world, per_node, hw, allow_optimizer_change)
+            return space.train_space(b, fixed, mc.heads, mc.layers, world, per_node, hw, allow_optimizer_change,
+                                     global_batch)
         return space.infer_space(base, fixed, mc.heads, world, per_node, hw)
 
     calibrating = prepare_calibration is not None and cpu_step.calibration_applies(calibration, hw, world, efficiency)
@@ -232,15 +243,18 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         if calibrating:  # probe what the whole space runs before ranking it, so every candidate is timed alike
             attempt_candidates = list(attempt_candidates)
             prepare(attempt_candidates)
-        for k in attempt_candidates:
-            numbers = evaluate_k(k)
-            evaluated += 1
-            if hw.kind == "tpu" and train:
-                _keep_strategy(tpu_best, numbers, k)
-            if numbers["fits"]:
-                fitting.append((numbers, k))
-            elif smallest is None or numbers["short"] < smallest[0]["short"]:
-                smallest = (numbers, k)
+        for candidate in attempt_candidates:
+            for k in space.memory_savers(candidate, fixed, hw):  # stop at the first that fits
+                numbers = evaluate_k(k)
+                evaluated += 1
+                if hw.kind == "tpu" and train:
+                    _keep_strategy(tpu_best, numbers, k)
+                if numbers["fits"]:
+                    fitting.append((numbers, k))
+                    break
+            else:
+                if smallest is None or numbers["short"] < smallest[0]["short"]:
+                    smallest = (numbers, k)
         if fitting:
             used_lora = attempt
             break

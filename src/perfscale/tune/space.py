@@ -15,10 +15,11 @@ from perfscale.config.run_config import OFFLOAD as OFFLOAD_CHOICES
 from perfscale.estimate.knobs import Knobs
 
 TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "offload",
-              "micro_batch")
+              "micro_batch", "sequence_parallel", "fused_kernels", "selective_recompute")
+# Memory savers, switched on one after another (memory_savers) only while a configuration does not fit.
 # Interleaved 1F1B chunks per pipeline device tried when pp_virtual is open (Narayanan et al. 2021
 # section 2.2.2: the bubble falls as 1/v, the point-to-point traffic grows as v).
-PP_VIRTUAL_CHOICES = (1, 2, 4)
+PP_VIRTUAL_CHOICES = (1, 2, 4, 8)
 INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache")
 # Deepest pipeline searched: the deepest in Megatron-LM's scaling table (1T parameters on 3072 GPUs:
 # tensor 8 x pipeline 64; Narayanan et al. 2021, table 1). Llama 3 405B trained with pipeline 16.
@@ -128,25 +129,36 @@ def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: 
             if world % (tp * pp):
                 continue
             dp = world // (tp * pp)
-            slots = layers + (2 if pp_embedding_as_layer else 0)
-            virtuals = [v for v in _pick(fixed, "pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
-            if fixed.get("fsdp") is not None:
-                shardings = [(0, fixed["fsdp"])] if fixed["fsdp"] <= dp and dp % fixed["fsdp"] == 0 else []
-            elif fixed.get("zero") is not None:
-                shardings = [(fixed["zero"], None)]
-            else:
-                # One device still gains from ZeRO-3 with offload (ZeRO-Infinity); with pp > 1 it does not.
-                shardings = [(0, None)] + ([(1, None), (2, None), (3, None), (0, dp)] if dp > 1 else [(3, None)] if pp == 1 else [])
-            for (zero, fsdp), offload, virtual in itertools.product(
-                shardings, _pick(fixed, "offload", list(OFFLOAD_CHOICES)), virtuals
-            ):
-                # DeepSpeed offloads the optimizer with ZeRO stage 1-3 (its offload_optimizer), the
-                # parameters with stage 3 only; FSDP offloads both (CPUOffload).
-                if offload != "none" and not (zero or fsdp):
-                    continue
-                if offload == "optimizer+params" and not (zero == 3 or fsdp):
-                    continue
-                yield {"tp": tp, "pp": pp, "zero": zero, "fsdp": fsdp, "offload": offload, "pp_virtual": virtual}
+            # The embedding and the head as pipeline layer slots (Megatron-LM's account-for-embedding/loss
+            # in the pipeline split; Llama 3 405B: 126 layers + 2 = 16 stages x 8 chunks): open with pp > 1.
+            as_layer = [pp_embedding_as_layer] if fixed.get("pp_embedding_as_layer") is not None or pp == 1 \
+                else [False, True]
+            for embedding_as_layer in as_layer:
+                yield from _sharded_layouts(fixed, tp, pp, dp, layers + (2 if embedding_as_layer else 0),
+                                            embedding_as_layer)
+
+
+def _sharded_layouts(fixed: dict, tp: int, pp: int, dp: int, slots: int, embedding_as_layer: bool) -> Iterator[dict]:
+    """The data-parallel sharding, offload and interleaving choices of one tp x pp layout."""
+    virtuals = [v for v in _pick(fixed, "pp_virtual", list(PP_VIRTUAL_CHOICES)) if v == 1 or (1 < pp and pp * v <= slots)]
+    if fixed.get("fsdp") is not None:
+        shardings = [(0, fixed["fsdp"])] if fixed["fsdp"] <= dp and dp % fixed["fsdp"] == 0 else []
+    elif fixed.get("zero") is not None:
+        shardings = [(fixed["zero"], None)]
+    else:
+        # One device still gains from ZeRO-3 with offload (ZeRO-Infinity); with pp > 1 it does not.
+        shardings = [(0, None)] + ([(1, None), (2, None), (3, None), (0, dp)] if dp > 1 else [(3, None)] if pp == 1 else [])
+    for (zero, fsdp), offload, virtual in itertools.product(
+        shardings, _pick(fixed, "offload", list(OFFLOAD_CHOICES)), virtuals
+    ):
+        # DeepSpeed offloads the optimizer with ZeRO stage 1-3 (its offload_optimizer), the
+        # parameters with stage 3 only; FSDP offloads both (CPUOffload).
+        if offload != "none" and not (zero or fsdp):
+            continue
+        if offload == "optimizer+params" and not (zero == 3 or fsdp):
+            continue
+        yield {"tp": tp, "pp": pp, "zero": zero, "fsdp": fsdp, "offload": offload, "pp_virtual": virtual,
+               "pp_embedding_as_layer": embedding_as_layer}
 
 
 def tpu_layouts(layouts: Iterator[dict], fixed: dict, world: int, per_node: int) -> Iterator[dict]:
@@ -165,9 +177,15 @@ def tpu_layouts(layouts: Iterator[dict], fixed: dict, world: int, per_node: int)
 
 
 def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, per_node: int, hw,
-                allow_optimizer_change: bool = False) -> Iterator[Knobs]:
+                allow_optimizer_change: bool = False, global_batch: int | None = None) -> Iterator[Knobs]:
     """All training configurations the estimate ranks: `fixed` maps knob -> value for the knobs the
-    user gave. tune/train_space.py searches the same values and adds what only measurement decides."""
+    user gave. tune/train_space.py searches the same values and adds what only measurement decides.
+
+    Without `global_batch` each data-parallel replica runs base.batch x base.accum sequences a step, so
+    the global batch grows with the data-parallel degree. With it (sequences per optimizer step over all
+    replicas, as large runs fix it: Llama 3 trained at 16M tokens a step), a layout whose data-parallel
+    degree divides it runs global_batch / dp sequences per replica, split into every micro-batch that
+    divides that (or the accumulation the user fixed)."""
     precisions = _pick(fixed, "precision", train_precisions(hw)[0])
     optimizers = _pick(fixed, "optimizer", train_optimizers(hw, allow_optimizer_change)[0])
     ckpts = _pick(fixed, "checkpointing", [False, True])
@@ -179,12 +197,44 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
         layouts = tpu_layouts(layouts, fixed, world, per_node)
     for layout in layouts:
         pp, virtual = layout["pp"], layout["pp_virtual"]
-        for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micro):
-            accum = per_replica // mb
+        reps, micros = per_replica, micro
+        if global_batch is not None:
+            dp = world // (layout["tp"] * pp)
+            if global_batch % dp:
+                continue
+            reps = global_batch // dp
+            accum_given = fixed.get("grad_accum")
+            if accum_given is not None:
+                micros = [reps // accum_given] if reps % accum_given == 0 else []
+            else:
+                micros = divisors(reps)
+        for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micros):
+            accum = reps // mb
             if not pipeline_schedulable(pp, virtual, accum):
                 continue
             yield base.copy(precision=precision, optimizer=optimizer, checkpointing=ckpt, attn=attn, batch=mb,
                             accum=accum, **layout)
+
+
+def memory_savers(k: Knobs, fixed: dict, hw) -> list[Knobs]:
+    """`k`, then `k` with each open memory saver switched on in turn, cheapest first: sequence parallelism
+    (with tp > 1: norm and dropout activations split over the tensor group at the same communication
+    volume, Korthikanti et al. 2022 section 4.2.2), fused RMSNorm/SwiGLU kernels (fewer saved
+    activations; Trainer's use_liger_kernel), then selective recomputation (attention's softmax and
+    dropout recomputed: a few % more FLOPs, Korthikanti et al. section 5), which only matters without
+    full checkpointing. The estimate charges the first two no step time, so the first variant that fits
+    is the fastest of them; plan evaluates them in this order and stops at the first that fits.
+    GPU training stacks only (Megatron-LM, TransformerEngine, Liger-Kernel)."""
+    out = [k]
+    if k.mode != "train" or hw.kind != "gpu":
+        return out
+    if k.tp > 1 and not k.sequence_parallel and fixed.get("sequence_parallel") is None:
+        out.append(out[-1].copy(sequence_parallel=True))
+    if not k.fused_kernels and fixed.get("fused_kernels") is None:
+        out.append(out[-1].copy(fused_kernels=True))
+    if not k.checkpointing and not k.selective_recompute and fixed.get("selective_recompute") is None:
+        out.append(out[-1].copy(selective_recompute=True))
+    return out
 
 
 # Weight quantization on a TPU: PyTorch/XLA's quantized matmul (torch_xla.experimental.xla_quantized_matmul,

@@ -220,7 +220,7 @@ def _layouts(world: int, per_node: int, heads: int, layers: int) -> list[dict[st
     """The planner's parallel layouts (tune/space.parallel_layouts) as Candidate fields: pipeline
     interleaving is the planner's alone (one chunk per stage here); ZeRO 0 and no FSDP are left out."""
     out = []
-    for layout in space.parallel_layouts(world, per_node, heads, layers, {"pp_virtual": 1}):
+    for layout in space.parallel_layouts(world, per_node, heads, layers, {"pp_virtual": 1, "pp_embedding_as_layer": False}):
         shard = {"zero": layout["zero"]} if layout["zero"] else {"fsdp": layout["fsdp"]} if layout["fsdp"] else {}
         out.append({**shard, "tp": layout["tp"], "pp": layout["pp"], "offload": layout["offload"]})
     return out
