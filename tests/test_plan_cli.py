@@ -110,7 +110,7 @@ def test_bad_input_exit_2(args, needle, capsys):
 def test_405b_full_offload_on_one_gpu_is_short_of_host_ram(capsys):
     """Full fine-tuning of a 405B model on one H100 with everything offloaded fits the device but
     needs 18 bytes/parameter of host RAM (DeepSpeed's ZeRO-3 offload estimate): ~6.6 TiB against the
-    nominal 2 TiB node. The search instead finds LoRA (frozen base in host RAM, ~765 GiB)."""
+    nominal 2 TiB node. The search finds LoRA (frozen base in host RAM, ~765 GiB) when allowed, and says so otherwise."""
     full = ["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
             "--precision", "bf16-mixed", "--optimizer", "adamw", "--checkpointing", "--attn", "sdpa", "--tp", "1",
             "--pp", "1", "--zero", "3", "--offload", "optimizer+params", "--json"]
@@ -124,7 +124,11 @@ def test_405b_full_offload_on_one_gpu_is_short_of_host_ram(capsys):
     assert host == pytest.approx(18 * load_model_spec("llama-3.1-405b").params.total, rel=2e-3)
     assert cap == 2 * 2**40
     assert f"short by {(host - cap) / 2**30:,.2f} GiB" in doc["advice"][0]
-    code, out, _ = _run(full[:full.index("--precision")] + ["--offload", "optimizer+params", "--json"], capsys)
+    searched = full[:full.index("--precision")] + ["--offload", "optimizer+params"]
+    code, out, err = _run(searched, capsys)  # LoRA changes what is trained: not searched unless allowed
+    assert code == 2 and "No configuration of llama-3.1-405b fits" in err, err
+    assert "LoRA r=16 on every linear layer" in err and "--allow-lora" in err
+    code, out, _ = _run(searched + ["--allow-lora", "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
     assert doc["configs"][0]["knobs"]["lora_r"] == 16 and doc["configs"][0]["fits"]

@@ -83,3 +83,18 @@ def test_llama3_405b_published_layout_is_found(capsys):
     top = RunConfig.from_dict(configs[0]["run_config"])
     again = estimate(load_model_spec("llama-3.1-405b"), top, parse_topology("1024x8xH100-80GB"))
     assert again.time.step_seconds == pytest.approx(configs[0]["time"]["step_seconds"], rel=1e-12)
+
+
+def test_the_users_optimizer_is_kept_and_the_advice_says_what_else_would_fit():
+    """Issue 14 item 7: llama-3.1-8b full fine-tune on one H100 at 4 x 4096. Without --allow-optimizer-change
+    every ranked plan keeps AdamW; the advice puts numbers on the other ways (8-bit AdamW, Adafactor, LoRA,
+    ZeRO-3 over more GPUs)."""
+    result = P.plan("llama-3.1-8b", "H100-80GB", TrainWorkload(4, 4096), top=3)
+    assert {est.knobs["optimizer"] for est in result.configs} <= {"adamw_torch", "adamw_torch_fused"}
+    assert result.configs[0].knobs["offload"] != "none"  # AdamW fits one H100 only by offloading its states
+    line = next(a for a in result.advice if a.startswith("Without CPU offload, estimated:"))
+    for fragment in ("8-bit AdamW", "Adafactor", "LoRA r=16", "ZeRO-3 over", "GiB per device", "--allow-lora"):
+        assert fragment in line, line
+    lora = P.plan("llama-3.1-8b", "H100-80GB", TrainWorkload(4, 4096), top=1, lora_r=16,
+                  lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    assert lora.configs[0].fits

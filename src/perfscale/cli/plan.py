@@ -28,6 +28,8 @@ CALIBRATE = typer.Option(
 GLOBAL_BATCH = typer.Option(
     None, "--global-batch", help="Training: sequences per optimizer step over all data-parallel replicas, held fixed "
     "while the search picks the layout, micro-batch and accumulation (instead of --batch).")
+ALLOW_LORA = typer.Option(False, "--allow-lora", help="When full fine-tuning fits nowhere, search LoRA (r=16 on "
+                          "every linear layer): it trains an adapter, not the whole model.")
 HOST_MEMORY = typer.Option(None, "--host-memory-gib", help="Host (CPU) RAM per node in GiB, for CPU offload "
                            "(default 2048 GiB per GPU node: DGX H100's 2 TB).")
 
@@ -40,7 +42,8 @@ def plan(
     objective: str = OBJECTIVE, efficiency: float = EFFICIENCY, token_budget: float = TOKENS, price: float = PRICE,
     as_json: bool = JSON, host_memory_gib: float = HOST_MEMORY, calibrate: bool = CALIBRATE,
     task: str = TASK, num_labels: int = NUM_LABELS, report: str = R.REPORT,
-    allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, global_batch: int = GLOBAL_BATCH, **knobs,
+    allow_optimizer_change: bool = K.ALLOW_OPTIMIZER_CHANGE, global_batch: int = GLOBAL_BATCH,
+    allow_lora: bool = ALLOW_LORA, **knobs,
 ) -> None:
     """Will it fit and how fast: estimate memory and time, searching the knobs you leave open.
 
@@ -64,7 +67,8 @@ def plan(
                       token_budget=token_budget, price_per_device_hour=price,
                       host_memory=None if host_memory_gib is None else host_memory_gib * 2**30,
                       calibration=calibration, prepare_calibration=prepare,
-                      allow_optimizer_change=allow_optimizer_change, global_batch=global_batch, **fixed)
+                      allow_optimizer_change=allow_optimizer_change, global_batch=global_batch,
+                      allow_lora=allow_lora, **fixed)
     R.emit_with_report(result.to_dict(), as_json, lambda console: render_plan(result, console), report)
 
 

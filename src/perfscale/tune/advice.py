@@ -10,7 +10,7 @@ def _share(fitting, pred) -> bool:
     return bool(fitting) and all(pred(k) for _n, k in fitting)
 
 
-def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> list[str]:
+def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn, evaluate_on=None) -> list[str]:
     words: list[str] = []
     if not best:
         return words
@@ -32,6 +32,9 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> l
             needs.append("a lighter optimizer (8-bit AdamW or Adafactor)")
         if needs:
             words.append("Fits only with " + " and ".join(needs) + ".")
+        other = other_ways_to_fit(mc, topo, k, numbers, evaluate_fn, evaluate_on)
+        if other:
+            words.append(other)
         if k.prec.mixed:
             fp32 = k.copy(precision="fp32")
             n32 = evaluate_fn(fp32)
@@ -64,6 +67,50 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn) -> l
         if kv > numbers["mem"]["breakdown"]["parameters"]:
             words.append(f"The KV cache ({gib(kv)}) outweighs the weights: an fp8 cache halves it.")
     return words
+
+
+def other_ways_to_fit(mc, topo, k, numbers, evaluate_fn, evaluate_on=None) -> str | None:
+    """What else would fit `k`'s training without CPU offload (or at all, when it does not fit), each
+    estimated: a lighter optimizer or LoRA (they change what is trained: opt-in), or ZeRO-3 over more of
+    the same devices (the smallest count that fits). None when `k` already fits without offload."""
+    if k.mode != "train" or (numbers["fits"] and k.offload == "none"):
+        return None
+    base = k.copy(offload="none")
+    ref = numbers["tps"] if numbers["fits"] else 0.0
+    hw = topo.hardware
+
+    def said(label: str, n: dict) -> str:
+        if not n["fits"]:
+            return f"{label}: still short by {gib(max(0.0, n['total'] - n['capacity']))} per device"
+        speed = f", {n['tps'] / ref:.1f}x the throughput" if ref > 0 else f", {n['tps']:,.0f} tokens/s"
+        return f"{label}: {gib(n['total'])} per device{speed}"
+
+    options = []
+    if k.optimizer in ADAMW:
+        if hw.kind == "gpu":
+            options.append(said("8-bit AdamW (--optimizer adamw_bnb_8bit)", evaluate_fn(base.copy(optimizer="adamw_bnb_8bit"))))
+        options.append(said("Adafactor (--optimizer adafactor)", evaluate_fn(base.copy(optimizer="adafactor"))))
+    if k.lora_r is None and mc.lora_dims:
+        options.append(said("LoRA r=16 on every linear layer (--lora-r 16)",
+                            evaluate_fn(base.copy(lora_r=16, lora_targets=tuple(mc.lora_dims)))))
+    if evaluate_on is not None:
+        per_node = max(topo.devices_per_node, 8) if hw.kind == "gpu" else topo.devices_per_node
+        sharded = base.copy(zero=3, fsdp=None) if not base.fsdp else base
+        for devices in (2**i for i in range(1, 15)):
+            if devices <= topo.world_size or devices % (k.tp * k.pp):
+                continue
+            nodes, in_node = (1, devices) if devices <= per_node else (devices // per_node, per_node)
+            n = evaluate_on(sharded, nodes, in_node)
+            if n["fits"]:
+                total = n["tps"] * devices
+                gain = f", {total / (ref * topo.world_size):.1f}x the throughput" if ref > 0 else ""
+                options.append(f"ZeRO-3 over {devices} x {hw.name} ({gib(n['total'])} per device{gain})")
+                break
+    if not options:
+        return None
+    what = "Without CPU offload" if numbers["fits"] else "Other ways to fit"
+    return (f"{what}, estimated: " + "; ".join(options) + ". A lighter optimizer or LoRA changes what is trained: "
+            "plan searches them only when allowed (--allow-optimizer-change, --allow-lora).")
 
 
 def host_short_message(mc, topo, numbers, k, single: bool) -> str:

@@ -23,7 +23,7 @@ from perfscale.estimate.result import Estimate
 from perfscale.specs.positions import check_workload_length
 from perfscale.tune import rank as ranking
 from perfscale.tune import space
-from perfscale.tune.advice import advice_lines, nothing_fits_message
+from perfscale.tune.advice import advice_lines, nothing_fits_message, other_ways_to_fit
 
 # What plan(**fixed) accepts: every RunConfig knob, and grad_accum (the search splits the batch into
 # micro-batch x accumulation unless it is given).
@@ -124,7 +124,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
          efficiency: float | None = None, token_budget: float | None = None,
          price_per_device_hour: float | None = None, host_memory: float | None = None, calibration=None,
          prepare_calibration: Callable[[Any, list[tuple[str, int]]], None] | None = None,
-         allow_optimizer_change: bool = False, global_batch: int | None = None, **fixed: Any) -> PlanResult:
+         allow_optimizer_change: bool = False, global_batch: int | None = None, allow_lora: bool = False,
+         **fixed: Any) -> PlanResult:
     """Search the open knobs (those not given in `fixed`) and rank what fits.
 
     model: ModelSpec or name/dir/hub id; topology: Topology, "2x8xH100-80GB" or None (this machine);
@@ -135,6 +136,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     size) pairs the candidates run that it lacks, before they are evaluated (the CLI passes the CPU probe).
     allow_optimizer_change: also search optimizers other than AdamW (Adafactor, SGD, 8-bit AdamW), which
     change what is trained; by default only AdamW's implementations are searched, as in `tune`.
+    allow_lora: when full fine-tuning fits nowhere, search LoRA (r=16 on every linear layer), which trains
+    an adapter instead of the model; without it the error says what LoRA and the other ways would need.
     global_batch: sequences per optimizer step over all data-parallel replicas (training), held fixed
     across layouts (space.train_space); the workload's batch and accumulation are then searched, not given.
     """
@@ -211,6 +214,9 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     def evaluate_k(k: Knobs) -> dict:
         return evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
 
+    def evaluate_on(k: Knobs, nodes_: int, per_node_: int) -> dict:  # the same device, another count (advice)
+        return evaluate(mc, k, hw, nodes_, per_node_, efficiency, host_memory, calibration)
+
     def prepare(knobs_list) -> None:
         if not calibrating:
             return
@@ -238,7 +244,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         return PlanResult(model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode,
                           objective=objective, evaluated=1, feasible=int(numbers["fits"]),
                           seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
-    for attempt in ((False, True) if train and "lora_r" not in fixed else (False,)):
+    for attempt in ((False, True) if train and allow_lora and "lora_r" not in fixed else (False,)):
         attempt_candidates = candidates(attempt)
         if calibrating:  # probe what the whole space runs before ranking it, so every candidate is timed alike
             attempt_candidates = list(attempt_candidates)
@@ -264,7 +270,9 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
             raise TopologyError(f"No layout of {world} device(s) of {topo.label} works with the knobs given ({given}) for "
                                 f"{mc.name} ({mc.heads} heads, {mc.layers} layers, batch {workload.batch}): loosen a "
                                 "fixed knob, or change the batch or the number of devices.")
-        raise InvalidConfigError(nothing_fits_message(mc, topo, smallest[0], smallest[1], train))
+        other = other_ways_to_fit(mc, topo, smallest[1], smallest[0], evaluate_k, None if calibrating else evaluate_on)
+        raise InvalidConfigError(nothing_fits_message(mc, topo, smallest[0], smallest[1], train)
+                                 + (" " + other if other else ""))
     best = ranking.rank(fitting, objective, top)
     estimates = tuple(to_estimate(mc, k, topo, n, token_budget, price_per_device_hour) for n, k in best)
     extras: dict[str, Any] = {}
@@ -273,7 +281,8 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
         cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
         extras["largest_batch"] = largest_batch(mc, k0, cap)
         extras["longest_context"] = longest_context(mc, k0, cap)
-    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=evaluate_k)
+    words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=evaluate_k,
+                         evaluate_on=None if calibrating else evaluate_on)
     if detected:
         words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
     words = ((length_note,) if length_note else ()) + tuple(words)

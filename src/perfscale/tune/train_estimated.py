@@ -55,7 +55,9 @@ def nothing_fits(options, spec, topology, space, records, notes, clock, capacity
 
     would: list[dict[str, Any]] = []
     try:
-        result = plan(spec, topology, workload=TrainWorkload(batch=space.global_batch // space.data_parallel or 1, seq=space.seq), top=3)
+        # what would fit, LoRA included (the answer to "nothing fits"; the tuner itself measures LoRA only with --allow-lora)
+        result = plan(spec, topology, workload=TrainWorkload(batch=space.global_batch // space.data_parallel or 1, seq=space.seq), top=3,
+                      allow_lora=True)
         for e in result.configs:
             would.append({"knobs": e.knobs, "estimated_peak_bytes": e.memory.peak_bytes, "estimated_tokens_per_s": e.time.tokens_per_second})
         notes.extend(result.advice)
