@@ -561,7 +561,7 @@ def _serving(source, baseline: Variant, finals: list[Variant], stream: list[str]
     base = times.get(baseline.label, [])
     return {
         "method": "one process, encoders loaded side by side, each request sent to every encoder in turn (order rotating), "
-                  "closed loop: encode([sentence]) back to back",
+                  "closed loop: one sentence per encode call, back to back",
         "requests": len(base),
         "latency": {label: latency_summary(t) for label, t in times.items()},
         "p50_speedup": {label: p50_speedup(base, t) for label, t in times.items() if label != baseline.label},
