@@ -155,6 +155,12 @@ def test_plan_on_a_slice_reports_each_strategy():
     assert get_hardware("v5e").name == "TPU-v5e"
 
 
+def test_inference_on_a_slice_searches_only_what_xla_runs():
+    result = plan(_llama(), "v5e-8", InferWorkload(8, 256, 16), top=50)
+    assert {c.knobs["quantization"] for c in result.configs} <= {"none", "int8", "int4"}  # no bitsandbytes nf4
+    assert {c.knobs["precision"] for c in result.configs} <= {"bf16", "fp32"}
+
+
 def test_gpu_topologies_have_no_tpu_branch():
     topo = parse_topology("8xH100-80GB")
     assert topo.hardware.torus is None and "tpu_slice" not in topo.to_dict()
