@@ -103,11 +103,11 @@ def load_problems(config) -> list[str]:
     run = config.run
     if run.precision not in LOAD_PRECISIONS:
         p.append(f"precision {run.precision!r}: the load scenario loads weights in one of {', '.join(LOAD_PRECISIONS)} (dtype=)")
-    given = [k for k in ("attn", "lora_r", "quantization", "cache", "compile") if getattr(run, k) != KNOB_DEFAULTS[k]]
+    given = [k for k in ("attn", "lora_r", "quantization", "cache", "compile", "torch_num_threads") if getattr(run, k) != KNOB_DEFAULTS[k]]
     if given or config.backend != "eager":
         named = given or [f"backend {config.backend}"]
         p.append(f"the load scenario measures from_pretrained: {', '.join(named)} {'does' if len(named) == 1 else 'do'} not apply; "
-                 "only --precision (the dtype it loads in), --threads and load=defaults|dtype|offload do")
+                 "only --precision (the dtype it loads in) and load=defaults|dtype|offload do (each load runs on one thread)")
     wl = run.workload
     if (wl.batch, wl.prompt, wl.new_tokens) != (1, 1, 0):
         p.append("--batch, --prompt and --new-tokens do not apply to --scenario load (nothing runs through the model): drop them")
