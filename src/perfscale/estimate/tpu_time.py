@@ -77,8 +77,13 @@ def train_comm(mc: ModelConstants, k, tpu, per_node: int, nodes: int, gbytes: fl
         if fsdp > in_slice:  # the rest of the FSDP group is across slices: its share of every gather is on DCN
             span = fsdp // in_slice
             gathers += 3 * ring(span) * gbytes / group_in * k.accum / dcn
-        replicas = dp // fsdp
-        across = 2 * ring(replicas) * gbytes / fsdp / (dcn if fsdp >= in_slice else ici)
+        if fsdp >= in_slice:  # FSDP covers the slice: the replicas are whole slices, over DCN
+            across = 2 * ring(dp // fsdp) * gbytes / fsdp / dcn
+        else:  # hybrid sharding inside a slice: replicas of the FSDP group over ICI, then over DCN
+            replicas_in = in_slice // fsdp
+            ici_r = tpu.group_bandwidth(replicas_in, tp * pp * fsdp) * link_efficiency
+            across = 2 * ring(replicas_in) * gbytes / fsdp / ici_r
+            across += 2 * ring(nodes) * gbytes / in_slice / dcn if nodes > 1 else 0.0
         out["dp"] = gathers + across
         out["dp_overlappable"] = compute  # gathers prefetched under forward, reductions under backward
     elif dp > 1:
