@@ -20,11 +20,8 @@ point at one storage):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -35,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from perfscale.errors import InvalidConfigError
-from perfscale.hpo.result import HpoResult, TrialRow
+from perfscale.hpo.recovery import ATTR, StudyLock, fail_dead_trials, owner, retry
+from perfscale.hpo.result import HpoResult
 from perfscale.hpo.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from perfscale.hpo.space import SearchSpace, run_config, training_arguments
+from perfscale.hpo.summary import summarize
 
 Progress = Callable[[str], None]
 OBJECTIVES = ("loss", "loss+speed")
@@ -52,7 +51,6 @@ DEFAULT_TRIAL_TIMEOUT_S = 900.0
 ADAPTIVE_LIMIT_FACTOR = 4.0
 MIN_TRIAL_LIMIT_S = 120.0
 POLL_S = 1.0
-ATTR = "perfscale"  # user attributes: perfscale_status, perfscale_reason, ...
 MAX_INT = 1_000_000
 MAX_DEFAULT_WORKERS = 8
 
@@ -146,80 +144,6 @@ def _identity(options: HpoOptions, space: SearchSpace, data) -> dict[str, Any]:
             "eval_steps": options.eval_steps, "objective": options.objective, "space": space.to_dict()}
 
 
-class StudyLock:
-    """One worker at a time counts trials and asks for the next one: a thread lock, and fcntl's lock
-    on a file next to a local storage file (independent invocations on one SQLite file)."""
-
-    def __init__(self, path: str | None):
-        self._thread = threading.Lock()
-        self._path = path
-
-    @contextlib.contextmanager
-    def __call__(self):
-        with self._thread:
-            if self._path is None:
-                yield
-                return
-            with open(self._path, "a+") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _process_started(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:  # noqa: BLE001 - gone
-        return None
-
-
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
-
-
-def _owner_dead(owner: Any) -> bool:
-    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
-        return False  # another machine: its heartbeats decide
-    started = _process_started(int(owner.get("pid", -1)))
-    return started is None or (owner.get("started") is not None and abs(started - float(owner["started"])) > 1.0)
-
-
-def _retry(study, trial_number: int) -> None:
-    from perfscale.hpo.storage import retry_callback
-
-    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
-    if frozen is not None:
-        retry_callback()(study, frozen)
-
-
-def fail_dead_trials(study) -> int:
-    """Fail (and re-enqueue) running trials whose heartbeat went stale or whose perfscale process on
-    this machine is gone. Returns how many this call failed."""
-    import optuna
-    from optuna.trial import TrialState
-
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
-    n = len(before - {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))})
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _owner_dead(t.user_attrs.get(f"{ATTR}_owner")):
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, f"{ATTR}_status", "dead-worker")
-                study._storage.set_trial_user_attr(t._trial_id, f"{ATTR}_reason", "its perfscale process is gone (killed): failed and retried")
-                study.tell(t.number, state=TrialState.FAIL)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-                continue  # another worker got there first
-            _retry(study, t.number)
-            n += 1
-    return n
-
-
 # ----------------------------------------------------------------- the study
 def _forkable(device: str) -> bool:
     """Forking the trial launcher is safe on CPU only (CUDA does not survive fork)."""
@@ -291,7 +215,7 @@ def _next_trial(ctx: _Context):
         with ctx.guard:
             ctx.running_ids.add(trial._trial_id)
             ctx.mine.add(trial.number)
-        _set_attrs(study, trial._trial_id, owner=_owner(), status="running", reason=None)
+        _set_attrs(study, trial._trial_id, owner=owner(), status="running", reason=None)
         values = ctx.space.suggest(trial)
     return trial, values
 
@@ -370,7 +294,7 @@ def _run_one(ctx: _Context, trial, values: dict[str, Any]) -> None:
     told = _tell(ctx, trial, state=TrialState.FAIL, status=out.status, reason=reason, **common)
     ctx.say(f"trial {trial.number}: {out.status}: {reason[:200]}")
     if told and out.status in ("killed", "interrupted"):  # the configuration did not fail: its process was stopped
-        _retry(study, trial.number)
+        retry(study, trial.number)
 
 
 def _fail_leftovers(ctx: _Context, how: str) -> None:
@@ -386,7 +310,7 @@ def _fail_leftovers(ctx: _Context, how: str) -> None:
             ctx.study.tell(t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
             continue  # its worker told it in the meantime
-        _retry(ctx.study, t.number)
+        retry(ctx.study, t.number)
 
 
 def _worker(ctx: _Context, index: int, done: threading.Event) -> None:
@@ -601,82 +525,5 @@ def run_hpo(options: HpoOptions | None = None, progress: Progress | None = None,
     return result
 
 
-# ----------------------------------------------------------------- the summary
-def _status(t) -> str:
-    from optuna.trial import TrialState
-
-    s = t.user_attrs.get(f"{ATTR}_status")
-    if t.state == TrialState.COMPLETE:
-        return "complete"
-    if t.state == TrialState.PRUNED:
-        return "infeasible" if s == "infeasible" else "pruned"
-    if t.state == TrialState.RUNNING:
-        return "running"
-    if t.state == TrialState.WAITING:
-        return "waiting"
-    if s in (None, "running"):
-        return "dead-worker"  # failed by the heartbeat check: its worker stopped beating
-    return s
-
-
-def summarize(study, options: HpoOptions, space: SearchSpace, data, capacity, storage: str, *, mine=frozenset(),
-              notes=(), wall_s: float = 0.0) -> HpoResult:
-    from optuna.trial import TrialState
-
-    rows: list[TrialRow] = []
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        status = _status(t)
-        counts[status] = counts.get(status, 0) + 1
-        ua = t.user_attrs
-        mem = ua.get(f"{ATTR}_memory") or {}
-        reason = ua.get(f"{ATTR}_reason")
-        if status in ("waiting", "running"):
-            reason = None  # a retry's copy carries its original's attributes: its own outcome is to come
-        if status == "dead-worker" and not reason:
-            reason = "no heartbeat within the grace period: its worker died (killed?); failed and retried"
-        rows.append(TrialRow(
-            number=t.number, state=t.state.name, status=status, values=list(t.values) if t.values else None,
-            params=dict(t.params), reason=reason, wall_s=ua.get(f"{ATTR}_wall_s"), steps=ua.get(f"{ATTR}_steps"),
-            tokens_per_s=ua.get(f"{ATTR}_tokens_per_s"), needed_bytes=mem.get("needed_bytes"), feasibility=mem.get("method"),
-            retry_of=t.system_attrs.get("failed_trial"), baseline=ua.get(f"{ATTR}_role") == "baseline", this_run=t.number in mine,
-        ))
-    counts["retried"] = sum(1 for r in rows if r.retry_of is not None)
-    counts["new_this_run"] = len(mine)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    best = None
-    pareto: list[dict[str, Any]] = []
-
-    def doc(t) -> dict[str, Any]:
-        values = space.suggest_fixed(t.params)
-        return {"number": t.number, "values": list(t.values), "params": dict(t.params), "values_used": values,
-                "training_arguments": training_arguments(values), "run_config": run_config(values, options.seq).to_dict()}
-
-    if complete:
-        if options.multi_objective:
-            pareto = [doc(t) for t in study.best_trials]
-            best = min(pareto, key=lambda d: d["values"][0])
-        else:
-            best = doc(study.best_trial)
-    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(f"{ATTR}_role") == "baseline"
-                 and t.state in (TrialState.COMPLETE, TrialState.PRUNED)), None)
-    baseline = None
-    improvement = None
-    if base is not None:
-        baseline = {"number": base.number, "status": _status(base), "eval_loss": base.values[0] if base.values else None,
-                    "params": dict(base.params)}
-        if best and baseline["eval_loss"]:
-            improvement = (baseline["eval_loss"] - best["values"][0]) / baseline["eval_loss"]
-    return HpoResult(
-        study_name=study.study_name, storage=storage, model=options.model, directions=options.directions,
-        objective={"steps": options.steps, "eval_steps": options.eval_steps, "seq": options.seq, "data": data.to_dict(),
-                   "values": ["held-out eval loss"] + (["training tokens/s"] if options.multi_objective else []),
-                   "sampler": options.sampler, "pruner": options.pruner},
-        space=space.to_dict(), requested_trials=options.trials, counts=counts, best=best, pareto=pareto, baseline=baseline,
-        improvement=improvement, capacity={"bytes": capacity.bytes, "source": capacity.source},
-        trials=rows, notes=list(notes), timing={"wall_s": wall_s},
-    )
-
-
-__all__ = ["HpoInterrupted", "HpoOptions", "OBJECTIVES", "PRUNERS", "SAMPLERS", "fail_dead_trials", "make_pruner", "make_sampler",
-           "open_study", "run_hpo", "summarize"]
+__all__ = ["HpoInterrupted", "HpoOptions", "OBJECTIVES", "PRUNERS", "SAMPLERS", "StudyLock", "fail_dead_trials", "make_pruner",
+           "make_sampler", "open_study", "run_hpo", "summarize"]
