@@ -207,7 +207,7 @@ def build_space(
     if world_size > 1 or not (cpu or local):
         # One GPU you do not have too: ZeRO-3 with CPU offload (ZeRO-Infinity) fits models the GPU alone
         # cannot hold. On this machine's one device the layouts are not measured (one process), so left out.
-        layouts = _layouts(world_size, per_node, heads or 1, layers or 1)
+        layouts = _layouts(world_size, per_node, heads or 1, layers or 1, tpu=hardware.kind == "tpu")
         notes.append(f"{len(layouts)} parallel layouts (ZeRO, FSDP, TP, PP, offload) for {world_size} device(s): estimated, not measured")
     return TrainSpace(
         global_batch=global_batch, seq=seq, data_parallel=world_size, micro_batches=micro, precisions=tuple(precisions),
@@ -216,11 +216,16 @@ def build_space(
     )
 
 
-def _layouts(world: int, per_node: int, heads: int, layers: int) -> list[dict[str, Any]]:
+def _layouts(world: int, per_node: int, heads: int, layers: int, tpu: bool = False) -> list[dict[str, Any]]:
     """The planner's parallel layouts (tune/space.parallel_layouts) as Candidate fields: pipeline
-    interleaving is the planner's alone (one chunk per stage here); ZeRO 0 and no FSDP are left out."""
+    interleaving is the planner's alone (one chunk per stage here); ZeRO 0 and no FSDP are left out.
+    On a TPU slice, the planner's TPU branch (space.tpu_layouts: XLA SPMD's data parallel, FSDP, tensor)."""
     out = []
-    for layout in space.parallel_layouts(world, per_node, heads, layers, {"pp_virtual": 1, "pp_embedding_as_layer": False}):
+    fixed = {"pp_virtual": 1, "pp_embedding_as_layer": False}
+    layouts = space.parallel_layouts(world, per_node, heads, layers, fixed)
+    if tpu:
+        layouts = space.tpu_layouts(layouts, fixed, world, per_node)
+    for layout in layouts:
         shard = {"zero": layout["zero"]} if layout["zero"] else {"fsdp": layout["fsdp"]} if layout["fsdp"] else {}
         out.append({**shard, "tp": layout["tp"], "pp": layout["pp"], "offload": layout["offload"]})
     return out
