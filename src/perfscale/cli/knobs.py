@@ -60,15 +60,17 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
 
 
+def option_type(hint: Any) -> Any:
+    """The type Typer parses for a field's annotation: `int | None` -> int (None is the option's default,
+    not a type to parse); any other annotation as it is."""
+    kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return kinds[0] if len(kinds) == 1 and type(None) in typing.get_args(hint) else hint
+
+
 def _cli_type(name: str) -> type:
-    """The option's type from the field's annotation: bool, int (also `int | None`), else text."""
-    hint = _hints()[name]
-    kinds = {arg for arg in typing.get_args(hint) if arg is not type(None)} or {hint}
-    if kinds == {bool}:
-        return bool
-    if kinds == {int}:
-        return int
-    return str  # str knobs, and lora_targets (comma-separated)
+    """A knob option's type: bool, int (also `int | None`), else text (str knobs, and lora_targets, comma-separated)."""
+    kind = option_type(_hints()[name])
+    return kind if kind in (bool, int) else str
 
 
 def knob_help(name: str) -> str:

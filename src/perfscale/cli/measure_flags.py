@@ -125,14 +125,8 @@ class MeasureFlags:
         return MeasureOptions(stop=stop, warmup=self.warmup, time_limit=self.time_limit, gate=self.gate)
 
 
-def _option_type(hint: Any) -> Any:
-    """The type Typer parses: `int | None` -> int (None is the option's default, not a type to parse)."""
-    kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return kinds[0] if len(kinds) == 1 else hint
-
-
 _HINTS = typing.get_type_hints(MeasureFlags)
-_OPTION_TYPES = {f.name: _option_type(_HINTS[f.name]) for f in fields(MeasureFlags)}
+_OPTION_TYPES = {f.name: knobs.option_type(_HINTS[f.name]) for f in fields(MeasureFlags)}
 
 
 def with_measure_flags(command: Callable) -> Callable:
