@@ -161,6 +161,15 @@ def test_inference_on_a_slice_searches_only_what_xla_runs():
     assert {c.knobs["precision"] for c in result.configs} <= {"bf16", "fp32"}
 
 
+def test_tune_searches_the_same_tpu_layouts():
+    from perfscale.tune.train_space import build_space
+
+    topo = parse_topology("v5e-16")
+    built = build_space(topo.hardware, 16, global_batch=16, seq=128, local=False, heads=2, layers=2, per_node=16)
+    assert built.layouts and all(lay.get("pp", 1) == 1 and not lay.get("zero") and lay.get("offload", "none") == "none"
+                                 for lay in built.layouts)
+
+
 def test_gpu_topologies_have_no_tpu_branch():
     topo = parse_topology("8xH100-80GB")
     assert topo.hardware.torus is None and "tpu_slice" not in topo.to_dict()
