@@ -34,3 +34,10 @@ def test_published_configs_count_the_published_sizes():
     assert sizes["16B"] == pytest.approx(16e9, rel=0.03) and sizes["32B"] == pytest.approx(32e9, rel=0.03)
     assert sizes["64B"] == pytest.approx(64e9, rel=0.03)
     assert sizes["22B"] == pytest.approx(25.76e9, rel=0.01)
+
+
+@pytest.mark.parametrize("row", bench.COLLECTIVES, ids=[r[0] for r in bench.COLLECTIVES])
+def test_a_measured_torus_collective(row):
+    """The torus term alone, against a profiled all-gather on a v5e mesh axis (no wraparound: one link one way)."""
+    result = bench.run_collective(row)
+    assert abs(result["error"]) <= TOLERANCE, result

@@ -56,6 +56,13 @@ def ring(n: int) -> float:
     return (n - 1) / n if n > 1 else 0.0
 
 
+def all_gather_seconds(tpu, n: int, stride: int, total_bytes: float, link_efficiency: float) -> float:
+    """An all-gather (or reduce-scatter) of `total_bytes` (the whole gathered array) over `n` chips of a slice
+    that are `stride` apart: (n-1)/n x bytes / (ring bandwidth per chip x link efficiency). No per-hop latency
+    (~1 us per hop, Scaling Book part 3): small arrays are latency-bound and take longer than this."""
+    return ring(n) * total_bytes / (tpu.group_bandwidth(n, stride) * link_efficiency)
+
+
 def train_comm(mc: ModelConstants, k, tpu, per_node: int, nodes: int, gbytes: float, compute: float,
                link_efficiency: float) -> dict:
     """Communication of one training step on a TPU slice (or slices): times in seconds per chip.
@@ -72,8 +79,7 @@ def train_comm(mc: ModelConstants, k, tpu, per_node: int, nodes: int, gbytes: fl
     if shard_full:
         # The FSDP group: within a slice when it fits there, else across slices (DCN carries the gathers).
         group_in = min(fsdp, in_slice)
-        ici = tpu.group_bandwidth(group_in, tp * pp) * link_efficiency
-        gathers = 3 * ring(group_in) * gbytes * k.accum / ici
+        gathers = 3 * all_gather_seconds(tpu, group_in, tp * pp, gbytes * k.accum, link_efficiency)
         if fsdp > in_slice:  # the rest of the FSDP group is across slices: its share of every gather is on DCN
             span = fsdp // in_slice
             gathers += 3 * ring(span) * gbytes / group_in * k.accum / dcn
