@@ -1,7 +1,8 @@
 """torch -> ONNX export of an encoder, cached by model, opset and settings, and reused.
 
 Cache layout: <cache>/onnx/<model-slug>-<key>/ with model.onnx (plain export), fused.onnx
-(ONNX Runtime transformer fusions) and <stage>-<quantization>.onnx. The key hashes the model
+(fused attention with packed QKV, runtimes/ort_fusion.py), fused-mha.onnx (the same with Q, K, V
+apart, what int8 quantizes), each with a .fusions.json, and <stage>-<quantization>.onnx. The key hashes the model
 folder, its weight files' size and mtime, the opset and the torch / onnxruntime versions, so a
 changed model or library gets a fresh export. Files are written to a temporary name and renamed,
 so a concurrent or interrupted run never sees half a file.
@@ -41,7 +42,7 @@ def model_cache_dir(source, opset: int, cache_dir=None) -> Path:
 
     key = json.dumps(
         {"path": source.path, "weights": source.weights_fingerprint(), "opset": opset, "torch": torch.__version__,
-         "onnxruntime": onnxruntime.__version__, "format": 2},
+         "onnxruntime": onnxruntime.__version__, "format": 3},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -123,8 +124,9 @@ def onnx_model_for(source, settings, input_names: list[str], cache_dir=None) -> 
     path = export_onnx(source, input_names, settings.opset, cache_dir)
     stage = "model"
     if settings.fusions:
-        path = quantize.fuse(path, path.with_name("fused.onnx"), source)
-        stage = "fused"
+        # int8: Q, K, V stay MatMuls so that the quantizer reaches them (ort_fusion's docstring).
+        stage = "fused" if settings.quantization == "none" else "fused-mha"
+        path = quantize.fuse(path, path.with_name(f"{stage}.onnx"), source, pack_qkv=settings.quantization == "none")
     if settings.quantization != "none":
         path = quantize.quantize_int8(path, path.with_name(f"{stage}-{settings.quantization}.onnx"), settings.quantization)
     return path

@@ -1,4 +1,4 @@
-"""ONNX Runtime graph fusions and int8 dynamic quantization, each writing a cached file.
+"""ONNX Runtime graph fusions (runtimes/ort_fusion.py) and int8 dynamic quantization, each writing a cached file.
 
 Dynamic quantization stores weights as int8 and quantizes activations per batch at run time
 (ONNX Runtime `quantize_dynamic`). The variants differ in accuracy, not only speed:
@@ -24,49 +24,37 @@ _QUANT_FLAGS = {
     "int8-reduce-range": {"per_channel": False, "reduce_range": True},
     "int8-per-channel-reduce-range": {"per_channel": True, "reduce_range": True},
 }
-# ORT's transformer optimizer knows these encoder families (onnxruntime.transformers.optimizer).
-_FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "mpnet": "bert", "electra": "bert"}
 
 
 def _atomic(dst: Path):
     return dst.with_name(dst.name + f".tmp{os.getpid()}")
 
 
-def fuse(src: Path, dst: Path, source) -> Path:
-    """ORT transformer fusions (Attention, SkipLayerNormalization, BiasGelu, ...), cached at dst.
+def fuse(src: Path, dst: Path, source, *, pack_qkv: bool = True) -> Path:
+    """The fused graph of the plain export (runtimes/ort_fusion.py: attention, layer norms, GELU,
+    embeddings), cached at dst with its fused-op counts in dst's `.fusions.json`.
 
-    Writes dst/fusions.json with the fused-operator counts, so a report can say what fused.
+    pack_qkv=False keeps the Q, K and V projections as MatMuls (MultiHeadAttention) so that int8
+    quantization reaches them.
     """
     if dst.is_file():
         return dst
-    from onnxruntime.transformers.optimizer import optimize_model
+    from perfscale.runtimes import ort_fusion
 
-    model_type = _FUSION_TYPES.get(source.model_type, "bert")
-    tmp = _atomic(dst)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            opt = optimize_model(str(src), model_type=model_type, num_heads=source.num_heads or 0,
-                                 hidden_size=source.hidden_size or 0, opt_level=1)
-            stats = opt.get_fused_operator_statistics()
-            opt.save_model_to_file(str(tmp), use_external_data_format=False)
-        os.replace(tmp, dst)
+        ort_fusion.fuse(src, dst, source, pack_qkv=pack_qkv)
     except Exception as exc:
         raise UnsupportedModelError(
             f"ONNX Runtime fusions failed for {source.name!r}: {type(exc).__name__}: {exc}. Run without fusions."
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    import json
-
-    dst.with_suffix(".fusions.json").write_text(json.dumps({k: int(v) for k, v in stats.items()}, indent=2))
     return dst
 
 
 def fused_operator_counts(path: Path) -> dict[str, int]:
-    import json
+    """Fused-operator counts of an ONNX file (runtimes/ort_fusion.fused_op_counts)."""
+    from perfscale.runtimes.ort_fusion import fused_op_counts
 
-    f = Path(path).with_suffix(".fusions.json")
-    return json.loads(f.read_text()) if f.is_file() else {}
+    return fused_op_counts(path)
 
 
 def quantize_int8(src: Path, dst: Path, mode: str) -> Path:
