@@ -113,6 +113,20 @@ def test_int8_quantizes_every_projection_of_the_unpacked_graph(tiny, cache):
     ref = load_encoder(str(tiny)).encode(SENTENCES)
     cos = (enc.encode(SENTENCES) * ref).sum(1)
     assert cos.min() > 0.97
+    assert ort_fusion.fusion_record(enc.onnx_path)["form"] == "unpacked-qkv"  # the record of the graph it came from
+
+
+def test_tune_encoder_variants_carry_their_fused_ops(tiny, cache):
+    from perfscale.tune.infer import Variant, _try_variant
+
+    variant = Variant(label="onnxruntime+fusions", settings=FUSED.to_dict(), stage="runtime")
+    _try_variant(variant, resolve_encoder(str(tiny)), SENTENCES, None, None, SENTENCES[:2], 1, cache)
+    assert variant.status == "ok", variant.reason
+    assert variant.fused_ops["Attention"] == 2 and variant.fused_ops["EmbedLayerNormalization"] == 1
+    assert variant.fusion_note is None and "fused_ops" in variant.to_dict()
+    eager = Variant(label="eager", settings=EncoderSettings().to_dict(), stage="runtime")
+    _try_variant(eager, resolve_encoder(str(tiny)), SENTENCES, None, None, SENTENCES[:2], 1, cache)
+    assert eager.fused_ops is None
 
 
 def test_a_model_the_rewrite_cannot_handle_falls_back_with_a_note(tiny, cache, monkeypatch):

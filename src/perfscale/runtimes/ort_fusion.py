@@ -53,9 +53,16 @@ def fused_op_counts(path: str | os.PathLike) -> dict[str, int]:
 
 
 def fusion_record(path: str | os.PathLike) -> dict | None:
-    """The sidecar of a fused file (fused_ops, path, note, max_abs_diff), or None when there is none."""
-    f = sidecar(Path(path))
-    return json.loads(f.read_text()) if f.is_file() else None
+    """The sidecar of a fused file (fused_ops, path, note, max_abs_diff), or None when there is none.
+
+    For a quantized file (`fused-mha-int8-per-channel.onnx`) it is the sidecar of the fused graph it
+    was made from (`fused-mha.fusions.json`).
+    """
+    path = Path(path)
+    candidates = [sidecar(path)] + [path.with_name(f"{stage}.fusions.json") for stage in ("fused-mha", "fused")
+                                    if path.stem.startswith(stage + "-")]
+    f = next((c for c in candidates if c.is_file()), None)
+    return json.loads(f.read_text()) if f is not None else None
 
 
 def sidecar(path: Path) -> Path:
