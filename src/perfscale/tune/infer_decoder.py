@@ -278,7 +278,8 @@ def tune_decoder(
     winner = max(ok, key=lambda v: v.speedup["ratio"]) if ok else ref
     for v in variants[1:]:
         if v.status == "ok" and v is not winner:
-            v.status, v.reason = "slower", "slower than the winner" if ok else "not significantly faster than the eager reference"
+            v.status, v.reason = "slower", ("gate passed; slower than the winner" if ok
+                                            else "gate passed; not significantly faster than the eager reference")
     sp = winner.speedup
     verdict = (f"{winner.label}: {sp['ratio']:.2f}x the reference's tokens/s [95% CI {sp['ci_low']:.2f}, {sp['ci_high']:.2f}] "
                f"over {sp['rounds']} interleaved rounds, identical greedy tokens"
