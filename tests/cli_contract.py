@@ -30,6 +30,9 @@ CHEAP_BASE: dict[tuple[str, ...], list[str]] = {
     ("debug", "overflow"): ["--steps", "1", "--batch", "1", "--seq", "8", "--no-check-fixes"],
     ("debug", "dist"): ["--nproc", "1", "--sizes", "4", "--iters", "1", "--timeout", "60"],
     ("debug", "profile"): ["--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0"],
+    # debug xla (issue 20): a 1-layer llama config, one step of one length per pass (two compiled graphs)
+    ("debug", "xla"): ["--model", str(Path(__file__).parent / "data" / "debug_xla_tiny"), "--batches", "1", "--batch", "1",
+                       "--lengths", "4", "--buckets", "8", "--new-tokens", "1", "--no-probe"],
     # place needs a machine; the default (tiny) model places in well under a second
     ("place",): ["--hardware", "2xA100-80GB"],
     # hpo: one trial of one step on a short block; a valid draw trains once (a launcher + ~10 s)

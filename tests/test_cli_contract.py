@@ -29,9 +29,9 @@ VERBS = {path: params for path, params in verbs().items() if path}
 # Examples per verb and the wall-clock limit of one invocation: measuring verbs cost a worker
 # process (~10 s) whenever the drawn values are valid, so they get fewer examples.
 EXAMPLES = {("bench",): 5, ("compare",): 2, ("tune",): 8, ("trace",): 12, ("tune", "encoder"): 2, ("tune", "decoder"): 2,
-            ("debug", "overflow"): 4, ("debug", "dist"): 4, ("debug", "profile"): 4, ("place",): 10, ("hpo",): 6}
+            ("debug", "overflow"): 4, ("debug", "dist"): 4, ("debug", "profile"): 4, ("debug", "xla"): 3, ("place",): 10, ("hpo",): 6}
 TIMEOUT_S = {("bench",): 150.0, ("compare",): 240.0, ("tune",): 120.0, ("trace",): 90.0, ("tune", "encoder"): 200.0,
-             ("tune", "decoder"): 200.0, ("debug", "overflow"): 120.0, ("debug", "dist"): 120.0, ("debug", "profile"): 150.0, ("hpo",): 200.0}
+             ("tune", "decoder"): 200.0, ("debug", "overflow"): 120.0, ("debug", "dist"): 120.0, ("debug", "profile"): 150.0, ("debug", "xla"): 150.0, ("hpo",): 200.0}
 # Examples are derandomized: the same draws every run, so the suite's time is stable on 2 cores (a
 # fresh seed may draw a valid trace or tune that runs for minutes) and nothing is stored, in the
 # repository or elsewhere (derandomize implies no example database); the sweep in
