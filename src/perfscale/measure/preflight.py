@@ -87,10 +87,16 @@ def _check_head_exists(spec, auto: str, scenario: str) -> None:
     """transformers has a class of that kind for this model type (else the worker's from_config fails)."""
     from transformers.models.auto import modeling_auto
 
-    mapping = {"AutoModelForCausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-               "AutoModelForMaskedLM": modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES}[auto]
+    from perfscale.specs.heads import TASK_MAPPINGS
+
+    kinds = {"AutoModelForCausalLM": "causal-lm", "AutoModelForMaskedLM": "masked-lm",
+             "AutoModelForSequenceClassification": "sequence-classification",
+             "AutoModelForTokenClassification": "token-classification",
+             "AutoModelForQuestionAnswering": "question-answering", "AutoModelForMultipleChoice": "multiple-choice"}
+    mapping = getattr(modeling_auto, TASK_MAPPINGS[kinds[auto]])
     if spec.model_type not in mapping:
-        kind = "causal language model" if auto == "AutoModelForCausalLM" else "masked language model"
+        kind = {"AutoModelForCausalLM": "causal language model", "AutoModelForMaskedLM": "masked language model"}.get(
+            auto, f"{kinds[auto]} head")
         raise UnsupportedModelError(
             f"{spec.name} ({spec.model_type}) has no {kind} class in transformers, which the {scenario} scenario builds. "
             "Use a decoder model (e.g. perfscale-tiny-llama), or for train an encoder with a masked-LM head (e.g. bert-base)."

@@ -70,8 +70,11 @@ def _forward_target(model: Any):
     return base
 
 
-def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) -> dict[str, Any]:
+def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str, ids: Any = None,
+                generator: Any = None) -> dict[str, Any]:
     """The batch a Trainer step feeds this head (specs/heads.py), with the labels its loss expects.
+    `ids`: the token ids to use (a DataLoader's batch, of the head's input shape) instead of random ones;
+    `generator`: the torch generator the random labels are drawn with (CPU).
 
     causal / masked / seq2seq LM: token labels (b, s) (a masked LM's -100 positions change values, not
     shapes: its loss runs over every position); sequence classification: (b,) class ids, (b,) floats for
@@ -85,7 +88,11 @@ def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) 
 
     task = spec.task
     shape = (batch, heads.MULTIPLE_CHOICES, seq) if task == "multiple-choice" else (batch, seq)
-    ids = torch.randint(0, spec.vocab_size, shape, device=device)
+    ids = torch.randint(0, spec.vocab_size, shape, device=device) if ids is None else ids
+
+    def randint(high: int, size: tuple) -> Any:
+        return torch.randint(0, high, size, generator=generator).to(device)
+
     params = inspect.signature(_forward_target(model).forward).parameters
     inputs: dict[str, Any] = {"input_ids": ids}
     labels = None
@@ -95,16 +102,17 @@ def make_inputs(model: Any, spec: ModelSpec, batch: int, seq: int, device: str) 
         n = spec.num_labels or 1
         problem = heads.problem_type(spec.config)
         if problem == "single_label_classification":
-            labels = torch.randint(0, n, (batch,), device=device)
+            labels = randint(n, (batch,))
         else:  # regression (b,) for one label, (b, n) otherwise; multi-label targets are floats too
-            labels = torch.rand((batch,) if n == 1 else (batch, n), device=device, dtype=torch.get_default_dtype())
+            labels = torch.rand((batch,) if n == 1 else (batch, n), generator=generator,
+                                dtype=torch.get_default_dtype()).to(device)
     elif task == "token-classification":
-        labels = torch.randint(0, spec.num_labels or 1, (batch, seq), device=device)
+        labels = randint(spec.num_labels or 1, (batch, seq))
     elif task == "multiple-choice":
-        labels = torch.randint(0, heads.MULTIPLE_CHOICES, (batch,), device=device)
+        labels = randint(heads.MULTIPLE_CHOICES, (batch,))
     elif task == "question-answering":
-        inputs["start_positions"] = torch.randint(0, seq, (batch,), device=device)
-        inputs["end_positions"] = torch.randint(0, seq, (batch,), device=device)
+        inputs["start_positions"] = randint(seq, (batch,))
+        inputs["end_positions"] = randint(seq, (batch,))
     if labels is not None and "labels" in params:
         inputs["labels"] = labels
     if getattr(spec, "is_encoder_decoder", False) and "decoder_input_ids" in params:

@@ -57,10 +57,19 @@ def peak_dtype(precision: Precision, device: str) -> str:
     return base
 
 
+# The Auto class of each task head a train bench builds from the config's architectures[0] (specs/heads.py);
+# a base model or a causal LM trains as a causal LM, an encoder without a head with a masked-LM head.
+HEAD_AUTO_CLASSES = {"masked-lm": "AutoModelForMaskedLM", "sequence-classification": "AutoModelForSequenceClassification",
+                     "token-classification": "AutoModelForTokenClassification",
+                     "question-answering": "AutoModelForQuestionAnswering", "multiple-choice": "AutoModelForMultipleChoice"}
+
+
 def lm_auto_class(spec, scenario: str) -> str:
     """The transformers Auto class a train/generate bench builds for this model (UnsupportedModelError
     when none fits); the parent checks it before any worker starts (measure/preflight.py)."""
     arch = spec.architecture
+    if scenario == "train" and spec.task in HEAD_AUTO_CLASSES:  # the config's head, trained as the Trainer would
+        return HEAD_AUTO_CLASSES[spec.task]
     if spec.is_encoder_decoder:
         raise UnsupportedModelError(f"{spec.name} ({arch}) is an encoder-decoder; bench train/generate supports decoder LMs and (train) encoders.")
     if arch.endswith("ForCausalLM") or spec.model_type in ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "falcon", "gpt_neox", "opt", "mixtral"):

@@ -11,6 +11,8 @@ import contextlib
 from perfscale.config import optimizer as optimizers
 from perfscale.errors import UnsupportedModelError
 from perfscale.measure.scenarios.common import Scenario, build_lm, peak_dtype, train_flops
+from perfscale.specs import heads
+from perfscale.trace.train_step import make_inputs
 
 
 def build_optimizer(name: str, params, device: str):
@@ -59,7 +61,12 @@ def setup(config, device: str) -> Scenario:
     vocab = spec.vocab_size
     gen = torch.Generator().manual_seed(config.seed + rank)  # each rank its own batches, as a DistributedSampler gives
     n_batches = max(4, wl.grad_accum)
-    data = torch.randint(3, vocab, (n_batches * wl.batch, wl.seq), generator=gen)
+    choices = (heads.MULTIPLE_CHOICES,) if spec.task == "multiple-choice" else ()
+    data = torch.randint(3, vocab, (n_batches * wl.batch, *choices, wl.seq), generator=gen)
+    # A head other than a language model's (classification, QA, multiple choice) gets the labels its loss
+    # expects (trace/train_step.make_inputs, what trace measures too); a language model learns its inputs.
+    labels_gen = torch.Generator().manual_seed(config.seed + 1000 + rank)
+    lm = spec.task in (*heads.LM_TASKS, heads.BASE)
     loader = torch.utils.data.DataLoader(
         data, batch_size=wl.batch, shuffle=False, num_workers=config.dataloader_workers,
         pin_memory=config.pin_memory and device == "cuda", persistent_workers=config.dataloader_workers > 0, drop_last=True,
@@ -79,8 +86,10 @@ def setup(config, device: str) -> Scenario:
         total = 0.0
         for micro in range(wl.grad_accum):
             ids = next(batches).to(device, non_blocking=True)
+            inputs = {"input_ids": ids, "labels": ids} if lm else \
+                make_inputs(model, spec, wl.batch, wl.seq, device, ids=ids, generator=labels_gen)
             with no_sync(micro < wl.grad_accum - 1), autocast():
-                loss = forward(input_ids=ids, labels=ids).loss / wl.grad_accum
+                loss = forward(**inputs).loss / wl.grad_accum
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
