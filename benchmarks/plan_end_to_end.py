@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,15 +35,20 @@ def main() -> None:
     args = parser.parse_args()
     exe = shutil.which("perfscale") or os.path.join(os.path.dirname(sys.executable), "perfscale")
     times: dict[str, list[float]] = {name: [] for name in CASES}
+    cpu: dict[str, list[float]] = {name: [] for name in CASES}  # user + system CPU seconds: what an idle box waits
     for _ in range(args.rounds):
         for name, case in CASES.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run([exe, "plan", *case], check=True, capture_output=True)
             times[name].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     print(json.dumps({
         "machine": platform.node(), "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rounds": args.rounds,
         "seconds": {name: {"median": round(statistics.median(t), 3), "min": round(min(t), 3), "max": round(max(t), 3)}
                     for name, t in times.items()},
+        "cpu_seconds_median": {name: round(statistics.median(t), 3) for name, t in cpu.items()},
     }, indent=1))
 
 
