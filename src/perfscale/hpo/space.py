@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perfscale.config.precision import PRECISIONS
 from perfscale.config.run_config import CHOICES, MAX_LORA_RANK
 from perfscale.errors import ConfigFileError, InvalidConfigError
 
@@ -43,7 +44,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "max_grad_norm": {"short": "clip", "kind": "float", "bounds": (0.0, 100.0), "doc": "gradient clipping norm (0: off)"},
     "per_device_train_batch_size": {"short": "batch", "kind": "int", "bounds": (1, MAX_BATCH), "doc": "micro-batch (sequences per forward)"},
     "gradient_accumulation_steps": {"short": "accum", "kind": "int", "bounds": (1, MAX_BATCH), "doc": "micro-batches per optimizer step"},
-    "precision": {"short": "precision", "kind": "categorical", "choices": tuple(p for p in CHOICES["precision"] if p.endswith("-mixed") or p == "fp32"),
+    "precision": {"short": "precision", "kind": "categorical", "choices": tuple(p for p in CHOICES["precision"] if PRECISIONS[p].weight_dtype == "fp32"),
                   "doc": "perfscale precision knob (fp32 or mixed precision: fp32 master weights + autocast)"},
     "checkpointing": {"short": "ckpt", "kind": "categorical", "choices": (False, True), "doc": "perfscale knob: activation checkpointing"},
     "optimizer": {"short": "optim", "kind": "categorical", "choices": CHOICES["optimizer"], "doc": "perfscale knob: TrainingArguments `optim`"},
@@ -407,8 +408,8 @@ def training_arguments(values: dict[str, Any], only: SearchSpace | None = None) 
     if "warmup_ratio" in names:
         out["warmup_steps"] = float(values["warmup_ratio"])  # transformers 5: a float < 1 is a fraction of the steps
     if "precision" in names:
-        out["bf16"] = values["precision"] == "bf16-mixed"
-        out["fp16"] = values["precision"] == "fp16-mixed"
+        autocast = PRECISIONS[values["precision"]].autocast_dtype
+        out["bf16"], out["fp16"] = autocast == "bf16", autocast == "fp16"
     if "checkpointing" in names:
         out["activation_checkpointing"] = bool(values["checkpointing"])  # transformers 5 name
     if "optimizer" in names:
