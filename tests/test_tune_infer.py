@@ -70,6 +70,11 @@ def test_cli_tune_infer_quick_json_save_and_apply(tiny, tmp_path):
     if doc["speedup"]:
         assert doc["speedup"]["ci_low"] > 1
     assert "perfscale.apply.encoder" in doc["apply_snippet"]
+    # Serving shapes (issue 21): the baseline's and the winner's batch-1 latency under one interleaved stream.
+    assert doc["objective"] == "throughput"
+    lat = doc["serving"]["latency"]
+    assert set(lat) == {"sentence-transformers", doc["winner"]} and doc["serving"]["requests"] >= 16
+    assert all(v["n"] == doc["serving"]["requests"] and v["p50_ms"] <= v["p99_ms"] for v in lat.values())
     # Apply: from the saved path, the parsed dict and the result object give the same encoder.
     assert json.loads(saved.read_text())["winner"] == doc["winner"]
     cache = tmp_path / "cache" / "perfscale"

@@ -43,9 +43,9 @@ def int8_model(source, onnx_path: Path, tokenizer, input_names: list[str], max_l
     except ImportError as exc:
         raise UnsupportedModelError(f"OpenVINO int8 (int8-static) needs NNCF, which is not installed: {INSTALL}.") from exc
     folder = onnx_path.parent
-    existing = sorted(folder.glob("openvino-int8-static-*.xml"))
+    existing = sorted(folder.glob("openvino-int8-static-*.xml"), key=lambda f: f.stat().st_mtime)
     if calibration is None:
-        if existing:  # made by the tuner with its calibration sentences; reused as is
+        if existing:  # the one last made or used with calibration sentences (the tuner's, for its fresh processes)
             return existing[-1]
         raise UnsupportedModelError(
             f"OpenVINO int8 of {source.name!r} is calibrated on sentences and none were given: pass calibration=[...] "
@@ -57,6 +57,7 @@ def int8_model(source, onnx_path: Path, tokenizer, input_names: list[str], max_l
     key = json.dumps({"sentences": calibration, "max_length": max_length, "openvino": ov.__version__, "nncf": nncf.__version__})
     target = folder / f"openvino-int8-static-{hashlib.sha256(key.encode()).hexdigest()[:10]}.xml"
     if target.is_file():
+        os.utime(target)  # the last one used: what a later load without calibration takes
         return target
     core = ov.Core()
     model = core.read_model(str(onnx_path))
