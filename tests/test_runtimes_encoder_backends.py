@@ -142,3 +142,18 @@ def test_cli_names_an_absent_backend_and_a_bad_objective(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-c", "from perfscale.cli.app import run; run()", "tune", "encoder", "--model",
                            str(tiny), "--objective", "fast", "--json"], capture_output=True, text=True, timeout=120)
     assert_user_error(proc, "'fast'", "throughput, latency")
+
+
+def test_nncf_telemetry_is_off():
+    """NNCF sends usage events by default (no consent asked); perfscale turns them off. Checked outside pytest,
+    because NNCF itself goes quiet when it sees pytest imported."""
+    pytest.importorskip("nncf")
+    import subprocess
+
+    code = ("from perfscale.runtimes.openvino import _import_nncf\n"
+            "_import_nncf()\n"
+            "from nncf.telemetry import decorator, wrapper\n"
+            "print(type(decorator.telemetry).__name__, type(wrapper.telemetry).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["MagicMock", "MagicMock"], proc.stdout  # NNCF's own no-op stub, not NNCFTelemetry

@@ -34,12 +34,26 @@ INSTALL = "pip install openvino nncf (or pip install 'perfscale[openvino]')"
 CALIBRATION_MAX = 64
 
 
+def _import_nncf():
+    """nncf with its telemetry off. NNCF sends usage events (Google Analytics) by default without asking
+    (nncf/telemetry/wrapper.py: enable_opt_in_dialog=False, unless a consent file says no); perfscale reaches no
+    network at run time, so its tracked functions get NNCF's own no-op stub. (OpenVINO's own telemetry lives in its
+    model-conversion tools, which this backend does not call: it reads the ONNX file.)"""
+    import nncf
+    import nncf.telemetry
+    from nncf.telemetry import decorator, wrapper
+
+    stub = wrapper.NNCFTelemetryStub()
+    wrapper.telemetry = decorator.telemetry = nncf.telemetry.telemetry = stub
+    return nncf
+
+
 def int8_model(source, onnx_path: Path, tokenizer, input_names: list[str], max_length: int, calibration: list[str] | None) -> Path:
     """The NNCF int8 OpenVINO IR (model .xml + .bin) next to the ONNX export, made once per calibration set."""
     import openvino as ov
 
     try:
-        import nncf
+        nncf = _import_nncf()
     except ImportError as exc:
         raise UnsupportedModelError(f"OpenVINO int8 (int8-static) needs NNCF, which is not installed: {INSTALL}.") from exc
     folder = onnx_path.parent
