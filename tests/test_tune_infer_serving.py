@@ -65,14 +65,21 @@ def tiny(tmp_path_factory):
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder-serving"))
 
 
-def test_latency_objective_picks_by_single_requests_and_old_results_still_load(tiny, tmp_path):
+def test_latency_objective_picks_by_single_requests_and_old_results_still_load(tiny, tmp_path, monkeypatch):
     import perfscale.apply
+    from perfscale.runtimes import encoder
     from perfscale.tune.infer import EncoderTuneResult, load_result, tune_encoder
 
-    result = tune_encoder(str(tiny), quick=True, backends=("eager",), sentences=SENTENCES, objective="latency",
-                          cache_dir=tmp_path, budget_seconds=600)
+    # Every backend searched (none named), onnxruntime and openvino "absent": skipped with their install lines, no error.
+    lines = {"onnxruntime": "pip install onnxruntime onnx onnxscript", "openvino": "pip install openvino nncf"}
+    monkeypatch.setattr(encoder, "backend_missing", lambda b: lines.get(b))
+    result = tune_encoder(str(tiny), quick=True, sentences=SENTENCES, objective="latency", cache_dir=tmp_path, budget_seconds=600)
     doc = json.loads(json.dumps(result.to_dict()))
     assert doc["objective"] == "latency"
+    for backend, line in lines.items():
+        assert f"backend {backend} skipped: not installed ({line})" in doc["notes"]
+        skipped = [v for v in doc["variants"] if v["settings"]["backend"] == backend]
+        assert skipped and all(v["status"] == "skipped" and line in v["reason"] for v in skipped)
     serving = doc["serving"]
     assert serving["requests"] == len(SENTENCES) and "each request sent to every encoder in turn" in serving["method"]
     assert "sentence-transformers" in serving["latency"]
