@@ -163,3 +163,30 @@ def test_tuner_times_variants_interleaved_with_int8(monkeypatch, no_torchao):
     int8 = doc["variants"][-1]
     assert int8["quant"]["layers"] == 29 and int8["gate"]["passed"] == (int8["status"] != "inaccurate")
     assert doc["measurement"]["rounds"] == 3 and "interleaved" in doc["measurement"]["method"]
+
+
+def test_a_variant_that_crashes_is_a_result_and_no_reference_is_an_error(lm, monkeypatch):
+    from perfscale.tune.infer_decoder import measure_interleaved
+
+    prompts = make_prompts([3, 5], lm.config.vocab_size, seed=2)
+    settings = [DecoderSettings(), DecoderSettings(cache="static"), DecoderSettings(batch=2)]
+    real_run, calls = DecoderRunner.run, []
+
+    def flaky(self, prompts, new_tokens):
+        calls.append(self.settings.label())
+        if self.settings.cache == "static" and calls.count(self.settings.label()) == 2:  # its first timed pass
+            raise RuntimeError("boom")
+        return real_run(self, prompts, new_tokens)
+
+    monkeypatch.setattr(DecoderRunner, "run", flaky)
+    ref, static, batched = measure_interleaved(lm, settings, prompts, 2, passes=2)
+    assert static.status == "failed" and static.reason == "RuntimeError: boom" and static.speedup is None
+    assert ref.status == batched.status == "ok" and len(batched.pass_times_s) == 2 and batched.speedup["rounds"] == 2
+    assert calls.count(static.label) == 2  # not run again after it failed
+
+    def broken(self, prompts, new_tokens):
+        raise RuntimeError("no generate here")
+
+    monkeypatch.setattr(DecoderRunner, "run", broken)
+    variants = measure_interleaved(lm, settings, prompts, 2, passes=2)
+    assert variants[0].status == "failed" and all(v.tokens_per_s is None for v in variants)

@@ -139,9 +139,10 @@ def measure_interleaved(model, settings_list, prompts, new_tokens: int, passes: 
     runs: dict[int, list[Any]] = {}
     compiled = [s for s in settings_list if s.compile]
     needed = sum(graph_bound(s.buckets) if s.buckets else 2 * len({len(p) for p in prompts}) for s in compiled)
-    limit = max(int(torch._dynamo.config.recompile_limit), needed)
+    knob = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # older torch
+    limit = max(int(getattr(torch._dynamo.config, knob)), needed)
     reset_compiler()
-    with torch._dynamo.config.patch(recompile_limit=limit):
+    with torch._dynamo.config.patch(**{knob: limit}):
         try:
             for i, (s, v) in enumerate(zip(settings_list, variants, strict=True)):
                 progress(f"warming up {v.label}")
@@ -154,6 +155,8 @@ def measure_interleaved(model, settings_list, prompts, new_tokens: int, passes: 
                     runners[i], runs[i] = runner, []
                 except Exception as exc:  # a variant that crashes is a result, not a crash of the tool
                     v.status, v.reason = "failed", _failure(exc)
+                if i == 0 and v.status == "failed":
+                    return variants  # no reference, no gate: the caller says why
             for r in range(passes):
                 progress(f"round {r + 1}/{passes}: every variant once, interleaved")
                 live = sorted(runners)
