@@ -190,3 +190,18 @@ def test_a_variant_that_crashes_is_a_result_and_no_reference_is_an_error(lm, mon
     monkeypatch.setattr(DecoderRunner, "run", broken)
     variants = measure_interleaved(lm, settings, prompts, 2, passes=2)
     assert variants[0].status == "failed" and all(v.tokens_per_s is None for v in variants)
+
+
+def test_a_quantized_winner_says_how_to_quantize():
+    import perfscale.apply
+    from perfscale.tune.infer_decoder import DecoderTuneResult
+
+    settings = DecoderSettings(quant=INT8, quant_backend="torch")
+    result = DecoderTuneResult(model="m", prompt_lengths=[3], new_tokens=2, variants=[], winner=settings.label(),
+                               winner_settings=settings.to_dict(), verdict="", recompiles={}, passes=1)
+    assert "quantize_decoder(model, 'int8-weight-only', 'torch')" in result.apply_snippet
+    kw = perfscale.apply.decoder(result.to_dict())
+    assert DecoderSettings.from_dict(kw["settings"]) == settings
+    plain = DecoderTuneResult(model="m", prompt_lengths=[3], new_tokens=2, variants=[], winner="eager",
+                              winner_settings=DecoderSettings().to_dict(), verdict="", recompiles={}, passes=1)
+    assert "quantize_decoder" not in plain.apply_snippet

@@ -23,6 +23,11 @@ The cost of the fixed cache: every decode step attends over the full cache (mask
 Measured per call: TTFT (prefill plus the first token), time per output token after the first,
 tokens/s, and the number of graphs dynamo compiled (torch._dynamo counters: stats.unique_graphs),
 per pass and cumulatively after each generate call.
+
+int8 weight-only weights (`DecoderSettings.quant`, runtimes/decoder_quant.py): the runner generates
+with a quantized copy of the model. A runner installs its compiled forward only while it runs, so
+runners of one model take turns (the tuner's interleaved rounds); the gate for every variant is
+`greedy_agreement` with the eager fp32 reference.
 """
 
 from __future__ import annotations
