@@ -94,7 +94,7 @@ def fuse(src: Path, dst: Path, source, *, pack_qkv: bool = True) -> dict:
                       "max_abs_diff": diff, "note": None}
         else:
             with contextlib.redirect_stdout(sys.stderr):
-                _ort_optimizer(src, tmp, source)
+                ort_optimizer(src, tmp, source)
             record = {"path": "ort-optimizer", "form": None, "max_abs_diff": max_abs_diff(src, tmp), "note": note}
         record["fused_ops"] = fused_op_counts(tmp)
         os.replace(tmp, dst)
@@ -113,7 +113,7 @@ def _onnxscript_then_ort(src: Path, dst: Path, source, pack_qkv: bool) -> None:
         raise ValueError("no attention matched")
     _position_ids_from_input_ids(model)
     ir.save(model, str(dst))
-    _ort_optimizer(dst, dst, source)
+    ort_optimizer(dst, dst, source)
 
 
 def onnxscript_fusions(model, pack_qkv: bool = True) -> dict[str, int]:
@@ -204,8 +204,9 @@ def _position_ids_from_input_ids(model) -> int:
     return rewired
 
 
-def _ort_optimizer(src: Path, dst: Path, source) -> None:
-    """ORT's transformer optimizer (model_type bert) on src, written to dst as one file."""
+def ort_optimizer(src: Path, dst: Path, source) -> None:
+    """ORT's transformer optimizer (model_type bert) alone on src, written to dst as one file: the fallback,
+    and perfscale's fused graph before this module (no attention fused in a dynamo export)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # Every encoder family is optimized as "bert": onnxruntime's other model types are decoders, vision or speech.
