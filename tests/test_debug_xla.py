@@ -97,11 +97,13 @@ def test_generate_static_cache_and_buckets_bound_the_graphs():
     from perfscale.debug.xla import debug_xla
     from perfscale.runtimes.decoder import graph_bound
 
-    r = debug_xla(TINY, mode="generate", lengths=[3, 6, 9], batches=3, buckets=[16], new_tokens=2, device="cpu", probe=False)
+    r = debug_xla(TINY, mode="generate", lengths=[3, 6], batches=2, buckets=[16], new_tokens=2, device="cpu", probe=False)
     assert r.before.cache == "dynamic" and r.after.cache == "static" and r.bound == graph_bound((16,)) == 3
-    assert r.before.distinct_shapes == 3 and r.after.distinct_shapes == 1
-    assert r.after.compilations <= r.bound < r.before.compilations
-    assert r.after.step_compilations[1:] == [0, 0]  # one bucket, one cache length: the later prompts compile nothing
+    assert r.before.distinct_shapes == 2 and r.after.distinct_shapes == 1
+    # as written, the second length compiles its own prefill (and its cache length its own decode step)
+    assert r.before.step_compilations[1] >= 1 and r.after.compilations <= r.bound
+    assert r.after.step_compilations[1] == 0  # one bucket, one cache length: the second prompt compiles nothing
+    assert r.within_bound
     assert any("cache_implementation='static'" in f for f in r.fixes)
 
 

@@ -358,82 +358,87 @@ def _train_pass(model, rows_per_step, *, engine, device, backend, buckets, item_
         tokens=real, padded_tokens=padded)
 
 
-def _generate_pass_dynamo(model, prompts, *, backend, buckets, new_tokens, probe) -> PassResult:
-    from perfscale.debug import recompile
-    from perfscale.runtimes.decoder import DecoderRunner, DecoderSettings
-
-    cache = "static" if buckets else "dynamic"
-    settings = DecoderSettings(cache=cache, compile=True, compile_backend=backend, batch=1,
-                               buckets=tuple(buckets) if buckets else None)
-    syncs: list[dict[str, Any]] = []
-    if probe:  # generate's own host syncs, per generated token (an eager call under the probe)
-        p = recompile.SyncProbe()
-        eager = DecoderRunner(model, DecoderSettings(cache=cache, buckets=settings.buckets))
-        with p:
-            eager.run(prompts[:1], new_tokens)
-        syncs = p.report(steps=new_tokens)
-    recompile.reset_compiler()
-    runner = DecoderRunner(model, settings)
-    try:
-        with recompile.watch_dynamo() as log:
-            run = runner.run(prompts, new_tokens)
-    finally:
-        runner.close()
-    cumulative = [0, *run.graphs_after_call]
-    comp = [b - a for a, b in zip(cumulative, cumulative[1:], strict=False)]
-    secs = [t + p_ * max(new_tokens - 1, 0) for t, p_ in zip(run.ttft_s, run.tpot_s, strict=True)]
-    shapes = [(1, n) for n in run.padded_lengths]
-    result = _summarise(
-        "fixed" if buckets else "as written", f"buckets {','.join(map(str, buckets))}" if buckets else "none (each prompt its own length)",
-        shapes, comp, secs, item_in_step=None, cache=cache, recompile_reasons=log.recompile_reasons(),
-        graph_breaks=recompile.graph_breaks(), syncs=syncs, transfers_from_device=None, fallbacks=[],
-        recompile_limit_hit=run.recompile_limit_hit, tokens=sum(len(p_) for p_ in prompts), padded_tokens=sum(run.padded_lengths))
-    result.wall_s = run.total_s
-    return result
-
-
-def _generate_pass_xla(model, prompts, *, buckets, new_tokens, pad, probe) -> PassResult:
+def _generate_pass(model, prompts, *, engine, device, backend, buckets, new_tokens, pad, probe) -> PassResult:
+    """generate() once per prompt (batch 1), left-padded to its bucket when bucketed, on the model's device.
+    torch.compile: the model's forward compiled with dynamic=False (prefill and decode steps), as
+    runtimes.decoder.DecoderRunner does; XLA: generate traced lazily, cut at torch_xla.sync()."""
     import torch
-    import torch_xla
 
     from perfscale.debug import recompile
     from perfscale.runtimes.decoder import DecoderSettings, bucket_length
 
     cache = "static" if buckets else "dynamic"
     settings = DecoderSettings(cache=cache, buckets=tuple(buckets) if buckets else None)
-    gen_kw = settings.generate_kwargs(new_tokens)
-    xla = _XlaCounters()
-    shapes, comp, secs, fallbacks, transfers = [], [], [], Counter(), 0
-    syncs: list[dict[str, Any]] = []
-    device = torch_xla.device()
-    for i, prompt in enumerate(prompts):
+    gen_kw = settings.generate_kwargs(new_tokens)  # with buckets: one static-cache length, largest bucket + new tokens
+    xla = _XlaCounters() if engine == "torch_xla" else None
+    # transformers keeps the largest static-cache length seen on the model: forget it, so a pass does not inherit one
+    if hasattr(model, "_previous_max_cache_length"):
+        del model._previous_max_cache_length
+
+    def inputs(prompt):
         length = bucket_length(len(prompt), settings.buckets)
         ids = torch.full((1, length), pad, dtype=torch.long)
         mask = torch.zeros((1, length), dtype=torch.long)
         ids[0, length - len(prompt):] = torch.tensor(prompt)  # left padding: generation continues at the right edge
         mask[0, length - len(prompt):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        shapes.append((1, length))
-        p = recompile.SyncProbe() if probe and i == 0 else None
-        before = xla.snapshot()
-        t0 = time.perf_counter()
-        with torch.no_grad(), (p if p is not None else contextlib.nullcontext()):
+        return ids.to(device), mask.to(device)
+
+    def generate(ids, mask):
+        with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 pad_token_id=pad, **gen_kw)
+                                 pad_token_id=pad, do_sample=False, **{k: v for k, v in gen_kw.items() if k != "do_sample"})
+        if xla is not None:
+            import torch_xla
+
             torch_xla.sync()
-            out.cpu()
-        secs.append(time.perf_counter() - t0)
-        d = xla.delta(before, xla.snapshot())
-        comp.append(d["compile"])
-        transfers += d["transfer"]
-        fallbacks.update(d["fallbacks"])
-        if p is not None:
-            syncs = p.report(steps=new_tokens)
+        elif device == "cuda":
+            torch.cuda.synchronize()
+        return out.cpu()
+
+    syncs: list[dict[str, Any]] = []
+    if probe and xla is None:  # generate's own host syncs, per generated token: one eager call under the probe
+        p = recompile.SyncProbe()
+        with p:
+            generate(*inputs(prompts[0]))
+        syncs = p.report(steps=new_tokens)
+        if hasattr(model, "_previous_max_cache_length"):
+            del model._previous_max_cache_length
+    shapes, comp, secs, fallbacks, transfers = [], [], [], Counter(), 0
+    eager_forward = model.forward
+    if xla is None:
+        recompile.reset_compiler()
+        model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+    limit_before = recompile.recompile_limit_hits() if xla is None else 0
+    try:
+        with recompile.watch_dynamo() as log:
+            for i, prompt in enumerate(prompts):
+                ids, mask = inputs(prompt)
+                shapes.append(tuple(ids.shape))
+                p = recompile.SyncProbe() if probe and xla is not None and i == 0 else None
+                before = xla.snapshot() if xla else recompile.graph_count()
+                t0 = time.perf_counter()
+                with p if p is not None else contextlib.nullcontext():
+                    generate(ids, mask)
+                secs.append(time.perf_counter() - t0)
+                if xla is not None:
+                    d = xla.delta(before, xla.snapshot())
+                    comp.append(d["compile"])
+                    transfers += d["transfer"]
+                    fallbacks.update(d["fallbacks"])
+                else:
+                    comp.append(recompile.graph_count() - before)
+                if p is not None:
+                    syncs = p.report(steps=new_tokens)
+        limit_hit = bool(xla is None and recompile.recompile_limit_hits() > limit_before)
+        breaks = recompile.graph_breaks() if xla is None else []
+    finally:
+        model.forward = eager_forward
     return _summarise(
         "fixed" if buckets else "as written", f"buckets {','.join(map(str, buckets))}" if buckets else "none (each prompt its own length)",
-        shapes, comp, secs, item_in_step=None, cache=cache, recompile_reasons=[], graph_breaks=[], syncs=syncs,
-        transfers_from_device=transfers, fallbacks=[{"op": k, "count": v} for k, v in fallbacks.most_common()],
-        recompile_limit_hit=False, tokens=sum(len(p_) for p_ in prompts), padded_tokens=sum(s for _, s in shapes))
+        shapes, comp, secs, item_in_step=None, cache=cache, recompile_reasons=log.recompile_reasons(), graph_breaks=breaks,
+        syncs=syncs, transfers_from_device=transfers if xla is not None else None,
+        fallbacks=[{"op": k, "count": v} for k, v in fallbacks.most_common()], recompile_limit_hit=limit_hit,
+        tokens=sum(len(p_) for p_ in prompts), padded_tokens=sum(s for _, s in shapes))
 
 
 # ----- the check -----
@@ -555,14 +560,10 @@ def debug_xla(
             bound = len(buckets) + 1
         else:
             net.eval()
-            if engine == "torch_xla":
-                before = _generate_pass_xla(net, token_rows, buckets=None, new_tokens=new_tokens, pad=pad, probe=probe)
-                after = _generate_pass_xla(net, token_rows, buckets=buckets, new_tokens=new_tokens, pad=pad, probe=probe)
-                bound = None
-            else:
-                before = _generate_pass_dynamo(net, token_rows, backend=backend, buckets=None, new_tokens=new_tokens, probe=probe)
-                after = _generate_pass_dynamo(net, token_rows, backend=backend, buckets=buckets, new_tokens=new_tokens, probe=probe)
-                bound = graph_bound(tuple(buckets))
+            common = dict(engine=engine, device=dev, backend=backend, new_tokens=new_tokens, pad=pad, probe=probe)
+            before = _generate_pass(net, token_rows, buckets=None, **common)
+            after = _generate_pass(net, token_rows, buckets=buckets, **common)
+            bound = None if engine == "torch_xla" else graph_bound(tuple(buckets))
     except RuntimeError as exc:
         if engine == "torch_xla":
             raise UnsupportedModelError(
