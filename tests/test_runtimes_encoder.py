@@ -87,12 +87,12 @@ def test_onnxruntime_matches_eager_and_export_is_cached(tiny, tmp_path, monkeypa
     # int8 schemes are separate cached files, built from the cached export (no new export).
     q1 = load_encoder(str(tiny), EncoderSettings(backend="onnxruntime", fusions=True, quantization="int8-dynamic"), cache_dir=tmp_path)
     q2 = load_encoder(str(tiny), EncoderSettings(backend="onnxruntime", fusions=True, quantization="int8-per-channel-reduce-range"), cache_dir=tmp_path)
-    assert q1.onnx_path != q2.onnx_path and q1.onnx_path.endswith("fused-int8-dynamic.onnx")
+    assert q1.onnx_path != q2.onnx_path and q1.onnx_path.endswith("fused-mha-int8-dynamic.onnx")
     for q in (q1, q2):
         c = cosines(q.encode(SENTENCES), ref)
         assert np.isfinite(c).all() and c.min() > 0.5  # int8: close, not identical
-    fusions = json.loads((tmp_path / "onnx").glob("*/fused.fusions.json").__next__().read_text())
-    assert fusions.get("SkipLayerNormalization", 0) > 0
+    fusions = json.loads((tmp_path / "onnx").glob("*/fused-mha.fusions.json").__next__().read_text())
+    assert fusions["fused_ops"]["SkipLayerNormalization"] > 0 and fusions["fused_ops"]["MultiHeadAttention"] > 0
     # A different opset is a different cache entry: exporting is needed, and refused here.
     with pytest.raises(UnsupportedModelError, match="ONNX exporter cannot handle"):
         load_encoder(str(tiny), EncoderSettings(backend="onnxruntime", opset=17), cache_dir=tmp_path)
