@@ -646,7 +646,8 @@ def _verdict(r: XlaDebugResult) -> str:
     what = "training steps" if r.mode == "train" else "generate() calls"
     speed = f"{b.wall_s:.1f} s -> {a.wall_s:.1f} s"
     head = (f"{r.engine} on {r.device}: {b.steps} {what} as written compiled {b.compilations} graphs for {b.distinct_shapes} shapes"
-            + (f" and synced with the host {sum(s['per_step'] for s in b.syncs):g} times per step" if b.syncs else "")
+            + (f" and synced with the host {sum(s['per_step'] for s in b.syncs):g} times per "
+               + ("step" if r.mode == "train" else "generated token") if b.syncs else "")
             + f"; fixed, {a.compilations} graphs for {a.distinct_shapes} shapes ({speed})")
     ok = "within" if r.within_bound else "NOT within"
     return head + f"; {ok} the rule for {len(r.buckets)} buckets: {r.bound_rule}."
