@@ -393,13 +393,14 @@ def _generate_pass(model, prompts, *, engine, device, backend, buckets, new_toke
             torch_xla.sync()
         elif device == "cuda":
             torch.cuda.synchronize()
-        return out.cpu()
+        return out  # read back by the caller, outside the probe (the harness's copy is not the model's sync)
 
     syncs: list[dict[str, Any]] = []
     if probe and xla is None:  # generate's own host syncs, per generated token: one eager call under the probe
         p = recompile.SyncProbe()
         with p:
-            generate(*inputs(prompts[0]))
+            out = generate(*inputs(prompts[0]))
+        out.cpu()
         syncs = p.report(steps=new_tokens)
         if hasattr(model, "_previous_max_cache_length"):
             del model._previous_max_cache_length
@@ -418,7 +419,8 @@ def _generate_pass(model, prompts, *, engine, device, backend, buckets, new_toke
                 before = xla.snapshot() if xla else recompile.graph_count()
                 t0 = time.perf_counter()
                 with p if p is not None else contextlib.nullcontext():
-                    generate(ids, mask)
+                    out = generate(ids, mask)
+                out.cpu()
                 secs.append(time.perf_counter() - t0)
                 if xla is not None:
                     d = xla.delta(before, xla.snapshot())
