@@ -73,7 +73,7 @@ def serving_table(doc: dict[str, Any]):
 def decoder_table(doc: dict[str, Any]):
     from rich.table import Table
 
-    table = Table(title=f"tune encoder {doc['model']}: prompts {doc['prompt_lengths']} tokens, {doc['new_tokens']} new tokens, {doc['passes']} timed passes")
+    table = Table(title=f"tune decoder {doc['model']}: prompts {doc['prompt_lengths']} tokens, {doc['new_tokens']} new tokens, {doc['passes']} timed passes")
     for col in ("variant", "status", "tokens/s", "TTFT", "time/token", "graphs", "speed-up (95% CI)", "why"):
         table.add_column(col, justify="left" if col in ("variant", "status", "why") else "right", overflow="fold")
     for v in doc["variants"]:
