@@ -589,6 +589,11 @@ def debug_xla(
         if backend == "eager":
             notes.append("backend eager: dynamo captures the graphs (the counts are exact) without generating kernels, so wall times "
                          "show capture cost, not what inductor or XLA would spend compiling; --backend inductor for that.")
+    shared = sorted({tuple(x["shape"]) for x in after.per_shape} & {tuple(x["shape"]) for x in before.per_shape})
+    if engine == "torch_xla" and shared:
+        notes.append(f"XLA keeps the graphs it compiled in the process (no public reset): the fixed pass's shape(s) "
+                     f"{', '.join(' x '.join(map(str, sh)) for sh in shared)} also ran as written, so graphs they share with "
+                     "that pass (e.g. the mask checks cut out by a library sync) are counted there, not again.")
     if before.recompile_limit_hit:
         notes.append(f"as written, dynamo's recompile limit ({_limit()}) was reached: the shapes after it ran uncompiled (eager), "
                      "so its compilation count is a floor of what XLA (no limit) would compile.")
