@@ -154,3 +154,19 @@ def test_precision_uses_run_configs_names():
     assert Precision.of(EncoderSettings(precision="bf16-mixed").precision).mixed
     with pytest.raises(InvalidConfigError, match="bf16-mixed"):
         EncoderSettings(precision="fp16")
+
+
+def test_a_distilbert_encoder_reads_its_own_size_names(tmp_path):
+    """DistilBERT's config names its width `dim` and its heads `n_heads`: the encoder reads them, so the
+    embeddings have the model's width (they had width 0 before)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder = make_tiny_encoder(tmp_path)
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).unlink()
+    torch.manual_seed(0)
+    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                                     max_position_embeddings=128)).eval().save_pretrained(folder)
+    out = load_encoder(str(folder), EncoderSettings()).encode(SENTENCES[:3])
+    assert out.shape == (3, 32) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)

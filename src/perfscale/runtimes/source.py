@@ -126,9 +126,18 @@ def _read_source(name: str, path: Path) -> EncoderSource:
         normalize=normalize,
         max_length=max_length,
         model_type=str(config.get("model_type", "")),
-        num_heads=int(config.get("num_attention_heads", 0) or 0),
-        hidden_size=int(config.get("hidden_size", 0) or 0),
+        num_heads=_size(config, ("num_attention_heads", "n_heads", "n_head", "num_heads")),
+        hidden_size=_size(config, ("hidden_size", "dim", "d_model", "n_embd")),
     )
+
+
+def _size(config: dict, names: tuple[str, ...]) -> int:
+    """The first of a family's names for a size (DistilBERT: dim / n_heads; GPT-2: n_embd / n_head), else 0."""
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
 
 
 def load_tokenizer(source: EncoderSource):
