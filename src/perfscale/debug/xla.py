@@ -652,9 +652,12 @@ def _verdict(r: XlaDebugResult) -> str:
     b, a = r.before, r.after
     what = "training steps" if r.mode == "train" else "generate() calls"
     speed = f"{b.wall_s:.1f} s -> {a.wall_s:.1f} s"
-    head = (f"{r.engine} on {r.device}: {b.steps} {what} as written compiled {b.compilations} graphs for {b.distinct_shapes} shapes"
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}{'' if k == 1 else 's'}"
+
+    head = (f"{r.engine} on {r.device}: {b.steps} {what} as written compiled {n(b.compilations, 'graph')} for {n(b.distinct_shapes, 'shape')}"
             + (f" and synced with the host {sum(s['per_step'] for s in b.syncs):g} times per "
                + ("step" if r.mode == "train" else "generated token") if b.syncs else "")
-            + f"; fixed, {a.compilations} graphs for {a.distinct_shapes} shapes ({speed})")
+            + f"; fixed, {n(a.compilations, 'graph')} for {n(a.distinct_shapes, 'shape')} ({speed})")
     ok = "within" if r.within_bound else "NOT within"
-    return head + f"; {ok} the rule for {len(r.buckets)} buckets: {r.bound_rule}."
+    return head + f"; {ok} the rule for {n(len(r.buckets), 'bucket')}: {r.bound_rule}."
