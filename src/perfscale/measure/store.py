@@ -95,7 +95,8 @@ class Store:
                     raise StoreError(f"Cannot create the results store {self.path}: {blocker} is a file, not a folder. {where}")
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             # A file that exists must already be a perfscale store (or empty): anything else is left untouched.
-            foreign = self.path.exists() and self.path.stat().st_size > 0 and not _is_perfscale_store(self.path)
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            foreign = not fresh and not _is_perfscale_store(self.path)
         except OSError as exc:
             raise StoreError(f"Cannot use {self.path} as the results store: {_why(exc)}. {where}") from exc
         except sqlite3.DatabaseError as exc:  # not an SQLite file at all
@@ -110,7 +111,11 @@ class Store:
             )
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30)
-            self._db.executescript(_SCHEMA)
+            if fresh:  # tables and version in one transaction: a reader never sees a half-made store
+                self._db.executescript(f"BEGIN;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES ('schema_version', "
+                                       f"'{SCHEMA_VERSION}');\nCOMMIT;")
+            else:
+                self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"Cannot open the results store {self.path}: {_why(exc)}. {where}") from exc
