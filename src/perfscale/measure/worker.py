@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from perfscale.measure.proc_memory import reset_peak_rss, status_bytes
+
 _OOM_PATTERNS = (
     # CPU: "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1152921504606846976 bytes."
     (re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes"), 1),
@@ -47,26 +49,6 @@ def parse_oom(text: str) -> tuple[bool, int | None]:
     if "out of memory" in lowered or "can't allocate memory" in lowered or "cannot allocate memory" in lowered:
         return True, None
     return False, None
-
-
-# ----- CPU memory -----
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) so that the peak covers the timed part only."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def live_tensor_bytes() -> int:
@@ -189,7 +171,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
     hwm_reset = reset_peak_rss()
-    rss_before = _status_kib("VmRSS")
+    rss_before = status_bytes("VmRSS")
     checker = StopChecker(options.stop, seed=config.seed)
     samples: list[float] = []
     own: list[float] = []  # this rank's own step times (samples: the slowest rank's, under torchrun)
@@ -219,7 +201,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     out["compile_s"] = max(0.0, out["warmup_s"][0] - median)
 
     memory: dict[str, Any] = {"cpu_rss_before": rss_before}
-    memory["cpu_peak_rss"] = _status_kib("VmHWM") if hwm_reset else None
+    memory["cpu_peak_rss"] = status_bytes("VmHWM") if hwm_reset else None
     if not hwm_reset:  # lifetime peak (ru_maxrss, KiB on Linux) includes loading: say so
         import resource
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
+from perfscale.measure.proc_memory import reset_peak_rss, status_bytes
 from perfscale.measure.scenarios.common import Scenario
 
 LOAD_PATHS = ("defaults", "dtype", "offload")
@@ -145,25 +146,6 @@ def _write_random(spec, seed: int) -> str:
     return folder
 
 
-# ----- memory of this process -----
-def _status(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux)
-        return True
-    except OSError:
-        return False
-
-
 def load_kwargs(path: str, precision, weight_bytes: int, offload_dir: str) -> dict[str, Any]:
     """from_pretrained kwargs of a loading path on CPU (dtype as a torch attribute name)."""
     kwargs: dict[str, Any] = {}
@@ -178,8 +160,8 @@ def _load_once(cls, folder: str, kwargs: dict[str, Any], weight_bytes: int) -> d
     """One from_pretrained in this process, every parameter read; its times and RSS rises."""
     import torch
 
-    hwm = _reset_hwm()
-    before = _status("VmRSS") or 0
+    hwm = reset_peak_rss()
+    before = status_bytes("VmRSS") or 0
     start = time.perf_counter()
     model = cls.from_pretrained(folder, **kwargs)
     loaded = time.perf_counter()
@@ -188,13 +170,13 @@ def _load_once(cls, folder: str, kwargs: dict[str, Any], weight_bytes: int) -> d
             if p.device.type != "meta" and p.is_floating_point():
                 p.sum()  # read every page of every resident parameter
     ready = time.perf_counter()
-    resident = (_status("VmRSS") or 0) - before
-    peak = (_status("VmHWM") or 0) - before if hwm else None
+    resident = (status_bytes("VmRSS") or 0) - before
+    peak = (status_bytes("VmHWM") or 0) - before if hwm else None
     out = {"load_s": loaded - start, "ready_s": ready - start, "rss_resident_rise_bytes": float(resident),
            "rss_ratio": max(resident, peak or 0) / weight_bytes}
     if peak is not None:
         out["rss_peak_rise_bytes"] = float(peak)
-        out["rss_peak_bytes"] = float(_status("VmHWM") or 0)  # the whole process (interpreter and imports too)
+        out["rss_peak_bytes"] = float(status_bytes("VmHWM") or 0)  # the whole process (interpreter and imports too)
     return out
 
 
@@ -327,7 +309,7 @@ def setup(config, device: str) -> Scenario:
     kwargs = load_kwargs(path, config.run.prec, weight_bytes, offload_dir)
     if "dtype" in kwargs:
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
-    if not _reset_hwm():
+    if not reset_peak_rss():
         notes.append("this kernel cannot reset the peak RSS (/proc/self/clear_refs): rss_peak_rise_bytes is not measured")
     mini = _write_miniature(spec, cls)
     if mini is None:
