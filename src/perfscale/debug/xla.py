@@ -275,6 +275,20 @@ def builtin_step(item_in_step: bool) -> Callable:
     return step
 
 
+def _count_since(xla, before, comp: list[int], fallbacks: Counter) -> int:
+    """After one step or call: append its compilations to `comp` (XLA's metrics, else dynamo's graph count),
+    add its CPU fallbacks to `fallbacks`; return its device-to-host transfers (0 without XLA)."""
+    if xla is None:
+        from perfscale.debug import recompile
+
+        comp.append(recompile.graph_count() - before)
+        return 0
+    d = xla.delta(before, xla.snapshot())
+    comp.append(d["compile"])
+    fallbacks.update(d["fallbacks"])
+    return d["transfer"]
+
+
 def _summarise(name: str, padding: str, shapes: list[tuple[int, ...]], step_comp: list[int], step_s: list[float], **extra) -> PassResult:
     per: dict[tuple[int, ...], list[int]] = {}
     for shape, c in zip(shapes, step_comp, strict=True):
@@ -339,13 +353,7 @@ def _train_pass(model, rows_per_step, *, engine, device, backend, buckets, item_
             if device == "cuda":
                 torch.cuda.synchronize()
             secs.append(time.perf_counter() - t0)
-            if xla is not None:
-                d = xla.delta(before, xla.snapshot())
-                comp.append(d["compile"])
-                transfers += d["transfer"]
-                fallbacks.update(d["fallbacks"])
-            else:
-                comp.append(recompile.graph_count() - before)
+            transfers += _count_since(xla, before, comp, fallbacks)
     real = sum(len(r) for rows in rows_per_step for r in rows)
     padded = sum(b * s for b, s in shapes)
     return _summarise(
@@ -422,13 +430,7 @@ def _generate_pass(model, prompts, *, engine, device, backend, buckets, new_toke
                     out = generate(ids, mask)
                 out.cpu()
                 secs.append(time.perf_counter() - t0)
-                if xla is not None:
-                    d = xla.delta(before, xla.snapshot())
-                    comp.append(d["compile"])
-                    transfers += d["transfer"]
-                    fallbacks.update(d["fallbacks"])
-                else:
-                    comp.append(recompile.graph_count() - before)
+                transfers += _count_since(xla, before, comp, fallbacks)
                 if p is not None:
                     syncs = p.report(steps=new_tokens)
         limit_hit = bool(xla is None and recompile.recompile_limit_hits() > limit_before)
