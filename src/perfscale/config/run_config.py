@@ -55,9 +55,28 @@ MAX_LORA_RANK = 2**16
 # Integer knobs' ranges. Parallel degrees: 2^20 devices is beyond any cluster built (the largest
 # runs use ~10^5 GPUs); threads and workers: beyond any machine's cores (a typo, not a plan).
 INT_RANGES: dict[str, tuple[int, int]] = {
-    "tp": (1, 2**20), "pp": (1, 2**20), "fsdp": (1, 2**20), "pp_virtual": (1, 2**20), "lora_r": (1, MAX_LORA_RANK),
+    "tp": (1, 2**20), "pp": (1, 2**20), "cp": (1, 2**20), "fsdp": (1, 2**20), "pp_virtual": (1, 2**20), "lora_r": (1, MAX_LORA_RANK),
     "torch_num_threads": (1, 4096), "dataloader_num_workers": (0, 4096),
 }
+
+
+def cp_problems(cp: int, seq: int, attn: str) -> list[str]:
+    """Why context parallelism of degree `cp` cannot split this sequence (empty when it can).
+
+    Load-balanced ring attention (Megatron-Core context parallelism) cuts each sequence into 2 cp
+    chunks and gives rank r chunks r and 2 cp - 1 - r, so that causal masking costs every rank the
+    same: seq must be a multiple of 2 cp. Ring attention runs blockwise flash-style kernels
+    (TransformerEngine; torch's context_parallel supports SDPA only): eager attention's s x s
+    scores do not split."""
+    problems = []
+    if seq % (2 * cp):
+        low, high = (seq // (2 * cp)) * 2 * cp, (seq // (2 * cp) + 1) * 2 * cp
+        problems.append(f"cp {cp} splits each sequence into 2 x cp = {2 * cp} chunks (load-balanced ring attention): "
+                        f"seq {seq} is not a multiple of {2 * cp}; use seq {high}" + (f" or {low}" if low else "")
+                        + ", or another cp")
+    if attn != "sdpa":
+        problems.append(f"cp {cp} needs attn sdpa (ring attention runs blockwise flash-style kernels), got attn {attn!r}")
+    return problems
 
 
 def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) -> None:
@@ -124,6 +143,12 @@ class RunConfig:
     # (p-1)/(m+p-1), at V x the point-to-point traffic.
     pp_virtual: int = _knob(1, "estimate", mode="train")
     """Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic). Needs pp >= 2."""
+    # Context parallelism (Megatron-Core's context_parallel docs; Liu et al. 2023 "Ring Attention";
+    # Llama 3, Dubey et al. 2024 section 3.3.2: 405B trained with CP 16 at 131,072 tokens): every
+    # activation is split along the sequence over the CP group; attention passes K/V blocks around
+    # the ring. world = dp x tp x pp x cp; load balancing cuts each sequence into 2 cp chunks.
+    cp: int = _knob(1, "estimate", mode="train")
+    """Context-parallel degree: each sequence split over cp ranks (ring attention passes K/V around them; activations / cp). Needs seq divisible by 2 x cp and attn sdpa."""
     # Korthikanti et al. 2022 (section 4.2.2): LayerNorm/dropout activations split over the TP group.
     sequence_parallel: bool = _knob(False, "estimate")
     """Sequence parallelism with tensor parallelism (Megatron-LM): norm and dropout activations split over the tensor-parallel group."""
@@ -195,13 +220,16 @@ class RunConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 what = {"lora_r": " (the adapter rank)", "fsdp": " (the shard degree)",
-                        "pp_virtual": " (model chunks per pipeline device; 1 = plain 1F1B)"}.get(name, "")
+                        "pp_virtual": " (model chunks per pipeline device; 1 = plain 1F1B)",
+                        "cp": " (ranks each sequence is split over; 1 = no context parallelism)"}.get(name, "")
                 problems.append(f"{name} must be an integer >= {low}{what}, at most {high:,}, got {value!r}")
         if not isinstance(self.lora_targets, tuple) or not all(isinstance(t, str) and t for t in self.lora_targets):
             problems.append(f"lora_targets must be module names (e.g. q_proj,v_proj), got {self.lora_targets!r}")
         if isinstance(self.pp_virtual, int) and self.pp_virtual > 1 and isinstance(self.pp, int) and self.pp < 2:
             problems.append(f"pp_virtual {self.pp_virtual} interleaves pipeline stages and needs pp >= 2 (got pp {self.pp}): "
                             "use pp_virtual 1, or add pipeline parallelism")
+        if isinstance(self.cp, int) and self.cp > 1 and self.is_train:
+            problems.extend(cp_problems(self.cp, self.workload.seq, self.attn))
         if self.fsdp is not None and self.zero:
             problems.append("fsdp and zero are alternatives: give one (FSDP full shard = ZeRO-3)")
         if self.lora_targets and self.lora_r is None:
