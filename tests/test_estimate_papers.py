@@ -93,10 +93,10 @@ def test_pipeline_in_flight_activations(p, v, layers):
     on_stage, chunks = stage_layers(mc, k, 0)
     assert on_stage == pytest.approx(layers / p) and len(chunks) == v
     expected = layers * (1 + (p - 1) / (p * v)) if v > 1 else layers
-    assert live_layer_batches(mc, k, 0, chunks) == pytest.approx(expected)
+    assert live_layer_batches(k, 0, chunks) == pytest.approx(expected)
     # the last rank runs no warm-up under 1F1B: one micro-batch of its layers
     if v == 1:
-        assert live_layer_batches(mc, k, p - 1, stage_layers(mc, k, p - 1)[1]) == pytest.approx(layers / p)
+        assert live_layer_batches(k, p - 1, stage_layers(mc, k, p - 1)[1]) == pytest.approx(layers / p)
 
 
 def test_llama3_stage_balancing():
@@ -110,7 +110,7 @@ def test_llama3_stage_balancing():
     k = Knobs(pp=16, pp_virtual=8, accum=32, pp_embedding_as_layer=True)
     first, chunks = stage_layers(mc, k, 0)
     assert first == 7 and chunks == [0, 1, 1, 1, 1, 1, 1, 1]
-    assert live_layer_batches(mc, k, 0, chunks) == 112
+    assert live_layer_batches(k, 0, chunks) == 112
     last, last_chunks = stage_layers(mc, k, 15)
     assert last == 7 and last_chunks[-1] == 0
     assert stage_layers(mc, k, 5)[0] == 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from perfscale.config.run_config import cp_problems
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate.constants import ModelConstants, dropout_sites, model_constants, training_dropout
 from perfscale.estimate.host import host_capacity
@@ -11,7 +12,7 @@ from perfscale.estimate.inference import infer_memory
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.memory import kept_logits, train_memory
 from perfscale.estimate.overheads import overheads
-from perfscale.estimate.result import BREAKDOWN_KEYS, Estimate, MemoryEstimate, Overhead, TimeEstimate
+from perfscale.estimate.result import BREAKDOWN_KEYS, Estimate, Evaluation, MemoryEstimate, Overhead, TimeEstimate
 from perfscale.estimate.time import ASSUMED_MEMORY_BANDWIDTH, flops_per_token, infer_time, train_time
 from perfscale.estimate.tpu_time import padded_flops_per_token
 
@@ -68,14 +69,20 @@ def layout_problems(mc: ModelConstants, k: Knobs, world: int) -> list[str]:
         if k.mode == "train" and k.pp > 1 and k.accum % k.pp:
             problems.append(f"the interleaved schedule runs micro-batches in groups of pp = {k.pp}: gradient "
                             f"accumulation {k.accum} must be a multiple of {k.pp} (Megatron-LM's rule)")
-    if world % (k.tp * k.pp):
-        problems.append(f"tp x pp = {k.tp} x {k.pp} = {k.tp * k.pp} does not divide the world size {world}: "
+    cp = k.cp if k.mode == "train" else 1
+    if cp > 1:
+        problems.extend(cp_problems(cp, k.seq, k.attn))
+    if world % (k.tp * k.pp * cp):
+        names, degrees = ("tp x pp x cp", f"{k.tp} x {k.pp} x {cp}") if cp > 1 else ("tp x pp", f"{k.tp} x {k.pp}")
+        problems.append(f"{names} = {degrees} = {k.tp * k.pp * cp} does not divide the world size {world}: "
                         "choose degrees whose product divides the number of devices")
     else:
+        # ZeRO / FSDP shard over the data-parallel x context-parallel ranks: they hold the same weights
+        # (Megatron-Core's distributed optimizer over the DP x CP group; torch FSDP's dp_shard x cp mesh).
         dp = world // (k.tp * k.pp)
         if k.fsdp and (k.fsdp > dp or dp % k.fsdp):
-            problems.append(f"FSDP shard degree {k.fsdp} must divide the data-parallel degree {dp} "
-                            f"(= world {world} / (tp {k.tp} x pp {k.pp}))")
+            problems.append(f"FSDP shard degree {k.fsdp} must divide the data-parallel{' x cp' if cp > 1 else ''} degree "
+                            f"{dp} (= world {world} / (tp {k.tp} x pp {k.pp}))")
         if k.mode == "infer" and k.batch % dp:
             problems.append(f"batch {k.batch} is not divisible by the {dp} data-parallel replicas "
                             f"(world {world} / (tp {k.tp} x pp {k.pp})): use a batch that is a multiple of {dp}")
@@ -101,8 +108,8 @@ def hardware_problems(hw, k: Knobs) -> list[str]:
 
 
 def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, efficiency: float | None = None,
-             host_memory: float | None = None, calibration=None) -> dict:
-    """All numbers of one configuration as a dict (no validation, no result objects).
+             host_memory: float | None = None, calibration=None) -> Evaluation:
+    """All numbers of one configuration (no validation, no rounding): the search's hot path.
 
     host_memory: host RAM per node in bytes (None: the nominal default of estimate/host.py).
     calibration: operation times measured on this CPU (estimate/calibration.py), or None.
@@ -113,15 +120,15 @@ def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effici
         mem = train_memory(mc, k, world, "cpu" if hw.kind == "cpu" else "cuda")
         tm = train_time(mc, k, hw, nodes, per_node, efficiency, mem["trainable"], calibration)
         step, tps, split = tm["step"], tm["tokens_per_second"], tm["split"]
-        extra = {"mfu": tm["mfu"], "efficiency": tm["efficiency"], "native": tm["native"], "calibrated": tm["calibrated"],
-                 "uncalibrated": tm["uncalibrated"]}
+        ttft = per_token = bound = None
+        calibrated, uncalibrated = tm["calibrated"], tm["uncalibrated"]
     else:
         mem = infer_memory(mc, k)
         tm = infer_time(mc, k, hw, mem["weights"], mem["kv_per_token"], efficiency)
         step, tps = tm["total"], tm["tokens_per_second"] * max(1, world // (k.tp * k.pp))
         split = {"compute": tm["ttft"], "exposed_comm": 0.0, "bubble": 0.0, "recompute": 0.0, "decode": tm["per_token"] * k.new_tokens}
-        extra = {"mfu": None, "efficiency": tm["efficiency"], "native": tm["native"], "ttft": tm["ttft"],
-                 "per_token": tm["per_token"], "bound": tm["bound"]}
+        ttft, per_token, bound = tm["ttft"], tm["per_token"], tm["bound"]
+        calibrated, uncalibrated = False, None
     over = overheads(hw.kind, mem["peak"])
     total = mem["peak"] + sum(o[1] for o in over)
     # Host RAM per node: each device's offloaded states x the devices that share a node.
@@ -129,54 +136,53 @@ def evaluate(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effici
     host_cap = host_capacity(hw, host_memory)
     host_short = host - host_cap if host and host_cap is not None and host > host_cap else 0.0
     device_short = total - capacity if total > capacity else 0.0
-    fits = not device_short and not host_short
     if device_short:
         binding = "memory"
     elif host_short:
         binding = "host-memory"
     elif k.mode == "infer":
-        binding = tm["bound"] if k.new_tokens else "compute"
+        binding = bound if k.new_tokens else "compute"
     else:
         parts = {"compute": split["compute"] + split["recompute"], "communication": split["exposed_comm"], "bubble": split["bubble"]}
         binding = max(parts, key=parts.get)
-    return {"mem": mem, "over": over, "total": total, "fits": fits, "step": step, "tps": tps, "split": split,
-            "binding": binding, "capacity": capacity, "world": world, "host": host, "host_capacity": host_cap,
-            "short": device_short + host_short, "device_short": device_short, "host_short": host_short, **extra}
+    return Evaluation(mem, tuple(over), total, capacity, not device_short and not host_short, device_short + host_short,
+                      device_short, host_short, host, host_cap, world, step, tps, split, binding, tm.get("mfu"),
+                      tm["efficiency"], tm["native"], calibrated, uncalibrated, ttft, per_token, bound)
 
 
-def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_budget: float | None = None,
+def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: Evaluation, token_budget: float | None = None,
                 price_per_device_hour: float | None = None) -> Estimate:
-    mem = numbers["mem"]
+    mem = numbers.mem
     memory = MemoryEstimate(
         peak_bytes=int(round(mem["peak"])),
         breakdown={key: int(round(mem["breakdown"].get(key, 0.0))) for key in BREAKDOWN_KEYS},
         phase=mem["phase"],
-        overheads=tuple(Overhead(label, int(round(b)), src) for label, b, src in numbers["over"]),
-        capacity_bytes=int(numbers["capacity"]),
-        host_bytes_per_node=int(round(numbers.get("host", 0.0))),
-        host_capacity_bytes=None if numbers.get("host_capacity") is None else int(numbers["host_capacity"]),
+        overheads=tuple(Overhead(label, int(round(b)), src) for label, b, src in numbers.over),
+        capacity_bytes=int(numbers.capacity),
+        host_bytes_per_node=int(round(numbers.host)),
+        host_capacity_bytes=None if numbers.host_capacity is None else int(numbers.host_capacity),
         optimizer_peak_bytes=int(round(mem["optimizer_peak"])) if "optimizer_peak" in mem else None,
     )
     train_seconds = cost = None
-    if token_budget and numbers["tps"] > 0:
-        train_seconds = token_budget / numbers["tps"]
+    if token_budget and numbers.tps > 0:
+        train_seconds = token_budget / numbers.tps
         if price_per_device_hour is not None:
-            cost = train_seconds / 3600 * numbers["world"] * price_per_device_hour
+            cost = train_seconds / 3600 * numbers.world * price_per_device_hour
     time = TimeEstimate(
-        step_seconds=numbers["step"], tokens_per_second=numbers["tps"], split=dict(numbers["split"]),
-        mfu=numbers["mfu"], efficiency=numbers["efficiency"], native_dtype=numbers["native"],
-        ttft_seconds=numbers.get("ttft"), per_token_seconds=numbers.get("per_token"),
+        step_seconds=numbers.step, tokens_per_second=numbers.tps, split=dict(numbers.split),
+        mfu=numbers.mfu, efficiency=numbers.efficiency, native_dtype=numbers.native,
+        ttft_seconds=numbers.ttft, per_token_seconds=numbers.per_token,
         train_seconds=train_seconds, cost=cost,
     )
     notes = []
-    if numbers.get("calibrated"):
+    if numbers.calibrated:
         notes.append("time from operations measured on this machine (perfscale plan --calibrate), not peak x efficiency")
-    elif numbers.get("uncalibrated"):
-        notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers['uncalibrated']}")
-    if not numbers["native"] and topology.hardware.kind == "tpu":
+    elif numbers.uncalibrated:
+        notes.append(f"time from peak x efficiency, not this machine's calibration: {numbers.uncalibrated}")
+    if not numbers.native and topology.hardware.kind == "tpu":
         notes.append(f"{topology.hardware.name} has no native fp32 matmuls: time assumes XLA's HIGHEST precision, 6 bf16 "
                      "passes (6x slower than bf16); use bf16-mixed")
-    elif not numbers["native"]:
+    elif not numbers.native:
         notes.append(f"{topology.hardware.name} has no native {k.precision} matmuls: time assumes emulation (~20x slower)")
     tpu = getattr(topology.hardware, "torus", None)
     if tpu is not None:
@@ -187,9 +193,9 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: dict, token_bud
     loop_note = _loop_note(mc, k, mem["peak"])
     if loop_note:
         notes.append(loop_note)
-    dp = max(1, numbers["world"] // (k.tp * k.pp))
-    return Estimate(model=mc.name, topology=topology.label, world_size=numbers["world"], knobs=k.as_dict(),
-                    memory=memory, time=time, fits=numbers["fits"], binding=numbers["binding"], data_parallel=dp,
+    dp = max(1, numbers.world // (k.tp * k.pp * k.cp))
+    return Estimate(model=mc.name, topology=topology.label, world_size=numbers.world, knobs=k.as_dict(),
+                    memory=memory, time=time, fits=numbers.fits, binding=numbers.binding, data_parallel=dp,
                     notes=tuple(notes), run_config=k.to_run_config().to_dict())
 
 

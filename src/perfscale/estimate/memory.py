@@ -9,9 +9,17 @@ Peak candidates of one step (iteration >= 2, so optimizer state exists during fo
   end of backward  static + all grads + the embedding's incoming gradient
   optimizer step   parameters + grads + optimizer state + the optimizer's temporaries
 Derived from the order in which autograd frees saved tensors; tested against trace.
+
+Context parallelism (RunConfig.cp; Megatron-Core context parallelism, Llama 3 section 3.3.2) splits
+every sequence over cp ranks: each holds seq / cp tokens of every activation (the keys of its
+attention still span the whole sequence, passed around the ring), the weights whole, and the
+states sharded over the data-parallel x cp group (Megatron's distributed optimizer, torch FSDP's
+dp_shard x cp mesh).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from perfscale.config.optimizer import foreach_copy
 from perfscale.estimate import families
@@ -172,7 +180,7 @@ def stage_layers(mc: ModelConstants, k: Knobs, rank: int) -> tuple[float, list[f
     return sum(chunks), chunks
 
 
-def live_layer_batches(mc: ModelConstants, k: Knobs, rank: int, chunks: list[float]) -> float:
+def live_layer_batches(k: Knobs, rank: int, chunks: list[float]) -> float:
     """Layer x micro-batch activation sets alive on pipeline rank `rank` when its first backward starts.
 
     1F1B (PipeDream-Flush, Narayanan et al. 2021 section 2.2.1): rank r runs p - r warm-up
@@ -210,205 +218,326 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
     return pb, pb, pb, 0, prec.name, "autocast" if mixed else "plain"
 
 
+class Weights(NamedTuple):
+    """The weights one pipeline stage holds on a device, before any sharding (bytes or parameters)."""
+
+    params: float  # parameters on this device (TP split), every layer of the stage + embedding/head where it has them
+    head: float  # the output head's weights: its own, or the tied embedding of an LM head; 0 off the last stage
+    trainable: float  # trainable parameters on this device (the adapters under LoRA)
+    frozen_bytes: float  # a LoRA base: its (possibly quantized) bytes; 0 for full fine-tuning
+    param_b: float  # bytes per trainable parameter, its gradient and its optimizer-state element
+    grad_b: float
+    state_b: float
+
+
+def stage_weights(mc: ModelConstants, k: Knobs, first: bool, last: bool, layers_stage: float, pb: float, gb: float,
+                  stb: float) -> Weights:
+    """The parameters of a stage, split by TP, and which of them train (all, or LoRA's adapters on a frozen base)."""
+    tp, pp = k.tp, k.pp
+    layer_params = mc.params_layer / tp
+    embed, head = mc.params_embed / tp, mc.params_head / tp
+    # pipelined, a tied LM head keeps its own copy of the embedding on the last stage
+    tied_copy = mc.params_embed / tp if (mc.params_head == 0 and mc.has_lm_head and pp > 1) else 0.0
+    p_dev = layers_stage * layer_params + (embed if first else 0.0) + ((head + tied_copy) if last and pp > 1 else (head if last else 0.0))
+    # the output head's weights: its own, or the tied embedding of an LM head (a classifier's are tiny, in `other`)
+    head_dev = (head if head else (embed if mc.has_lm_head else 0.0)) if last else 0.0
+    if k.lora_r is None:
+        return Weights(p_dev, head_dev, p_dev, 0.0, pb, gb, stb)
+    trainable = lora_params(mc, k.lora_r, k.lora_targets) / pp / tp
+    qb = QUANT_BYTES.get(k.quantization) or pb
+    # Embeddings and the head stay in the 16/32-bit dtype under bitsandbytes quantization.
+    embed_dev = embed if first else 0.0
+    frozen_bytes = (p_dev - embed_dev - head_dev) * qb + (embed_dev + head_dev) * pb
+    return Weights(p_dev, head_dev, trainable, frozen_bytes, 4, 4, 4)  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
+
+
+class States(NamedTuple):
+    """Model states per device after ZeRO/FSDP sharding and CPU offload (bytes)."""
+
+    params: float
+    grads: float
+    opt: float
+    host: float  # offloaded to CPU memory
+
+
+def sharded_states(mc: ModelConstants, k: Knobs, w: Weights, master: float, shard: int) -> States:
+    """Parameters, gradients and optimizer state per device: ZeRO stage or FSDP over `shard` ranks
+    (model_states), then ZeRO-Offload of the optimizer state (and the parameters)."""
+    lora = k.lora_r is not None
+    opt_per = optimizer_bytes(mc, k.optimizer, w.state_b, w.trainable, lora) + (master if not lora else 0)
+    full_shard = k.zero == 3 or bool(k.fsdp)
+    params, grads, opt = model_states(w.trainable, w.param_b, w.grad_b, opt_per, 3 if k.fsdp else k.zero, shard)
+    params += w.frozen_bytes / (shard if full_shard else 1)
+    host = 0.0
+    if k.offload != "none":
+        # ZeRO-Offload (Ren et al. 2021, section 4.1): optimizer states and fp32 master weights
+        # live in CPU memory, and each gradient partition is copied to the CPU as soon as it is
+        # reduced, so the device keeps only the unit being reduced (DeepSpeed's memory
+        # estimator, estimate_zero2/3_model_states_mem_needs: GPU = largest layer with
+        # offload). Host per device: the states + an fp32 (state-dtype) gradient partition;
+        # with parameter offload also the 16-bit parameter partition (+ a frozen base):
+        # 16 + 2 = 18 bytes/parameter for mixed-precision Adam, as DeepSpeed's estimator
+        # counts (its 1.5x pinned-buffer margin is not added).
+        host = opt + w.trainable * w.state_b / shard
+        opt = 0.0
+        grads = mc.params_layer / k.tp * w.grad_b if not lora else 0.0
+    if k.offload == "optimizer+params":
+        host += params
+        params = 0.0
+    return States(params, grads, opt, host)
+
+
+def gathered_units(mc: ModelConstants, k: Knobs, w: Weights, label: str, first: bool, cb: float, pb: float,
+                   tokens: float) -> tuple[float, float]:
+    """(forward, backward) bytes of the unsharded units in flight under ZeRO-3 / FSDP / parameter offload."""
+    layer_params = mc.params_layer / k.tp
+    lora = k.lora_r is not None
+    gather = 0.0
+    if k.zero == 3 or k.fsdp or k.offload == "optimizer+params":
+        # Unsharded copies of the units in flight, in the compute dtype (FSDP2 all-gather output).
+        if lora:
+            gather = UNITS_IN_FLIGHT * layer_params * (QUANT_BYTES.get(k.quantization) or pb)
+        else:
+            gather = UNITS_IN_FLIGHT * layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else w.param_b)
+    gather_bwd = 0.0
+    if k.fsdp and not lora:
+        # FSDP2 backward: one unit's unsharded gradients (reduce-scatter input, compute dtype)
+        # beside the gathered parameters; with a 16-bit param_dtype the root also keeps the
+        # fp32 embedding output and its cast. Derived from the FSDP2 trace (FSDPMemTracker).
+        gather_bwd = layer_params * (cb if label == "fsdp-mixed" else w.param_b)
+        if label == "fsdp-mixed" and first:
+            gather_bwd += tokens * mc.h * 4
+    return gather, gather_bwd
+
+
+class Activations(NamedTuple):
+    """Activation bytes of one stage per device."""
+
+    saved: float  # saved for backward when the first backward starts (every layer x micro-batch in flight)
+    recompute: float  # what checkpointing recomputes for the layer in backward (0 without it)
+    bottom: float  # the bottom layer's activations during its own backward
+    layer: float  # saved bytes per token of one layer (recomputed under checkpointing)
+
+
+def stage_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, program: str, first: bool,
+                      layers_stage: float, live: float, tokens: float, sb: float, cb: float) -> Activations:
+    """Saved activations of a stage: `live` layer x micro-batch sets of `tokens` tokens (layer_act_bytes,
+    LoRA's changes, checkpointing's layer inputs), autocast's weight casts, RoPE tables, the embedding's dropout mask."""
+    tp = k.tp
+    lora = k.lora_r is not None
+    a_layer = layer_act_bytes(mc, k, act_key, program)
+    # The embedding output's dropout mask, kept until the bottom layer's backward is done (none
+    # under LoRA: the frozen embedding's output needs no gradient), per micro-batch in flight.
+    embed_mask = mc.dropout_embed.get((program, act_key), 0.0) if first and not lora else 0.0
+    embed_mask /= tp if k.sequence_parallel else 1
+    lora_once = 0.0
+    if lora:
+        d_layer, lora_once = lora_act_delta(mc, k, act_key)
+        a_layer += d_layer
+    rep_h = sb * mc.h / (tp if k.sequence_parallel else 1)
+    if k.checkpointing:
+        saved = live * rep_h * tokens  # each layer keeps its input (Chen et al. 2016)
+        recompute = a_layer * tokens
+    else:
+        saved = live * a_layer * tokens
+        recompute = 0.0
+    casts = mc.matmul_layer / tp * cb  # one layer's 16-bit weight copies
+    if label == "autocast":
+        # autocast's 16-bit weight copies are saved for backward (torch autocast cast cache).
+        if lora:
+            saved += (1 if k.checkpointing else layers_stage) * casts
+        elif k.checkpointing:
+            recompute += casts
+        else:
+            saved += layers_stage * casts
+    rope = mc.rope_per_seq[act_key] * k.seq / k.cp  # cos + sin of this rank's positions
+    saved += rope
+    saved += embed_mask * tokens * (live / layers_stage if layers_stage else 1.0)
+    if lora and not k.checkpointing and first:
+        saved += lora_once * tokens
+    bottom = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0) + embed_mask * tokens
+              + (casts if label == "autocast" else 0.0) + rope)
+    return Activations(saved, recompute, bottom, a_layer)
+
+
+def head_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, tokens: float, cb: float) -> tuple[float, float]:
+    """(saved, backward-start transient) bytes of the output head on the last stage."""
+    if mc.has_lm_head:
+        v = mc.vocab / k.tp
+        # final norm + fp32 log-softmax output + int64 labels (transformers ForCausalLMLoss upcasts
+        # logits to fp32; cross_entropy = log_softmax + nll_loss saves the log-softmax output)
+        # A loss that does not upcast (BERT/RoBERTa masked LM, T5: CrossEntropyLoss on the logits)
+        # runs log-softmax in the logits' dtype, which is fp32 anyway under fp32 or CUDA autocast.
+        lb = 4 if (mc.lm_loss_upcast or label == "autocast" or cb == 4) else cb
+        saved = (mc.head_rep[act_key] + lb * v + 8) * tokens
+        if mc.final_softcap:
+            # tanh(logits / cap) * cap (Gemma2ForCausalLM): tanh keeps its output, in the logits' dtype
+            saved += cb * v * tokens
+        if label == "autocast":
+            saved += mc.head_matmul / k.tp * cb
+        # backward start: the grads of the log-softmax output and of the fp32 logits alive
+        # together, while the int64 labels are already freed.
+        return saved, (2 * lb * v - 8) * tokens
+    if mc.task != "base":
+        # a classifier head (sequence / token classification, question answering, multiple choice)
+        # reads the final norm's output; its logits are num_labels (or 2, or 1) wide: negligible
+        return mc.head_rep[act_key] * tokens, 0.0
+    return 0.0, 0.0
+
+
+class BackwardTemps(NamedTuple):
+    """Transient bytes inside the backward pass."""
+
+    layer: float  # one layer's backward: gradients of its widest intermediates and of the residual stream
+    in_layer: float  # a gated MLP's extra at its peak inside the layer
+    embedding: float  # end of backward: the embedding's incoming gradient (+ a tied weight's two gradients)
+    tied_grad: float  # a tied embedding's accumulated gradient (0 when untied)
+
+
+def backward_temporaries(mc: ModelConstants, k: Knobs, first: bool, tokens: float, sb: float, cb: float,
+                         grad_b: float, gshard: int) -> BackwardTemps:
+    """Gradients alive only during backward: one layer's, the gated MLP's, the embedding's."""
+    tp = k.tp
+    lora = k.lora_r is not None
+    # One layer's backward: gradients of its widest intermediates (two for a gated MLP, whose
+    # product rule needs both branches' gradients; OPT's ReLU likewise; one for GELU MLPs) and of the residual stream.
+    wide = 2 if mc.model_type in families.GATED_FAMILIES + ("opt",) else 1  # ReLU saves its output too
+    # Inside a gated layer's backward the peak falls in the MLP: the down projection's input (the
+    # product) and the activation output are freed by then, the down projection's weight gradient
+    # exists, and two more h-wide gradients (residual and norm) are alive. Fitted to the traces of
+    # llama / mistral / qwen2 / phi3 (tiny, b8 s64, checkpointing: +2.0% -> within 0.1%).
+    in_layer = 0.0
+    if mc.model_type in families.GATED_FAMILIES and not lora:
+        in_layer = tokens * (2 * mc.h * sb - 2 * mc.i * cb) / tp + mc.i * mc.h * grad_b / tp / gshard
+    layer_trans = tokens * (wide * mc.i * cb + 2 * mc.h * sb) / tp
+    if k.cp > 1:
+        layer_trans += ring_buffers(mc, k, tokens, cb)
+    emb_trans = tokens * mc.h * sb if first else 0.0
+    tied_grad = 0.0
+    if first and not lora and mc.params_head == 0 and mc.has_lm_head:
+        # A tied embedding: autograd sums the weight's two gradients (the head's, held since the
+        # head's backward, and the embedding's dense V x h gradient) before accumulating them, so
+        # the end of backward holds both and their sum (trace of GPT-2 small, b2 s256: 3 x V x h fp32
+        # temporaries beside every other gradient; the peak under checkpointing, -10.7% without this).
+        tied_grad = mc.params_embed / tp * grad_b / gshard
+        emb_trans += 2 * tied_grad
+    return BackwardTemps(layer_trans, in_layer, emb_trans, tied_grad)
+
+
+# Ring attention's point-to-point buffers in one layer's backward: two (the block being used and the one
+# arriving), each holding K, V and their gradients dK, dV of one rank's chunk (TransformerEngine's
+# AttnFuncWithCPAndKVP2P, used by Megatron-Core context parallelism: p2p_comm_buffers of 2 x kv shape).
+RING_BUFFERS, RING_TENSORS = 2, 4
+
+
+def ring_buffers(mc: ModelConstants, k: Knobs, tokens: float, cb: float) -> float:
+    """Bytes of the ring's K/V (and dK/dV) blocks in flight in a layer's backward under context parallelism;
+    `tokens` are this rank's (seq / cp of each sequence), K and V in the compute dtype, heads split by TP."""
+    return RING_BUFFERS * RING_TENSORS * tokens * mc.kv / k.tp * cb
+
+
+def optimizer_temporaries(mc: ModelConstants, k: Knobs, w: Weights, label: str, program: str, shard: int) -> float:
+    """Temporaries of the optimizer step (config/optimizer.py: as the Trainer builds the optimizer on `program`)."""
+    lora = k.lora_r is not None
+    if k.offload != "none" or (k.zero and label == "deepspeed-mixed"):
+        return 0.0
+    oshard = shard if (k.zero >= 1 or k.fsdp) else 1
+    if foreach_copy(k.optimizer, program):
+        # foreach AdamW (CUDA): sqrt(v) + eps for every parameter at once
+        return w.trainable * w.state_b / oshard
+    if k.optimizer == "adamw_torch" and not lora:
+        # the per-parameter loop (CPU): sqrt(v) and sqrt(v) / bias_correction of one
+        # parameter alive together, the largest one's (torch.optim.adamw._single_tensor_adamw;
+        # tiny llama: trace +4,195,328 B = 2 x its 2048 x 256 fp32 embedding). LoRA: adapter-sized, not counted.
+        return 2 * mc.largest_matrix / k.tp * w.state_b / oshard
+    if k.optimizer == "adafactor":
+        big = (mc.largest_matrix if not lora else 0) / k.tp
+        return big * 4 * (2 if w.param_b == 4 else 4)  # (grad^2 + eps) and the update, fp32
+    return 0.0
+
+
 def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda") -> dict:
     """Per-device training memory of the worst pipeline stage. Returns plain numbers.
 
     program: "cuda" (GPUs and the default trace) or "cpu": the CPU program's dropout noise, and
     torch's per-parameter AdamW loop instead of CUDA's foreach (config/optimizer.py)."""
+    best = None
+    for stage in ("first", "last") if k.pp > 1 else ("only",):
+        result = stage_memory(mc, k, world, program, stage)
+        if best is None or result["peak"] > best["peak"]:
+            best = result
+    return best
+
+
+def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: str) -> dict:
+    """Training memory of one pipeline stage (first | last | only): the peak candidates of the module
+    docstring, the largest of them, and its breakdown."""
     pb, gb, stb, master, act_key, label = regime(k)
     _p, sb, cb = PRECISION_BYTES[act_key]
     tp, pp = k.tp, k.pp
-    dp = max(1, world // (tp * pp))
-    shard = k.fsdp if k.fsdp else dp
+    shard = k.fsdp if k.fsdp else max(1, world // (tp * pp))  # ZeRO shards over data parallel x cp
     lora = k.lora_r is not None
-    tokens = k.batch * k.seq * mc.sequences_per_example  # multiple choice: b x choices sequences
-    layer_params = mc.params_layer / tp
-    embed, head = mc.params_embed / tp, mc.params_head / tp
-    tied_copy = mc.params_embed / tp if (mc.params_head == 0 and mc.has_lm_head and pp > 1) else 0.0
+    # this rank's tokens: multiple choice runs b x choices sequences; context parallelism holds seq / cp of each
+    tokens = k.batch * k.seq * mc.sequences_per_example / k.cp
+    first, last = stage in ("first", "only"), stage in ("last", "only")
+    layers_stage, chunks = stage_layers(mc, k, 0 if first else pp - 1)
+    live = live_layer_batches(k, 0 if first else pp - 1, chunks)
 
-    best = None
-    for stage in ("first", "last") if pp > 1 else ("only",):
-        first, last = stage in ("first", "only"), stage in ("last", "only")
-        rank = 0 if first else pp - 1
-        layers_stage, chunks = stage_layers(mc, k, rank)
-        live = live_layer_batches(mc, k, rank, chunks)
-        p_dev = layers_stage * layer_params + (embed if first else 0.0) + ((head + tied_copy) if last and pp > 1 else (head if last else 0.0))
-        # the output head's weights: its own, or the tied embedding of an LM head (a classifier's are tiny, in `other`)
-        head_dev = (head if head else (embed if mc.has_lm_head else 0.0)) if last else 0.0
-        if lora:
-            trainable = lora_params(mc, k.lora_r, k.lora_targets) / pp / tp
-            qb = QUANT_BYTES.get(k.quantization) or pb
-            # Embeddings and the head stay in the 16/32-bit dtype under bitsandbytes quantization.
-            frozen_bytes = (p_dev - (embed if first else 0) - (head_dev if last else 0)) * qb + ((embed if first else 0) + (head_dev if last else 0)) * pb
-            t_pb, t_gb, t_stb = 4, 4, 4  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
-        else:
-            trainable, frozen_bytes = p_dev, 0.0
-            t_pb, t_gb, t_stb = pb, gb, stb
-        opt_per = optimizer_bytes(mc, k.optimizer, t_stb, trainable, lora) + (master if not lora else 0)
-        z = k.zero
-        full_shard = z == 3 or bool(k.fsdp)
-        params, grads, opt = model_states(trainable, t_pb, t_gb, opt_per, 3 if k.fsdp else z, shard)
-        params += frozen_bytes / (shard if full_shard else 1)
-        host = 0.0
-        if k.offload != "none":
-            # ZeRO-Offload (Ren et al. 2021, section 4.1): optimizer states and fp32 master weights
-            # live in CPU memory, and each gradient partition is copied to the CPU as soon as it is
-            # reduced, so the device keeps only the unit being reduced (DeepSpeed's memory
-            # estimator, estimate_zero2/3_model_states_mem_needs: GPU = largest layer with
-            # offload). Host per device: the states + an fp32 (state-dtype) gradient partition;
-            # with parameter offload also the 16-bit parameter partition (+ a frozen base):
-            # 16 + 2 = 18 bytes/parameter for mixed-precision Adam, as DeepSpeed's estimator
-            # counts (its 1.5x pinned-buffer margin is not added).
-            host = opt + trainable * t_stb / shard
-            opt = 0.0
-            grads = layer_params * t_gb if not lora else 0.0
-        if k.offload == "optimizer+params":
-            host += params
-            params = 0.0
-        gather = 0.0
-        if full_shard or k.offload == "optimizer+params":
-            # Unsharded copies of the units in flight, in the compute dtype (FSDP2 all-gather output).
-            unit = layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else t_pb)
-            gather = UNITS_IN_FLIGHT * unit if not lora else UNITS_IN_FLIGHT * layer_params * (QUANT_BYTES.get(k.quantization) or pb)
-        gather_bwd = 0.0
-        if k.fsdp and not lora:
-            # FSDP2 backward: one unit's unsharded gradients (reduce-scatter input, compute dtype)
-            # beside the gathered parameters; with a 16-bit param_dtype the root also keeps the
-            # fp32 embedding output and its cast. Derived from the FSDP2 trace (FSDPMemTracker).
-            gather_bwd = layer_params * (cb if label == "fsdp-mixed" else t_pb)
-            if label == "fsdp-mixed" and first:
-                gather_bwd += tokens * mc.h * 4
-        # Activations.
-        a_layer = layer_act_bytes(mc, k, act_key, program)
-        # The embedding output's dropout mask, kept until the bottom layer's backward is done (none
-        # under LoRA: the frozen embedding's output needs no gradient), per micro-batch in flight.
-        embed_mask = mc.dropout_embed.get((program, act_key), 0.0) if first and not lora else 0.0
-        embed_mask /= tp if k.sequence_parallel else 1
-        lora_once = 0.0
-        if lora:
-            d_layer, lora_once = lora_act_delta(mc, k, act_key)
-            a_layer += d_layer
-        rep_h = sb * mc.h / (tp if k.sequence_parallel else 1)
-        if k.checkpointing:
-            saved = live * rep_h * tokens  # each layer keeps its input (Chen et al. 2016)
-            recompute = a_layer * tokens
-        else:
-            saved = live * a_layer * tokens
-            recompute = 0.0
-        if label == "autocast":
-            # autocast's 16-bit weight copies are saved for backward (torch autocast cast cache).
-            casts_layers = (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
-            saved += 0.0 if lora else casts_layers * (0 if k.checkpointing else 1)
-            recompute += casts_layers if k.checkpointing and not lora else 0.0
-            if lora:
-                saved += (1 if k.checkpointing else layers_stage) * (mc.matmul_layer / tp) * cb
-        saved += mc.rope_per_seq[act_key] * k.seq
-        saved += embed_mask * tokens * (live / layers_stage if layers_stage else 1.0)
-        if lora and not k.checkpointing:
-            saved += lora_once * tokens * (1 if first else 0)
-        head_saved = head_trans = 0.0
-        if last and mc.has_lm_head:
-            v = mc.vocab / tp
-            # final norm + fp32 log-softmax output + int64 labels (transformers ForCausalLMLoss upcasts
-            # logits to fp32; cross_entropy = log_softmax + nll_loss saves the log-softmax output)
-            # A loss that does not upcast (BERT/RoBERTa masked LM, T5: CrossEntropyLoss on the logits)
-            # runs log-softmax in the logits' dtype, which is fp32 anyway under fp32 or CUDA autocast.
-            lb = 4 if (mc.lm_loss_upcast or label == "autocast" or cb == 4) else cb
-            head_saved = (mc.head_rep[act_key] + lb * v + 8) * tokens
-            if mc.final_softcap:
-                # tanh(logits / cap) * cap (Gemma2ForCausalLM): tanh keeps its output, in the logits' dtype
-                head_saved += cb * v * tokens
-            if label == "autocast":
-                head_saved += mc.head_matmul / tp * cb
-            # backward start: the grads of the log-softmax output and of the fp32 logits alive
-            # together, while the int64 labels are already freed.
-            head_trans = (2 * lb * v - 8) * tokens
-        elif last and mc.task != "base":
-            # a classifier head (sequence / token classification, question answering, multiple choice)
-            # reads the final norm's output; its logits are num_labels (or 2, or 1) wide: negligible
-            head_saved = mc.head_rep[act_key] * tokens
-        # One layer's backward: gradients of its widest intermediates (two for a gated MLP, whose
-        # product rule needs both branches' gradients; OPT's ReLU likewise; one for GELU MLPs) and of the residual stream.
-        wide = 2 if mc.model_type in families.GATED_FAMILIES + ("opt",) else 1  # ReLU saves its output too
-        # Inside a gated layer's backward the peak falls in the MLP: the down projection's input (the
-        # product) and the activation output are freed by then, the down projection's weight gradient
-        # exists, and two more h-wide gradients (residual and norm) are alive. Fitted to the traces of
-        # llama / mistral / qwen2 / phi3 (tiny, b8 s64, checkpointing: +2.0% -> within 0.1%).
-        in_layer = 0.0
-        if mc.model_type in families.GATED_FAMILIES and not lora:
-            in_layer = tokens * (2 * mc.h * sb - 2 * mc.i * cb) / tp + mc.i * mc.h * t_gb / tp / (shard if (z >= 2 or k.fsdp) else 1)
-        layer_trans = tokens * (wide * mc.i * cb + 2 * mc.h * sb) / tp
-        emb_trans = tokens * mc.h * sb if first else 0.0
-        if first and not lora and mc.params_head == 0 and mc.has_lm_head:
-            # A tied embedding: autograd sums the weight's two gradients (the head's, held since the
-            # head's backward, and the embedding's dense V x h gradient) before accumulating them, so
-            # the end of backward holds both and their sum (trace of GPT-2 small, b2 s256: 3 x V x h fp32
-            # temporaries beside every other gradient; the peak under checkpointing, -10.7% without this).
-            tied_grad = embed * t_gb / (shard if (z >= 2 or k.fsdp) else 1)
-            emb_trans += 2 * tied_grad
-        else:
-            tied_grad = 0.0
-        grads_in_static = k.accum > 1
-        static = params + opt + (grads if grads_in_static else 0.0)
-        head_grad = 0.0 if grads_in_static or lora else (head_dev * t_gb / (shard if (z >= 2 or k.fsdp) else 1))
-        # Bottom layer's backward: every other layer's gradients exist, only this layer's
-        # activations (recomputed under checkpointing) are left.
-        gshard = shard if (z >= 2 or k.fsdp) else 1
-        g_layer = 0.0 if lora else layer_params * t_gb / gshard
-        tied = mc.params_head == 0 and mc.has_lm_head
-        # A tied embedding already holds the head's gradient before the bottom layer runs.
-        g_embed = 0.0 if (lora or tied) else (embed * t_gb / gshard if first else 0.0)
-        bottom_acts = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0) + embed_mask * tokens
-                       + (mc.matmul_layer / tp * cb if label == "autocast" else 0.0) + mc.rope_per_seq[act_key] * k.seq)
-        bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
-        cands = {
-            "backward-bottom": (params + opt + gather + bottom_grads + bottom_acts + layer_trans + in_layer, bottom_acts, layer_trans),
-            "backward": (static + gather + gather_bwd + saved + head_saved + head_trans, saved + head_saved, head_trans + gather_bwd),
-            "backward-layers": (static + gather + saved + head_grad + layer_trans + recompute + in_layer, saved + recompute,
-                                layer_trans),
-            # (the tied weight's gradient is not accumulated yet: a temporary, as the trace counts it)
-            "backward-end": (static + gather + (0.0 if grads_in_static else grads) + emb_trans, 0.0,
-                             emb_trans + (0.0 if grads_in_static else tied_grad)),
-        }
-        opt_temp = 0.0
-        if k.offload == "none" and not (z and label == "deepspeed-mixed"):
-            if foreach_copy(k.optimizer, program):
-                # foreach AdamW (CUDA): sqrt(v) + eps for every parameter at once
-                opt_temp = trainable * t_stb / (shard if (z >= 1 or k.fsdp) else 1)
-            elif k.optimizer == "adamw_torch" and not lora:
-                # the per-parameter loop (CPU): sqrt(v) and sqrt(v) / bias_correction of one
-                # parameter alive together, the largest one's (torch.optim.adamw._single_tensor_adamw;
-                # tiny llama: trace +4,195,328 B = 2 x its 2048 x 256 fp32 embedding). LoRA: adapter-sized, not counted.
-                opt_temp = 2 * mc.largest_matrix / tp * t_stb / (shard if (z >= 1 or k.fsdp) else 1)
-            elif k.optimizer == "adafactor":
-                big = (mc.largest_matrix if not lora else 0) / tp
-                opt_temp = big * 4 * (2 if t_pb == 4 else 4)  # (grad^2 + eps) and the update, fp32
-        cands["optimizer"] = (params + grads + opt + opt_temp, 0.0, opt_temp)
-        kept = kept_logits(mc, k, cb, tokens) if last else 0.0
-        if kept:  # a custom loop's `outputs`: alive from the forward to the next forward, every phase
-            cands = {c: (total + kept, a + kept, t) for c, (total, a, t) in cands.items()}
-        phase = max(cands, key=lambda c: cands[c][0])
-        peak, acts, temps = cands[phase]
-        grads_at = grads - (tied_grad if phase == "backward-end" and not grads_in_static else 0.0) if (
-            phase in ("backward-end", "optimizer") or grads_in_static) else (
-            head_grad if phase == "backward-layers" else bottom_grads if phase == "backward-bottom" else 0.0)
-        result = {
-            "peak": peak,
-            "phase": "optimizer" if phase == "optimizer" else "backward",  # every other candidate is in backward
-            "breakdown": {
-                "parameters": params + (gather if phase != "optimizer" else 0.0),
-                "gradients": grads_at,
-                "optimizer_state": opt,
-                "activations": acts,
-                "temporaries": temps,
-                "kv_cache": 0.0,
-                "other": 0.0,
-            },
-            "trainable": trainable * (pp * tp),
-            "optimizer_peak": cands["optimizer"][0],
-            "stage": stage,
-            "host": host,
-        }
-        if best is None or peak > best["peak"]:
-            best = result
-    return best
+    w = stage_weights(mc, k, first, last, layers_stage, pb, gb, stb)
+    params, grads, opt, host = sharded_states(mc, k, w, master, shard)
+    gather, gather_bwd = gathered_units(mc, k, w, label, first, cb, pb, tokens)
+    acts = stage_activations(mc, k, act_key, label, program, first, layers_stage, live, tokens, sb, cb)
+    head_saved, head_trans = head_activations(mc, k, act_key, label, tokens, cb) if last else (0.0, 0.0)
+    gshard = shard if (k.zero >= 2 or k.fsdp) else 1  # gradients sharded (ZeRO-2/3, FSDP)
+    bwd = backward_temporaries(mc, k, first, tokens, sb, cb, w.grad_b, gshard)
+    opt_temp = optimizer_temporaries(mc, k, w, label, program, shard)
+
+    grads_in_static = k.accum > 1  # accumulated gradients persist between micro-steps
+    static = params + opt + (grads if grads_in_static else 0.0)
+    head_grad = 0.0 if grads_in_static or lora else w.head * w.grad_b / gshard
+    # Bottom layer's backward: every other layer's gradients exist, only this layer's
+    # activations (recomputed under checkpointing) are left.
+    g_layer = 0.0 if lora else mc.params_layer / tp * w.grad_b / gshard
+    # A tied embedding already holds the head's gradient before the bottom layer runs.
+    tied = mc.params_head == 0 and mc.has_lm_head
+    g_embed = 0.0 if (lora or tied or not first) else mc.params_embed / tp * w.grad_b / gshard
+    bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
+    # phase: (total, activations, temporaries)
+    cands = {
+        "backward-bottom": (params + opt + gather + bottom_grads + acts.bottom + bwd.layer + bwd.in_layer, acts.bottom,
+                            bwd.layer),
+        "backward": (static + gather + gather_bwd + acts.saved + head_saved + head_trans, acts.saved + head_saved,
+                     head_trans + gather_bwd),
+        "backward-layers": (static + gather + acts.saved + head_grad + bwd.layer + acts.recompute + bwd.in_layer,
+                            acts.saved + acts.recompute, bwd.layer),
+        # (the tied weight's gradient is not accumulated yet: a temporary, as the trace counts it)
+        "backward-end": (static + gather + (0.0 if grads_in_static else grads) + bwd.embedding, 0.0,
+                         bwd.embedding + (0.0 if grads_in_static else bwd.tied_grad)),
+        "optimizer": (params + grads + opt + opt_temp, 0.0, opt_temp),
+    }
+    kept = kept_logits(mc, k, cb, tokens) if last else 0.0
+    if kept:  # a custom loop's `outputs`: alive from the forward to the next forward, every phase
+        cands = {c: (total + kept, a + kept, t) for c, (total, a, t) in cands.items()}
+    phase = max(cands, key=lambda c: cands[c][0])
+    peak, act_bytes, temps = cands[phase]
+    if phase in ("backward-end", "optimizer") or grads_in_static:
+        grads_at = grads - (bwd.tied_grad if phase == "backward-end" and not grads_in_static else 0.0)
+    else:
+        grads_at = {"backward-layers": head_grad, "backward-bottom": bottom_grads}.get(phase, 0.0)
+    return {
+        "peak": peak,
+        "phase": "optimizer" if phase == "optimizer" else "backward",  # every other candidate is in backward
+        "breakdown": {
+            "parameters": params + (gather if phase != "optimizer" else 0.0),
+            "gradients": grads_at,
+            "optimizer_state": opt,
+            "activations": act_bytes,
+            "temporaries": temps,
+            "kv_cache": 0.0,
+            "other": 0.0,
+        },
+        "trainable": w.trainable * (pp * tp),
+        "optimizer_peak": cands["optimizer"][0],
+        "stage": stage,
+        "host": host,
+    }

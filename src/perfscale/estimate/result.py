@@ -1,4 +1,5 @@
-"""Typed results of the estimate engine: one configuration's memory and time (Estimate)."""
+"""Typed results of the estimate engine: one configuration's memory and time (Estimate), and the plain
+numbers of the search's hot path (Evaluation), from which an Estimate is built."""
 
 from __future__ import annotations
 
@@ -103,3 +104,39 @@ class Estimate:
             "binding": self.binding,
             "notes": list(self.notes),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """All numbers of one configuration as estimate/core.evaluate computes them (bytes, seconds; no rounding).
+
+    The search ranks thousands of these; to_estimate turns the few it keeps into an Estimate."""
+
+    mem: dict[str, Any]  # estimate/memory.train_memory or estimate/inference.infer_memory: peak, phase, breakdown...
+    over: tuple[tuple[str, float, str], ...]  # device overheads (label, bytes, source): estimate/overheads.py
+    total: float  # peak + overheads: what must fit in the device
+    capacity: float  # device memory
+    fits: bool
+    short: float  # bytes missing on the device plus on the host (0 when it fits)
+    device_short: float
+    host_short: float
+    host: float  # host RAM per node that CPU offload needs
+    host_capacity: float | None  # host RAM per node (None: unknown, not checked)
+    world: int
+    step: float  # seconds of one optimizer step (training) or one generate() call (inference)
+    tps: float  # tokens per second over all devices
+    split: dict[str, float]  # compute, exposed_comm, bubble, recompute (+ decode for inference)
+    binding: str  # memory | host-memory | compute | communication | bubble | bandwidth
+    mfu: float | None
+    efficiency: float
+    native: bool  # the precision's matmuls run natively (not emulated)
+    calibrated: bool = False  # compute time from operations measured on this CPU
+    uncalibrated: str | None = None  # why this CPU's calibration did not apply, when it was given
+    ttft: float | None = None  # inference: prefill seconds
+    per_token: float | None = None  # inference: seconds per new token
+    bound: str | None = None  # inference decode: bandwidth | compute
+
+    @property
+    def peak(self) -> float:
+        """Allocated tensor bytes at the peak (overheads not included)."""
+        return self.mem["peak"]

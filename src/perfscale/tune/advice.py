@@ -38,12 +38,12 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn, eval
         if k.prec.mixed:
             fp32 = k.copy(precision="fp32")
             n32 = evaluate_fn(fp32)
-            if n32["tps"] > 0:
-                words.append(f"Mixed precision ({k.precision}): {numbers['tps'] / n32['tps']:.1f}x the fp32 throughput "
+            if n32.tps > 0:
+                words.append(f"Mixed precision ({k.precision}): {numbers.tps / n32.tps:.1f}x the fp32 throughput "
                              f"(peak {k.prec.peak_key} vs fp32 on {topo.hardware.name}).")
-        split = numbers["split"]
-        step = numbers["step"] or 1.0
-        binding = numbers["binding"]
+        split = numbers.split
+        step = numbers.step or 1.0
+        binding = numbers.binding
         if binding == "communication":
             words.append(f"The step is communication-bound: {split['exposed_comm'] / step:.0%} of it is exposed "
                          "communication; fewer shards, larger micro-batches or gradient accumulation hide more of it.")
@@ -52,19 +52,19 @@ def advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn, eval
                          "(more micro-batches), interleave stages (--pp-virtual 2 or more) or lower --pp.")
         elif split.get("recompute"):
             words.append(f"Recomputation costs {split['recompute'] / step:.0%} of the step (checkpointing's price for memory).")
-        if numbers.get("mfu") is not None:
-            words.append(f"Expected MFU {numbers['mfu']:.0%} at efficiency {numbers['efficiency']:.2f} (override with --efficiency).")
+        if numbers.mfu is not None:
+            words.append(f"Expected MFU {numbers.mfu:.0%} at efficiency {numbers.efficiency:.2f} (override with --efficiency).")
     else:
-        if numbers.get("bound") == "bandwidth" and k.new_tokens:
+        if numbers.bound == "bandwidth" and k.new_tokens:
             q4 = evaluate_fn(k.copy(quantization="int4"))
-            if q4["step"] > 0 and k.quantization == "none":
-                ratio = numbers["per_token"] / q4["per_token"]
+            if q4.step > 0 and k.quantization == "none":
+                ratio = numbers.per_token / q4.per_token
                 words.append(f"Decode is memory-bound: int4 weights ~{ratio:.1f}x faster per token "
-                             f"({numbers['per_token'] * 1e3:.2f} ms -> {q4['per_token'] * 1e3:.2f} ms).")
+                             f"({numbers.per_token * 1e3:.2f} ms -> {q4.per_token * 1e3:.2f} ms).")
             else:
                 words.append("Decode is memory-bandwidth-bound: each new token reads all weights and the KV cache once.")
-        kv = numbers["mem"]["breakdown"].get("kv_cache", 0)
-        if kv > numbers["mem"]["breakdown"]["parameters"]:
+        kv = numbers.mem["breakdown"].get("kv_cache", 0)
+        if kv > numbers.mem["breakdown"]["parameters"]:
             words.append(f"The KV cache ({gib(kv)}) outweighs the weights: an fp8 cache halves it.")
     return words
 
@@ -73,17 +73,17 @@ def other_ways_to_fit(mc, topo, k, numbers, evaluate_fn, evaluate_on=None) -> st
     """What else would fit `k`'s training without CPU offload (or at all, when it does not fit), each
     estimated: a lighter optimizer or LoRA (they change what is trained: opt-in), or ZeRO-3 over more of
     the same devices (the smallest count that fits). None when `k` already fits without offload."""
-    if k.mode != "train" or (numbers["fits"] and k.offload == "none"):
+    if k.mode != "train" or (numbers.fits and k.offload == "none"):
         return None
     base = k.copy(offload="none")
-    ref = numbers["tps"] if numbers["fits"] else 0.0
+    ref = numbers.tps if numbers.fits else 0.0
     hw = topo.hardware
 
-    def said(label: str, n: dict) -> str:
-        if not n["fits"]:
-            return f"{label}: still short by {gib(max(0.0, n['total'] - n['capacity']))} per device"
-        speed = f", {n['tps'] / ref:.1f}x the throughput" if ref > 0 else f", {n['tps']:,.0f} tokens/s"
-        return f"{label}: {gib(n['total'])} per device{speed}"
+    def said(label: str, n) -> str:  # n: an estimate/result.Evaluation
+        if not n.fits:
+            return f"{label}: still short by {gib(max(0.0, n.total - n.capacity))} per device"
+        speed = f", {n.tps / ref:.1f}x the throughput" if ref > 0 else f", {n.tps:,.0f} tokens/s"
+        return f"{label}: {gib(n.total)} per device{speed}"
 
     options = []
     if k.optimizer in ADAMW:
@@ -101,21 +101,21 @@ def other_ways_to_fit(mc, topo, k, numbers, evaluate_fn, evaluate_on=None) -> st
                 continue
             nodes, in_node = (1, devices) if devices <= per_node else (devices // per_node, per_node)
             n = evaluate_on(sharded, nodes, in_node)
-            if n["fits"]:
-                total = n["tps"] * devices
+            if n.fits:
+                total = n.tps * devices
                 gain = f", {total / (ref * topo.world_size):.1f}x the throughput" if ref > 0 else ""
-                options.append(f"ZeRO-3 over {devices} x {hw.name} ({gib(n['total'])} per device{gain})")
+                options.append(f"ZeRO-3 over {devices} x {hw.name} ({gib(n.total)} per device{gain})")
                 break
     if not options:
         return None
-    what = "Without CPU offload" if numbers["fits"] else "Other ways to fit"
+    what = "Without CPU offload" if numbers.fits else "Other ways to fit"
     return (f"{what}, estimated: " + "; ".join(options) + ". A lighter optimizer or LoRA changes what is trained: "
             "plan searches them only when allowed (--allow-optimizer-change, --allow-lora).")
 
 
 def host_short_message(mc, topo, numbers, k, single: bool) -> str:
     """CPU offload needs more host RAM per node than the node has: by how much, and what helps."""
-    host, cap = numbers["host"], numbers["host_capacity"]
+    host, cap = numbers.host, numbers.host_capacity
     per_node = min(topo.devices_per_node, topo.world_size)
     head = (("This configuration does not fit" if single else f"No configuration of {mc.name} fits") +
             f" on {topo.label}: CPU offload ({k.offload}) needs {gib(host)} of host RAM per node "
@@ -132,16 +132,16 @@ def host_short_message(mc, topo, numbers, k, single: bool) -> str:
 
 
 def nothing_fits_message(mc, topo, numbers, k, train: bool, single: bool = False) -> str:
-    if numbers.get("host_short") and not numbers.get("device_short"):
+    if numbers.host_short and not numbers.device_short:
         return host_short_message(mc, topo, numbers, k, single)
-    cap = numbers["capacity"]
-    short = numbers["total"] - cap
+    cap = numbers.capacity
+    short = numbers.total - cap
     head = ("This configuration does not fit" if single else f"No configuration of {mc.name} fits") + \
-        f" on {topo.label}: the smallest needs {gib(numbers['total'])} per device " \
-        f"(peak {gib(numbers['mem']['peak'])} + overheads) against {gib(cap)}, short by {gib(short)}."
+        f" on {topo.label}: the smallest needs {gib(numbers.total)} per device " \
+        f"(peak {gib(numbers.peak)} + overheads) against {gib(cap)}, short by {gib(short)}."
     fixes = []
     if train:
-        acts = numbers["mem"]["breakdown"]["activations"] + numbers["mem"]["breakdown"]["temporaries"]
+        acts = numbers.mem["breakdown"]["activations"] + numbers.mem["breakdown"]["temporaries"]
         if acts > short:
             fixes.append("a smaller --batch or --seq (activations are "
                          f"{gib(acts)})" + ("" if k.checkpointing else ", or --checkpointing"))

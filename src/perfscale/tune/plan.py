@@ -19,7 +19,7 @@ from perfscale.estimate import cpu_step
 from perfscale.estimate.core import constants_for, evaluate, hardware_problems, layout_problems, to_estimate
 from perfscale.estimate.inference import largest_batch, longest_context
 from perfscale.estimate.knobs import Knobs
-from perfscale.estimate.result import Estimate
+from perfscale.estimate.result import Estimate, Evaluation
 from perfscale.specs.positions import check_workload_length
 from perfscale.tune import rank as ranking
 from perfscale.tune import space
@@ -211,10 +211,10 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
 
     calibrating = prepare_calibration is not None and cpu_step.calibration_applies(calibration, hw, world, efficiency)
 
-    def evaluate_k(k: Knobs) -> dict:
+    def evaluate_k(k: Knobs) -> Evaluation:
         return evaluate(mc, k, hw, nodes, per_node, efficiency, host_memory, calibration)
 
-    def evaluate_on(k: Knobs, nodes_: int, per_node_: int) -> dict:  # the same device, another count (advice)
+    def evaluate_on(k: Knobs, nodes_: int, per_node_: int) -> Evaluation:  # the same device, another count (advice)
         return evaluate(mc, k, hw, nodes_, per_node_, efficiency, host_memory, calibration)
 
     def prepare(knobs_list) -> None:
@@ -227,22 +227,22 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
 
     evaluated, fitting, smallest = 0, [], None
     used_lora = False
-    tpu_best: dict[str, tuple[dict, Knobs]] = {}  # TPU slices: the best configuration of each sharding strategy
+    tpu_best: dict[str, tuple[Evaluation, Knobs]] = {}  # TPU slices: the best configuration of each sharding strategy
     single = list(itertools.islice(candidates(False), 2))
     if len(single) == 1:  # every knob given: evaluate that one configuration, fit or not
         k = single[0]
         prepare([k, k.copy(precision="fp32")])  # the advice compares mixed precision with fp32
         numbers = evaluate_k(k)
         est = to_estimate(mc, k, topo, numbers, token_budget, price_per_device_hour)
-        words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers["fits"] else [], [(numbers, k)], False,
+        words = advice_lines(mc, topo, workload, [(numbers, k)] if numbers.fits else [], [(numbers, k)], False,
                              evaluate_fn=evaluate_k)
-        if not numbers["fits"]:
+        if not numbers.fits:
             words = (nothing_fits_message(mc, topo, numbers, k, train, single=True),) + tuple(words)
         if detected:
             words = (f"No --hardware given: planned for this machine ({hw.description}).",) + tuple(words)
         words = ((length_note,) if length_note else ()) + tuple(words)
         return PlanResult(model=mc.name, topology=topo.label, hardware_detected=detected, mode=workload.mode,
-                          objective=objective, evaluated=1, feasible=int(numbers["fits"]),
+                          objective=objective, evaluated=1, feasible=int(numbers.fits),
                           seconds=_time.perf_counter() - started, open_knobs=(), configs=(est,), advice=tuple(words))
     for attempt in ((False, True) if train and allow_lora and "lora_r" not in fixed else (False,)):
         attempt_candidates = candidates(attempt)
@@ -255,11 +255,11 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
                 evaluated += 1
                 if hw.kind == "tpu" and train:
                     _keep_strategy(tpu_best, numbers, k)
-                if numbers["fits"]:
+                if numbers.fits:
                     fitting.append((numbers, k))
                     break
             else:
-                if smallest is None or numbers["short"] < smallest[0]["short"]:
+                if smallest is None or numbers.short < smallest[0].short:
                     smallest = (numbers, k)
         if fitting:
             used_lora = attempt
@@ -278,7 +278,7 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     extras: dict[str, Any] = {}
     if not train:
         k0 = best[0][1]
-        cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0]["over"])
+        cap = hw.memory_bytes.value - sum(o[1] for o in best[0][0].over)
         extras["largest_batch"] = largest_batch(mc, k0, cap)
         extras["longest_context"] = longest_context(mc, k0, cap)
     words = advice_lines(mc, topo, workload, fitting, best, used_lora, evaluate_fn=evaluate_k,
@@ -311,12 +311,12 @@ def strategy_of(knobs: Knobs | dict) -> str | None:
     return "fsdp" if (get("fsdp") or get("zero", 0) == 3) else "data-parallel"
 
 
-def _keep_strategy(best: dict, numbers: dict, k: Knobs) -> None:
+def _keep_strategy(best: dict, numbers: Evaluation, k: Knobs) -> None:
     """Keep, per strategy, the fastest configuration that fits, else the one closest to fitting."""
     name = strategy_of(k)
     if name is None:
         return
     held = best.get(name)
-    key = (not numbers["fits"], numbers["short"] if not numbers["fits"] else numbers["step"])
-    if held is None or key < (not held[0]["fits"], held[0]["short"] if not held[0]["fits"] else held[0]["step"]):
+    key = (not numbers.fits, numbers.short if not numbers.fits else numbers.step)
+    if held is None or key < (not held[0].fits, held[0].short if not held[0].fits else held[0].step):
         best[name] = (numbers, k)

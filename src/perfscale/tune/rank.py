@@ -18,12 +18,13 @@ def complexity(k) -> int:
     return score
 
 
-def sort_key(objective: str, numbers: dict, k) -> tuple:
+def sort_key(objective: str, numbers, k) -> tuple:
+    """numbers: an estimate/result.Evaluation."""
     if objective == "memory":
-        return (numbers["mem"]["peak"], -numbers["tps"], complexity(k))
+        return (numbers.peak, -numbers.tps, complexity(k))
     # throughput, and cost (device-hours per token = world / tokens-per-second: the same order on
     # a fixed topology).
-    return (-round(numbers["tps"], 6), complexity(k), -k.batch, numbers["mem"]["peak"])
+    return (-round(numbers.tps, 6), complexity(k), -k.batch, numbers.peak)
 
 
 def rank(evaluated: list[tuple], objective: str, top: int) -> list[tuple]:
