@@ -3,6 +3,10 @@
 RunConfig validates once where the user builds it; the search builds thousands of these directly.
 The slots are the workload's sizes (WORKLOAD_DEFAULTS) plus every RunConfig knob, under the same
 names (config/run_config.KNOB_FIELDS): a field added to RunConfig is a slot here without an edit.
+
+Parallel degrees: tp, pp and cp (context parallel: each sequence split over cp ranks, seq / cp tokens each;
+RunConfig.cp). A data-parallel replica spans tp x pp x cp devices, so data parallel = world / (tp x pp x cp);
+ZeRO and FSDP shard over the data-parallel x cp ranks, world / (tp x pp), which hold the same weights.
 """
 
 from __future__ import annotations
