@@ -54,6 +54,13 @@ def _check_runnable(config: RunConfig, topology: Topology) -> None:
             f"ZeRO stage {config.zero} with tensor parallel {config.tp}: accelerate's DeepSpeed integration does not "
             "combine them; use FSDP (fsdp) with tp through parallelism_config instead, or tp 1."
         )
+    if config.cp > 1 and (config.zero or not config.fsdp or config.fsdp % config.cp
+                          or (config.fsdp == config.cp and topology.world_size > config.tp * config.fsdp)):
+        raise InvalidConfigError(
+            f"context parallel (cp {config.cp}) runs under accelerate only on FSDP2, which shards over the data-parallel "
+            "x cp ranks (parallelism_config cp_size; pure replication beside cp is refused by accelerate): give fsdp a "
+            f"multiple of cp ({config.cp}) above it when replicas remain, run it with Megatron-LM or torchtitan, or use cp 1."
+        )
     world = topology.world_size
     shard = config.fsdp or 1
     if world % (config.tp * shard):
@@ -68,10 +75,11 @@ def parallelism_config(config: RunConfig, topology: Topology) -> dict[str, int] 
     world = topology.world_size
     shard = config.fsdp or 1
     replicate = world // (config.tp * shard)
-    if config.tp == 1 and (not config.fsdp or replicate == 1):
+    if config.tp == 1 and config.cp == 1 and (not config.fsdp or replicate == 1):
         return None
-    return {"parallelism_config_dp_replicate_size": replicate, "parallelism_config_dp_shard_size": shard,
-            "parallelism_config_tp_size": config.tp, "parallelism_config_cp_size": 1}
+    # accelerate's FSDP shards over dp_shard x cp: the RunConfig's fsdp degree counts both
+    return {"parallelism_config_dp_replicate_size": replicate, "parallelism_config_dp_shard_size": shard // config.cp,
+            "parallelism_config_tp_size": config.tp, "parallelism_config_cp_size": config.cp}
 
 
 def accelerate_config(config: RunConfig, topology: Topology, deepspeed_path: str = "ds_config.json") -> dict[str, Any]:
@@ -106,11 +114,11 @@ def layout_of_accelerate(loaded) -> dict[str, Any]:
     dtype = str(getattr(loaded.distributed_type, "value", loaded.distributed_type))
     fsdp = loaded.fsdp_config or {}
     parallel = getattr(loaded, "parallelism_config", None) or {}
-    tp = int(parallel.get("parallelism_config_tp_size", 1))
-    shard = int(parallel.get("parallelism_config_dp_shard_size", loaded.num_processes if dtype == "FSDP" else 1))
+    tp, cp = int(parallel.get("parallelism_config_tp_size", 1)), int(parallel.get("parallelism_config_cp_size", 1))
+    shard = int(parallel.get("parallelism_config_dp_shard_size", loaded.num_processes if dtype == "FSDP" else 1)) * cp
     if dtype == "FSDP" and not parallel:
         shard = loaded.num_processes
-    return {"num_processes": loaded.num_processes, "num_machines": loaded.num_machines, "tp": tp,
+    return {"num_processes": loaded.num_processes, "num_machines": loaded.num_machines, "tp": tp, "cp": cp,
             "fsdp": shard if dtype == "FSDP" and shard > 1 else None,
             "deepspeed": (loaded.deepspeed_config or {}).get("deepspeed_config_file") if dtype == "DEEPSPEED" else None,
             "offload_params": bool(fsdp.get("fsdp_offload_params")) if fsdp else None,

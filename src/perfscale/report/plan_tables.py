@@ -5,7 +5,7 @@ from __future__ import annotations
 from perfscale.report.bars import bar
 from perfscale.units import gib, seconds
 
-_SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual",
+_SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual", "cp",
                 "pp_embedding_as_layer", "offload", "sequence_parallel", "fused_kernels", "selective_recompute", "lora_r")
 _SHOWN_INFER = ("precision", "quantization", "kv_cache_dtype", "cache", "attn", "batch", "tp")
 
@@ -16,7 +16,7 @@ def _knob_text(knobs: dict, mode: str) -> str:
         value = knobs.get(name)
         if value in (None, False, "none", 0) and name not in ("batch",):
             continue
-        if name == "pp_virtual" and value == 1:
+        if name in ("pp_virtual", "cp") and value == 1:
             continue
         parts.append(name if value is True else f"{name}={value}")
     return " ".join(parts)

@@ -88,7 +88,7 @@ def _resolve_model(model):
 # Knobs that define a configuration: when all are given, plan evaluates that one configuration
 # instead of searching, and the secondary knobs left open take their defaults (SECONDARY_DEFAULTS).
 CORE_KNOBS = {"train": ("precision", "optimizer", "checkpointing", "attn", "tp", "pp"), "infer": ("precision", "tp", "attn")}
-SECONDARY_DEFAULTS = {"zero": 0, "pp_virtual": 1, "offload": "none", "quantization": "none", "cache": "dynamic",
+SECONDARY_DEFAULTS = {"zero": 0, "pp_virtual": 1, "cp": 1, "offload": "none", "quantization": "none", "cache": "dynamic",
                       "kv_cache_dtype": "auto", "sequence_parallel": False, "fused_kernels": False,
                       "selective_recompute": False}
 
@@ -190,10 +190,11 @@ def plan(model, topology=None, workload=None, objective: str = "throughput", top
     else:
         base = probe
     problems = layout_problems(mc, probe.copy(tp=fixed.get("tp", 1), pp=fixed.get("pp", 1),
-                                              pp_virtual=fixed.get("pp_virtual", 1), accum=base.accum), world)
+                                              pp_virtual=fixed.get("pp_virtual", 1), cp=fixed.get("cp", 1),
+                                              accum=base.accum), world)
     # With tp/pp open the search picks a layout that works (e.g. tp 8 for one request on 8 GPUs);
     # only a layout the user fixed can be impossible up front.
-    if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed):
+    if problems and ("tp" in fixed or "pp" in fixed or "pp_virtual" in fixed or "cp" in fixed):
         raise TopologyError("Impossible layout:\n  - " + "\n  - ".join(problems))
     unrunnable = hardware_problems(hw, probe)
     if unrunnable and "precision" in fixed:

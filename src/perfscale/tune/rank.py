@@ -12,7 +12,7 @@ def complexity(k) -> int:
     score = 0
     score += k.checkpointing if k.mode == "train" else 0
     score += (k.zero > 0) + bool(k.fsdp) + (k.offload != "none") * 2 if k.mode == "train" else 0
-    score += (k.tp > 1) + (k.pp > 1) + (k.pp_virtual > 1) + (k.quantization != "none")
+    score += (k.tp > 1) + (k.pp > 1) + (k.pp_virtual > 1) + (k.cp > 1) + (k.quantization != "none")
     score += 0 if k.mode != "train" or k.optimizer in ADAMW else 1
     score += k.sequence_parallel + k.fused_kernels + (k.selective_recompute if k.mode == "train" else 0)
     return score

@@ -14,7 +14,7 @@ from perfscale.config.run_config import CACHE_IMPLEMENTATIONS, KV_CACHE_DTYPES, 
 from perfscale.config.run_config import OFFLOAD as OFFLOAD_CHOICES
 from perfscale.estimate.knobs import Knobs
 
-TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "offload",
+TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "cp", "offload",
               "micro_batch", "sequence_parallel", "fused_kernels", "selective_recompute")
 # Memory savers, switched on one after another (memory_savers) only while a configuration does not fit.
 # Interleaved 1F1B chunks per pipeline device tried when pp_virtual is open (Narayanan et al. 2021
@@ -24,6 +24,15 @@ INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cach
 # Deepest pipeline searched: the deepest in Megatron-LM's scaling table (1T parameters on 3072 GPUs:
 # tensor 8 x pipeline 64; Narayanan et al. 2021, table 1). Llama 3 405B trained with pipeline 16.
 MAX_PIPELINE_STAGES = 64
+# Context parallelism is searched only where it can help, long sequences: each rank keeps at least
+# CP_MIN_TOKENS of every sequence. Ring attention hides a K/V block's transfer (2 x chunk x kv x bytes)
+# behind that block's attention (4 x chunk^2 x q FLOPs), so the chunk must be long: on H100s over
+# 400 Gb/s InfiniBand a Llama-style GQA layer hides it from ~1,400 tokens a rank (989 TFLOP/s x 0.45
+# against 50 GB/s x 0.8). The published layouts set the bar higher: Llama 3 405B (Dubey et al. 2024,
+# section 3.3.2) pretrained at 8,192 tokens without CP and used cp 16 at 131,072 tokens, 8,192 a rank;
+# Megatron-Core's context-parallel docs recommend CP for long sequences (8K and more). So cp opens at
+# 16,384 tokens (cp 2) and keeps the search of 8K-token runs as it was.
+CP_MIN_TOKENS = 8192
 
 
 def prime_factors(n: int) -> dict[int, int]:
@@ -105,6 +114,13 @@ def pp_choices(layers: int, world_over_tp: int) -> list[int]:
     return [p for p in divisors(world_over_tp) if p <= layers and p <= MAX_PIPELINE_STAGES]
 
 
+def cp_choices(seq: int, world_over_tp_pp: int) -> list[int]:
+    """Context-parallel degrees for sequences of `seq` tokens: 1, and every degree dividing the devices left
+    after tp x pp whose load-balanced split works (seq a multiple of 2 cp: RunConfig.cp) and leaves each rank
+    CP_MIN_TOKENS or more of the sequence."""
+    return [c for c in divisors(world_over_tp_pp) if c == 1 or (seq % (2 * c) == 0 and seq // c >= CP_MIN_TOKENS)]
+
+
 def _pick(fixed: dict, name: str, options: list) -> list:
     return [fixed[name]] if fixed.get(name) is not None else options
 
@@ -116,11 +132,12 @@ def pipeline_schedulable(pp: int, virtual: int, accum: int) -> bool:
 
 
 def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: dict | None = None,
-                     pp_embedding_as_layer: bool = False) -> Iterator[dict]:
-    """Every way to lay a training step over `world` devices: tp x pp x data parallel, with the data
+                     pp_embedding_as_layer: bool = False, seq: int = 0) -> Iterator[dict]:
+    """Every way to lay a training step over `world` devices: tp x pp x cp x data parallel, with the data
     parallel sharding (none, ZeRO 1-3, FSDP full shard over all replicas), CPU offload and the
-    interleaving degree. Yields dicts of tp, pp, zero, fsdp, offload, pp_virtual; knobs in `fixed`
-    keep the user's value. Micro-batch rules (pipeline_schedulable) are the caller's."""
+    interleaving degree. Yields dicts of tp, pp, cp, zero, fsdp, offload, pp_virtual; knobs in `fixed`
+    keep the user's value. Context parallelism is searched for sequences of `seq` tokens (cp_choices;
+    0: not searched, cp 1 unless fixed). Micro-batch rules (pipeline_schedulable) are the caller's."""
     fixed = fixed or {}
     for tp in _pick(fixed, "tp", tp_choices(heads, world, per_node)):
         if world % tp:
@@ -128,14 +145,20 @@ def parallel_layouts(world: int, per_node: int, heads: int, layers: int, fixed: 
         for pp in _pick(fixed, "pp", pp_choices(layers, world // tp)):
             if world % (tp * pp):
                 continue
-            dp = world // (tp * pp)
+            # ZeRO and FSDP shard over the data-parallel x context-parallel ranks (they hold the same weights)
+            shard_group = world // (tp * pp)
             # The embedding and the head as pipeline layer slots (Megatron-LM's account-for-embedding/loss
             # in the pipeline split; Llama 3 405B: 126 layers + 2 = 16 stages x 8 chunks): open with pp > 1.
             as_layer = [pp_embedding_as_layer] if fixed.get("pp_embedding_as_layer") is not None or pp == 1 \
                 else [False, True]
-            for embedding_as_layer in as_layer:
-                yield from _sharded_layouts(fixed, tp, pp, dp, layers + (2 if embedding_as_layer else 0),
-                                            embedding_as_layer)
+            for cp in _pick(fixed, "cp", cp_choices(seq, shard_group) if seq else [1]):
+                if shard_group % cp:
+                    continue
+                for embedding_as_layer in as_layer:
+                    for layout in _sharded_layouts(fixed, tp, pp, shard_group, layers + (2 if embedding_as_layer else 0),
+                                                   embedding_as_layer):
+                        layout["cp"] = cp
+                        yield layout
 
 
 def _sharded_layouts(fixed: dict, tp: int, pp: int, dp: int, slots: int, embedding_as_layer: bool) -> Iterator[dict]:
@@ -165,10 +188,11 @@ def tpu_layouts(layouts: Iterator[dict], fixed: dict, world: int, per_node: int)
     """The layouts XLA SPMD runs on a TPU slice (PyTorch/XLA's FSDPv2 and tensor sharding, MaxText's mesh):
     data parallel, FSDP (ZeRO-3-like) and tensor parallel, with FSDP inside each slice and data parallel across
     slices when there are several (MaxText's ici_fsdp / dcn_data). ZeRO stages (FSDP is the SPMD form of stage 3),
-    pipeline stages and CPU offload are GPU-stack (DeepSpeed / Megatron) knobs: searched only when given."""
+    pipeline stages, context parallelism and CPU offload are GPU-stack (DeepSpeed / Megatron) knobs: searched only
+    when given."""
     for layout in layouts:
         if (layout["pp"] > 1 and fixed.get("pp") is None) or (layout["zero"] and fixed.get("zero") is None) \
-                or (layout["offload"] != "none" and fixed.get("offload") is None):
+                or (layout["offload"] != "none" and fixed.get("offload") is None) or (layout["cp"] > 1 and fixed.get("cp") is None):
             continue
         yield layout
         in_slice = per_node // (layout["tp"] * layout["pp"])
@@ -192,14 +216,16 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
     attns = _pick(fixed, "attn", list(attention_choices(measured=False)))
     per_replica = base.batch * base.accum
     micro = [base.batch] if fixed.get("grad_accum") is not None else [m for m in divisors(base.batch, base.accum) if m <= base.batch]
-    layouts = parallel_layouts(world, per_node, heads, layers, fixed, base.pp_embedding_as_layer)
+    # context parallelism: a GPU training stack's knob (Megatron-Core, TransformerEngine, torch's context_parallel)
+    layouts = parallel_layouts(world, per_node, heads, layers, fixed, base.pp_embedding_as_layer,
+                               seq=base.seq if hw.kind == "gpu" else 0)
     if hw.kind == "tpu":
         layouts = tpu_layouts(layouts, fixed, world, per_node)
     for layout in layouts:
         pp, virtual = layout["pp"], layout["pp_virtual"]
         reps, micros = per_replica, micro
         if global_batch is not None:
-            dp = world // (layout["tp"] * pp)
+            dp = world // (layout["tp"] * pp * layout["cp"])  # the cp ranks of a replica share its sequences
             if global_batch % dp:
                 continue
             reps = global_batch // dp
@@ -209,6 +235,8 @@ def train_space(base: Knobs, fixed: dict, heads: int, layers: int, world: int, p
             else:
                 micros = divisors(reps)
         for precision, optimizer, ckpt, attn, mb in itertools.product(precisions, optimizers, ckpts, attns, micros):
+            if layout["cp"] > 1 and attn != "sdpa":  # ring attention runs blockwise kernels (RunConfig.cp)
+                continue
             accum = reps // mb
             if not pipeline_schedulable(pp, virtual, accum):
                 continue
