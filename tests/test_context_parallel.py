@@ -116,3 +116,5 @@ def test_accelerate_config_carries_cp_or_refuses(tmp_path):
     for bad in ({"cp": 2, "zero": 3}, {"cp": 2}, {"cp": 4, "fsdp": 2}, {"cp": 4, "fsdp": 4}):
         with pytest.raises(InvalidConfigError, match="context parallel .cp [0-9]+. runs under accelerate only on FSDP2"):
             emit_files(RunConfig(TrainWorkload(1, LONG), **bad), topo, tmp_path, ("accelerate",), "m")
+    with pytest.raises(InvalidConfigError, match="cp 4. has no DeepSpeed config key"):
+        emit_files(config, topo, tmp_path, ("deepspeed",), "m")

@@ -45,6 +45,9 @@ def emit_files(config: RunConfig, topology: Topology, out_dir: Path, formats: tu
     """Write each requested format under out_dir; returns what was written (`build_from`: trainer_snippet's)."""
     if not config.is_train:
         raise InvalidConfigError("--emit writes training launch files; it needs a training configuration (not --infer).")
+    if config.cp > 1 and "deepspeed" in formats:
+        raise InvalidConfigError(f"context parallel (cp {config.cp}) has no DeepSpeed config key (DeepSpeed's Ulysses "
+                                 "sequence parallelism is another method): emit accelerate (FSDP2 with cp), or use cp 1.")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[EmittedFile] = []
 
