@@ -38,12 +38,15 @@ def _by_name(doc):
 
 
 @pytest.mark.slow
-def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path):
+def test_tune_finds_measures_and_proves_a_winner(tiny, tmp_path, monkeypatch):
     """The whole pipeline through the Python API; one trial crashes on purpose and the search goes on."""
+    from perfscale.tune import screen
+
     base = TrainTuneOptions(model=tiny, seq=16, global_batch=4)
     crash = "mb2x2 fp32 adamw_torch_fused sdpa"
+    monkeypatch.setitem(screen._TEST_FAULTS, crash, "crash")  # the private test hook (not an option)
     r = tune_training(base, store=str(tmp_path / "s.sqlite"), rung_stops=TINY_STOPS, final_stop=TINY_FINAL, budget_seconds=200,
-                      repeats=1, max_pool=7, faults={crash: "crash"})
+                      repeats=1, max_pool=7)
     add_trainer_snippet(r, base)  # the emit layer writes the winner as code
     doc = json.loads(json.dumps(r.to_dict()))  # one serialisable document
     assert doc["ranking"] == "measured" and doc["measured_here"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from perfscale.cli import knobs
+from perfscale.cli import knobs, task_options
 from perfscale.errors import InvalidConfigError
 from perfscale.report.emit import emit
 from perfscale.specs.workload import DEFAULT_SEQ, MAX_SIZE
@@ -39,6 +39,10 @@ def tune(
     budget_seconds: float = BUDGET,
     repeats: int = typer.Option(None, "--repeats", help="Fresh processes (each a paired run: both configurations, alternating steps) in the final comparison (default 3; 1 with --quick)."),
     compile_: bool = COMPILE,
+    processes: bool = typer.Option(None, "--processes/--no-processes", help="On this CPU, also measure processes x threads "
+                                   "(DDP ranks under torchrun, e.g. 2x1 vs 1x2); default: only with --budget-seconds 300 or more."),
+    task: str = task_options.TASK,
+    num_labels: int = task_options.NUM_LABELS,
     save: str = SAVE,
     as_json: bool = knobs.JSON,
     seq: int = typer.Option(None, "--seq", help=f"Sequence length in tokens. Default: {DEFAULT_SEQ}."),
@@ -67,6 +71,7 @@ def tune(
         model=model, quick=quick, budget_seconds=budget_seconds, repeats=repeats, compile_=compile_, save=save, as_json=as_json,
         seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora, allow_optimizer_change=allow_optimizer_change,
         store=store, resume=resume, emit=emit_, out=out, trace_top=trace_top, verbose=verbose, report=report,
+        processes=processes, task=task, num_labels=num_labels,
     )
 
 

@@ -13,7 +13,8 @@ import typer
 from perfscale.errors import InvalidConfigError
 
 def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, as_json, seq, global_batch, hardware, allow_lora,
-                      allow_optimizer_change, store, resume, emit, out, trace_top, verbose=False, report=None) -> None:
+                      allow_optimizer_change, store, resume, emit, out, trace_top, verbose=False, report=None, processes=None,
+                      task=None, num_labels=None) -> None:
     from perfscale.report.emit import emit as print_result
     from perfscale.tune.train import TrainTuneOptions, tune_training
     from perfscale.user_files import check_writable
@@ -29,8 +30,12 @@ def tune_training_cli(*, model, quick, budget_seconds, repeats, compile_, save, 
     options = TrainTuneOptions.from_user(  # validates every value (0, NaN and negatives included), all problems at once
         quick=quick, model=model, seq=seq, global_batch=global_batch, hardware=hardware, allow_lora=allow_lora,
         allow_optimizer_change=allow_optimizer_change, include_compile=compile_, budget_seconds=budget_seconds, store=store,
-        resume=resume, trace_top=trace_top, repeats=repeats,
+        resume=resume, trace_top=trace_top, repeats=repeats, include_processes=processes, task=task, num_labels=num_labels,
     )
+    if task is not None or num_labels is not None:  # a head the family lacks, num_labels on an LM: exit 2 now, not after minutes
+        from perfscale.specs import load_model_spec
+
+        load_model_spec(options.model, task=task, num_labels=num_labels)
     if options.store is not None:
         check_writable(options.store, "--store")
     if save:

@@ -130,8 +130,10 @@ def torchrun_command(config: RunConfig, topology: Topology, script: str = "train
     """torchrun line: one process per device; multi-node uses a c10d rendezvous at $MASTER_ADDR:$MASTER_PORT
     (port 29500 unless MASTER_PORT is set: pick a free one where 29500 is taken), the same on every node.
 
-    On CPU every rank's OpenMP threads are set: `threads_per_rank` when it was measured (bench/tune),
-    else $THREADS_PER_RANK, else 1 (torchrun's own default, FIELD-NOTES)."""
+    On CPU every rank's OpenMP threads are set: `threads_per_rank` when it was measured (bench/tune; by default
+    the config's torch_num_threads, which tune sets to what its winner ran with), else $THREADS_PER_RANK, else 1
+    (torchrun's own default, FIELD-NOTES)."""
+    threads_per_rank = threads_per_rank or config.torch_num_threads
     parts = ["torchrun", f"--nnodes={topology.nodes}", f"--nproc_per_node={topology.devices_per_node}"]
     if topology.nodes > 1:
         parts += ["--rdzv_backend=c10d", "--rdzv_endpoint=$MASTER_ADDR:${MASTER_PORT:-29500}", "--rdzv_id=perfscale"]

@@ -6,6 +6,7 @@ tuner returns a RunConfig and this module turns it into the snippet and the emit
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from perfscale.config.run_config import RunConfig
@@ -23,9 +24,25 @@ def _winner(result, options):
     from perfscale.specs import load_model_spec
     from perfscale.tune.train import resolve_topology
 
-    spec = load_model_spec(options.model)
+    spec = load_model_spec(options.model, task=getattr(options, "task", None), num_labels=getattr(options, "num_labels", None))
+    headed = getattr(options, "task", None) is not None or getattr(options, "num_labels", None) is not None  # --task: that head
     build_from = dict(spec.config) if spec.source == "catalog" and spec.hub_id is None else None
-    return RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options), spec.hub_id or options.model, build_from
+    if headed:  # the config the trials trained: the head, and the pad token a classifier needs (tune/train.head_model)
+        import json
+
+        from perfscale.tune.train import head_model
+
+        build_from = json.loads((Path(head_model(options, spec)) / "config.json").read_text())
+    config, topology = RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options)
+    launch = result.winner.get("launch") or {}
+    if topology.hardware.kind == "cpu" and result.measured_here:
+        # What was measured is what is emitted: the ranks (torchrun --nproc_per_node, accelerate num_processes)
+        # and the threads each rank ran with (OMP_NUM_THREADS, torch.set_num_threads).
+        if (launch.get("processes") or 1) > 1:
+            topology = replace(topology, nodes=1, devices_per_node=launch["processes"])
+        if launch.get("threads_per_rank"):
+            config = replace(config, torch_num_threads=int(launch["threads_per_rank"]))
+    return config, topology, spec.hub_id or options.model, build_from
 
 
 def add_trainer_snippet(result, options):

@@ -41,6 +41,14 @@ def vary(center: Candidate, knob: str, value: Any) -> Candidate:
         if tokens % value:
             raise ValueError(f"micro-batch {value} does not divide {tokens}")
         return replace(center, micro_batch=value, grad_accum=tokens // value)
+    if knob == "processes":  # the global batch stays (each rank takes its share, at the nearest micro-batch); ranks share the cores
+        rows = center.micro_batch * center.grad_accum * center.processes
+        if rows % value:
+            raise ValueError(f"{value} processes do not divide the {rows} sequences of a step")
+        micro = math.gcd(center.micro_batch, rows // value)
+        return replace(center, processes=value, micro_batch=micro, grad_accum=rows // value // micro, threads=None)
+    if knob == "threads" and center.processes > 1:
+        raise ValueError("threads per rank follow the process count (cores / processes)")
     return replace(center, **{knob: value})
 
 

@@ -35,6 +35,19 @@ from perfscale.measure.result import BenchResult
 from perfscale.measure.stats import StopRule
 from perfscale.measure.worker import parse_oom
 
+# Tests only: candidate name -> a fault (measure/faults.py) that tune's trial worker injects into that candidate's
+# trials. A private module attribute the tests set (monkeypatch.setitem), not a field of the public
+# TrainTuneOptions (issue 13); empty in every real run.
+_TEST_FAULTS: dict[str, str] = {}
+
+
+def test_fault_extra(name: str) -> dict[str, str] | None:
+    """The BenchConfig `extra` that injects the test fault set for candidate `name`, or None."""
+    return {"tune_fault": _TEST_FAULTS[name]} if name in _TEST_FAULTS else None
+
+
+test_fault_extra.__test__ = False  # not a pytest test (the name starts with test_)
+
 READY_TIMEOUT = 180.0  # seconds for the worker's imports on a loaded 2-core machine
 PAIRED_NOTE = "tune final: timed in alternating steps with its comparison partner in the same fresh process (A B, B A, ...)"
 

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ COMPILE_BUDGET_S = 300.0
 # timeout result. Chosen, not measured: above MiniLM's 36 s first compile here (FIELD-NOTES); a
 # compiled decoder's first pass took 194-351 s under load (benchmarks/LOG.md), which tune does not run.
 COMPILE_TRIAL_LIMIT_S = 300.0
+# The processes x threads candidates (DDP ranks under torchrun) join the default space only with at least
+# this budget: each trial is a torchrun launch whose ranks import torch and transformers anew (measured here,
+# loaded box: 15-25 s per launch of 2 ranks on 2 cores, benchmarks/LOG.md issue 18 tune section).
+PROCESSES_BUDGET_S = 300.0
+# Time limit of one torchrun trial (agent, ranks' imports, build, the stop rule): chosen above the launches seen.
+PROCESSES_TRIAL_LIMIT_S = 180.0
 # Stop rules per rung: rung 0 is a short screen, rung 1 longer; the final proof has its own.
 RUNG_STOPS = (
     StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.05, max_time=3.0),
@@ -77,6 +84,9 @@ class TrainTuneOptions:
     allow_lora: bool = False
     allow_optimizer_change: bool = False
     include_compile: bool | None = None  # None: only when the budget allows
+    include_processes: bool | None = None  # processes x threads on this CPU (DDP, torchrun); None: only when the budget allows
+    task: str | None = None  # the head to train instead of the config's architectures[0] (specs/heads.py TASKS)
+    num_labels: int | None = None  # outputs of a classification head
     budget_seconds: float = DEFAULT_BUDGET_S
     store: str | None = None
     resume: bool = False
@@ -87,7 +97,6 @@ class TrainTuneOptions:
     final_stop: StopRule = FINAL_STOP
     trial_time_limit: float = 120.0
     space: TrainSpace | None = None  # an explicit space (benchmarks, tests)
-    faults: dict[str, str] = field(default_factory=dict)  # tests: candidate name -> tune_fault (screen.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -146,17 +155,21 @@ def _estimate_all(spec, space_cands: list[Candidate], topology, seq: int, capaci
     cache: dict[Candidate, dict[str, Any]] = {}
     out = {}
     for c in space_cands:
-        key = replace(c, threads=None, workers=0)
+        key = replace(c, threads=None, workers=0, processes=1)
         if key not in cache:
             try:
                 e = estimate(spec, key.run_config(seq), topology)
-                total = e.memory.total_bytes
                 cache[key] = {"tokens_per_s": e.time.tokens_per_second, "step_s": e.time.step_seconds, "peak_bytes": e.memory.peak_bytes,
-                              "total_bytes": total, "capacity_bytes": capacity, "fits": total <= capacity * (1 - MEMORY_MARGIN),
-                              "binding": e.binding}
+                              "total_bytes": e.memory.total_bytes, "binding": e.binding}
             except PerfscaleError as exc:
                 cache[key] = {"error": str(exc), "fits": False}
-        out[c] = cache[key]
+        est = dict(cache[key])
+        if "error" not in est:
+            # DDP ranks on one machine: each holds its own copy of the model and its per-rank batch, so the
+            # machine's memory holds `processes` times one rank; the estimate cannot rank threads or ranks here.
+            est["total_bytes"] = est["total_bytes"] * c.processes
+            est["capacity_bytes"], est["fits"] = capacity, est["total_bytes"] <= capacity * (1 - MEMORY_MARGIN)
+        out[c] = est
     return out
 
 
@@ -169,10 +182,17 @@ def _rank_key(baseline: Candidate, best_tps: float):
     return key
 
 
+def test_faults() -> dict[str, str]:
+    from perfscale.tune.screen import _TEST_FAULTS
+
+    return dict(_TEST_FAULTS)
+
+
 def _session_key(options: TrainTuneOptions, topology, space: TrainSpace) -> str:
     data = {"model": options.model, "seq": options.seq, "global_batch": options.global_batch, "topology": topology.label,
             "space": space.to_dict(), "rungs": [s.to_dict() for s in options.rung_stops], "final": options.final_stop.to_dict(),
-            "repeats": options.repeats, "max_pool": options.max_pool, "faults": options.faults, "trace_top": options.trace_top}
+            "repeats": options.repeats, "max_pool": options.max_pool, "faults": test_faults(), "trace_top": options.trace_top,
+            "task": options.task, "num_labels": options.num_labels}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -208,17 +228,23 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
     from perfscale.specs import load_model_spec
     from perfscale.specs.detect import detect_local
 
-    spec = load_model_spec(options.model)
+    spec = load_model_spec(options.model, task=options.task, num_labels=options.num_labels)
     topology = resolve_topology(options)
     hw = topology.hardware
     notes: list[str] = []
     include_compile = options.include_compile
     if include_compile is None:
         include_compile = options.budget_seconds >= COMPILE_BUDGET_S
+    include_processes = options.include_processes
+    if include_processes is None:
+        include_processes = options.budget_seconds >= PROCESSES_BUDGET_S
+    from perfscale.measure.multiprocess import cores
+
     space = options.space or build_space(
         hw, topology.world_size, global_batch=options.global_batch, seq=options.seq, local=options.local,
         allow_lora=options.allow_lora, allow_optimizer_change=options.allow_optimizer_change, include_compile=include_compile,
-        cpu_cores=detect_local().cpu.physical_cores, heads=spec.num_heads, layers=spec.num_layers, per_node=topology.devices_per_node,
+        cpu_cores=min(detect_local().cpu.physical_cores or 1, cores()), heads=spec.num_heads, layers=spec.num_layers,
+        per_node=topology.devices_per_node, include_processes=include_processes,
     )
     notes += list(space.notes)
     capacity, cap_source = _capacity(topology, options.local)
@@ -258,133 +284,228 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
     common = dict(options=options, spec=spec, topology=topology, space=space, records=records, notes=notes, clock=clock,
                   baseline=baseline, stage_times=stage_times, capacity=capacity)
     if not options.local:
-        return estimated_only(ranked, confirm=_trace_confirm, **common)
-    return _measured(ranked, **common, server=server, progress=say)
+        return estimated_only(ranked, confirm=partial(_trace_confirm, model=head_model(options, spec)), **common)
+    return _measured(ranked, **common, model=head_model(options, spec), server=server, progress=say)
+
+
+def head_model(options: TrainTuneOptions, spec) -> str:
+    """What the measured trials build: the model itself, or -- with --task / --num-labels -- a folder holding its
+    config with that head (architectures[0], num_labels), so that bench's train scenario trains that head. The
+    folder is named by the config's hash (the same tune gives the same fingerprints, so --resume finds its trials);
+    it holds no weights: the trials build the model from its config with random weights, as for a catalogue model."""
+    if options.task is None and options.num_labels is None:
+        return options.model
+    config = dict(spec.config)
+    if config.get("pad_token_id") is None and str((config.get("architectures") or [""])[0]).endswith("ForSequenceClassification"):
+        # transformers' sequence-classification heads find each row's last token by the pad token and refuse a
+        # batch > 1 without one; decoder configs (Llama, Qwen2) have none. What fine-tuning scripts do:
+        # `model.config.pad_token_id = tokenizer.eos_token_id` (transformers' text-classification example).
+        eos = config.get("eos_token_id")
+        config["pad_token_id"] = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+    text = json.dumps(config, sort_keys=True)
+    folder = Path(tempfile.gettempdir()) / "perfscale-heads" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"config.json.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    tmp.replace(folder / "config.json")
+    return str(folder)
 
 
 # ----------------------------------------------------------------- measured here
-def _measured(ranked, *, options, spec, topology, space, records, notes, clock, baseline, stage_times, capacity, server, progress) -> TrainTuneResult:
-    from perfscale.measure.store import Store
-    from perfscale.tune.screen import TrialServer
+@dataclass
+class _Tune:
+    """What every stage of a measured tune reads: the options, the model, the space, the records, the clock."""
 
-    say = progress
-    center, pool, role = design_pool(ranked, baseline, space.knob_values(), options.max_pool)
-    for c, r in role.items():
-        records[c].role = "baseline" if c == baseline and r is None else ("centre" if r is None else f"{r[0]}={r[1]}")
-    for c in ranked:
-        if c not in role and records[c].status == "estimated":
-            records[c].reason = "estimated only: not in the measured pool (the centre and its one-knob neighbours)"
-    store = Store(options.store)
+    options: TrainTuneOptions
+    spec: Any
+    topology: Any
+    space: TrainSpace
+    records: dict[Candidate, TrialRecord]
+    notes: list[str]
+    clock: Clock
+    baseline: Candidate
+    stage_times: dict[str, float]
+    capacity: int
+    model: str  # what the trials build: options.model, or a config folder with the --task head
+
+    def stage_done(self, name: str) -> None:
+        self.stage_times[name] = self.clock.elapsed() - sum(self.stage_times.values())
+
+
+@dataclass
+class _Session:
+    """The store session of a measured tune: its group, whether it resumes one, the trials it counted."""
+
+    store: Any
+    group: str
+    session: str
+    resumed: bool
+    counts: dict[str, int] = field(default_factory=lambda: {"reused": 0, "measured": 0})
+
+    def doc(self, final: FinalComparison) -> dict[str, Any]:
+        return {"id": self.session, "group": self.group, "store": str(self.store.path), "resumed": self.resumed,
+                "reused_trials": self.counts["reused"] + final.reused, "measured_trials": self.counts["measured"] + final.measured}
+
+
+def _open_session(t: _Tune) -> _Session:
+    from perfscale.measure.store import Store
+
+    store = Store(t.options.store)
     store.check_writable()  # before any trial: a store that cannot take rows would throw the measurements away
-    key = _session_key(options, topology, space)
-    prefix = f"tune-{key}-"
-    resumed_from = store.latest_group(prefix) if options.resume else None
+    prefix = f"tune-{_session_key(t.options, t.topology, t.space)}-"
+    resumed_from = store.latest_group(prefix) if t.options.resume else None
     session = resumed_from[len(prefix):].split("-")[0] if resumed_from else uuid.uuid4().hex[:8]
-    group = f"{prefix}{session}"
-    if options.resume and not resumed_from:
-        notes.append("--resume: no earlier session of this exact tune in the store; started a new one")
-    counts = {"reused": 0, "measured": 0}
-    opts = [MeasureOptions(stop=s, warmup=1, time_limit=options.trial_time_limit, gate=False, profile_memory=False)
-            for s in options.rung_stops]
-    trace_top = 1 if options.trace_top is None else options.trace_top
+    if t.options.resume and not resumed_from:
+        t.notes.append("--resume: no earlier session of this exact tune in the store; started a new one")
+    return _Session(store, f"{prefix}{session}", session, bool(resumed_from))
+
+
+class _Trials:
+    """Successive halving's three callbacks: measure one candidate at one rung (journaled, reused on
+    --resume), whether the budget allows another trial, and whether a combined candidate fits."""
+
+    def __init__(self, t: _Tune, s: _Session, server, say: Progress):
+        self.t, self.s, self.server, self.say = t, s, server, say
+        self.costs = Costs(server, t.options)
+        self.opts = [MeasureOptions(stop=stop, warmup=1, time_limit=t.options.trial_time_limit, gate=False, profile_memory=False)
+                     for stop in t.options.rung_stops]
+
+    def config(self, cand: Candidate):
+        from perfscale.tune.screen import test_fault_extra
+
+        return cand.bench_config(self.t.model, self.t.space.seq, extra=test_fault_extra(cand.name))
+
+    def measure(self, cand: Candidate, rung: int) -> Outcome:
+        config = self.config(cand)
+        rgroup = f"{self.s.group}-r{rung}"
+        prior = self.s.store.runs(group=rgroup, fingerprint=config.fingerprint(), limit=1) if self.s.resumed else []
+        if prior:
+            result, was_reused = prior[0].result, True
+            self.s.counts["reused"] += 1
+        else:
+            result = self._run(cand, config, rung, rgroup)
+            was_reused = False
+            self.s.store.keep(result)  # a store failing mid-tune: the trial goes to a fallback file, not lost
+            self.s.counts["measured"] += 1
+        if not was_reused and not cand.processes > 1:  # a torchrun launch's start-up is not what a trial here costs
+            self.costs.add(result)
+        rate = (result.throughput().get("tokens_per_s") or {}).get("median") if result.ok else None
+        _record_rung(self.t.records[cand], rung, result, was_reused)
+        return Outcome(cand, rung, rate, result.status, result.reason, result, was_reused)
+
+    def _run(self, cand: Candidate, config, rung: int, rgroup: str):
+        self.say(f"rung {rung}: {cand.name}")
+        rung_opts = replace(self.opts[min(rung, len(self.opts) - 1)], time_limit=self.costs.trial_limit())
+        if cand.compile or cand.processes > 1:
+            # compile: dynamo's caches and recompile limits must not carry across trials; processes: the ranks
+            # are torchrun's (measure/multiprocess.py), with the same stop rule, over every rank's tokens.
+            from perfscale.measure.runner import run_in_subprocess
+
+            floor = COMPILE_TRIAL_LIMIT_S if cand.compile else PROCESSES_TRIAL_LIMIT_S
+            rung_opts = replace(rung_opts, time_limit=max(rung_opts.time_limit, floor))
+            return run_in_subprocess(config, rung_opts, workdir=self.server.workdir, group=rgroup)
+        result = self.server.measure(config, rung_opts, group=rgroup)
+        if result.status == "timeout" and self.costs.typical_wall():
+            result.reason = f"stopped at {rung_opts.time_limit:.0f} s, 3x the typical trial here: far slower than the others (or hung)"
+        return result
+
+    def keep_going(self, rung: int) -> bool:
+        # Rung 0 leaves room for two rung-1 trials and the final; rung 1 for the final only. The final
+        # keeps at least FINAL_SHARE of the budget: the verdict's resolution is bought there.
+        o = self.t.options
+        later = 2 * self.costs.trial(o.rung_stops[1]) if rung == 0 and len(o.rung_stops) > 1 else 0.0
+        stop = o.rung_stops[min(rung, len(o.rung_stops) - 1)]
+        final = max(self.costs.final(min(2, o.repeats), "process", o.final_stop.min_iters), FINAL_SHARE * o.budget_seconds)
+        return self.t.clock.left() - final - later > self.costs.trial(stop)
+
+    def feasible(self, c: Candidate) -> bool:
+        t = self.t
+        if c in t.records:
+            return t.records[c].status != "pruned"
+        est = _estimate_all(t.spec, [c], t.topology, t.space.seq, t.capacity)[c]
+        t.records[c] = TrialRecord(name=c.name, knobs=c.knobs(), status="estimated", estimate=est, role="combined")
+        return bool(est.get("fits"))
+
+
+def _measured(ranked, *, server, progress, **common) -> TrainTuneResult:
+    t = _Tune(**common)
+    center, pool, role = design_pool(ranked, t.baseline, t.space.knob_values(), t.options.max_pool)
+    for c, r in role.items():
+        t.records[c].role = "baseline" if c == t.baseline and r is None else ("centre" if r is None else f"{r[0]}={r[1]}")
+    for c in ranked:
+        if c not in role and t.records[c].status == "estimated":
+            t.records[c].reason = "estimated only: not in the measured pool (the centre and its one-knob neighbours)"
+    s = _open_session(t)
+    trace_top = 1 if t.options.trace_top is None else t.options.trace_top
     try:
         # 3. Trace-confirm the top of the pool (and the baseline): exact allocated bytes.
-        confirm = [c for c in pool if c != baseline][:trace_top] + ([baseline] if baseline in pool and trace_top else [])
-        _trace_confirm(server, spec, confirm, records, space, capacity, "cpu", say)
-        pool = [c for c in pool if records[c].status != "pruned"]
-        baseline_runs = baseline in pool
+        confirm = [c for c in pool if c != t.baseline][:trace_top] + ([t.baseline] if t.baseline in pool and trace_top else [])
+        _trace_confirm(server, t.spec, confirm, t.records, t.space, t.capacity, "cpu", progress, t.model)
+        pool = [c for c in pool if t.records[c].status != "pruned"]
+        baseline_runs = t.baseline in pool
         if not baseline_runs:
-            notes.append(f"the Trainer-defaults baseline ({baseline.name}) is not run: {records[baseline].reason}")
-        stage_times["trace_s"] = clock.elapsed() - sum(stage_times.values())
+            t.notes.append(f"the Trainer-defaults baseline ({t.baseline.name}) is not run: {t.records[t.baseline].reason}")
+        t.stage_done("trace_s")
 
         # 4. Successive halving, every trial journaled as it finishes.
-        costs = Costs(server, options)
-
-        def measure(cand: Candidate, rung: int) -> Outcome:
-            extra = {"tune_fault": options.faults[cand.name]} if cand.name in options.faults else None
-            config = cand.bench_config(options.model, space.seq, extra=extra)
-            rgroup = f"{group}-r{rung}"
-            prior = store.runs(group=rgroup, fingerprint=config.fingerprint(), limit=1) if resumed_from else []
-            if prior:
-                result, was_reused = prior[0].result, True
-                counts["reused"] += 1
-            else:
-                say(f"rung {rung}: {cand.name}")
-                rung_opts = replace(opts[min(rung, len(opts) - 1)], time_limit=costs.trial_limit())
-                if cand.compile:  # dynamo's caches and recompile limits must not carry across trials: own process
-                    from perfscale.measure.runner import run_in_subprocess
-
-                    rung_opts = replace(rung_opts, time_limit=max(rung_opts.time_limit, COMPILE_TRIAL_LIMIT_S))
-                    result = run_in_subprocess(config, rung_opts, workdir=server.workdir, group=rgroup)
-                else:
-                    result = server.measure(config, rung_opts, group=rgroup)
-                was_reused = False
-                if result.status == "timeout" and costs.typical_wall():
-                    result.reason = (f"stopped at {rung_opts.time_limit:.0f} s, 3x the typical trial here: "
-                                     "far slower than the others (or hung)")
-                store.keep(result)  # a store failing mid-tune: the trial goes to a fallback file, not lost
-                counts["measured"] += 1
-            costs.add(result)
-            rate = (result.throughput().get("tokens_per_s") or {}).get("median") if result.ok else None
-            _record_rung(records[cand], rung, result, was_reused)
-            return Outcome(cand, rung, rate, result.status, result.reason, result, was_reused)
-
-        def keep_going(rung: int) -> bool:
-            # Rung 0 leaves room for two rung-1 trials and the final; rung 1 for the final only. The final
-            # keeps at least FINAL_SHARE of the budget: the verdict's resolution is bought there.
-            later = 2 * costs.trial(options.rung_stops[1]) if rung == 0 and len(options.rung_stops) > 1 else 0.0
-            stop = options.rung_stops[min(rung, len(options.rung_stops) - 1)]
-            final = max(costs.final(min(2, options.repeats), "process", options.final_stop.min_iters), FINAL_SHARE * options.budget_seconds)
-            return clock.left() - final - later > costs.trial(stop)
-
-        def feasible(c: Candidate) -> bool:
-            if c in records:
-                return records[c].status != "pruned"
-            est = _estimate_all(spec, [c], topology, space.seq, capacity)[c]
-            records[c] = TrialRecord(name=c.name, knobs=c.knobs(), status="estimated", estimate=est, role="combined")
-            return bool(est.get("fits"))
-
-        run = successive_halving(center, pool, role, measure, rungs=len(opts), keep_going=keep_going, feasible=feasible)
-        if run.combined is not None and records[run.combined].role is None:
-            records[run.combined].role = "combined"
+        trials = _Trials(t, s, server, progress)
+        run = successive_halving(center, pool, role, trials.measure, rungs=len(trials.opts), keep_going=trials.keep_going,
+                                 feasible=trials.feasible)
+        if run.combined is not None and t.records[run.combined].role is None:
+            t.records[run.combined].role = "combined"
         for c in run.skipped:
-            records[c].status, records[c].reason = "not-measured", "in the pool, but the time budget ran out before its trial"
-        stage_times["halving_s"] = clock.elapsed() - sum(stage_times.values())
+            t.records[c].status, t.records[c].reason = "not-measured", "in the pool, but the time budget ran out before its trial"
+        t.stage_done("halving_s")
         ranking = run.ranking()
         if not ranking:
-            raise InvalidConfigError(_all_failed_message(records))
-        if trace_top and records[ranking[0].candidate].trace is None:  # confirm the winner's fit too
-            _trace_confirm(server, spec, [ranking[0].candidate], records, space, capacity, "cpu", say)
-            ranking = [o for o in ranking if records[o.candidate].status != "pruned"] or ranking
+            raise InvalidConfigError(_all_failed_message(t.records))
+        if trace_top and t.records[ranking[0].candidate].trace is None:  # confirm the winner's fit too
+            _trace_confirm(server, t.spec, [ranking[0].candidate], t.records, t.space, t.capacity, "cpu", progress, t.model)
+            ranking = [o for o in ranking if t.records[o.candidate].status != "pruned"] or ranking
 
         # 5. The proof: the best change vs the baseline, paired (alternating steps in each fresh process).
-        plan = final_plan(costs, options, clock)
-        notes.append(plan["note"])
-        stop = plan["stop"]
-        pair_limit = max(options.trial_time_limit, 3 * (costs.pair_fixed(True) + stop.max_time) + 60)
-
-        def run_pair(config_a, config_b, rep):
-            if plan["isolation"] != "process":
-                return server.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
-            fresh = TrialServer(server.workdir / f"final-{rep}")
-            try:
-                return fresh.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
-            finally:
-                fresh.close()
-        say("final: the best change vs the baseline, alternating steps")
-        final = final_compare(ranking, baseline if baseline_runs else None, options.model, space.seq, plan["repeats"], store,
-                              f"{group}-final", bool(resumed_from), run_pair, say, budget_s=options.budget_seconds)
-        notes.extend(final.notes)
+        final = _final(t, s, trials, ranking, baseline_runs, server, progress)
     finally:
-        store.close()
-    if store.unsaved:
-        paths = ", ".join(str(path) for _, path, _ in store.unsaved[:3])
-        notes.append(f"the store failed mid-tune: {len(store.unsaved)} trial result(s) were written to fallback files "
-                     f"({paths}{', ...' if len(store.unsaved) > 3 else ''}); `perfscale results --restore FILE` adds them back")
-    stage_times["final_s"] = clock.elapsed() - sum(stage_times.values())
-    return _result_measured(options, spec, topology, space, records, notes, clock, baseline, stage_times, run, final,
-                            {"id": session, "group": group, "store": str(store.path), "resumed": bool(resumed_from),
-                             "reused_trials": counts["reused"] + final.reused, "measured_trials": counts["measured"] + final.measured})
+        s.store.close()
+    if s.store.unsaved:
+        paths = ", ".join(str(path) for _, path, _ in s.store.unsaved[:3])
+        t.notes.append(f"the store failed mid-tune: {len(s.store.unsaved)} trial result(s) were written to fallback files "
+                       f"({paths}{', ...' if len(s.store.unsaved) > 3 else ''}); `perfscale results --restore FILE` adds them back")
+    t.stage_done("final_s")
+    return _result_measured(t.options, t.spec, t.topology, t.space, t.records, t.notes, t.clock, t.baseline, t.stage_times, run,
+                            final, s.doc(final))
+
+
+def _final(t: _Tune, s: _Session, trials: _Trials, ranking, baseline_runs: bool, server, say) -> FinalComparison:
+    """The best change against the baseline: paired in fresh processes (one process each), or -- for a
+    multi-process challenger, which no single process can hold -- unpaired, separate launches interleaved."""
+    from perfscale.measure.runner import run_in_subprocess
+    from perfscale.tune.screen import TrialServer
+
+    plan = final_plan(trials.costs, t.options, t.clock)
+    t.notes.append(plan["note"])
+    stop = plan["stop"]
+    pair_limit = max(t.options.trial_time_limit, 3 * (trials.costs.pair_fixed(True) + stop.max_time) + 60)
+
+    def run_pair(config_a, config_b, rep):
+        if plan["isolation"] != "process":
+            return server.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
+        fresh = TrialServer(server.workdir / f"final-{rep}")
+        try:
+            return fresh.measure_pair(config_a, config_b, stop, pair_limit, repeat=rep)
+        finally:
+            fresh.close()
+
+    def run_apart(config, rep):
+        opts = MeasureOptions(stop=stop, warmup=1, time_limit=max(pair_limit, PROCESSES_TRIAL_LIMIT_S), gate=False, profile_memory=False)
+        return run_in_subprocess(config, opts, workdir=server.workdir, repeat=rep)
+
+    say("final: the best change vs the baseline")
+    final = final_compare(ranking, t.baseline if baseline_runs else None, t.model, t.space.seq, plan["repeats"], s.store,
+                          f"{s.group}-final", s.resumed, run_pair, say, budget_s=t.options.budget_seconds,
+                          run_apart=run_apart, config_of=lambda c: c.bench_config(t.model, t.space.seq))
+    t.notes.extend(final.notes)
+    return final
 
 
 def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
@@ -399,18 +520,18 @@ def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
     record.reason = None if result.ok else result.reason
 
 
-def _trace_confirm(server, spec, cands, records, space, capacity, device, say) -> None:
+def _trace_confirm(server, spec, cands, records, space, capacity, device, say, model: str | None = None) -> None:
     """Trace each candidate's RunConfig once; a candidate whose traced peak does not fit is pruned."""
-    done: dict[Any, dict] = {replace(c, threads=None, workers=0): r.trace for c, r in records.items() if r.trace}
+    done: dict[Any, dict] = {replace(c, threads=None, workers=0, processes=1): r.trace for c, r in records.items() if r.trace}
     for c in cands:
         if c.zero or c.tp > 1 or c.pp > 1 or c.offload != "none":
             records[c].trace = {"status": "skipped", "reason": "trace models one device or FSDP, not ZeRO/TP/PP/offload"}
             continue
-        key = replace(c, threads=None, workers=0)
+        key = replace(c, threads=None, workers=0, processes=1)  # one rank's program
         if key not in done:
             say(f"trace: {c.name}")
             t0 = time.perf_counter()
-            out = server.trace(spec.name if not spec.location else spec.location, key.run_config(space.seq).to_dict(), device)
+            out = server.trace(model or (spec.name if not spec.location else spec.location), key.run_config(space.seq).to_dict(), device)
             if out.get("status") == "ok":
                 tr = out["trace"]
                 est = records[c].estimate or {}

@@ -29,11 +29,24 @@ RESOLVE = 0.10
 
 KNOB_LABELS = {"micro_batch": "micro-batch x accumulation", "precision": "precision", "optimizer": "optimizer",
                "checkpointing": "gradient checkpointing", "attn": "attention", "compile": "torch.compile",
-               "threads": "threads", "workers": "DataLoader workers", "lora_r": "LoRA rank"}
+               "threads": "threads", "workers": "DataLoader workers", "lora_r": "LoRA rank",
+               "processes": "processes (DDP ranks, threads = cores / processes)"}
 
 
 def _per_token(runs) -> list[list[float]]:
     return [[s / (r.tokens_per_iter or 1) for s in r.samples] for r in runs if r.ok and r.has_timing]
+
+
+def launch_of(cand: Candidate, runs) -> dict[str, Any]:
+    """How the measured runs of `cand` were launched: processes (DDP ranks under torchrun) and OpenMP/torch threads
+    per process, read from the runs themselves (what the emitted command must set), else the candidate's knob."""
+    threads = None
+    for r in runs:
+        threads = (r.distributed or {}).get("threads_per_rank") or threads
+        if threads is None and cand.processes == 1:
+            threads = cand.threads or ((r.environment or {}).get("threads") or {}).get("torch_intra_op")
+    return {"processes": cand.processes, "threads_per_rank": threads or cand.threads,
+            "strategy": "ddp" if cand.processes > 1 else "none", "from": "measured runs" if threads else "the candidate's knob"}
 
 
 def pooled_rate(runs) -> dict[str, Any] | None:
@@ -77,7 +90,7 @@ class FinalComparison:
             "peak_live_tensor_bytes": float(np.median(live)) if live else None,
             "compile_s": float(np.median(comp)) if cand.compile and comp else None,
             "processes": len(runs), "statuses": [r.status for r in runs], "store_ids": [r.store_id for r in runs],
-            "reasons": [r.reason for r in runs if not r.ok],
+            "reasons": [r.reason for r in runs if not r.ok], "launch": launch_of(cand, ok),
         }
 
     def winner_doc(self, seq: int) -> dict[str, Any]:
@@ -91,13 +104,18 @@ class FinalComparison:
 
 
 def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, repeats: int, store, group: str,
-                  resume: bool, run_pair, say, budget_s: float | None = None) -> FinalComparison:
+                  resume: bool, run_pair, say, budget_s: float | None = None, run_apart=None, config_of=None) -> FinalComparison:
     """The best non-baseline candidate of the last rung (the next one if it breaks here) against the
     baseline, in `repeats` paired runs; the result says whether it is proven faster.
 
     `run_pair(config_a, config_b, repeat)` returns (result A, result B) of one paired run (a fresh
     process, or the tune worker); runs already in the store under `group` (a resumed tune) are reused,
     new ones are stored at once. Without a runnable baseline, the best candidate wins unproven.
+
+    A challenger of several processes (DDP ranks under torchrun) cannot share a process with the baseline:
+    `run_apart(config, repeat)` measures one configuration in its own launch, and each repeat runs both,
+    the order alternating (B A, A B, ...), compared unpaired (`unpaired_speedup`), over every rank's tokens.
+    `config_of(candidate)` gives the BenchConfig (default: `candidate.bench_config(model, seq)`).
     """
     import time
 
@@ -111,12 +129,14 @@ def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, rep
         fc.baseline_runs = fc.winner_runs if only.candidate == baseline else []
         fc.speedup = _unpaired_speedup(fc)
         return fc
-    base_cfg = baseline.bench_config(model, seq)
+    config_of = config_of or (lambda c: c.bench_config(model, seq))
+    base_cfg = config_of(baseline)
     fc = None
     notes: list[str] = []
     for outcome in challengers[:2]:
         chal = outcome.candidate
-        chal_cfg = chal.bench_config(model, seq)
+        chal_cfg = config_of(chal)
+        apart = run_apart is not None and (chal.processes > 1 or baseline.processes > 1)
         fc = FinalComparison(winner=chal, baseline=baseline, challenger=chal, winner_screen_rate=outcome.rate, notes=notes)
         sub = f"{group}-{chal_cfg.fingerprint()[:8]}"
         for rep in range(repeats):
@@ -124,8 +144,14 @@ def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, rep
             if pair is not None:
                 counters["reused"] += 2
             else:
-                say(f"final {rep + 1}/{repeats}: {chal.name} vs baseline, alternating steps")
-                pair = run_pair(base_cfg, chal_cfg, rep)
+                if apart:
+                    say(f"final {rep + 1}/{repeats}: {chal.name} and the baseline, separate launches")
+                    order = (chal_cfg, base_cfg) if rep % 2 == 0 else (base_cfg, chal_cfg)  # interleaved: B A, A B, ...
+                    got = {cfg.fingerprint(): run_apart(cfg, rep) for cfg in order}
+                    pair = (got[base_cfg.fingerprint()], got[chal_cfg.fingerprint()])
+                else:
+                    say(f"final {rep + 1}/{repeats}: {chal.name} vs baseline, alternating steps")
+                    pair = run_pair(base_cfg, chal_cfg, rep)
                 for result in pair:
                     result.group, result.repeat = sub, rep
                     store.keep(result)  # a failing store: a fallback file (tune reports it), not a lost measurement
@@ -140,7 +166,10 @@ def final_compare(ranking, baseline: Candidate | None, model: str, seq: int, rep
         fc.notes.append(f"the paired run of {chal.name} against the baseline failed ({bad.config.display}: {bad.status}, {bad.reason})")
     fc.reused, fc.measured = counters["reused"], counters["measured"]
     fc.seconds = time.perf_counter() - started
-    fc.speedup = paired_speedup(fc.baseline_runs, fc.challenger_runs, fc.challenger.name, fc.seconds, budget_s)
+    if run_apart is not None and (fc.challenger.processes > 1 or baseline.processes > 1):
+        fc.speedup = unpaired_speedup(fc.baseline_runs, fc.challenger_runs, fc.challenger.name, fc.seconds, budget_s)
+    else:
+        fc.speedup = paired_speedup(fc.baseline_runs, fc.challenger_runs, fc.challenger.name, fc.seconds, budget_s)
     proven = bool(fc.speedup.get("significant")) and (fc.speedup.get("ratio") or 0) > 1
     fc.winner = fc.challenger if proven else baseline
     fc.winner_runs = fc.challenger_runs if proven else fc.baseline_runs
@@ -216,6 +245,37 @@ def paired_speedup(base_runs, chal_runs, name: str, seconds: float, budget_s: fl
         out["rerun_budget_s"] = float(rerun)
         return out
     out["verdict"], out["rerun_budget_s"] = final_verdict(speed, name, len(groups), int(logs.size), noise, resolution, seconds, budget_s)
+    return out
+
+
+def unpaired_speedup(base_runs, chal_runs, name: str, seconds: float, budget_s: float | None) -> dict[str, Any]:
+    """time(baseline)/time(challenger) per token from separate launches (interleaved, not paired step by step):
+    the ratio of the pooled medians with a 95% CI from independent two-level bootstraps (processes, then steps).
+    Per token means every rank's tokens over the slowest rank's step: global tokens per second, like for like."""
+    ga, gb = _per_token(base_runs), _per_token(chal_runs)
+    noise = machine_noise(base_runs)
+    common = {"confidence": CONFIDENCE, "challenger": name, "noise": noise, "final_seconds": seconds,
+              "method": "unpaired: each configuration in its own launch (a multi-process challenger cannot share a process), "
+                        "launches interleaved; ratio of medians of time per global token, two-level bootstrap each"}
+    if not ga or not gb:
+        bad = next((r for r in [*base_runs, *chal_runs] if not r.ok), None)
+        why = f"{bad.config.display}: {bad.status}, {bad.reason}" if bad else "no timed steps"
+        return common | {"ratio": None, "ci_low": None, "ci_high": None, "significant": None, "processes": 0, "pairs": 0,
+                         "verdict": f"no speed-up figure: the final runs did not finish ({why}); keep the Trainer defaults"}
+    r = ratio_of_medians(ga, gb)  # time(challenger)/time(baseline) per token
+    speed = Ratio(1 / r.ratio, 1 / r.ci_high, 1 / r.ci_low)
+    steps = min(sum(len(g) for g in ga), sum(len(g) for g in gb))
+    resolution = (speed.ci_high - speed.ci_low) / 2 / speed.ratio
+    out = common | {"ratio": speed.ratio, "ci_low": speed.ci_low, "ci_high": speed.ci_high, "significant": speed.significant,
+                    "processes": min(len(ga), len(gb)), "pairs": steps, "resolution": resolution}
+    if steps < MIN_PAIRS:
+        out["significant"] = False
+        out["verdict"] = (f"not resolved: only {steps} timed step(s) per configuration fit in the budget ({MIN_PAIRS} is the least "
+                          f"a verdict rests on); best change {name}: {speed.ratio:.2f}x; keep the Trainer defaults for now, "
+                          "or rerun with a larger --budget-seconds")
+        return out
+    out["verdict"], out["rerun_budget_s"] = final_verdict(speed, name, out["processes"], steps, noise, resolution, seconds, budget_s)
+    out["verdict"] = out["verdict"].replace("alternating step pairs", "timed steps per configuration (unpaired launches)")
     return out
 
 
@@ -324,4 +384,4 @@ def why_it_won(fc: FinalComparison, run, records=None) -> list[str]:
 
 
 __all__ = ["RESOLVE", "FinalComparison", "final_compare", "final_verdict", "machine_noise", "pair_log_ratios", "paired_speedup",
-           "pooled_rate", "why_it_won"]
+           "pooled_rate", "unpaired_speedup", "why_it_won"]

@@ -30,7 +30,15 @@ MAX_MICRO_BATCH = 64
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the space: every knob of a training step at a fixed global batch and sequence."""
+    """One point of the space: every knob of a training step at a fixed global batch and sequence.
+
+    Why a class of its own and not a RunConfig (issue 13): a Candidate is a hashable search point that
+    halving varies one knob at a time (`dataclasses.replace`), and it holds what no RunConfig knob says:
+    `processes` (the torchrun ranks of a measured DDP candidate on this machine, a BenchConfig matter)
+    and the micro-batch/accumulation split at a fixed global batch. Its RunConfig knobs are not copied
+    by hand: `run_config()` builds the one configuration from them, and tests/test_tune_processes.py
+    fails when a Candidate knob does not reach RunConfig or BenchConfig.
+    """
 
     micro_batch: int
     grad_accum: int
@@ -47,6 +55,7 @@ class Candidate:
     tp: int = 1
     pp: int = 1
     offload: str = "none"
+    processes: int = 1  # DDP ranks on this machine (torchrun --nproc_per_node), each with `threads` (None: cores / processes)
 
     @property
     def multi_device(self) -> bool:
@@ -70,6 +79,8 @@ class Candidate:
                 parts.append(f"{knob}{getattr(self, knob)}")
         if self.offload != "none":
             parts.append(f"offload-{self.offload}")
+        if self.processes > 1:
+            parts.append(f"ddp{self.processes}")
         return " ".join(parts)
 
     def knobs(self) -> dict[str, Any]:
@@ -84,12 +95,13 @@ class Candidate:
         )
 
     def bench_config(self, model: str, seq: int, label: str | None = None, extra: dict[str, Any] | None = None):
-        """The measurable BenchConfig (single device)."""
+        """The measurable BenchConfig: one process, or `processes` DDP ranks under torchrun (gloo on CPU)."""
         from perfscale.measure.bench_config import BenchConfig
 
         return BenchConfig(
             scenario="train", model=model, run=self.run_config(seq), backend="compile" if self.compile else "eager",
             label=label or self.name, extra=dict(extra or {}),
+            nproc=self.processes, strategy="ddp" if self.processes > 1 else "none",  # the workload is per rank
         )
 
     def differences(self, other: Candidate) -> dict[str, tuple[Any, Any]]:
@@ -116,13 +128,14 @@ class TrainSpace:
     workers: tuple[int, ...] = (0,)
     lora_ranks: tuple[int | None, ...] = (None,)
     layouts: tuple[dict[str, Any], ...] = ({},)  # multi-device: zero/fsdp/tp/pp/offload combinations
+    processes: tuple[int, ...] = (1,)  # DDP ranks on this CPU machine (each with cores / processes threads)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def knob_values(self) -> dict[str, tuple]:
         """The searched values per knob (the order halving varies them in: biggest effects first)."""
         return {"micro_batch": self.micro_batches, "precision": self.precisions, "checkpointing": self.checkpointing,
                 "lora_r": self.lora_ranks, "compile": self.compile, "attn": self.attns, "optimizer": self.optimizers,
-                "threads": self.threads, "workers": self.workers}
+                "threads": self.threads, "workers": self.workers, "processes": self.processes}
 
     def size(self) -> int:
         n = len(self.layouts)
@@ -134,12 +147,15 @@ class TrainSpace:
         out = []
         for layout in self.layouts:
             dp = self.data_parallel_of(layout)
-            for mb, prec, ckpt, lora, comp, attn, opt, thr, wk in itertools.product(*self.knob_values().values()):
-                accum = self.global_batch // (mb * dp)
-                if self.global_batch % (mb * dp) or not space.pipeline_schedulable(layout.get("pp", 1), 1, accum):
+            for mb, prec, ckpt, lora, comp, attn, opt, thr, wk, procs in itertools.product(*self.knob_values().values()):
+                ranks = dp * procs
+                accum = self.global_batch // (mb * ranks)
+                if self.global_batch % (mb * ranks) or not space.pipeline_schedulable(layout.get("pp", 1), 1, accum):
                     continue
-                out.append(Candidate(micro_batch=mb, grad_accum=accum, precision=prec, optimizer=opt,
-                                     checkpointing=ckpt, attn=attn, compile=comp, threads=thr, workers=wk, lora_r=lora, **layout))
+                if procs > 1 and (thr is not None or comp or layout):
+                    continue  # ranks share the cores (threads None = cores / processes); compile and layouts: one process
+                out.append(Candidate(micro_batch=mb, grad_accum=accum, precision=prec, optimizer=opt, checkpointing=ckpt,
+                                     attn=attn, compile=comp, threads=thr, workers=wk, lora_r=lora, processes=procs, **layout))
         return out
 
     def data_parallel_of(self, layout: dict[str, Any]) -> int:
@@ -172,7 +188,7 @@ def _powers_of_two_dividing(n: int, cap: int) -> tuple[int, ...]:
 def build_space(
     hardware, world_size: int, *, global_batch: int, seq: int, local: bool, allow_lora: bool = False,
     allow_optimizer_change: bool = False, include_compile: bool = False, cpu_cores: int | None = None,
-    heads: int | None = None, layers: int | None = None, per_node: int = 1,
+    heads: int | None = None, layers: int | None = None, per_node: int = 1, include_processes: bool = False,
 ) -> TrainSpace:
     """The knobs that apply to this workload on this hardware."""
     if global_batch < 1 or seq < 1:
@@ -197,10 +213,18 @@ def build_space(
         notes.append("torch.compile left out: its first compile takes ~30 s here, more than this budget's share; add --compile (and time) to try it")
     threads: tuple[int | None, ...] = (None,)
     workers: tuple[int, ...] = (0,)
+    processes: tuple[int, ...] = (1,)
     if local and cpu:
         cores = cpu_cores or 1
         threads = (None, 1) if cores > 1 else (None,)
         workers = (0, 1)
+        if include_processes:
+            processes = process_counts(cores, global_batch)
+            if len(processes) == 1:
+                notes.append(f"processes x threads: one process only ({cores} core(s), global batch {global_batch})")
+        elif cores > 1:
+            notes.append("processes x threads (DDP ranks under torchrun) left out: each costs a torchrun launch; "
+                         "add --processes (or give --budget-seconds 300 or more) to measure them")
     elif not local:
         notes.append("threads and DataLoader workers are not searched on hardware you do not have (not estimable)")
     layouts: list[dict[str, Any]] = [{}]
@@ -212,8 +236,17 @@ def build_space(
     return TrainSpace(
         global_batch=global_batch, seq=seq, data_parallel=world_size, micro_batches=micro, precisions=tuple(precisions),
         optimizers=tuple(optimizers), attns=attns, compile=compile_values, threads=threads, workers=workers, lora_ranks=lora,
-        layouts=tuple(layouts), notes=tuple(notes),
+        layouts=tuple(layouts), processes=processes, notes=tuple(notes),
     )
+
+
+MAX_PROCESSES = 4  # DDP ranks searched on one CPU machine: each rank more is a torchrun launch more (chosen)
+
+
+def process_counts(cores: int, global_batch: int) -> tuple[int, ...]:
+    """The process counts of the processes x threads search: the divisors of the usable cores (so that every
+    rank gets the same whole number of threads) that also divide the global batch, up to MAX_PROCESSES."""
+    return tuple(p for p in range(1, min(cores, MAX_PROCESSES) + 1) if cores % p == 0 and global_batch % p == 0)
 
 
 def _layouts(world: int, per_node: int, heads: int, layers: int, tpu: bool = False) -> list[dict[str, Any]]:
@@ -231,4 +264,4 @@ def _layouts(world: int, per_node: int, heads: int, layers: int, tpu: bool = Fal
     return out
 
 
-__all__ = ["Candidate", "TrainSpace", "baseline_candidate", "build_space"]
+__all__ = ["MAX_PROCESSES", "Candidate", "TrainSpace", "baseline_candidate", "build_space", "process_counts"]
