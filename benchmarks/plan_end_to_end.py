@@ -26,6 +26,11 @@ CASES = {
                         "--prompt", "2048", "--new-tokens", "256"],
     "1,024 nodes x 8, train": ["--model", "llama-3.1-70b", "--hardware", "1024x8xH100-80GB", "--train", "--batch", "1",
                                "--seq", "4096"],
+    # long context: context parallelism opens (cp 1-8 at 131,072 tokens; tune/space.cp_choices)
+    "8 devices, train, 131k tokens": ["--model", "llama-3.1-8b", "--hardware", "8xH100-80GB", "--train", "--batch", "1",
+                                      "--seq", "131072"],
+    "1,024 nodes x 8, train, 131k tokens": ["--model", "llama-3.1-70b", "--hardware", "1024x8xH100-80GB", "--train",
+                                            "--batch", "1", "--seq", "131072"],
 }
 
 

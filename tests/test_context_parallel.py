@@ -72,8 +72,8 @@ def test_memory_by_hand(llama8b):
     # the ring's buffers in a layer's backward: 2 blocks x (K, V, dK, dV) x 16,384 tokens x 1,024 x bf16
     assert ring_buffers(mc, k, local, 2) == 2 * 4 * local * 1024 * 2 == 268_435_456
     _p, sb, cb = PRECISION_BYTES["bf16"]
-    with_ring = backward_temporaries(mc, k, True, local, sb, cb, 2, 8).layer
-    assert with_ring - backward_temporaries(mc, k.copy(cp=1), True, local, sb, cb, 2, 8).layer == 268_435_456
+    with_ring = backward_temporaries(mc, k, True, local, sb, cb, 2, 8)[0]
+    assert with_ring - backward_temporaries(mc, k.copy(cp=1), True, local, sb, cb, 2, 8)[0] == 268_435_456
 
 
 def test_cp_is_searched_only_for_long_sequences():

@@ -19,8 +19,6 @@ dp_shard x cp mesh).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from perfscale.config.optimizer import foreach_copy
 from perfscale.estimate import families
 from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
@@ -218,21 +216,17 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
     return pb, pb, pb, 0, prec.name, "autocast" if mixed else "plain"
 
 
-class Weights(NamedTuple):
-    """The weights one pipeline stage holds on a device, before any sharding (bytes or parameters)."""
-
-    params: float  # parameters on this device (TP split), every layer of the stage + embedding/head where it has them
-    head: float  # the output head's weights: its own, or the tied embedding of an LM head; 0 off the last stage
-    trainable: float  # trainable parameters on this device (the adapters under LoRA)
-    frozen_bytes: float  # a LoRA base: its (possibly quantized) bytes; 0 for full fine-tuning
-    param_b: float  # bytes per trainable parameter, its gradient and its optimizer-state element
-    grad_b: float
-    state_b: float
+# The engine's hot path: the helpers below return plain tuples (a NamedTuple costs ~0.6 us to build here, x 8 per
+# evaluation), named in each docstring and unpacked by name at the call.
 
 
 def stage_weights(mc: ModelConstants, k: Knobs, first: bool, last: bool, layers_stage: float, pb: float, gb: float,
-                  stb: float) -> Weights:
-    """The parameters of a stage, split by TP, and which of them train (all, or LoRA's adapters on a frozen base)."""
+                  stb: float) -> tuple[float, float, float, float, float, float, float]:
+    """The parameters of a stage, split by TP, and which of them train (all, or LoRA's adapters on a frozen base):
+    (params: on this device, every layer of the stage + the embedding/head where it has them; head: the output
+    head's weights, its own or the tied embedding of an LM head, 0 off the last stage; trainable: trainable
+    parameters on this device, the adapters under LoRA; frozen_bytes: a LoRA base's (quantized) bytes, else 0;
+    param_b, grad_b, state_b: bytes per trainable parameter, per gradient and per optimizer-state element)."""
     tp, pp = k.tp, k.pp
     layer_params = mc.params_layer / tp
     embed, head = mc.params_embed / tp, mc.params_head / tp
@@ -242,32 +236,24 @@ def stage_weights(mc: ModelConstants, k: Knobs, first: bool, last: bool, layers_
     # the output head's weights: its own, or the tied embedding of an LM head (a classifier's are tiny, in `other`)
     head_dev = (head if head else (embed if mc.has_lm_head else 0.0)) if last else 0.0
     if k.lora_r is None:
-        return Weights(p_dev, head_dev, p_dev, 0.0, pb, gb, stb)
+        return p_dev, head_dev, p_dev, 0.0, pb, gb, stb
     trainable = lora_params(mc, k.lora_r, k.lora_targets) / pp / tp
     qb = QUANT_BYTES.get(k.quantization) or pb
     # Embeddings and the head stay in the 16/32-bit dtype under bitsandbytes quantization.
     embed_dev = embed if first else 0.0
     frozen_bytes = (p_dev - embed_dev - head_dev) * qb + (embed_dev + head_dev) * pb
-    return Weights(p_dev, head_dev, trainable, frozen_bytes, 4, 4, 4)  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
+    return p_dev, head_dev, trainable, frozen_bytes, 4, 4, 4  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
 
 
-class States(NamedTuple):
-    """Model states per device after ZeRO/FSDP sharding and CPU offload (bytes)."""
-
-    params: float
-    grads: float
-    opt: float
-    host: float  # offloaded to CPU memory
-
-
-def sharded_states(mc: ModelConstants, k: Knobs, w: Weights, master: float, shard: int) -> States:
-    """Parameters, gradients and optimizer state per device: ZeRO stage or FSDP over `shard` ranks
-    (model_states), then ZeRO-Offload of the optimizer state (and the parameters)."""
+def sharded_states(mc: ModelConstants, k: Knobs, trainable: float, frozen_bytes: float, param_b: float, grad_b: float,
+                   state_b: float, master: float, shard: int) -> tuple[float, float, float, float]:
+    """(params, grads, optimizer state, host) bytes per device: ZeRO stage or FSDP over `shard` ranks
+    (model_states), then ZeRO-Offload of the optimizer state (and the parameters) to host memory."""
     lora = k.lora_r is not None
-    opt_per = optimizer_bytes(mc, k.optimizer, w.state_b, w.trainable, lora) + (master if not lora else 0)
+    opt_per = optimizer_bytes(mc, k.optimizer, state_b, trainable, lora) + (master if not lora else 0)
     full_shard = k.zero == 3 or bool(k.fsdp)
-    params, grads, opt = model_states(w.trainable, w.param_b, w.grad_b, opt_per, 3 if k.fsdp else k.zero, shard)
-    params += w.frozen_bytes / (shard if full_shard else 1)
+    params, grads, opt = model_states(trainable, param_b, grad_b, opt_per, 3 if k.fsdp else k.zero, shard)
+    params += frozen_bytes / (shard if full_shard else 1)
     host = 0.0
     if k.offload != "none":
         # ZeRO-Offload (Ren et al. 2021, section 4.1): optimizer states and fp32 master weights
@@ -278,16 +264,16 @@ def sharded_states(mc: ModelConstants, k: Knobs, w: Weights, master: float, shar
         # with parameter offload also the 16-bit parameter partition (+ a frozen base):
         # 16 + 2 = 18 bytes/parameter for mixed-precision Adam, as DeepSpeed's estimator
         # counts (its 1.5x pinned-buffer margin is not added).
-        host = opt + w.trainable * w.state_b / shard
+        host = opt + trainable * state_b / shard
         opt = 0.0
-        grads = mc.params_layer / k.tp * w.grad_b if not lora else 0.0
+        grads = mc.params_layer / k.tp * grad_b if not lora else 0.0
     if k.offload == "optimizer+params":
         host += params
         params = 0.0
-    return States(params, grads, opt, host)
+    return params, grads, opt, host
 
 
-def gathered_units(mc: ModelConstants, k: Knobs, w: Weights, label: str, first: bool, cb: float, pb: float,
+def gathered_units(mc: ModelConstants, k: Knobs, param_b: float, label: str, first: bool, cb: float, pb: float,
                    tokens: float) -> tuple[float, float]:
     """(forward, backward) bytes of the unsharded units in flight under ZeRO-3 / FSDP / parameter offload."""
     layer_params = mc.params_layer / k.tp
@@ -298,31 +284,24 @@ def gathered_units(mc: ModelConstants, k: Knobs, w: Weights, label: str, first: 
         if lora:
             gather = UNITS_IN_FLIGHT * layer_params * (QUANT_BYTES.get(k.quantization) or pb)
         else:
-            gather = UNITS_IN_FLIGHT * layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else w.param_b)
+            gather = UNITS_IN_FLIGHT * layer_params * (cb if label in ("fsdp-mixed", "deepspeed-mixed") else param_b)
     gather_bwd = 0.0
     if k.fsdp and not lora:
         # FSDP2 backward: one unit's unsharded gradients (reduce-scatter input, compute dtype)
         # beside the gathered parameters; with a 16-bit param_dtype the root also keeps the
         # fp32 embedding output and its cast. Derived from the FSDP2 trace (FSDPMemTracker).
-        gather_bwd = layer_params * (cb if label == "fsdp-mixed" else w.param_b)
+        gather_bwd = layer_params * (cb if label == "fsdp-mixed" else param_b)
         if label == "fsdp-mixed" and first:
             gather_bwd += tokens * mc.h * 4
     return gather, gather_bwd
 
 
-class Activations(NamedTuple):
-    """Activation bytes of one stage per device."""
-
-    saved: float  # saved for backward when the first backward starts (every layer x micro-batch in flight)
-    recompute: float  # what checkpointing recomputes for the layer in backward (0 without it)
-    bottom: float  # the bottom layer's activations during its own backward
-    layer: float  # saved bytes per token of one layer (recomputed under checkpointing)
-
-
 def stage_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, program: str, first: bool,
-                      layers_stage: float, live: float, tokens: float, sb: float, cb: float) -> Activations:
-    """Saved activations of a stage: `live` layer x micro-batch sets of `tokens` tokens (layer_act_bytes,
-    LoRA's changes, checkpointing's layer inputs), autocast's weight casts, RoPE tables, the embedding's dropout mask."""
+                      layers_stage: float, live: float, tokens: float, sb: float, cb: float) -> tuple[float, float, float]:
+    """Activation bytes of a stage per device: `live` layer x micro-batch sets of `tokens` tokens (layer_act_bytes,
+    LoRA's changes, checkpointing's layer inputs), autocast's weight casts, RoPE tables, the embedding's dropout mask.
+    Returns (saved: kept for backward when the first backward starts; recompute: what checkpointing recomputes
+    for a layer in backward, 0 without it; bottom: the bottom layer's activations during its own backward)."""
     tp = k.tp
     lora = k.lora_r is not None
     a_layer = layer_act_bytes(mc, k, act_key, program)
@@ -357,7 +336,7 @@ def stage_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, pr
         saved += lora_once * tokens
     bottom = (a_layer * tokens + (rep_h * tokens if k.checkpointing else 0.0) + embed_mask * tokens
               + (casts if label == "autocast" else 0.0) + rope)
-    return Activations(saved, recompute, bottom, a_layer)
+    return saved, recompute, bottom
 
 
 def head_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, tokens: float, cb: float) -> tuple[float, float]:
@@ -385,18 +364,12 @@ def head_activations(mc: ModelConstants, k: Knobs, act_key: str, label: str, tok
     return 0.0, 0.0
 
 
-class BackwardTemps(NamedTuple):
-    """Transient bytes inside the backward pass."""
-
-    layer: float  # one layer's backward: gradients of its widest intermediates and of the residual stream
-    in_layer: float  # a gated MLP's extra at its peak inside the layer
-    embedding: float  # end of backward: the embedding's incoming gradient (+ a tied weight's two gradients)
-    tied_grad: float  # a tied embedding's accumulated gradient (0 when untied)
-
-
 def backward_temporaries(mc: ModelConstants, k: Knobs, first: bool, tokens: float, sb: float, cb: float,
-                         grad_b: float, gshard: int) -> BackwardTemps:
-    """Gradients alive only during backward: one layer's, the gated MLP's, the embedding's."""
+                         grad_b: float, gshard: int) -> tuple[float, float, float, float]:
+    """Bytes alive only during backward: (layer: one layer's backward, the gradients of its widest intermediates
+    and of the residual stream, + the ring's K/V blocks under cp; in_layer: a gated MLP's extra at its peak inside
+    the layer; embedding: end of backward, the embedding's incoming gradient + a tied weight's two gradients;
+    tied_grad: a tied embedding's accumulated gradient, 0 when untied)."""
     tp = k.tp
     lora = k.lora_r is not None
     # One layer's backward: gradients of its widest intermediates (two for a gated MLP, whose
@@ -421,7 +394,7 @@ def backward_temporaries(mc: ModelConstants, k: Knobs, first: bool, tokens: floa
         # temporaries beside every other gradient; the peak under checkpointing, -10.7% without this).
         tied_grad = mc.params_embed / tp * grad_b / gshard
         emb_trans += 2 * tied_grad
-    return BackwardTemps(layer_trans, in_layer, emb_trans, tied_grad)
+    return layer_trans, in_layer, emb_trans, tied_grad
 
 
 # Ring attention's point-to-point buffers in one layer's backward: two (the block being used and the one
@@ -436,7 +409,8 @@ def ring_buffers(mc: ModelConstants, k: Knobs, tokens: float, cb: float) -> floa
     return RING_BUFFERS * RING_TENSORS * tokens * mc.kv / k.tp * cb
 
 
-def optimizer_temporaries(mc: ModelConstants, k: Knobs, w: Weights, label: str, program: str, shard: int) -> float:
+def optimizer_temporaries(mc: ModelConstants, k: Knobs, trainable: float, param_b: float, state_b: float, label: str,
+                          program: str, shard: int) -> float:
     """Temporaries of the optimizer step (config/optimizer.py: as the Trainer builds the optimizer on `program`)."""
     lora = k.lora_r is not None
     if k.offload != "none" or (k.zero and label == "deepspeed-mixed"):
@@ -444,15 +418,15 @@ def optimizer_temporaries(mc: ModelConstants, k: Knobs, w: Weights, label: str, 
     oshard = shard if (k.zero >= 1 or k.fsdp) else 1
     if foreach_copy(k.optimizer, program):
         # foreach AdamW (CUDA): sqrt(v) + eps for every parameter at once
-        return w.trainable * w.state_b / oshard
+        return trainable * state_b / oshard
     if k.optimizer == "adamw_torch" and not lora:
         # the per-parameter loop (CPU): sqrt(v) and sqrt(v) / bias_correction of one
         # parameter alive together, the largest one's (torch.optim.adamw._single_tensor_adamw;
         # tiny llama: trace +4,195,328 B = 2 x its 2048 x 256 fp32 embedding). LoRA: adapter-sized, not counted.
-        return 2 * mc.largest_matrix / k.tp * w.state_b / oshard
+        return 2 * mc.largest_matrix / k.tp * state_b / oshard
     if k.optimizer == "adafactor":
         big = (mc.largest_matrix if not lora else 0) / k.tp
-        return big * 4 * (2 if w.param_b == 4 else 4)  # (grad^2 + eps) and the update, fp32
+        return big * 4 * (2 if param_b == 4 else 4)  # (grad^2 + eps) and the update, fp32
     return 0.0
 
 
@@ -461,18 +435,17 @@ def train_memory(mc: ModelConstants, k: Knobs, world: int, program: str = "cuda"
 
     program: "cuda" (GPUs and the default trace) or "cpu": the CPU program's dropout noise, and
     torch's per-parameter AdamW loop instead of CUDA's foreach (config/optimizer.py)."""
-    best = None
-    for stage in ("first", "last") if k.pp > 1 else ("only",):
-        result = stage_memory(mc, k, world, program, stage)
-        if best is None or result["peak"] > best["peak"]:
-            best = result
-    return best
+    dtypes = regime(k)
+    if k.pp == 1:
+        return stage_memory(mc, k, world, program, "only", dtypes)
+    first, last = stage_memory(mc, k, world, program, "first", dtypes), stage_memory(mc, k, world, program, "last", dtypes)
+    return last if last["peak"] > first["peak"] else first
 
 
-def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: str) -> dict:
+def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: str, dtypes: tuple | None = None) -> dict:
     """Training memory of one pipeline stage (first | last | only): the peak candidates of the module
-    docstring, the largest of them, and its breakdown."""
-    pb, gb, stb, master, act_key, label = regime(k)
+    docstring, the largest of them, and its breakdown. dtypes: regime(k), when the caller has it."""
+    pb, gb, stb, master, act_key, label = dtypes or regime(k)
     _p, sb, cb = PRECISION_BYTES[act_key]
     tp, pp = k.tp, k.pp
     shard = k.fsdp if k.fsdp else max(1, world // (tp * pp))  # ZeRO shards over data parallel x cp
@@ -483,36 +456,36 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     layers_stage, chunks = stage_layers(mc, k, 0 if first else pp - 1)
     live = live_layer_batches(k, 0 if first else pp - 1, chunks)
 
-    w = stage_weights(mc, k, first, last, layers_stage, pb, gb, stb)
-    params, grads, opt, host = sharded_states(mc, k, w, master, shard)
-    gather, gather_bwd = gathered_units(mc, k, w, label, first, cb, pb, tokens)
-    acts = stage_activations(mc, k, act_key, label, program, first, layers_stage, live, tokens, sb, cb)
+    _p_dev, head_w, trainable, frozen, t_pb, t_gb, t_stb = stage_weights(mc, k, first, last, layers_stage, pb, gb, stb)
+    params, grads, opt, host = sharded_states(mc, k, trainable, frozen, t_pb, t_gb, t_stb, master, shard)
+    gather, gather_bwd = gathered_units(mc, k, t_pb, label, first, cb, pb, tokens)
+    saved, recompute, bottom_acts = stage_activations(mc, k, act_key, label, program, first, layers_stage, live, tokens, sb, cb)
     head_saved, head_trans = head_activations(mc, k, act_key, label, tokens, cb) if last else (0.0, 0.0)
     gshard = shard if (k.zero >= 2 or k.fsdp) else 1  # gradients sharded (ZeRO-2/3, FSDP)
-    bwd = backward_temporaries(mc, k, first, tokens, sb, cb, w.grad_b, gshard)
-    opt_temp = optimizer_temporaries(mc, k, w, label, program, shard)
+    layer_trans, in_layer, emb_trans, tied_grad = backward_temporaries(mc, k, first, tokens, sb, cb, t_gb, gshard)
+    opt_temp = optimizer_temporaries(mc, k, trainable, t_pb, t_stb, label, program, shard)
 
     grads_in_static = k.accum > 1  # accumulated gradients persist between micro-steps
     static = params + opt + (grads if grads_in_static else 0.0)
-    head_grad = 0.0 if grads_in_static or lora else w.head * w.grad_b / gshard
+    head_grad = 0.0 if grads_in_static or lora else head_w * t_gb / gshard
     # Bottom layer's backward: every other layer's gradients exist, only this layer's
     # activations (recomputed under checkpointing) are left.
-    g_layer = 0.0 if lora else mc.params_layer / tp * w.grad_b / gshard
+    g_layer = 0.0 if lora else mc.params_layer / tp * t_gb / gshard
     # A tied embedding already holds the head's gradient before the bottom layer runs.
     tied = mc.params_head == 0 and mc.has_lm_head
-    g_embed = 0.0 if (lora or tied or not first) else mc.params_embed / tp * w.grad_b / gshard
+    g_embed = 0.0 if (lora or tied or not first) else mc.params_embed / tp * t_gb / gshard
     bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
     # phase: (total, activations, temporaries)
     cands = {
-        "backward-bottom": (params + opt + gather + bottom_grads + acts.bottom + bwd.layer + bwd.in_layer, acts.bottom,
-                            bwd.layer),
-        "backward": (static + gather + gather_bwd + acts.saved + head_saved + head_trans, acts.saved + head_saved,
+        "backward-bottom": (params + opt + gather + bottom_grads + bottom_acts + layer_trans + in_layer, bottom_acts,
+                            layer_trans),
+        "backward": (static + gather + gather_bwd + saved + head_saved + head_trans, saved + head_saved,
                      head_trans + gather_bwd),
-        "backward-layers": (static + gather + acts.saved + head_grad + bwd.layer + acts.recompute + bwd.in_layer,
-                            acts.saved + acts.recompute, bwd.layer),
+        "backward-layers": (static + gather + saved + head_grad + layer_trans + recompute + in_layer,
+                            saved + recompute, layer_trans),
         # (the tied weight's gradient is not accumulated yet: a temporary, as the trace counts it)
-        "backward-end": (static + gather + (0.0 if grads_in_static else grads) + bwd.embedding, 0.0,
-                         bwd.embedding + (0.0 if grads_in_static else bwd.tied_grad)),
+        "backward-end": (static + gather + (0.0 if grads_in_static else grads) + emb_trans, 0.0,
+                         emb_trans + (0.0 if grads_in_static else tied_grad)),
         "optimizer": (params + grads + opt + opt_temp, 0.0, opt_temp),
     }
     kept = kept_logits(mc, k, cb, tokens) if last else 0.0
@@ -521,7 +494,7 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     phase = max(cands, key=lambda c: cands[c][0])
     peak, act_bytes, temps = cands[phase]
     if phase in ("backward-end", "optimizer") or grads_in_static:
-        grads_at = grads - (bwd.tied_grad if phase == "backward-end" and not grads_in_static else 0.0)
+        grads_at = grads - (tied_grad if phase == "backward-end" and not grads_in_static else 0.0)
     else:
         grads_at = {"backward-layers": head_grad, "backward-bottom": bottom_grads}.get(phase, 0.0)
     return {
@@ -536,7 +509,7 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
             "kv_cache": 0.0,
             "other": 0.0,
         },
-        "trainable": w.trainable * (pp * tp),
+        "trainable": trainable * (pp * tp),
         "optimizer_peak": cands["optimizer"][0],
         "stage": stage,
         "host": host,
