@@ -1,4 +1,4 @@
-"""estimate(): memory and time of one configuration; `evaluate()` is its allocation-free hot path."""
+"""estimate(): memory and time of one configuration; `evaluate()` is its hot path (no validation; plain numbers in an Evaluation)."""
 
 from __future__ import annotations
 
