@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dist_cpu_layouts.json"))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from perfscale.measure.bench_config import BenchConfig, MeasureOptions, parse_inline
+    from perfscale.cli.inline_config import parse_inline
+    from perfscale.measure.bench_config import BenchConfig, MeasureOptions
     from perfscale.measure.compare import compare
     from perfscale.measure.stats import StopRule
 

@@ -27,7 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dist_scale.json"))
     args = parser.parse_args()
-    from perfscale.measure.bench_config import BenchConfig, MeasureOptions, parse_inline
+    from perfscale.cli.inline_config import parse_inline
+    from perfscale.measure.bench_config import BenchConfig, MeasureOptions
     from perfscale.measure.runner import measure
     from perfscale.measure.stats import StopRule
     from perfscale.specs import load_model_spec

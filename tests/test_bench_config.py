@@ -7,7 +7,8 @@ import json
 import pytest
 
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
-from perfscale.measure.bench_config import BenchConfig, MeasureOptions, load_config_file, parse_inline, resolve_configuration
+from perfscale.cli.inline_config import parse_inline, resolve_configuration
+from perfscale.measure.bench_config import BenchConfig, MeasureOptions, load_config_file
 from perfscale.measure.scenarios import SCENARIO_MODULES
 from perfscale.measure.bench_config import SCENARIOS, TEST_SCENARIOS
 from perfscale.config.run_config import RunConfig

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from perfscale.errors import PerfscaleError
-from perfscale.measure.bench_config import BenchConfig, MeasureOptions, parse_inline
+from perfscale.cli.inline_config import parse_inline
+from perfscale.measure.bench_config import BenchConfig, MeasureOptions
 from perfscale.measure.stats import StopRule
 
 from tiny_configs import tiny_config

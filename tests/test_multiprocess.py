@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
-from perfscale.measure.bench_config import BenchConfig, MeasureOptions, parse_inline
+from perfscale.cli.inline_config import parse_inline
+from perfscale.measure.bench_config import BenchConfig, MeasureOptions
 from perfscale.measure.multiprocess import hang_report, merge
 from perfscale.measure.stats import StopRule
 

@@ -31,7 +31,8 @@ from perfscale.config.run_config import (
 )
 from perfscale.errors import InvalidConfigError
 from perfscale.estimate.knobs import WORKLOAD_DEFAULTS, Knobs
-from perfscale.measure.bench_config import INLINE_KEYS, BenchConfig, parse_inline
+from perfscale.cli.inline_config import INLINE_KEYS, parse_inline
+from perfscale.measure.bench_config import BenchConfig
 from perfscale.specs import InferWorkload, TrainWorkload
 from perfscale.tune.plan import KNOB_NAMES
 

@@ -9,7 +9,7 @@ from perfscale.cli import bench as b
 from perfscale.cli import knobs
 from perfscale.cli import report as R
 from perfscale.cli.measure_flags import MeasureFlags, with_measure_flags
-from perfscale.measure.bench_config import INLINE_HELP
+from perfscale.cli.inline_config import INLINE_HELP
 
 CONFIGS = typer.Argument(..., help="Two or more configurations. " + INLINE_HELP)
 REPEATS = typer.Option(3, "--repeats", "-r", help="Independent processes per configuration (interleaved A B A B ...).")
@@ -34,7 +34,7 @@ def compare(
     CONFIG overrides them. Example: perfscale compare --scenario encode backend=eager backend=onnxruntime
     backend=onnxruntime,quant=int8-per-channel
     """
-    from perfscale.measure.bench_config import resolve_configuration
+    from perfscale.cli.inline_config import resolve_configuration
     from perfscale.measure.compare import compare as run_compare
     from perfscale.measure.preflight import preflight
     from perfscale.measure.runner import sigterm_as_interrupt

@@ -1,34 +1,33 @@
 """BenchConfig: one configuration to measure (scenario + model + RunConfig + bench-only knobs).
 
-The same object is the Python API of `measure`/`compare`, the JSON file format that bench writes and
-compare reads, and (through `parse_inline`) the compact command-line syntax of `perfscale compare`.
-All problems are checked here, before any process starts.
+The same object is the Python API of `measure`/`compare` and the JSON file format that bench writes and
+compare reads (compare's inline `key=value` syntax is CLI code: cli/inline_config.py). MeasureOptions says
+how to measure it. All problems are checked here, before any process starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from perfscale.config.run_config import INT_RANGES, KNOB_DEFAULTS, KNOB_FIELDS, RunConfig, parse_targets
+from perfscale.config.run_config import KNOB_DEFAULTS, RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.stats import StopRule
-from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload, TrainWorkload
+from perfscale.runtimes.encoder import BACKENDS as _ENCODER_BACKENDS
+from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
+from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload
 
 SCENARIOS = ("train", "encode", "generate", "load")
 TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
 # eager and compile run every scenario; the encoder runtimes' other backends (onnxruntime, openvino) run encode only.
-from perfscale.runtimes.encoder import BACKENDS as _ENCODER_BACKENDS
-
 BACKENDS = tuple(dict.fromkeys(("eager", "compile", *_ENCODER_BACKENDS)))
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "load": "perfscale-tiny-llama",
                   "selftest": "none"}
-# Encoder quantization schemes: perfscale.runtimes.encoder owns the list.
-from perfscale.runtimes.encoder import QUANTIZATIONS as ENCODER_QUANTIZATION
+# Encoder quantization schemes: perfscale.runtimes.encoder owns the list (ENCODER_QUANTIZATION).
 # Workload defaults per scenario when the user gives none: train and generate use every command's
 # defaults (specs/workload.py); encode and the harness's selftest have their own kind of workload.
 DEFAULT_WORKLOADS = {
@@ -328,157 +327,6 @@ class GateThresholds:
         return asdict(self)
 
 
-# ----- the inline syntax of `perfscale compare` -----
-def _run_key_type(name: str) -> type:
-    default = KNOB_DEFAULTS[name]
-    return bool if isinstance(default, bool) else int if name in INT_RANGES or isinstance(default, int) else str
-
-
-INLINE_KEYS = {
-    # key: (field path, type); every RunConfig knob under its own name (lora_targets joins modules with '+')
-    "scenario": ("scenario", str), "model": ("model", str), "backend": ("backend", str), "device": ("device", str),
-    "threads": ("run.torch_num_threads", int), "workers": ("run.dataloader_num_workers", int),
-    "pin_memory": ("run.dataloader_pin_memory", bool),
-    "quant": ("encoder_quantization", str), "sentences": ("sentences", int), "seed": ("seed", int), "label": ("label", str),
-    "batch": ("workload.batch", int), "seq": ("workload.seq", int), "grad_accum": ("workload.grad_accum", int),
-    "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
-    "nproc": ("nproc", int), "nnodes": ("nnodes", int), "strategy": ("strategy", str),
-    "fsdp_reshard": ("fsdp_reshard", bool), "fsdp_mp": ("fsdp_mp", str), "fsdp_offload": ("fsdp_offload", bool),
-    "load": ("extra.load", str),
-    **{name: (f"run.{name}", _run_key_type(name)) for name in KNOB_FIELDS},
-}
-INLINE_HELP = (
-    "A configuration is a JSON file (written by `perfscale bench --save-config` or `tune`, or a bench --json "
-    "output), or inline `key=value` pairs joined by commas, applied on top of the shared flags, e.g. "
-    "`backend=onnxruntime,quant=int8-per-channel` or `precision=bf16-mixed,checkpointing=true`. "
-    "Keys: " + ", ".join(INLINE_KEYS) + ". lora_targets joins modules with '+': lora_targets=q_proj+v_proj."
-)
-
-
-def _convert(key: str, text: str, kind: type) -> Any:
-    if kind is bool:
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise InvalidConfigError(f"{key}={text!r}: expected true or false.")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidConfigError(f"{key}={text!r}: expected an integer.") from None
-    return text
-
-
-def apply_overrides(base: BenchConfig, overrides: dict[str, Any]) -> BenchConfig:
-    """A new BenchConfig with `key: value` overrides (INLINE_KEYS names) applied and re-validated."""
-    top: dict[str, Any] = {}
-    run: dict[str, Any] = {}
-    workload = base.run.workload.to_dict()
-    for key, value in overrides.items():
-        path = INLINE_KEYS[key][0]
-        if path.startswith("workload."):
-            workload[path.split(".", 1)[1]] = value
-        elif path.startswith("run."):
-            run[path.split(".", 1)[1]] = value
-        elif path.startswith("extra."):
-            top["extra"] = {**base.extra, **top.get("extra", {}), path.split(".", 1)[1]: value}
-        else:
-            top[path] = value
-    scenario = top.get("scenario", base.scenario)
-    if scenario != base.scenario and not any(k.startswith(("batch", "seq", "prompt", "new_tokens", "grad")) for k in overrides):
-        workload = DEFAULT_WORKLOADS.get(scenario, base.run.workload).to_dict()
-    mode = "train" if scenario == "train" else "infer"
-    if workload.get("mode") != mode:  # switching train <-> infer: start from that scenario's default sizes
-        default = DEFAULT_WORKLOADS.get(scenario, DEFAULT_WORKLOADS["train"]).to_dict()
-        workload = default | {k: v for k, v in workload.items() if k in default and k != "mode"}
-    wl_fields = {k: v for k, v in workload.items() if k != "mode"}
-    wl = TrainWorkload(**wl_fields) if mode == "train" else InferWorkload(**wl_fields)
-    run_data = base.run.to_dict() | run
-    if "lora_targets" in run and isinstance(run["lora_targets"], str):
-        run_data["lora_targets"] = list(parse_targets(run["lora_targets"].replace("+", ",")))
-    backend = top.get("backend", base.backend)
-    if "compile" not in run and "backend" in top:
-        run_data["compile"] = backend == "compile"
-    if "backend" not in top and run_data.get("compile") and not base.run.compile:
-        top["backend"] = "compile"
-    if "backend" not in top and "compile" in run and not run["compile"] and base.backend == "compile":
-        top["backend"] = "eager"
-    run_data.pop("workload")
-    rc = RunConfig.from_dict({"workload": wl.to_dict(), **run_data})
-    if "model" not in top and scenario != base.scenario and base.model == DEFAULT_MODELS.get(base.scenario):
-        top["model"] = None
-    return replace(base, run=rc, **top)
-
-
-def parse_inline(text: str, base: BenchConfig) -> BenchConfig:
-    """'backend=onnxruntime,quant=int8-per-channel' -> BenchConfig (base + these values)."""
-    overrides: dict[str, Any] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise InvalidConfigError(f"Configuration item {item!r} is not key=value. {INLINE_HELP}")
-        if key not in INLINE_KEYS:
-            from perfscale.errors import closest
-
-            hint = closest(key, INLINE_KEYS)
-            raise InvalidConfigError(
-                f"Unknown configuration key {key!r}{' (did you mean ' + ', '.join(hint) + '?)' if hint else ''}. "
-                f"Valid keys: {', '.join(INLINE_KEYS)}."
-            )
-        overrides[key] = _convert(key, value.strip(), INLINE_KEYS[key][1])
-    return apply_overrides(base, overrides)
-
-
-def load_config_file(path: Path) -> BenchConfig:
-    """A BenchConfig from JSON: a BenchConfig dict, a bench result (`config` key), or a RunConfig dict."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8, not JSON
-        raise InvalidConfigError(f"Cannot read configuration file {path}: {exc}. Write one with `perfscale bench --save-config PATH`.") from exc
-    try:
-        if isinstance(data, dict) and isinstance(data.get("configurations"), list) and data["configurations"]:
-            data = data["configurations"][0]
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
-            data = data["config"]
-        if isinstance(data, dict) and "scenario" in data:
-            return BenchConfig.from_dict(data)
-        if isinstance(data, dict) and "workload" in data:  # a RunConfig (plan/tune)
-            rc = RunConfig.from_dict(data)
-            return BenchConfig(scenario="train" if rc.is_train else "generate", run=rc)
-    except InvalidConfigError as exc:
-        raise InvalidConfigError(f"{path}: {exc}") from exc
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a value of the wrong JSON type
-        raise InvalidConfigError(f"{path} holds a malformed bench configuration ({type(exc).__name__}: {exc}). "
-                                 "Write one with `perfscale bench --save-config PATH`.") from exc
-    raise InvalidConfigError(f"{path} holds no bench configuration (no 'scenario' or 'workload' key). "
-                             "Write one with `perfscale bench --save-config PATH`.")
-
-
-def resolve_configuration(text: str, base: BenchConfig) -> BenchConfig:
-    """One command-line configuration: an existing .json file, else the inline syntax."""
-    if text.endswith(".json") or _is_file(text):
-        return load_config_file(Path(text))
-    return parse_inline(text, base)
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return Path(text).is_file()
-    except OSError:  # a name too long for the file system is not a file: read it as inline pairs
-        return False
-
-
-__all__ = [
-    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "DIST_DEFAULTS", "STRATEGIES", "GateThresholds", "INLINE_HELP", "MeasureOptions", "SCENARIOS",
-    "apply_overrides", "load_config_file", "parse_inline", "resolve_configuration",
-]
-
-
 # Warm-up beyond this many iterations is a typo, not a plan: torch.compile and ORT warm up in 1-3.
 MAX_WARMUP = 10_000
 
@@ -518,3 +366,34 @@ class MeasureOptions:
         data["stop"] = StopRule.from_dict(data["stop"])
         data["thresholds"] = GateThresholds(**data["thresholds"])
         return cls(**data)
+
+
+def load_config_file(path: Path) -> BenchConfig:
+    """A BenchConfig from JSON: a BenchConfig dict, a bench result (`config` key), or a RunConfig dict."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8, not JSON
+        raise InvalidConfigError(f"Cannot read configuration file {path}: {exc}. Write one with `perfscale bench --save-config PATH`.") from exc
+    try:
+        if isinstance(data, dict) and isinstance(data.get("configurations"), list) and data["configurations"]:
+            data = data["configurations"][0]
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]
+        if isinstance(data, dict) and "scenario" in data:
+            return BenchConfig.from_dict(data)
+        if isinstance(data, dict) and "workload" in data:  # a RunConfig (plan/tune)
+            rc = RunConfig.from_dict(data)
+            return BenchConfig(scenario="train" if rc.is_train else "generate", run=rc)
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"{path}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a value of the wrong JSON type
+        raise InvalidConfigError(f"{path} holds a malformed bench configuration ({type(exc).__name__}: {exc}). "
+                                 "Write one with `perfscale bench --save-config PATH`.") from exc
+    raise InvalidConfigError(f"{path} holds no bench configuration (no 'scenario' or 'workload' key). "
+                             "Write one with `perfscale bench --save-config PATH`.")
+
+
+__all__ = [
+    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "DIST_DEFAULTS", "STRATEGIES", "GateThresholds", "MeasureOptions", "SCENARIOS",
+    "load_config_file",
+]
