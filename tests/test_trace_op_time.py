@@ -7,6 +7,7 @@ import pytest
 from perfscale.config import RunConfig
 from perfscale.errors import InvalidConfigError
 from perfscale.specs import TrainWorkload, get_hardware, spec_from_config
+from perfscale.specs.gemm_efficiency import gemm_efficiency
 from perfscale.trace import op_time as ot
 from tiny_configs import tiny_config
 
@@ -33,10 +34,11 @@ def test_roofline_terms():
     t = ot.op_seconds(big, H100)
     # 64 x 64 tiles on 132 SMs: 32 waves, the last 97% full
     wave = 4096 / (32 * 132)
-    assert t == pytest.approx(big.flops / (H100.peak("bf16") * ot.GEMM_EFFICIENCY * wave) + ot.LAUNCH_SECONDS, rel=1e-9)
+    eff = gemm_efficiency(H100.name, "bf16", 8192, 8192, 8192)
+    assert t == pytest.approx(big.flops / (H100.peak("bf16") * eff * wave) + ot.LAUNCH_SECONDS, rel=1e-9)
     # one 128 x 128 tile on 132 SMs: wave quantization leaves the device 1/132 busy, unless reading the operands binds
     tiny = ot.OpRecord("aten.mm", "gemm", "forward", 2.0 * 128 * 128 * 65536, 2 * (128 + 128) * 65536, 1, (128, 128, 65536), "bf16")
-    assert ot.op_seconds(tiny, H100) > 100 * tiny.flops / (H100.peak("bf16") * ot.GEMM_EFFICIENCY)
+    assert ot.op_seconds(tiny, H100) > 100 * tiny.flops / (H100.peak("bf16") * eff)
     norm = ot.OpRecord("aten.native_layer_norm", "memory", "forward", 0.0, 1e9, 1)
     assert ot.op_seconds(norm, H100) == pytest.approx(1e9 / (H100.memory_bandwidth.value * ot.BANDWIDTH_EFFICIENCY) + ot.LAUNCH_SECONDS)
 

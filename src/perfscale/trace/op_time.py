@@ -3,7 +3,9 @@
 The model runs on fake tensors (no GPU, any size) under a dispatch mode that records each aten op with
 its shapes and dtypes. Each op gets a time on the named device:
 
-  GEMM (mm, addmm, bmm, baddbmm)  max(2MNK / (peak[dtype] x GEMM_EFFICIENCY x wave(M, N)), bytes / BW)
+  GEMM (mm, addmm, bmm, baddbmm)  max(2MNK / (peak[dtype] x eff(gpu, dtype, MNK) x wave(M, N)), bytes / BW)
+      eff: the cited table of specs/gemm_efficiency.py (published maximum-achievable-matmul plateaus per
+      generation and dtype, times a size term F / (F + half_flops) for F = 2MNK);
       peak[dtype]: the device's dense peak for the inputs' dtype (fp32 matmuls run in fp32: PyTorch's
       default allow_tf32=False for matmul); wave(M, N): wave quantization, tiles of 128 x 128 over the
       device's SMs, tiles / (ceil(tiles / SMs) x SMs) (NVIDIA, "Matrix Multiplication Background User's
@@ -29,11 +31,10 @@ from typing import Any
 
 from perfscale.config.run_config import RunConfig
 from perfscale.errors import InvalidConfigError
+from perfscale.specs.gemm_efficiency import gemm_efficiency
 from perfscale.specs.model import ModelSpec
 
-# Fraction of the dtype's dense peak that cuBLAS reaches on large, well-shaped GEMMs (the guide's
-# plots of large square GEMMs on A100 sit near 80% of the tensor-core peak; assumed for every generation).
-GEMM_EFFICIENCY = 0.8
+# GEMM efficiency: specs/gemm_efficiency.py (a cited table by generation, dtype and size; was one 0.8).
 ATTENTION_EFFICIENCY = 0.6  # FlashAttention-2 forward/backward, the middle of its 50-73% of peak
 BANDWIDTH_EFFICIENCY = 0.8  # elementwise kernels: achieved / peak HBM bandwidth
 # Per-kernel GPU launch gap (back-to-back kernel issue on the device, a few microseconds).
@@ -262,13 +263,14 @@ def op_seconds(op: OpRecord, hardware) -> float:
     peak = hardware.peak(op.dtype) or hardware.peak("fp32") or 1e12
     if op.kind == "attention":
         return max(op.flops / (peak * ATTENTION_EFFICIENCY), memory_time) + LAUNCH_SECONDS
-    m, n, _k = op.mnk
+    m, n, k = op.mnk
+    eff = gemm_efficiency(hardware.name, op.dtype, m, n, k)
     wave = 1.0
     sms = _sms(hardware)
     if sms:
         tiles = math.ceil(m / TILE) * math.ceil(n / TILE)
         wave = tiles / (math.ceil(tiles / sms) * sms)
-    return max(op.flops / (peak * GEMM_EFFICIENCY * wave), memory_time) + LAUNCH_SECONDS
+    return max(op.flops / (peak * eff * wave), memory_time) + LAUNCH_SECONDS
 
 
 def op_time(model: str | ModelSpec, config: RunConfig, hardware) -> OpTimeResult:
