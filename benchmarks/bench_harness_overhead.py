@@ -9,6 +9,12 @@ Two views, same configuration (default: the `train` scenario on perfscale-tiny-l
 2. in process: wall time of a block of iterations driven by the harness loop (timing wrapper, stop
    checks with bootstraps) vs the same number of bare iterations: the bookkeeping's share of wall time,
    and its cost per iteration in microseconds (an upper bound for any step).
+3. `--torchrun` (issue 18): the torchrun path (`--nproc 1 --strategy ddp`: agent, one rank, gloo, DDP's
+   reducer, the per-iteration slowest-rank all-reduce and stop broadcast) vs one plain process on the same
+   work (same model, batch, seq and threads), each `measure()` in its own launch, interleaved
+   (P T, T P, ...); the ratio of median step times with a two-level bootstrap 95% CI. Target: < 3%.
+
+    python benchmarks/bench_harness_overhead.py --torchrun --repeats 4 --out benchmarks/results/harness_overhead_torchrun.json
 """
 
 from __future__ import annotations
@@ -81,16 +87,58 @@ def in_process(config, iters: int) -> dict:
             "wall_overhead": harness / bare - 1, "bookkeeping_us_per_iter": per_iter_us}
 
 
+def torchrun_view(args) -> int:
+    import os
+    from dataclasses import replace
+
+    from perfscale.measure.bench_config import BenchConfig, MeasureOptions
+    from perfscale.measure.runner import measure
+    from perfscale.measure.stats import StopRule, ratio_of_medians
+
+    plain = BenchConfig(scenario="train")
+    plain = replace(plain, run=replace(plain.run, torch_num_threads=args.threads))
+    ranked = replace(plain, nproc=1, strategy="ddp")
+    options = MeasureOptions(stop=StopRule(min_iters=args.iters, min_time=3.0, max_time=30.0), warmup=2, gate=False)
+    runs: dict[str, list] = {"plain": [], "torchrun": []}
+    loads = []
+    for rep in range(args.repeats):
+        order = ("plain", "torchrun") if rep % 2 == 0 else ("torchrun", "plain")
+        for name in order:
+            r = measure(plain if name == "plain" else ranked, options)
+            assert r.ok, (name, r.reason)
+            runs[name].append(r)
+            loads.append(os.getloadavg()[0])
+            print(name, f"median {sorted(r.samples)[len(r.samples) // 2] * 1e3:.1f} ms", len(r.samples), "steps", file=sys.stderr)
+    ratio = ratio_of_medians([r.samples for r in runs["plain"]], [r.samples for r in runs["torchrun"]])  # torchrun / plain
+    comm = [row.get("comm_s") for r in runs["torchrun"] for row in r.ranks]
+    doc = {
+        "config": {"plain": plain.to_dict(), "torchrun": ranked.to_dict()}, "repeats": args.repeats, "iters": args.iters,
+        "step_time_ratio_torchrun_over_plain": ratio.to_dict(), "overhead": ratio.ratio - 1,
+        "within_3pct": ratio.ci_high < 1.03 and ratio.ci_low > 0.97,
+        "below_3pct": ratio.ci_high < 1.03,
+        "medians_ms": {k: [sorted(r.samples)[len(r.samples) // 2] * 1e3 for r in v] for k, v in runs.items()},
+        "rank_comm_s": comm, "load_average_1min": loads, "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in doc.items() if k != "config"}, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/harness_overhead.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--bare-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--torchrun", action="store_true", help="view 3: the torchrun path vs one plain process")
+    parser.add_argument("--threads", type=int, default=1, help="--torchrun: threads of the process and of the rank")
     args = parser.parse_args()
     if args.bare_child:
         bare_child(args.bare_child, args.iters, warmup=2)
         return 0
+    if args.torchrun:
+        return torchrun_view(args)
 
     from perfscale.measure.bench_config import BenchConfig, MeasureOptions
     from perfscale.measure.runner import measure

@@ -212,3 +212,37 @@ def test_task_trains_the_head_it_names(tiny, tmp_path):
 def test_task_a_family_lacks_is_a_user_error(tiny):
     r = run_cli("tune", "--model", tiny, "--task", "multiple-choice-nonsense", "--budget-seconds", "5")
     assert_user_error(r, "multiple-choice-nonsense")
+
+
+def test_final_of_a_multi_process_challenger_is_unpaired_and_interleaved():
+    """A 2-rank challenger cannot share a process with the baseline: each repeat launches both, the order
+    alternating (B A, A B), and the verdict rests on the unpaired ratio of global tokens per second."""
+    import numpy as np
+
+    from perfscale.tune.halving import Outcome
+    from perfscale.tune.train_final import final_compare
+
+    base, two = baseline_candidate(4), Candidate(micro_batch=2, grad_accum=1, processes=2)
+    rng = np.random.default_rng(0)
+    order = []
+
+    def run_apart(config, rep):
+        order.append((rep, config.nproc))
+        step = 1.0 if config.nproc == 1 else 1.6  # twice the tokens in 1.6x the time: 1.25x the speed
+        return _result(step * (1 + 0.01 * rng.standard_normal(12)), 64 * config.nproc, config=config)
+
+    def run_pair(*_a):
+        raise AssertionError("a multi-process challenger is never paired in one process")
+
+    class Store:
+        kept: list = []
+
+        def keep(self, result):
+            self.kept.append(result)
+
+    ranking = [Outcome(two, 0, 125.0, "ok"), Outcome(base, 0, 100.0, "ok")]
+    fc = final_compare(ranking, base, "perfscale-tiny-llama", 16, 2, Store(), "g", False, run_pair, lambda _m: None,
+                       run_apart=run_apart)
+    assert order == [(0, 2), (0, 1), (1, 1), (1, 2)]
+    assert fc.speedup["method"].startswith("unpaired") and fc.speedup["ratio"] == pytest.approx(1.25, rel=0.02)
+    assert fc.speedup["significant"] and fc.winner == two

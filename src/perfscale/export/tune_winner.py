@@ -35,7 +35,7 @@ def _winner(result, options):
         build_from = json.loads((Path(head_model(options, spec)) / "config.json").read_text())
     config, topology = RunConfig.from_dict(result.winner["run_config"]), resolve_topology(options)
     launch = result.winner.get("launch") or {}
-    if topology.hardware.kind == "cpu" and result.measured_here:
+    if topology.hardware.kind == "cpu" and launch:  # measured here (an estimated winner has no launch)
         # What was measured is what is emitted: the ranks (torchrun --nproc_per_node, accelerate num_processes)
         # and the threads each rank ran with (OMP_NUM_THREADS, torch.set_num_threads).
         if (launch.get("processes") or 1) > 1:
