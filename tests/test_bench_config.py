@@ -55,7 +55,9 @@ def test_threads_are_a_run_knob_kept_at_the_top_of_documents():
 
 
 def test_multi_device_knobs_are_refused_clearly():
-    with pytest.raises(UnsupportedModelError, match=r"--nproc N --strategy ddp\|fsdp2"):
+    with pytest.raises(UnsupportedModelError, match=r"--nproc N --strategy ddp\|fsdp2\|deepspeed"):
+        BenchConfig(scenario="train", run=RunConfig(workload=TrainWorkload(1, 8), tp=2))
+    with pytest.raises(InvalidConfigError, match="add --strategy deepspeed"):  # a ZeRO stage is DeepSpeed's
         BenchConfig(scenario="train", run=RunConfig(workload=TrainWorkload(1, 8), zero=2))
 
 

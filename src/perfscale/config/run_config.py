@@ -121,8 +121,8 @@ class RunConfig:
     """LoRA rank (freezes the base model); none = full fine-tuning."""
     lora_targets: tuple[str, ...] = _knob((), "estimate", "trace", "measure")
     """Comma-separated module names for LoRA, e.g. q_proj,v_proj (default: every linear layer)."""
-    zero: int = _knob(0, "estimate", mode="train")
-    """DeepSpeed ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)."""
+    zero: int = _knob(0, "estimate", "measure", mode="train")
+    """DeepSpeed ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded); bench measures it with --strategy deepspeed."""
     fsdp: int | None = _knob(None, "estimate", "trace", mode="train")
     """FSDP full-shard degree (ranks the model is sharded over); none = no FSDP."""
     tp: int = _knob(1, "estimate")

@@ -49,9 +49,10 @@ EXTRA_KEYS = {
     "fault_rank": "multi-process: the only rank that injects `fault` (default: every rank)",
     "load": "load: the from_pretrained path (defaults, dtype, offload: scenarios/load.py)",
 }
-# Multi-process layouts measured under torchrun (measure/launcher.py): DDP, or FSDP2 (`fully_shard` per
-# decoder layer and the root). `none` is one plain process; more than one rank without a strategy is DDP.
-STRATEGIES = ("none", "ddp", "fsdp2")
+# Multi-process layouts measured under torchrun (measure/launcher.py): DDP, FSDP2 (`fully_shard` per
+# decoder layer and the root), or DeepSpeed ZeRO stage `zero` through accelerate (optional extra). `none` is
+# one plain process; more than one rank without a strategy is DDP.
+STRATEGIES = ("none", "ddp", "fsdp2", "deepspeed")
 FSDP_MIXED_PRECISION = ("none", "bf16", "fp16")  # FSDP2 MixedPrecisionPolicy param_dtype (reduce in fp32)
 MAX_NPROC = 256  # ranks per node: beyond any machine's cores (a typo, not a plan)
 MAX_NNODES = 16  # torchrun agents on this one machine (a localhost rendezvous), not a cluster
@@ -190,8 +191,16 @@ class BenchConfig:
         fsdp_knobs = [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
         if fsdp_knobs and self.strategy != "fsdp2":
             p.append(f"{', '.join(fsdp_knobs)} apply to strategy fsdp2 only, not {self.strategy}: add --strategy fsdp2 or drop them")
-        if self.strategy == "fsdp2" and self.scenario == "selftest":
+        if self.strategy in ("fsdp2", "deepspeed") and self.scenario == "selftest":
             p.append("the selftest scenario has no model to shard: use strategy ddp")
+        if self.strategy == "deepspeed":
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                p.append("strategy deepspeed needs DeepSpeed, which is not installed: pip install 'perfscale[deepspeed]' "
+                         "(deepspeed, accelerate), or use --strategy fsdp2 (the same full shard as ZeRO-3)")
+        elif self.run.zero:
+            p.append(f"zero {self.run.zero} is measured by DeepSpeed: add --strategy deepspeed (with --nproc N), or drop --zero")
         if self.distributed and self.scenario not in ("train", "selftest"):
             p.append(f"--nproc/--nnodes/--strategy measure training (DDP, FSDP2) under torchrun; {self.scenario} runs in one process: "
                      "drop them, or use --scenario train")
@@ -219,10 +228,11 @@ class BenchConfig:
     def unsupported(self) -> str | None:
         """Knobs a single-process benchmark cannot run; None when all is runnable."""
         r = self.run
-        multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1), ("offload", "none")) if getattr(r, k) != default]
+        multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1), ("offload", "none"))
+                 if getattr(r, k) != default and not (k == "zero" and self.strategy == "deepspeed")]
         if multi:
             return (
-                f"perfscale bench measures data parallel layouts with --nproc N --strategy ddp|fsdp2 (under torchrun); "
+                f"perfscale bench measures data parallel layouts with --nproc N --strategy ddp|fsdp2|deepspeed (under torchrun); "
                 f"{', '.join(multi)} is not measurable here. Drop these knobs and use --strategy fsdp2 for a full shard, "
                 "or `perfscale trace`/`plan` for tensor/pipeline parallel and ZeRO layouts."
             )

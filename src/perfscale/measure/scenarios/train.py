@@ -49,14 +49,23 @@ def setup(config, device: str) -> Scenario:
     model.train()
     rank = 0
     notes = []
+    accelerator = None  # strategy deepspeed: accelerate's Accelerator owns backward and the optimizer step
     if config.distributed:  # under torchrun: the process group is up (measure/distributed.py)
         import torch.distributed as dist
 
         rank = dist.get_rank()
-        model, wrap_notes = wrap_for_strategy(model, config, device)
-        notes += wrap_notes
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(run.optimizer, params, device)
+        if config.strategy == "deepspeed":
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = build_optimizer(run.optimizer, params, device)
+            model, optimizer, accelerator = prepare_deepspeed(model, optimizer, config, dist.get_world_size())
+            notes.append(f"DeepSpeed ZeRO stage {run.zero} through accelerate "
+                         f"(deepspeed {_version('deepspeed')}, accelerate {_version('accelerate')})")
+        else:
+            model, wrap_notes = wrap_for_strategy(model, config, device)
+            notes += wrap_notes
+    if accelerator is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(run.optimizer, params, device)
 
     vocab = spec.vocab_size
     gen = torch.Generator().manual_seed(config.seed + rank)  # each rank its own batches, as a DistributedSampler gives
@@ -88,6 +97,13 @@ def setup(config, device: str) -> Scenario:
             ids = next(batches).to(device, non_blocking=True)
             inputs = {"input_ids": ids, "labels": ids} if lm else \
                 make_inputs(model, spec, wl.batch, wl.seq, device, ids=ids, generator=labels_gen)
+            if accelerator is not None:
+                # DeepSpeed divides by its gradient_accumulation_steps itself and steps at the boundary
+                # (engine.backward + engine.step inside accelerator.backward), as the Trainer runs it.
+                loss = forward(**inputs).loss
+                accelerator.backward(loss)
+                total = total + loss.detach() / wl.grad_accum
+                continue
             with no_sync(micro < wl.grad_accum - 1), autocast():
                 loss = forward(**inputs).loss / wl.grad_accum
             if scaler is not None:
@@ -95,12 +111,13 @@ def setup(config, device: str) -> Scenario:
             else:
                 loss.backward()
             total = total + loss.detach()
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if accelerator is None:  # (DeepSpeed's engine stepped and zeroed its gradients at the boundary)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         last_loss[:] = [total]
 
     def no_sync(skip: bool):
@@ -133,7 +150,8 @@ def transformer_blocks(model) -> list:
 
 
 def wrap_for_strategy(model, config, device: str):
-    """DDP(model), or FSDP2: fully_shard on every transformer block, then on the root."""
+    """DDP(model), or FSDP2: fully_shard on every transformer block, then on the root (DeepSpeed:
+    prepare_deepspeed, which needs the optimizer too)."""
     import torch
 
     notes: list[str] = []
@@ -160,6 +178,50 @@ def wrap_for_strategy(model, config, device: str):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model, notes
+
+
+def deepspeed_config(config, world_size: int) -> dict:
+    """The DeepSpeed config of a bench step: ZeRO stage `run.zero`, the bench's micro-batch and
+    accumulation, DeepSpeed's own bf16/fp16 for a mixed precision (fp32 master weights in the optimizer,
+    its loss scaler for fp16), the client optimizer the Trainer would build for the `optim` name."""
+    run = config.run
+    wl = run.workload
+    ds: dict = {
+        "train_micro_batch_size_per_gpu": wl.batch, "gradient_accumulation_steps": wl.grad_accum,
+        "train_batch_size": wl.batch * wl.grad_accum * world_size,
+        "zero_optimization": {"stage": run.zero}, "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9, "wall_clock_breakdown": False,
+    }
+    autocast = run.prec.torch_autocast_dtype()
+    if autocast is not None:
+        import torch
+
+        ds["bf16" if autocast == torch.bfloat16 else "fp16"] = {"enabled": True}
+    return ds
+
+
+def prepare_deepspeed(model, optimizer, config, world_size: int):
+    """accelerate's Accelerator with a DeepSpeedPlugin over the process group torchrun started
+    (deepspeed.init_distributed reuses it): (engine, optimizer wrapper, accelerator)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UnsupportedModelError("strategy deepspeed needs DeepSpeed: pip install 'perfscale[deepspeed]' (deepspeed, accelerate)")
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(config, world_size)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, accelerator
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
 
 
 @contextlib.contextmanager
