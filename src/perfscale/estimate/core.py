@@ -193,7 +193,7 @@ def to_estimate(mc: ModelConstants, k: Knobs, topology, numbers: Evaluation, tok
     loop_note = _loop_note(mc, k, mem["peak"])
     if loop_note:
         notes.append(loop_note)
-    dp = max(1, numbers.world // (k.tp * k.pp * k.cp))
+    dp = max(1, numbers.world // (k.tp * k.pp * (k.cp if k.mode == "train" else 1)))  # cp: a training knob
     return Estimate(model=mc.name, topology=topology.label, world_size=numbers.world, knobs=k.as_dict(),
                     memory=memory, time=time, fits=numbers.fits, binding=numbers.binding, data_parallel=dp,
                     notes=tuple(notes), run_config=k.to_run_config().to_dict())
