@@ -36,7 +36,6 @@ from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate import tpu_time
 from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
-from perfscale.specs.gemm_efficiency import size_factor
 
 # Fraction of the dense peak that end-to-end training reaches (MFU-like). Named, overridable
 # (`efficiency=`). GPU 0.45: the middle of published large-model MFU, 38-43% Llama 3 405B on
@@ -53,13 +52,13 @@ from perfscale.specs.gemm_efficiency import size_factor
 # (benchmarks/plan_vs_published_tpu.py, benchmarks/LOG.md 2026-12-02). A well-tuned JAX/XLA stack: PyTorch/XLA
 # programs with host syncs or recompilations reach less (--efficiency).
 DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.81, "cpu": 0.28}
-# The GPU efficiency above is one number for every model; a small GEMM runs further from peak than a large
-# one. The closed form scales it by the size term of the cited GEMM table (specs/gemm_efficiency.py, the
-# same curve the op model uses) for the layer's largest GEMM on one device (M = the micro-batch's tokens on
-# the device, K = hidden, N = MLP intermediate / tp), relative to this reference GEMM: GPT 1.7B of
-# Narayanan et al. 2021 Table 1 (4 x 2048 tokens, h 2304, 4h), the published at-scale run the 0.45 matches
-# (+0.8%, benchmarks/plan_vs_published.py), so that run keeps its number.
-GEMM_REFERENCE_FLOPS = 2.0 * (4 * 2048) * 2304 * (4 * 2304)
+# The GPU efficiency above is one number for every model; a GEMM with a short K loop runs further from peak
+# than a long one. The closed form scales it by the K term of the cited GEMM table (specs/gemm_efficiency.py,
+# the curve the op model uses), weighted by the layer's GEMM FLOPs (Q/K/V and MLP-in: K = hidden; attention
+# output: K = q / tp; MLP-out: K = intermediate / tp), relative to the same weighting for GPT 1.7B of
+# Narayanan et al. 2021 Table 1 (h 2304, MLP 4h, TP 1), the published at-scale run the 0.45 matches (+0.8%,
+# benchmarks/plan_vs_published.py), so that run keeps its number.
+GEMM_REFERENCE = (2304, 2304, 4 * 2304, 1)  # (hidden, q, intermediate, tp)
 # Context parallelism (ring attention; Megatron-Core context_parallel docs, Liu et al. 2023 "Ring Attention";
 # Llama 3, Dubey et al. 2024 section 3.3.2): each of the cp ranks holds seq / cp tokens of every sequence and
 # passes its K and V blocks around the ring, cp - 1 steps per layer in the forward; the backward passes K/V
@@ -68,12 +67,23 @@ GEMM_REFERENCE_FLOPS = 2.0 * (4 * 2048) * 2304 * (4 * 2304)
 CP_BACKWARD_FACTOR = 2.0
 
 
+def _layer_k_factor(h: float, q: float, i: float, tp: int, matmul_layer: float) -> float:
+    from perfscale.specs.gemm_efficiency import k_factor
+
+    out, down = q * h, i * h
+    inward = max(matmul_layer - out - down, 0.0)
+    total = inward + out + down
+    if total <= 0:
+        return 1.0
+    return (inward * k_factor(h) + out * k_factor(q / tp) + down * k_factor(i / tp)) / total
+
+
 def gemm_size_scale(mc: ModelConstants, k: Knobs) -> float:
-    """Factor on the GPU efficiency for this model's layer GEMMs vs the reference GEMM (see above)."""
-    m = k.batch * k.seq / max(1, getattr(k, "cp", 1)) * mc.sequences_per_example
-    n = (mc.i or 4 * mc.h) / k.tp
-    ref = size_factor(GEMM_REFERENCE_FLOPS)
-    return size_factor(2.0 * m * n * mc.h) / ref if ref > 0 else 1.0
+    """Factor on the GPU efficiency for this model's layer GEMMs' K vs the reference layer (see above)."""
+    h, q, i, tp = GEMM_REFERENCE
+    ref = _layer_k_factor(h, q, i, tp, 12.0 * h * h)
+    mine = _layer_k_factor(mc.h, mc.q or mc.h, mc.i or 4 * mc.h, k.tp, mc.matmul_layer_active)
+    return mine / ref if ref > 0 else 1.0
 
 
 # Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).

@@ -1,8 +1,8 @@
 """How close one cuBLAS GEMM gets to a GPU's dense peak, by generation, dtype and size (cited data).
 
-efficiency(M, N, K) = plateau[gpu, dtype] x F / (F + half_flops), F = 2 M N K. The plateaus are published
-maximum-achievable-matmul measurements (specs/data/gemm_efficiency.json, a source per row); the size term
-is one fitted constant (its source says on what). Used by the op-level step time (trace/op_time.py) for
+efficiency(M, N, K) = plateau[gpu, dtype] x K / (K + half_k). The plateaus are published
+maximum-achievable-matmul measurements (specs/data/gemm_efficiency.json, a source per row); the K term (each
+output tile's prologue/epilogue amortised over its K loop) is one fitted constant (its source says on what). Used by the op-level step time (trace/op_time.py) for
 every GEMM, and by the closed-form step time (estimate/time.py) for a layer's representative GEMM.
 """
 
@@ -37,15 +37,15 @@ def plateau(hardware_name: str, dtype: str) -> float:
     return float(table()["default_plateau"]["value"])
 
 
-def size_factor(flops: float) -> float:
-    """F / (F + half_flops): 1 for a large GEMM, 1/2 at F = half_flops."""
-    half = float(table()["half_flops"]["value"])
-    return flops / (flops + half) if flops > 0 else 0.0
+def k_factor(k: float) -> float:
+    """K / (K + half_k): 1 for a long K loop, 1/2 at K = half_k."""
+    half = float(table()["half_k"]["value"])
+    return k / (k + half) if k > 0 else 0.0
 
 
 def gemm_efficiency(hardware_name: str, dtype: str, m: int, n: int, k: int) -> float:
     """Fraction of the dtype's dense peak one M x K by K x N GEMM reaches (before wave quantization)."""
-    return plateau(hardware_name, dtype) * size_factor(2.0 * m * n * k)
+    return plateau(hardware_name, dtype) * k_factor(k)
 
 
-__all__ = ["gemm_efficiency", "plateau", "size_factor", "table"]
+__all__ = ["gemm_efficiency", "k_factor", "plateau", "table"]
