@@ -12,6 +12,8 @@ Sources
   (NVIDIA's implementation) on one A100, batch 80, fwd latency 76.67 ms, bwd latency 108.02 ms
   (sequence 128 inferred from its 3139.93 G forward MACs; precision not stated, assumed fp16 mixed).
   NVIDIA's BERT fuses LayerNorm/GELU/bias kernels, which HF eager code (what perfscale traces) does not.
+GEMMs run at the cited table of specs/gemm_efficiency.py; its one fitted constant (half_k = 512) was picked
+against the GPU-bound rows here (AIT b128/b256, the DSP rows), so those rows are fits, not held-out checks.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Sources
   standard Megatron TP mode) and fused RMSNorm/SwiGLU kernels (production stacks; the default
   recipe models transformers' eager modules, whose fp32 norm upcasts do not fit 8K tokens here).
   Micro-batch 1 sequence, so 32 micro-batches per step.
+- [MEG21] Table 1, the rows not above (3.6B and 39.1B-1008B, held out of every fit): sizes, TP, PP, GPU
+  count, global batch and TFLOP/s as published; assumed, not read in the paper in this session: micro-batch 1
+  for the pipelined rows (4 for 3.6B, like rows 1, 3 and 4), the plain (non-interleaved) 1F1B schedule,
+  full recomputation and fp16/bf16 mixed precision as for the other rows.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ def megatron_config(micro: int, accum: int, tp: int) -> RunConfig:
     return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw", checkpointing=True, tp=tp)
 
 
+def megatron_pp_config(micro: int, accum: int, tp: int, pp: int) -> RunConfig:
+    """[MEG21] Table 1 pipelined rows: as megatron_config, plain 1F1B over pp stages (assumed, see above)."""
+    return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw", checkpointing=True, tp=tp, pp=pp)
+
+
 def llama3_config() -> RunConfig:
     """[LLAMA3] Table 4 row 1 as section 3.3.2 describes it (see the module docstring)."""
     return RunConfig(TrainWorkload(1, 8192, 32), precision="bf16-mixed", optimizer="adamw", checkpointing=False,
@@ -64,6 +73,13 @@ ROWS = [
     ("GPT 1.7B, 32 GPUs, TP1", lambda: gpt(2304, 24, 24, "gpt-1.7b"), "4x8xA100-80GB", megatron_config(4, 4, 1), 137, "TFLOP/s/GPU", "[MEG21] Table 1 row 1"),
     ("GPT 7.5B, 128 GPUs, TP4", lambda: gpt(4096, 36, 32, "gpt-7.5b"), "16x8xA100-80GB", megatron_config(4, 4, 4), 142, "TFLOP/s/GPU", "[MEG21] Table 1 row 3"),
     ("GPT 18.4B, 256 GPUs, TP8", lambda: gpt(6144, 40, 48, "gpt-18.4b"), "32x8xA100-80GB", megatron_config(4, 8, 8), 135, "TFLOP/s/GPU", "[MEG21] Table 1 row 4"),
+    ("GPT 3.6B, 64 GPUs, TP2", lambda: gpt(3072, 30, 32, "gpt-3.6b"), "8x8xA100-80GB", megatron_config(4, 2, 2), 138, "TFLOP/s/GPU", "[MEG21] Table 1 row 2 (held out)"),
+    ("GPT 39.1B, 512 GPUs, TP8 PP2", lambda: gpt(8192, 48, 64, "gpt-39.1b"), "64x8xA100-80GB", megatron_pp_config(1, 48, 8, 2), 138, "TFLOP/s/GPU", "[MEG21] Table 1 row 5 (held out, layout partly assumed)"),
+    ("GPT 76.1B, 1024 GPUs, TP8 PP4", lambda: gpt(10240, 60, 80, "gpt-76.1b"), "128x8xA100-80GB", megatron_pp_config(1, 56, 8, 4), 140, "TFLOP/s/GPU", "[MEG21] Table 1 row 6 (held out, layout partly assumed)"),
+    ("GPT 145.6B, 1536 GPUs, TP8 PP8", lambda: gpt(12288, 80, 96, "gpt-145.6b"), "192x8xA100-80GB", megatron_pp_config(1, 96, 8, 8), 148, "TFLOP/s/GPU", "[MEG21] Table 1 row 7 (held out, layout partly assumed)"),
+    ("GPT 310.1B, 1920 GPUs, TP8 PP16", lambda: gpt(16384, 96, 128, "gpt-310.1b"), "240x8xA100-80GB", megatron_pp_config(1, 144, 8, 16), 155, "TFLOP/s/GPU", "[MEG21] Table 1 row 8 (held out, layout partly assumed)"),
+    ("GPT 529.6B, 2520 GPUs, TP8 PP35", lambda: gpt(20480, 105, 128, "gpt-529.6b"), "315x8xA100-80GB", megatron_pp_config(1, 280, 8, 35), 163, "TFLOP/s/GPU", "[MEG21] Table 1 row 9 (held out, layout partly assumed)"),
+    ("GPT 1008B, 3072 GPUs, TP8 PP64", lambda: gpt(25600, 128, 160, "gpt-1008b"), "384x8xA100-80GB", megatron_pp_config(1, 512, 8, 64), 163, "TFLOP/s/GPU", "[MEG21] Table 1 row 10 (held out, layout partly assumed)"),
     ("Llama 3 405B, 8192 GPUs, TP8 PP16(V8) DP64", lambda: load_model_spec("llama-3.1-405b"), "1024x8xH100-80GB", llama3_config(), 0.43, "MFU", "[LLAMA3] Table 4 row 1"),
 ]
 
