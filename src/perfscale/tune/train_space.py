@@ -133,9 +133,11 @@ class TrainSpace:
 
     def knob_values(self) -> dict[str, tuple]:
         """The searched values per knob (the order halving varies them in: biggest effects first)."""
-        return {"micro_batch": self.micro_batches, "precision": self.precisions, "checkpointing": self.checkpointing,
-                "lora_r": self.lora_ranks, "compile": self.compile, "attn": self.attns, "optimizer": self.optimizers,
-                "threads": self.threads, "workers": self.workers, "processes": self.processes}
+        # processes right after the micro-batch: 2 one-thread ranks vs 1 two-thread process moved tokens/s by 1.48x
+        # on this loaded 2-core box (benchmarks/LOG.md, issue 18), and a budget that ends rung 0 early must have tried it.
+        return {"micro_batch": self.micro_batches, "processes": self.processes, "precision": self.precisions,
+                "checkpointing": self.checkpointing, "lora_r": self.lora_ranks, "compile": self.compile, "attn": self.attns,
+                "optimizer": self.optimizers, "threads": self.threads, "workers": self.workers}
 
     def size(self) -> int:
         n = len(self.layouts)
@@ -147,7 +149,7 @@ class TrainSpace:
         out = []
         for layout in self.layouts:
             dp = self.data_parallel_of(layout)
-            for mb, prec, ckpt, lora, comp, attn, opt, thr, wk, procs in itertools.product(*self.knob_values().values()):
+            for mb, procs, prec, ckpt, lora, comp, attn, opt, thr, wk in itertools.product(*self.knob_values().values()):
                 ranks = dp * procs
                 accum = self.global_batch // (mb * ranks)
                 if self.global_batch % (mb * ranks) or not space.pipeline_schedulable(layout.get("pp", 1), 1, accum):
