@@ -17,10 +17,13 @@ from typing import Any, Callable
 import typer
 
 from perfscale.cli import knobs
+from perfscale.cli.task_options import NUM_LABELS, TASK
 
 OPTIONS: dict[str, Any] = {
     "scenario": typer.Option("train", "--scenario", "-s", help="train | encode | generate | load (from_pretrained in a fresh process: time, peak RSS vs the checkpoint's bytes)."),
     "model": knobs.MODEL,
+    "task": TASK,
+    "num_labels": NUM_LABELS,
     "batch": knobs.BATCH,
     "seq": knobs.SEQ,
     "grad_accum": knobs.GRAD_ACCUM,
@@ -54,6 +57,8 @@ class MeasureFlags:
 
     scenario: str
     model: str | None
+    task: str | None
+    num_labels: int | None
     batch: int | None
     seq: int | None
     grad_accum: int | None
@@ -83,7 +88,7 @@ class MeasureFlags:
         """The BenchConfig these flags and the RunConfig knob options describe (validated: raises
         before anything runs); run_knobs: the knob options (knobs.with_knobs), None where not given."""
         from perfscale.errors import InvalidConfigError, choice_error
-        from perfscale.measure.bench_config import DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
+        from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
         from perfscale.specs.workload import InferWorkload, TrainWorkload
 
         scenario = self.scenario
@@ -103,9 +108,18 @@ class MeasureFlags:
                 raise InvalidConfigError("--new-tokens does not apply to encode (no generation): drop it.")
             workload = InferWorkload(batch=knobs.given(self.batch, default.batch), prompt=knobs.given(self.prompt, default.prompt),
                                      new_tokens=default.new_tokens if self.new_tokens is None else self.new_tokens)
+        model = self.model
+        if self.task is not None or self.num_labels is not None:
+            if scenario != "train":
+                raise InvalidConfigError(f"--task/--num-labels choose the head a model trains with; {scenario} runs the "
+                                         "model as it is: use --scenario train, or drop them.")
+            from perfscale.specs import load_model_spec
+            from perfscale.specs.head_folder import head_folder
+
+            model = head_folder(load_model_spec(model or DEFAULT_MODELS[scenario], task=self.task, num_labels=self.num_labels))
         backend = self.backend or ("compile" if run_knobs.get("compile") else "eager")
         run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
-        return BenchConfig(scenario=scenario, model=self.model, run=run, backend=backend, device=self.device,
+        return BenchConfig(scenario=scenario, model=model, run=run, backend=backend, device=self.device,
                            encoder_quantization=self.encoder_quant, sentences=self.sentences, label=label,
                            **self.layout())
 
