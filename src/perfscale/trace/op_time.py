@@ -5,7 +5,7 @@ its shapes and dtypes. Each op gets a time on the named device:
 
   GEMM (mm, addmm, bmm, baddbmm)  max(2MNK / (peak[dtype] x eff(gpu, dtype, MNK) x wave(M, N)), bytes / BW)
       eff: the cited table of specs/gemm_efficiency.py (published maximum-achievable-matmul plateaus per
-      generation and dtype, times a size term F / (F + half_flops) for F = 2MNK);
+      generation and dtype, times K / (K + half_k): each output tile's prologue/epilogue over its K loop);
       peak[dtype]: the device's dense peak for the inputs' dtype (fp32 matmuls run in fp32: PyTorch's
       default allow_tf32=False for matmul); wave(M, N): wave quantization, tiles of 128 x 128 over the
       device's SMs, tiles / (ceil(tiles / SMs) x SMs) (NVIDIA, "Matrix Multiplication Background User's
