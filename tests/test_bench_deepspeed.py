@@ -49,7 +49,7 @@ def test_zero3_trains_the_tiny_llama_on_two_ranks(tmp_path):
     reports its time, memory and collectives, and the parameters are gathered (all_gather)."""
     from perfscale.measure.runner import measure
 
-    config = BenchConfig(run=parse_inline("batch=2,seq=32,zero=3", BenchConfig()).run, nproc=2, strategy="deepspeed")
+    config = parse_inline("batch=2,seq=32,strategy=deepspeed,zero=3,nproc=2", BenchConfig())
     opts = MeasureOptions(stop=StopRule(min_iters=6, min_time=0.5, max_time=4.0), warmup=1, gate=False)
     r = measure(config, opts, workdir=str(tmp_path))
     assert r.ok, (r.reason, r.stderr_tail)
