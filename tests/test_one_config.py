@@ -39,6 +39,8 @@ from perfscale.tune.plan import KNOB_NAMES
 VERBS = cli_knobs.VERB_ENGINE
 # Knobs that are only valid beside another one (RunConfig.problems says why).
 COMPANIONS = {"pp_virtual": {"pp": 2}, "lora_targets": {"lora_r": 8}, "quantization": {"lora_r": 8}}
+# Keys beside a knob in compare's inline syntax that the knob needs there (a ZeRO stage is measured by DeepSpeed).
+INLINE_COMPANIONS = {"zero": {"strategy": "deepspeed", "nproc": 2}}
 
 
 def _sample(name: str):
@@ -126,7 +128,7 @@ def test_a_non_default_value_round_trips_everywhere(name):
     assert (name in knobs.as_dict()) == (KNOB_MODE.get(name, config.mode) == config.mode)
     if "measure" in KNOB_ENGINES[name] and KNOB_MODE.get(name) != "infer":  # compare's inline syntax
         text = f"{name}={'+'.join(value) if isinstance(value, tuple) else value}"
-        companions = ",".join(f"{k}={v}" for k, v in COMPANIONS.get(name, {}).items())
+        companions = ",".join(f"{k}={v}" for k, v in (COMPANIONS.get(name, {}) | INLINE_COMPANIONS.get(name, {})).items())
         scenario = "scenario=train,batch=2,seq=16,grad_accum=2"
         assert getattr(parse_inline(",".join(filter(None, [scenario, companions, text])), BenchConfig()).run, name) == value
 
