@@ -74,12 +74,15 @@ SMALLER = {
 RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "perfscale tune encoder --model minilm",
                  "perfscale plan --train --batch 8 --seq 256 --calibrate",
                  "perfscale bench --batch 2 --seq 32 --nproc 2 --strategy fsdp2",
+                 "perfscale bench --batch 2 --seq 32 --nproc 2 --strategy deepspeed --zero 3",
+                 "perfscale bench --task sequence-classification --num-labels 3 --batch 4 --seq 128",
                  "perfscale debug overflow --steps 1 --seq 16 --batch 1", "perfscale debug dist --nproc 2 --sizes 4K --iters 1",
                  "perfscale bench --scenario load", "perfscale tune encoder --model minilm --objective latency",
                  "perfscale debug xla --batches 3 --batch 1 --lengths 12,40,12 --buckets 64 --no-probe"}
 # tests/test_bench_load.py runs `bench --scenario load` on a checkpoint (fresh processes, ~40 s);
 # tests/test_tune_infer_serving.py tunes for latency (the serving stream) on a tiny encoder;
 # tests/test_debug_xla.py runs `debug xla` (torch.compile's counters) on a one-layer model.
+# tests/test_bench_deepspeed.py runs ZeRO-3 on 2 ranks; tests/test_bench_task.py a classification head's bench.
 # The top-level keys each verb's JSON document has (its shape).
 SHAPE = {"models": "models", "models show": "params", "hardware": "hardware", "hardware show": "hardware",
          "hardware --local": "cpu", "trace": "peak_bytes", "plan": "configs", "bench": "configurations", "compare": "configurations",
