@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from perfscale.measure.corpus import load_sentences
     from perfscale.measure.environment import collect_environment
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
-    from perfscale.tune.infer import CALIBRATION_SENTENCES, GATE_SENTENCES, calibration_sentences, tune_encoder
+    from perfscale.tune.infer import GATE_SENTENCES, tune_encoder
+    from perfscale.tune.infer_screen import CALIBRATION_SENTENCES, calibration_sentences
     from perfscale.tune.infer_serving import latency_summary, p50_speedup, stream_latencies
 
     t0 = time.time()

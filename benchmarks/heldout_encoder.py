@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
     from perfscale.runtimes.ort_fusion import fused_op_counts
     from perfscale.runtimes.source import resolve_encoder
-    from perfscale.tune.infer import GATE_SENTENCES, _bench_config
+    from perfscale.tune.infer import GATE_SENTENCES
+    from perfscale.tune.infer_measure import _bench_config
 
     t0 = time.time()
     settings = EncoderSettings.from_dict(json.loads(args.tuned.read_text())["winner_settings"]) if args.tuned \

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from perfscale.measure.compare import compare
     from perfscale.measure.stats import StopRule
     from perfscale.runtimes.source import resolve_encoder
-    from perfscale.tune.infer import _bench_config, tune_encoder
+    from perfscale.tune.infer import tune_encoder
+    from perfscale.tune.infer_measure import _bench_config
 
     t0 = time.time()
     result = tune_encoder(args.model, cache_dir=args.cache_dir, progress=lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr))

@@ -105,7 +105,7 @@ def _cpu(bf16: bool, vnni: bool):
 
 
 def test_candidates_follow_the_cpu_flags():
-    from perfscale.tune.infer import _runtime_candidates, int8_kernels
+    from perfscale.tune.infer_space import _runtime_candidates, int8_kernels
 
     backends = ("eager", "compile", "onnxruntime", "openvino")
     plain = _runtime_candidates(False, _cpu(bf16=False, vnni=False), backends, True, {})

@@ -117,7 +117,8 @@ def test_int8_quantizes_every_projection_of_the_unpacked_graph(tiny, cache):
 
 
 def test_tune_encoder_variants_carry_their_fused_ops(tiny, cache):
-    from perfscale.tune.infer import Variant, _try_variant
+    from perfscale.tune.infer_result import Variant
+    from perfscale.tune.infer_screen import _try_variant
 
     variant = Variant(label="onnxruntime+fusions", settings=FUSED.to_dict(), stage="runtime")
     _try_variant(variant, resolve_encoder(str(tiny)), SENTENCES, None, None, SENTENCES[:2], 1, cache)

@@ -20,7 +20,8 @@ def encoder(result: Any, *, model: str | None = None, cache_dir: str | os.PathLi
     model in another folder); `overrides` change single settings (e.g. threads=4).
     """
     from perfscale.runtimes.encoder import EncoderSettings, load_encoder
-    from perfscale.tune.infer import calibration_sentences, load_result
+    from perfscale.tune.infer_result import load_result
+    from perfscale.tune.infer_screen import calibration_sentences
 
     tuned = load_result(result)
     settings = dict(tuned.winner_settings)
