@@ -54,6 +54,18 @@ class Precision:
         return self.mixed and self.compute_dtype == "fp16"
 
     @property
+    def is_fp32(self) -> bool:
+        """Weights and matmuls in fp32: the reference the other precisions are gated against."""
+        return self.weight_dtype == "fp32" and self.compute_dtype == "fp32"
+
+    def in_dtype(self, dtype: str) -> Precision:
+        """The same kind of precision (autocast or plain) in another dtype: fp16-mixed.in_dtype("bf16") is
+        bf16-mixed, fp16.in_dtype("bf16") is bf16 (what `debug overflow` checks as a fix)."""
+        if dtype not in DTYPE_BYTES:
+            raise InvalidConfigError(f"dtype {dtype!r} is not one of: {', '.join(DTYPE_BYTES)}")
+        return PRECISIONS[MIXED_OF[dtype] if self.mixed and dtype != "fp32" else dtype]
+
+    @property
     def low_precision_weights(self) -> bool:
         """Weights stored in 16 bits (pure bf16 / fp16)."""
         return self.weight_bytes < 4

@@ -204,7 +204,7 @@ class BenchConfig:
         if self.distributed and self.scenario not in ("train", "selftest"):
             p.append(f"--nproc/--nnodes/--strategy measure training (DDP, FSDP2) under torchrun; {self.scenario} runs in one process: "
                      "drop them, or use --scenario train")
-        if self.fsdp_mp != "none" and self.run.precision != "fp32":
+        if self.fsdp_mp != "none" and not self.run.prec.is_fp32:
             p.append(f"fsdp_mp {self.fsdp_mp} is FSDP2's own mixed precision (fp32 master weights, {self.fsdp_mp} compute); "
                      f"precision {self.run.precision} would stack autocast on it: keep precision fp32 with fsdp_mp, or drop fsdp_mp")
         if self.distributed and self.device == "cuda":
@@ -266,7 +266,7 @@ class BenchConfig:
         if self.label:
             return self.label
         parts = [self.scenario, self.extra.get("load", "defaults") if self.scenario == "load" else self.backend]
-        if self.run.precision != "fp32":
+        if not self.run.prec.is_fp32:
             parts.append(self.run.precision)
         if self.encoder_quantization != "none":
             parts.append(self.encoder_quantization)

@@ -87,7 +87,7 @@ class EncoderSettings:
         if self.engine not in ENGINES:
             raise choice_error("encoder engine", self.engine, ENGINES, "")
         if self.engine == "sentence-transformers" and (
-            self.backend != "eager" or self.quantization != "none" or self.precision != "fp32"
+            self.backend != "eager" or self.quantization != "none" or not self.prec.is_fp32
         ):
             problems.append("engine 'sentence-transformers' is the plain baseline: backend eager, fp32, no quantization")
         if self.backend not in BACKENDS:
@@ -103,13 +103,13 @@ class EncoderSettings:
             problems.append("quantization 'int8-static' (NNCF, calibrated) needs backend 'openvino'")
         elif self.backend != "onnxruntime" and self.quantization not in ("none", "int8-dynamic"):
             problems.append(f"quantization {self.quantization!r} needs backend 'onnxruntime' (torch backends take none or int8-dynamic)")
-        if self.backend == "onnxruntime" and self.precision != "fp32":
+        if self.backend == "onnxruntime" and not self.prec.is_fp32:
             problems.append("precision bf16-mixed applies to the torch backends and openvino; onnxruntime runs fp32 or int8 "
                             "(its CPU provider has no bf16 GEMM on x86)")
         if self.fusions and self.backend != "onnxruntime":
             problems.append("fusions are ONNX Runtime graph fusions: use them with backend 'onnxruntime'")
         # OpenVINO runs an int8 model's remaining (unquantized) ops at its inference precision: bf16 there is a real mix.
-        if self.quantization != "none" and self.precision != "fp32" and self.backend != "openvino":
+        if self.quantization != "none" and not self.prec.is_fp32 and self.backend != "openvino":
             problems.append("int8 quantization and bf16-mixed cannot be combined (except on backend 'openvino')")
         for name in ("batch_size",):
             v = getattr(self, name)
@@ -123,6 +123,11 @@ class EncoderSettings:
             problems.append(f"opset must be an integer in 14..23, got {self.opset!r}")
         if problems:
             raise InvalidConfigError("Bad encoder settings: " + "; ".join(problems) + ".")
+
+    @property
+    def prec(self) -> Precision:
+        """The precision decoded (config/precision.py): fp32, or bf16 autocast over fp32 weights."""
+        return Precision.of(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +147,7 @@ class EncoderSettings:
         parts = [self.backend + ("+fusions" if self.fusions else "")]
         if self.quantization != "none":
             parts.append(self.quantization)
-        if self.precision != "fp32":
+        if not self.prec.is_fp32:
             parts.append(self.precision)
         parts.append(f"b{self.batch_size}")
         if self.threads:
@@ -159,8 +164,9 @@ class EncoderSettings:
 class Encoder:
     """Tokenise, batch by length, run the backend, pool and normalise. Call `encode(list[str])`."""
 
-    def __init__(self, source: EncoderSource, settings: EncoderSettings, tokenizer, run_batch) -> None:
+    def __init__(self, source: EncoderSource, settings: EncoderSettings, tokenizer, run_batch, onnx_path: str | None = None) -> None:
         self.source = source
+        self.onnx_path = onnx_path  # the ONNX file the backend runs (onnxruntime, openvino); None for the torch ones
         self.settings = settings
         self.tokenizer = tokenizer
         self._run_batch = run_batch  # dict of int64 arrays -> float32 token embeddings [b, s, h]
@@ -271,6 +277,7 @@ def _torch_runner(source: EncoderSource, settings: EncoderSettings):
 
 
 def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cache_dir):
+    """(batch function, the ONNX file it runs)."""
     import onnxruntime as ort
 
     path = onnx_model_for(source, settings, input_names=list(tokenizer.model_input_names), cache_dir=cache_dir)
@@ -288,8 +295,7 @@ def _ort_runner(source: EncoderSource, settings: EncoderSettings, tokenizer, cac
             feed[name] = batch[name] if name in batch else np.zeros_like(batch["input_ids"])
         return session.run(None, feed)[0]
 
-    run.onnx_path = str(path)  # type: ignore[attr-defined]
-    return run
+    return run, str(path)
 
 
 def _sentence_transformers_runner(source: EncoderSource, settings: EncoderSettings):
@@ -343,16 +349,15 @@ def load_encoder(model: str | EncoderSource = "minilm", settings: EncoderSetting
     if settings.engine == "perfscale":
         require_backend(settings.backend)
     tokenizer = load_tokenizer(source)
+    onnx_path = None
     if settings.engine == "sentence-transformers":
         run = _sentence_transformers_runner(source, settings)
     elif settings.backend == "onnxruntime":
-        run = _ort_runner(source, settings, tokenizer, cache_dir)
+        run, onnx_path = _ort_runner(source, settings, tokenizer, cache_dir)
     elif settings.backend == "openvino":
         from perfscale.runtimes.openvino import openvino_runner
 
-        run = openvino_runner(source, settings, tokenizer, cache_dir, calibration)
+        run, onnx_path = openvino_runner(source, settings, tokenizer, cache_dir, calibration)
     else:
         run = _torch_runner(source, settings)
-    encoder = Encoder(source, settings, tokenizer, run)
-    encoder.onnx_path = getattr(run, "onnx_path", None)
-    return encoder
+    return Encoder(source, settings, tokenizer, run, onnx_path=onnx_path)

@@ -98,8 +98,13 @@ def int8_model(source, onnx_path: Path, tokenizer, input_names: list[str], max_l
     return target
 
 
+# OpenVINO's CPU plugin INFERENCE_PRECISION_HINT for a compute dtype (config/precision.py): bf16 runs its bf16 kernels
+# (AMX/avx512_bf16), f32 keeps fp32; fp16 is a GPU-plugin precision, mapped for completeness.
+_INFERENCE_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
 def openvino_runner(source, settings, tokenizer, cache_dir=None, calibration: list[str] | None = None):
-    """A batch function (dict of int64 arrays -> float32 token embeddings) on OpenVINO's CPU plugin."""
+    """(batch function, the ONNX file it compiled): dict of int64 arrays -> float32 token embeddings on OpenVINO's CPU plugin."""
     try:
         import openvino as ov
     except ImportError as exc:
@@ -111,7 +116,7 @@ def openvino_runner(source, settings, tokenizer, cache_dir=None, calibration: li
                                                     if n in input_names or n == "attention_mask"],
                           settings.max_length or source.max_length, calibration)
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if settings.precision == "bf16-mixed" else "f32",
+    config = {"INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION_HINT[settings.prec.compute_dtype],
               "PERFORMANCE_HINT": "LATENCY"}  # one stream: a request uses every thread (batch and serving alike)
     if settings.threads:
         config["INFERENCE_NUM_THREADS"] = settings.threads
@@ -127,5 +132,4 @@ def openvino_runner(source, settings, tokenizer, cache_dir=None, calibration: li
         feed = {name: batch[name] if name in batch else np.zeros_like(batch["input_ids"]) for name in wanted}
         return np.array(request.infer(feed)[compiled.outputs[0]], dtype=np.float32)  # a copy: OpenVINO reuses its buffer
 
-    run.onnx_path = str(path)  # type: ignore[attr-defined]
-    return run
+    return run, str(path)
