@@ -31,6 +31,7 @@ from typing import Any
 from perfscale.errors import InvalidConfigError
 from perfscale.measure.bench_config import MeasureOptions
 from perfscale.measure.stats import StopRule
+from perfscale.specs.head_folder import head_folder
 from perfscale.specs.workload import DEFAULT_SEQ, MAX_SIZE
 from perfscale.tune.halving import HalvingRun, Outcome, design_pool, successive_halving
 from perfscale.tune.result import TrainTuneResult, TrialRecord
@@ -289,26 +290,11 @@ def _tune(options: TrainTuneOptions, say: Progress, clock: Clock, server) -> Tra
 
 
 def head_model(options: TrainTuneOptions, spec) -> str:
-    """What the measured trials build: the model itself, or -- with --task / --num-labels -- a folder holding its
-    config with that head (architectures[0], num_labels), so that bench's train scenario trains that head. The
-    folder is named by the config's hash (the same tune gives the same fingerprints, so --resume finds its trials);
-    it holds no weights: the trials build the model from its config with random weights, as for a catalogue model."""
+    """What the measured trials build: the model itself, or -- with --task / --num-labels -- the folder holding its
+    config with that head (specs/head_folder.py, shared with bench's --task), so that the train scenario trains it."""
     if options.task is None and options.num_labels is None:
         return options.model
-    config = dict(spec.config)
-    if config.get("pad_token_id") is None and str((config.get("architectures") or [""])[0]).endswith("ForSequenceClassification"):
-        # transformers' sequence-classification heads find each row's last token by the pad token and refuse a
-        # batch > 1 without one; decoder configs (Llama, Qwen2) have none. What fine-tuning scripts do:
-        # `model.config.pad_token_id = tokenizer.eos_token_id` (transformers' text-classification example).
-        eos = config.get("eos_token_id")
-        config["pad_token_id"] = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
-    text = json.dumps(config, sort_keys=True)
-    folder = Path(tempfile.gettempdir()) / "perfscale-heads" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"config.json.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    tmp.replace(folder / "config.json")
-    return str(folder)
+    return head_folder(spec)
 
 
 # ----------------------------------------------------------------- measured here
