@@ -71,7 +71,8 @@ SMALLER = {
 # (Each would add ~45-70 s to the suite here, which must stay under 20 minutes on 2 cores.)
 # tests/test_multiprocess.py runs bench under torchrun (2 ranks, DDP and FSDP2, 25-95 s here);
 # tests/test_debug_overflow.py and tests/test_debug_dist.py run `debug overflow` and `debug dist` (torchrun) through the CLI.
-RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "perfscale tune encoder --model minilm",
+RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "perfscale tune --processes --budget-seconds 600",
+                 "perfscale tune encoder --model minilm",
                  "perfscale plan --train --batch 8 --seq 256 --calibrate",
                  "perfscale bench --batch 2 --seq 32 --nproc 2 --strategy fsdp2",
                  "perfscale bench --batch 2 --seq 32 --nproc 2 --strategy deepspeed --zero 3",
@@ -82,7 +83,8 @@ RUN_ELSEWHERE = {"perfscale tune", "perfscale tune --emit all --out tuned/", "pe
 # tests/test_bench_load.py runs `bench --scenario load` on a checkpoint (fresh processes, ~40 s);
 # tests/test_tune_infer_serving.py tunes for latency (the serving stream) on a tiny encoder;
 # tests/test_debug_xla.py runs `debug xla` (torch.compile's counters) on a one-layer model.
-# tests/test_bench_deepspeed.py runs ZeRO-3 on 2 ranks; tests/test_bench_task.py a classification head's bench.
+# tests/test_bench_deepspeed.py runs ZeRO-3 on 2 ranks; tests/test_bench_task.py a classification head's bench;
+# tests/test_tune_processes.py tunes processes x threads (slow, 1 test).
 # The top-level keys each verb's JSON document has (its shape).
 SHAPE = {"models": "models", "models show": "params", "hardware": "hardware", "hardware show": "hardware",
          "hardware --local": "cpu", "trace": "peak_bytes", "plan": "configs", "bench": "configurations", "compare": "configurations",
