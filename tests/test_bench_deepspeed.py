@@ -29,7 +29,7 @@ def test_zero_is_measured_by_deepspeed_only():
         BenchConfig(scenario="selftest", nproc=2, strategy="deepspeed")
     if HAVE_DEEPSPEED:
         two = parse_inline("strategy=deepspeed,zero=3,nproc=2", base)
-        assert (two.strategy, two.run.zero, two.world_size) == ("deepspeed", 3, 2)
+        assert (two.strategy, two.run.zero, two.world_size) == ("deepspeed", 3, 2) and "zero3x2" in two.display
         assert two.fingerprint() != parse_inline("strategy=deepspeed,zero=2,nproc=2", base).fingerprint()
     else:
         with pytest.raises(InvalidConfigError, match=r"pip install 'perfscale\[deepspeed\]'"):

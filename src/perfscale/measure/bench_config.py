@@ -277,7 +277,8 @@ class BenchConfig:
         if self.scenario == "generate" and self.run.cache != "dynamic":
             parts.append(f"{self.run.cache}-cache")
         if self.distributed:
-            parts.append(f"{self.strategy}x{self.world_size}" + (f" ({self.nnodes} nodes)" if self.nnodes > 1 else ""))
+            strategy = f"zero{self.run.zero}" if self.strategy == "deepspeed" else self.strategy  # DeepSpeed: its stage
+            parts.append(f"{strategy}x{self.world_size}" + (f" ({self.nnodes} nodes)" if self.nnodes > 1 else ""))
             parts += [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
         return " ".join(parts)
 
