@@ -23,7 +23,7 @@ from perfscale.tune.train_final import launch_of, unpaired_speedup
 from perfscale.tune.train_space import Candidate, TrainSpace, baseline_candidate, build_space, process_counts
 
 from cli_helpers import assert_user_error, run_cli
-from tiny_configs import tiny_config
+from tiny_configs import tiny_model_folder
 
 SCRIPT = Path(__file__).with_name("dist_train_script.py")
 TINY_STOPS = (StopRule(min_iters=2, min_time=0.0, target_rel_ci=0.2, max_time=0.3),)
@@ -32,10 +32,7 @@ TINY_FINAL = StopRule(min_iters=6, min_time=0.0, target_rel_ci=0.1, max_time=1.0
 
 @pytest.fixture()
 def tiny(tmp_path):
-    d = tmp_path / "tiny-llama"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(tiny_config("llama")))
-    return str(d)
+    return tiny_model_folder(tmp_path)
 
 
 # ----- the space -----

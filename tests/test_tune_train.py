@@ -19,7 +19,7 @@ from perfscale.export.tune_winner import add_trainer_snippet
 from perfscale.tune.train import TrainTuneOptions, tune_training
 
 from cli_helpers import assert_user_error, run_cli, run_json
-from tiny_configs import tiny_config
+from tiny_configs import tiny_model_folder
 
 TINY_STOPS = (StopRule(min_iters=2, min_time=0.0, target_rel_ci=0.2, max_time=0.3), StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.1, max_time=0.5))
 TINY_FINAL = StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.1, max_time=0.5)
@@ -27,10 +27,7 @@ TINY_FINAL = StopRule(min_iters=3, min_time=0.0, target_rel_ci=0.1, max_time=0.5
 
 @pytest.fixture()
 def tiny(tmp_path):
-    d = tmp_path / "tiny-llama"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(tiny_config("llama")))
-    return str(d)
+    return tiny_model_folder(tmp_path)
 
 
 def _by_name(doc):

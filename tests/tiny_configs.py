@@ -85,3 +85,14 @@ def tiny_config(family: str, **overrides) -> dict:
     config = copy.deepcopy(_TINY[family])
     config.update(overrides)
     return config
+
+
+def tiny_model_folder(parent, family: str = "llama") -> str:
+    """A model folder (config.json only: random weights) of `family`'s tiny config under `parent`."""
+    import json
+    from pathlib import Path
+
+    folder = Path(parent) / f"tiny-{family}"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(tiny_config(family)))
+    return str(folder)
