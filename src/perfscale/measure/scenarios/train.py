@@ -202,11 +202,8 @@ def deepspeed_config(config, world_size: int) -> dict:
 
 def prepare_deepspeed(model, optimizer, config, world_size: int):
     """accelerate's Accelerator with a DeepSpeedPlugin over the process group torchrun started
-    (deepspeed.init_distributed reuses it): (engine, optimizer wrapper, accelerator)."""
-    import importlib.util
-
-    if importlib.util.find_spec("deepspeed") is None:
-        raise UnsupportedModelError("strategy deepspeed needs DeepSpeed: pip install 'perfscale[deepspeed]' (deepspeed, accelerate)")
+    (deepspeed.init_distributed reuses it): (engine, optimizer wrapper, accelerator). BenchConfig refused the
+    strategy already where deepspeed is not installed (the worker rebuilds and so re-checks it)."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
