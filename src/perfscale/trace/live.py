@@ -96,6 +96,9 @@ class _Steps:
     def reset_mod_stats(self) -> None:
         pass
 
+    def release_dead_branches(self, loss) -> None:  # noqa: ANN001 (untracked: nothing holds a dead branch)
+        pass
+
 
 def real_train_peak(spec: ModelSpec, config: RunConfig, device: str = "cpu") -> int:
     """Peak bytes of the real training step(s): live storages on CPU, max_memory_allocated on CUDA."""

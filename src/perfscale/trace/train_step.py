@@ -169,6 +169,7 @@ def run_step_loop(model, opt, inputs, tracker, config: RunConfig, device: str) -
                     loss = loss_from(outputs)
                 else:  # the Trainer: compute_loss returns the loss alone, the outputs are freed
                     loss = loss_of(model, inputs)
+            tracker.release_dead_branches(loss)
             (loss / accum if accum > 1 else loss).backward()
             del loss
         opt.step()
