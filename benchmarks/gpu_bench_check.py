@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             options = MeasureOptions(stop=StopRule(min_iters=10, min_time=2.0, max_time=8.0), warmup=3, time_limit=240)
             train_wl, gen_wl = TrainWorkload(batch=8, seq=512), InferWorkload(batch=4, prompt=128, new_tokens=64)
         plans = {
-            "train": [BenchConfig(scenario="train", device=device, run=RunConfig(workload=train_wl, precision=precision, compile=c),
-                                  backend="compile" if c else "eager") for c in ((False,) if dry else (False, True))],
-            "generate": [BenchConfig(scenario="generate", device=device, backend="compile" if c else "eager",
+            "train": [BenchConfig(scenario="train", device=device, run=RunConfig(workload=train_wl, precision=precision, compile=c))
+                      for c in ((False,) if dry else (False, True))],
+            "generate": [BenchConfig(scenario="generate", device=device,
                                      run=RunConfig(workload=gen_wl, precision=precision, cache="static", compile=c)) for c in ((False,) if dry else (False, True))],
         }
         for name, configs in plans.items():

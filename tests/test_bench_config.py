@@ -30,18 +30,75 @@ def test_defaults_per_scenario():
 
 @pytest.mark.parametrize("kwargs, fragments", [
     ({"scenario": "infer"}, ["scenario 'infer'", "train, encode, generate"]),
-    ({"scenario": "train", "backend": "tensorrt"}, ["backend 'tensorrt'", "eager, compile, onnxruntime"]),
-    ({"scenario": "generate", "backend": "onnxruntime"}, ["onnxruntime is for the encode scenario"]),
+    ({"scenario": "train", "runtime": "tensorrt"}, ["runtime 'tensorrt'", "torch, onnxruntime, openvino"]),
+    ({"scenario": "train", "runtime": "compile"}, ["runtime 'compile'", "torch.compile is run.compile"]),
+    ({"scenario": "generate", "runtime": "onnxruntime"}, ["onnxruntime is for the encode scenario"]),
+    ({"scenario": "encode", "runtime": "onnxruntime", "run": RunConfig(workload=InferWorkload(8, 64, 0), compile=True)},
+     ["compile=True is torch.compile, which runtime onnxruntime does not run"]),
     ({"scenario": "train", "encoder_quantization": "int8-dynamic"}, ["encode scenario only"]),
     ({"scenario": "encode", "encoder_quantization": "int3"}, ["int3", "int8-per-channel"]),
     ({"scenario": "train", "run": RunConfig(workload=InferWorkload(1, 8, 4))}, ["training workload"]),
-    ({"scenario": "encode", "backend": "eager", "encoder_quantization": "int8-per-channel"}, ["needs backend 'onnxruntime'"]),
+    ({"scenario": "encode", "encoder_quantization": "int8-per-channel"}, ["needs backend 'onnxruntime'"]),
 ])
 def test_bad_values_are_reported_with_choices(kwargs, fragments):
     with pytest.raises(InvalidConfigError) as err:
         BenchConfig(**kwargs)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_backend_is_derived_from_runtime_and_compile():
+    """BenchConfig stores the runtime; torch.compile is RunConfig's; `backend` (the documents' key) is derived."""
+    wl = InferWorkload(8, 64, 0)
+    cases = {"eager": BenchConfig(scenario="encode"), "compile": BenchConfig(scenario="encode", run=RunConfig(wl, compile=True)),
+             "onnxruntime": BenchConfig(scenario="encode", runtime="onnxruntime"),
+             "openvino": BenchConfig(scenario="encode", runtime="openvino")}
+    for backend, config in cases.items():
+        doc = config.to_dict()
+        assert config.backend == doc["backend"] == backend and "runtime" not in doc
+        assert config.run.compile == (backend == "compile") and config.runtime == ("torch" if backend in ("eager", "compile") else backend)
+        assert BenchConfig.from_dict(json.loads(json.dumps(doc))) == config
+        assert list(doc)[:3] == ["scenario", "model", "backend"]  # where documents have always had it
+    with pytest.raises(TypeError):
+        BenchConfig(backend="compile")  # not a field: run.compile is
+    assert BenchConfig(run=RunConfig(TrainWorkload(1, 8), compile=True)).backend == "compile"
+
+
+@pytest.mark.parametrize("doc, runtime, compiled", [
+    ({"scenario": "train", "backend": "compile"}, "torch", True),  # old documents without a run
+    ({"scenario": "train", "backend": "compile", "run": {"workload": {"mode": "train", "batch": 1, "seq": 8}, "compile": True}}, "torch", True),
+    ({"scenario": "train", "backend": "eager", "run": {"workload": {"mode": "train", "batch": 1, "seq": 8}, "compile": True}}, "torch", True),
+    ({"scenario": "encode", "backend": "onnxruntime"}, "onnxruntime", False),
+    ({"scenario": "train"}, "torch", False),
+])
+def test_old_documents_load(doc, runtime, compiled):
+    config = BenchConfig.from_dict(doc)
+    assert (config.runtime, config.run.compile, config.to_dict()["backend"]) == (runtime, compiled, config.backend)
+
+
+@pytest.mark.parametrize("doc, fragments", [
+    ({"scenario": "train", "backend": "tensorrt"}, ["backend 'tensorrt'", "eager, compile, onnxruntime, openvino"]),
+    ({"scenario": "train", "backend": "compile", "run": {"workload": {"mode": "train", "batch": 1, "seq": 8}, "compile": False}},
+     ["backend 'compile' contradicts compile=false"]),
+    ({"scenario": "train", "runtime": "torch"}, ["Unknown bench configuration keys: runtime", "backend"]),
+])
+def test_bad_documents_name_the_value_and_the_choices(doc, fragments):
+    with pytest.raises(InvalidConfigError) as err:
+        BenchConfig.from_dict(doc)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_inline_backend_sets_runtime_and_compile():
+    base = BenchConfig(scenario="encode")
+    compiled = parse_inline("backend=compile", base)
+    assert (compiled.runtime, compiled.run.compile) == ("torch", True)
+    assert (parse_inline("backend=eager", compiled).backend, parse_inline("compile=false", compiled).backend) == ("eager", "eager")
+    assert parse_inline("backend=onnxruntime", compiled).run.compile is False
+    with pytest.raises(InvalidConfigError, match="contradicts"):
+        parse_inline("backend=compile,compile=false", base)
+    with pytest.raises(InvalidConfigError, match="backend 'tvm' is not one of: eager, compile"):
+        parse_inline("backend=tvm", base)
 
 
 def test_threads_are_a_run_knob_kept_at_the_top_of_documents():

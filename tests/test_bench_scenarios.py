@@ -104,7 +104,7 @@ def test_encode_onnxruntime_int8_is_gated(tiny_encoder, tmp_path):
     import onnx
 
     wl = RunConfig(workload=InferWorkload(batch=8, prompt=64))
-    cfg = BenchConfig(scenario="encode", model=tiny_encoder, run=wl, sentences=32, backend="onnxruntime",
+    cfg = BenchConfig(scenario="encode", model=tiny_encoder, run=wl, sentences=32, runtime="onnxruntime",
                       encoder_quantization="int8-dynamic", extra={"onnx_cache_dir": str(tmp_path / "onnx")})
     work = tmp_path / "work"  # shared by both runs: the fp32 eager reference outputs are computed once
     work.mkdir()

@@ -11,7 +11,7 @@ from typing import Any
 
 from perfscale.config.run_config import INT_RANGES, KNOB_DEFAULTS, KNOB_FIELDS, RunConfig, parse_targets
 from perfscale.errors import InvalidConfigError, closest
-from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, BenchConfig, load_config_file
+from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, BenchConfig, load_config_file, split_backend
 from perfscale.specs.workload import InferWorkload, TrainWorkload
 
 
@@ -85,13 +85,8 @@ def apply_overrides(base: BenchConfig, overrides: dict[str, Any]) -> BenchConfig
     run_data = base.run.to_dict() | run
     if "lora_targets" in run and isinstance(run["lora_targets"], str):
         run_data["lora_targets"] = list(parse_targets(run["lora_targets"].replace("+", ",")))
-    backend = top.get("backend", base.backend)
-    if "compile" not in run and "backend" in top:
-        run_data["compile"] = backend == "compile"
-    if "backend" not in top and run_data.get("compile") and not base.run.compile:
-        top["backend"] = "compile"
-    if "backend" not in top and "compile" in run and not run["compile"] and base.backend == "compile":
-        top["backend"] = "eager"
+    if "backend" in top:  # a runtime, or compile: torch.compile is the run's knob (backend=eager drops it)
+        top["runtime"], run_data["compile"] = split_backend(top.pop("backend"), run.get("compile"))
     run_data.pop("workload")
     rc = RunConfig.from_dict({"workload": wl.to_dict(), **run_data})
     if "model" not in top and scenario != base.scenario and base.model == DEFAULT_MODELS.get(base.scenario):

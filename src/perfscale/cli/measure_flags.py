@@ -29,7 +29,7 @@ OPTIONS: dict[str, Any] = {
     "grad_accum": knobs.GRAD_ACCUM,
     "prompt": knobs.PROMPT,
     "new_tokens": knobs.NEW_TOKENS,
-    "backend": typer.Option(None, "--backend", help="eager | compile (torch.compile) | onnxruntime (encode only). Default eager."),
+    "backend": typer.Option(None, "--backend", help="eager | compile (torch.compile, the same as --compile) | onnxruntime | openvino (encode only). Default eager."),
     "encoder_quant": typer.Option("none", "--encoder-quant", help="encode: none | int8-dynamic | int8-per-channel | int8-reduce-range | int8-per-channel-reduce-range."),
     "device": typer.Option("auto", "--device", help="Where to run: auto (CUDA when present) | cpu | cuda."),
     "sentences": typer.Option(None, "--sentences", help="encode: corpus sentences per iteration (default 4 batches)."),
@@ -88,7 +88,7 @@ class MeasureFlags:
         """The BenchConfig these flags and the RunConfig knob options describe (validated: raises
         before anything runs); run_knobs: the knob options (knobs.with_knobs), None where not given."""
         from perfscale.errors import InvalidConfigError, choice_error
-        from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, SCENARIOS, BenchConfig
+        from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, SCENARIOS, BenchConfig, split_backend
         from perfscale.specs.workload import InferWorkload, TrainWorkload
 
         scenario = self.scenario
@@ -117,9 +117,10 @@ class MeasureFlags:
             from perfscale.specs.head_folder import head_folder
 
             model = head_folder(load_model_spec(model or DEFAULT_MODELS[scenario], task=self.task, num_labels=self.num_labels))
-        backend = self.backend or ("compile" if run_knobs.get("compile") else "eager")
-        run = knobs.build_run_config(workload, **(run_knobs | {"compile": backend == "compile"}))
-        return BenchConfig(scenario=scenario, model=model, run=run, backend=backend, device=self.device,
+        # --backend compile is --compile: the runtime is BenchConfig's, torch.compile the run's
+        runtime, compiled = split_backend(self.backend or "eager", run_knobs.get("compile"))
+        run = knobs.build_run_config(workload, **(run_knobs | {"compile": compiled}))
+        return BenchConfig(scenario=scenario, model=model, run=run, runtime=runtime, device=self.device,
                            encoder_quantization=self.encoder_quant, sentences=self.sentences, label=label,
                            **self.layout())
 

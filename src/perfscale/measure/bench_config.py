@@ -1,5 +1,8 @@
 """BenchConfig: one configuration to measure (scenario + model + RunConfig + bench-only knobs).
 
+What RunConfig holds (torch.compile among it) is not repeated here: `runtime` says which library runs the
+model, and the `backend` that documents and results keep is derived from the two (split_backend reads it).
+
 The same object is the Python API of `measure`/`compare` and the JSON file format that bench writes and
 compare reads (compare's inline `key=value` syntax is CLI code: cli/inline_config.py). MeasureOptions says
 how to measure it. All problems are checked here, before any process starts.
@@ -22,7 +25,12 @@ from perfscale.specs.workload import DEFAULT_INFER, DEFAULT_TRAIN, InferWorkload
 
 SCENARIOS = ("train", "encode", "generate", "load")
 TEST_SCENARIOS = ("selftest",)  # a tiny matmul with fault injection, to test the harness itself
-# eager and compile run every scenario; the encoder runtimes' other backends (onnxruntime, openvino) run encode only.
+# The libraries that run a model: torch runs every scenario, eager or torch.compile'd (RunConfig.compile);
+# the encoder runtimes' others (onnxruntime, openvino: runtimes/encoder.py owns the list) run encode only.
+TORCH = "torch"
+RUNTIMES = (TORCH, *(b for b in _ENCODER_BACKENDS if b not in ("eager", "compile")))
+# The one-string name that documents and results keep under "backend" (and --backend, compare's backend=):
+# a runtime, with torch's two ways named eager and compile.
 BACKENDS = tuple(dict.fromkeys(("eager", "compile", *_ENCODER_BACKENDS)))
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = {"train": "perfscale-tiny-llama", "generate": "perfscale-tiny-llama", "encode": "minilm", "load": "perfscale-tiny-llama",
@@ -64,6 +72,20 @@ _RUN_KNOBS_AT_TOP = {"threads": "torch_num_threads", "dataloader_workers": "data
                      "pin_memory": "dataloader_pin_memory"}
 
 
+def split_backend(backend: str, compile: bool | None = None) -> tuple[str, bool]:
+    """A `backend` name (BACKENDS: eager | compile | onnxruntime | openvino) -> (runtime, RunConfig.compile).
+
+    compile: the run's own compile knob where one was given; compile=True with backend eager is torch.compile
+    (as --compile always was), backend compile with compile=False is a contradiction."""
+    if backend not in BACKENDS:
+        raise InvalidConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)} "
+                                 "(compile = torch.compile; onnxruntime and openvino run the encode scenario).")
+    compiled = backend == "compile"
+    if compiled and compile is False:
+        raise InvalidConfigError("backend 'compile' contradicts compile=false: give one of them.")
+    return (TORCH if backend in ("eager", "compile") else backend), compiled or compile is True
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused.
@@ -74,7 +96,7 @@ class BenchConfig:
     scenario: str = "train"
     model: str | None = None  # catalogue name, local folder, or hub id; None = the scenario's default
     run: RunConfig | None = None  # None = the scenario's default workload with default knobs
-    backend: str = "eager"  # eager | compile (torch.compile) | onnxruntime (encode only)
+    runtime: str = TORCH  # torch (eager, or torch.compile with run.compile) | onnxruntime | openvino (encode only)
     device: str = "auto"  # auto = cuda when available, else cpu
     encoder_quantization: str = "none"  # encode: none | int8-dynamic | int8-per-channel | ... (runtimes.encoder)
     sentences: int | None = None  # encode: sentences per iteration; None = 4 batches
@@ -93,13 +115,11 @@ class BenchConfig:
             object.__setattr__(self, "strategy", "ddp")
         if self.run is None:
             workload = DEFAULT_WORKLOADS.get(self.scenario, DEFAULT_WORKLOADS["train"])
-            object.__setattr__(self, "run", RunConfig(workload=workload, compile=self.backend == "compile"))
+            object.__setattr__(self, "run", RunConfig(workload=workload))
         if self.model is None:
             object.__setattr__(self, "model", DEFAULT_MODELS.get(self.scenario, DEFAULT_MODELS["train"]))
         if self.scenario == "load" and self.device == "auto":  # load measures host memory (scenarios/load.py)
             object.__setattr__(self, "device", "cpu")
-        if self.run.compile and self.backend == "eager":  # --compile is the same as --backend compile
-            object.__setattr__(self, "backend", "compile")
         problems = self.problems()
         if problems:
             raise InvalidConfigError(
@@ -125,8 +145,9 @@ class BenchConfig:
             fault = self.extra.get("fault", "none")
             if self.scenario == "selftest" and fault not in ("none", "oom", "hang", "crash", "error"):
                 p.append(f"selftest fault {fault!r} is not one of: none, oom, hang, crash, error")
-        if self.backend not in BACKENDS:
-            p.append(f"backend {self.backend!r} is not one of: {', '.join(BACKENDS)}")
+        if self.runtime not in RUNTIMES:
+            p.append(f"runtime {self.runtime!r} is not one of: {', '.join(RUNTIMES)} (torch.compile is run.compile, "
+                     "--compile or backend=compile)")
         if self.device not in DEVICES:
             p.append(f"device {self.device!r} is not one of: {', '.join(DEVICES)}")
         elif self.device == "cuda":
@@ -144,12 +165,14 @@ class BenchConfig:
                 f"scenario {self.scenario} needs {'a training' if wants_train else 'an inference'} workload, "
                 f"got {self.run.workload.mode}: {'use --batch/--seq' if wants_train else 'add --infer or use --prompt/--new-tokens'}"
             )
-        if self.backend not in ("eager", "compile") and self.scenario != "encode":
-            p.append(f"backend {self.backend} is for the encode scenario only, not {self.scenario}: use eager or compile")
+        if self.runtime in RUNTIMES and self.runtime != TORCH and self.scenario != "encode":
+            p.append(f"runtime {self.runtime} is for the encode scenario only, not {self.scenario}: use runtime {TORCH} "
+                     "(backend eager or compile)")
+        elif self.runtime in RUNTIMES and self.runtime != TORCH and self.run.compile:
+            p.append(f"compile=True is torch.compile, which runtime {self.runtime} does not run: drop compile, "
+                     f"or use runtime {TORCH} (backend compile)")
         if self.encoder_quantization != "none" and self.scenario != "encode":
             p.append("encoder quantization applies to the encode scenario only")
-        if self.run.compile != (self.backend == "compile"):
-            p.append(f"compile={self.run.compile} contradicts backend {self.backend!r}: give one of them")
         if self.scenario == "generate" and self.run.workload.new_tokens < 1:
             p.append("generate needs new_tokens >= 1")
         p += self._distributed_problems()
@@ -242,6 +265,13 @@ class BenchConfig:
 
     # ----- identity and serialisation -----
     @property
+    def backend(self) -> str:
+        """The one-string name results and documents keep ("backend"): the runtime; torch's is eager or compile (run.compile)."""
+        if self.runtime == TORCH:
+            return "compile" if self.run.compile else "eager"
+        return self.runtime
+
+    @property
     def threads(self) -> int | None:
         """torch/ORT intra-op threads (RunConfig.torch_num_threads); None = library default."""
         return self.run.torch_num_threads
@@ -283,8 +313,14 @@ class BenchConfig:
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "run" and not (f.name in DIST_DEFAULTS and getattr(self, f.name) == DIST_DEFAULTS[f.name])}
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "run" or (f.name in DIST_DEFAULTS and getattr(self, f.name) == DIST_DEFAULTS[f.name]):
+                continue
+            if f.name == "runtime":  # in its place, the "backend" documents have always had (derived with run.compile)
+                data["backend"] = self.backend
+            else:
+                data[f.name] = getattr(self, f.name)
         run = self.run.to_dict()
         for top, knob in _RUN_KNOBS_AT_TOP.items():  # where documents (and fingerprints) have always had them
             run.pop(knob, None)
@@ -296,7 +332,7 @@ class BenchConfig:
         if not isinstance(data, dict):
             raise InvalidConfigError(f"A bench configuration is a JSON object, got {type(data).__name__}: {data!r:.200}.")
         data = dict(data)
-        known = {f.name for f in fields(cls)} | set(_RUN_KNOBS_AT_TOP)
+        known = ({f.name for f in fields(cls)} - {"runtime"}) | {"backend"} | set(_RUN_KNOBS_AT_TOP)
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidConfigError(f"Unknown bench configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
@@ -304,10 +340,11 @@ class BenchConfig:
             raise InvalidConfigError(f"The bench configuration's 'run' must be a JSON object (a RunConfig), got {data['run']!r:.200}.")
         at_top = {knob: data.pop(top) for top, knob in _RUN_KNOBS_AT_TOP.items() if top in data}
         at_top = {knob: value for knob, value in at_top.items() if value != KNOB_DEFAULTS[knob]}
-        if data.get("run") is not None or at_top:
-            run = data.get("run") or {"workload": DEFAULT_WORKLOADS.get(data.get("scenario", "train"), DEFAULT_WORKLOADS["train"]).to_dict(),
-                                      "compile": data.get("backend") == "compile"}
-            data["run"] = RunConfig.from_dict({**run, **at_top})
+        run = data.get("run")
+        data["runtime"], compiled = split_backend(data.pop("backend", "eager"), run.get("compile") if run else None)
+        if run is not None or at_top or compiled:
+            run = run or {"workload": DEFAULT_WORKLOADS.get(data.get("scenario", "train"), DEFAULT_WORKLOADS["train"]).to_dict()}
+            data["run"] = RunConfig.from_dict({**run, **at_top, **({"compile": True} if compiled else {})})
         return cls(**data)
 
     def fingerprint(self) -> str:
@@ -405,6 +442,6 @@ def load_config_file(path: Path) -> BenchConfig:
 
 
 __all__ = [
-    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "DIST_DEFAULTS", "STRATEGIES", "GateThresholds", "MeasureOptions", "SCENARIOS",
-    "load_config_file",
+    "BACKENDS", "BenchConfig", "DEFAULT_MODELS", "DIST_DEFAULTS", "RUNTIMES", "STRATEGIES", "GateThresholds", "MeasureOptions",
+    "SCENARIOS", "TORCH", "load_config_file", "split_backend",
 ]

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from perfscale.measure.bench_config import BenchConfig, GateThresholds
+from perfscale.measure.bench_config import TORCH, BenchConfig, GateThresholds
 
 
 def reference_config(config: BenchConfig) -> BenchConfig:
     """The fp32 eager version of an inference configuration (same model, inputs and threads)."""
     run = replace(config.run, precision="fp32", compile=False, quantization="none")
-    return replace(config, backend="eager", encoder_quantization="none", run=run, label=None,
+    return replace(config, runtime=TORCH, encoder_quantization="none", run=run, label=None,
                    extra={k: v for k, v in config.extra.items() if k not in ("encoder",)})
 
 

@@ -18,7 +18,7 @@ SERVING_MIN_REQUESTS = 16
 
 def _bench_config(model: str, source, settings: dict[str, Any], label: str, sentences: int, cache_dir):
     from perfscale.config.run_config import RunConfig
-    from perfscale.measure.bench_config import BenchConfig
+    from perfscale.measure.bench_config import BenchConfig, split_backend
     from perfscale.specs.workload import InferWorkload
 
     s = dict(settings)
@@ -28,10 +28,10 @@ def _bench_config(model: str, source, settings: dict[str, Any], label: str, sent
     # its compute dtype, bf16, which the encode scenario reads back as bf16-mixed (EncoderSettings' alias), so a bf16
     # finalist is measured as what was gated.
     precision = Precision.of(explicit["precision"]).compute_dtype
-    run = RunConfig(workload=workload, precision=precision, compile=explicit["backend"] == "compile",
-                    torch_num_threads=explicit["threads"])
+    runtime, compiled = split_backend(explicit["backend"])  # the encoder's backend: a runtime, or torch.compile
+    run = RunConfig(workload=workload, precision=precision, compile=compiled, torch_num_threads=explicit["threads"])
     extra = {"encoder": s, "onnx_cache_dir": str(cache_dir) if cache_dir else None}
-    return BenchConfig(scenario="encode", model=model, run=run, backend=explicit["backend"],
+    return BenchConfig(scenario="encode", model=model, run=run, runtime=runtime,
                        encoder_quantization=explicit["quantization"], sentences=sentences, label=label, extra=extra)
 
 def _measure(model, source, baseline: Variant, finalists: list[Variant], quick: bool, repeats: int | None, cache_dir, progress):

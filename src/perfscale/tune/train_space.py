@@ -99,8 +99,7 @@ class Candidate:
         from perfscale.measure.bench_config import BenchConfig
 
         return BenchConfig(
-            scenario="train", model=model, run=self.run_config(seq), backend="compile" if self.compile else "eager",
-            label=label or self.name, extra=dict(extra or {}),
+            scenario="train", model=model, run=self.run_config(seq), label=label or self.name, extra=dict(extra or {}),
             nproc=self.processes, strategy="ddp" if self.processes > 1 else "none",  # the workload is per rank
         )
 
