@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from perfscale.config.precision import TRAIN_PRECISIONS, Precision
+from perfscale.debug.data_file import read_data_file
 from perfscale.debug.hooks import Frame, Recorder
 from perfscale.debug.overflow_verdict import _first, _first_dict, _fixes, _grad_underflow, _headroom, _leading, _pow2, _records, _verdict
 from perfscale.debug.quiet import quiet_transformers
@@ -97,46 +97,19 @@ def _check_args(precision: str, steps: int, batch: int, seq: int, loss_scale: fl
 
 
 def load_token_ids(path: str | Path, vocab_size: int, tokenizer_dir: str | None = None) -> list[int]:
-    """Token ids from `path`: a JSON list of ids or of lists of ids, or a text file tokenized with the
-    model's own tokenizer (when its folder has one). The ids are one stream, cut into batches."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"--data {str(path)!r} cannot be read ({exc.__class__.__name__}: {exc}). "
-                                 "Give a JSON file of token ids or a UTF-8 text file.") from exc
-    ids: list[int] | None = None
-    if path.suffix == ".json":
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise InvalidConfigError(f"--data {str(path)!r} is not valid JSON ({exc}): give [[1, 2, 3], ...] or [1, 2, 3].") from exc
-        rows = value if isinstance(value, list) and value and all(isinstance(r, list) for r in value) else [value]
-        if not all(isinstance(r, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in r) for r in rows):
-            raise InvalidConfigError(f"--data {str(path)!r} must hold a list of token ids or a list of lists of token ids.")
-        ids = [i for r in rows for i in r]
-    else:
-        tokenizer = _tokenizer(tokenizer_dir)
-        if tokenizer is None:
-            raise InvalidConfigError(f"--data {str(path)!r} is text, but the model has no tokenizer in its folder. "
-                                     "Give token ids as a .json file ([[1, 2, 3], ...]), or a model folder with a tokenizer.")
-        for line in text.splitlines():
-            if line.strip():
-                ids = (ids or []) + tokenizer(line)["input_ids"]
+    """Token ids from a --data file (debug/data_file.py: JSON token ids, or text tokenized with the model's
+    own tokenizer when its folder has one), as one stream, cut into batches."""
+    data = read_data_file(path, tokenizer_dir)
+    if data.rows is None:
+        raise InvalidConfigError(f"--data {data.path!r} is text, but the model has no tokenizer in its folder. "
+                                 "Give token ids as a .json file ([[1, 2, 3], ...]), or a model folder with a tokenizer.")
+    ids = [i for row in data.rows for i in row]
     if not ids:
-        raise InvalidConfigError(f"--data {str(path)!r} holds no tokens. Give at least one line of text or one token id.")
+        raise InvalidConfigError(f"--data {data.path!r} holds no tokens. Give at least one line of text or one token id.")
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise InvalidConfigError(f"--data {str(path)!r}: token id {bad[0]} is outside the model's vocabulary 0..{vocab_size - 1}.")
+        raise InvalidConfigError(f"--data {data.path!r}: token id {bad[0]} is outside the model's vocabulary 0..{vocab_size - 1}.")
     return ids
-
-
-def _tokenizer(folder: str | None):
-    if not folder or not Path(folder).is_dir() or not any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def _batches(ids: list[int] | None, vocab: int, batch: int, seq: int, steps: int, seed: int):

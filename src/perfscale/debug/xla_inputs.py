@@ -3,10 +3,9 @@ buckets, and a padded batch."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
+from perfscale.debug.data_file import read_data_file
 from perfscale.errors import InvalidConfigError
 
 MAX_LEN = 4096
@@ -36,33 +35,14 @@ def corpus_lengths() -> list[int]:
 
 
 def data_lengths(path: str, tokenizer_dir: str | None = None) -> tuple[list[int], str]:
-    """Lengths from a file: a JSON list of token-id lists, or text (one example per line), tokenized with the
-    model folder's tokenizer when it has one, else counted in words and punctuation marks."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"--data {path!r} cannot be read ({exc.__class__.__name__}). "
-                                 "Give a JSON file of token-id lists ([[1, 2], [3, 4, 5]]) or a UTF-8 text file, one example a line.") from exc
-    if p.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except ValueError as exc:
-            raise InvalidConfigError(f"--data {path!r} is not valid JSON ({exc}). Give a list of token-id lists: [[1, 2], [3, 4, 5]].") from exc
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and r for r in rows):
-            raise InvalidConfigError(f"--data {path!r} must hold a non-empty list of non-empty token-id lists: [[1, 2], [3, 4, 5]].")
-        return [len(r) for r in rows], f"{path} ({len(rows)} examples)"
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise InvalidConfigError(f"--data {path!r} holds no text. Give one example a line, or a JSON list of token-id lists.")
-    tokenizer = None
-    if tokenizer_dir and any((Path(tokenizer_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if tokenizer is not None:
-        return [len(tokenizer(ln)["input_ids"]) for ln in lines], f"{path} ({len(lines)} lines, the model's tokenizer)"
-    return [len(_WORD.findall(ln)) for ln in lines], f"{path} ({len(lines)} lines, counted in words and punctuation: no tokenizer)"
+    """Lengths of the examples in a --data file (debug/data_file.py: token-id lists, or text one example a line,
+    tokenized with the model folder's tokenizer when it has one, else counted in words and punctuation marks)."""
+    data = read_data_file(path, tokenizer_dir)
+    if not data.lines:
+        return [len(r) for r in data.rows], f"{path} ({len(data.rows)} examples)"
+    if data.rows is not None:
+        return [len(r) for r in data.rows], f"{path} ({len(data.lines)} lines, the model's tokenizer)"
+    return [len(_WORD.findall(ln)) for ln in data.lines], f"{path} ({len(data.lines)} lines, counted in words and punctuation: no tokenizer)"
 
 
 def draw(lengths: list[int], n: int, seed: int, max_len: int) -> list[int]:
