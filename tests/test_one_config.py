@@ -5,6 +5,10 @@ exactly the verbs whose engine honours it (plan: estimate, trace, bench/compare:
 slot, a compare inline key and a plan knob name; a non-default value round-trips through to_dict/from_dict
 and through Knobs. The fields are read from the dataclass, so a new field is covered without editing
 this file; a kind of value it cannot draw a sample for fails here, naming the field.
+
+A field with _knob(search=...) is opened by plan's search, pinned at its default when every core knob is
+given, ranked by tune/rank.complexity and printed in plan's table; the lists those read derive from the
+metadata, and today's values are pinned below, so a new searched knob is a deliberate edit here.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from perfscale.config.run_config import (
     CHOICES,
     ENGINES,
     INT_RANGES,
+    KNOB_CORE,
     KNOB_DEFAULTS,
     KNOB_ENGINES,
     KNOB_FIELDS,
     KNOB_MODE,
+    KNOB_SEARCH,
+    KNOB_WEIGHT,
+    MODES,
     RunConfig,
     choices_text,
     field_help,
@@ -35,7 +43,11 @@ from perfscale.estimate.knobs import WORKLOAD_DEFAULTS, Knobs
 from perfscale.cli.inline_config import INLINE_KEYS, parse_inline
 from perfscale.measure.bench_config import BenchConfig
 from perfscale.specs import InferWorkload, TrainWorkload
-from perfscale.tune.plan import KNOB_NAMES
+from perfscale.report import plan_tables
+from perfscale.specs import parse_topology
+from perfscale.tune import space
+from perfscale.tune.plan import CORE_KNOBS, KNOB_NAMES, SECONDARY_DEFAULTS
+from perfscale.tune.rank import complexity
 
 VERBS = cli_knobs.VERB_ENGINE
 # Knobs that are only valid beside another one (RunConfig.problems says why).
@@ -179,3 +191,101 @@ def test_bench_and_compare_share_one_set_of_measure_flags():
     for name in OPTIONS:
         assert name in bench and name in compare, name
         assert bench[name].opts == compare[name].opts and bench[name].default == compare[name].default, name
+
+
+OPEN = {"train": space.TRAIN_OPEN, "infer": space.INFER_OPEN}
+
+
+@pytest.mark.parametrize("name", sorted(KNOB_SEARCH))
+def test_a_searched_knob_is_opened_pinned_ranked_and_shown(name):
+    """What _knob(search=...) promises, for every searched field (a new one included without an edit here)."""
+    assert KNOB_SEARCH[name] and set(KNOB_SEARCH[name]) <= {KNOB_MODE.get(name, m) for m in MODES}, (
+        f"RunConfig.{name} is searched in {KNOB_SEARCH[name]} but is a {KNOB_MODE.get(name)} knob")
+    assert name in KNOB_WEIGHT, f"RunConfig.{name} is searched: give it a complexity weight (_knob(weight=...), 0 if none)"
+    weight, plain = KNOB_WEIGHT[name]
+    assert weight >= 0 and KNOB_DEFAULTS[name] in plain, (name, weight, plain)  # the default configuration scores 0
+    assert "estimate" in KNOB_ENGINES[name], f"plan searches RunConfig.{name} with the estimate engine, which must honour it"
+    for mode in KNOB_SEARCH[name]:
+        assert name in OPEN[mode] and name in plan_tables._SHOWN[mode], (name, mode)
+        assert (name in CORE_KNOBS[mode]) != (name in SECONDARY_DEFAULTS or KNOB_DEFAULTS[name] is None), (
+            f"RunConfig.{name}: a searched knob is core or pinned at its default when every core knob is given")
+
+
+def test_the_derived_lists_are_todays():
+    """Pinned as they were hand-kept before issue 13 (order aside: declaration order now). A new searched knob
+    fails here until it is added, after checking that tune/space.py tries its values."""
+    assert set(space.TRAIN_OPEN) == {"precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp",
+                                     "pp_virtual", "cp", "offload", "micro_batch", "sequence_parallel", "fused_kernels",
+                                     "selective_recompute"}
+    assert space.TRAIN_OPEN[-1] == "micro_batch" and len(set(space.TRAIN_OPEN)) == len(space.TRAIN_OPEN)
+    assert set(space.INFER_OPEN) == {"precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache"}
+    assert set(CORE_KNOBS["train"]) == {"precision", "optimizer", "checkpointing", "attn", "tp", "pp"} == KNOB_CORE
+    assert set(CORE_KNOBS["infer"]) == {"precision", "tp", "attn"}
+    assert SECONDARY_DEFAULTS == {"zero": 0, "pp_virtual": 1, "cp": 1, "offload": "none", "quantization": "none",
+                                  "cache": "dynamic", "kv_cache_dtype": "auto", "sequence_parallel": False,
+                                  "fused_kernels": False, "selective_recompute": False}
+
+
+def test_plan_search_tries_every_open_knob():
+    """The metadata and tune/space.py agree: on 8 H100s at 16,384 tokens (long enough for cp 2) the training
+    space and its memory savers vary every knob of TRAIN_OPEN, and nothing else of RunConfig's; the inference
+    space every knob of INFER_OPEN. attn stays sdpa in the estimated space (space.attention_choices: eager
+    is never faster there; tune measures it). pp_embedding_as_layer is opened with pp > 1
+    (space.parallel_layouts) without being listed open or pinned, as before issue 13."""
+    hw = parse_topology("8xH100-80GB").hardware
+    seen: dict[str, set] = {name: set() for name in (*KNOB_FIELDS, "micro_batch")}
+    for k in space.train_space(Knobs(batch=4, seq=16384, accum=2), {}, 32, 32, 8, 8, hw):
+        for v in space.memory_savers(k, {}, hw):
+            for name in KNOB_FIELDS:
+                seen[name].add(getattr(v, name))
+            seen["micro_batch"].add(v.batch)
+    varied = {name for name, values in seen.items() if len(values) > 1}
+    assert varied == set(space.TRAIN_OPEN) - {"attn"} | {"pp_embedding_as_layer"}
+    seen = {name: set() for name in KNOB_FIELDS}
+    for k in space.infer_space(Knobs(mode="infer", batch=8, prompt=8, new_tokens=8, seq=16), {}, 32, 8, 8, hw):
+        for name in KNOB_FIELDS:
+            seen[name].add(getattr(k, name))
+    assert {name for name, values in seen.items() if len(values) > 1} == set(space.INFER_OPEN) - {"attn"}
+
+
+# tune/rank.complexity as it was written by hand before issue 13: a value away from plain and its score
+# (0: not counted in that mode). Every other field counts 0; the scores add up.
+COMPLEXITY = {
+    "train": {"checkpointing": (True, 1), "zero": (2, 1), "fsdp": (4, 1), "offload": ("optimizer", 2), "tp": (2, 1),
+              "pp": (2, 1), "pp_virtual": (2, 1), "cp": (2, 1), "quantization": ("nf4", 1), "optimizer": ("sgd", 1),
+              "sequence_parallel": (True, 1), "fused_kernels": (True, 1), "selective_recompute": (True, 1)},
+    "infer": {"tp": (2, 1), "pp": (2, 1), "quantization": ("int8", 1), "sequence_parallel": (True, 1),
+              "fused_kernels": (True, 1), "checkpointing": (True, 0), "zero": (3, 0), "offload": ("optimizer", 0),
+              "optimizer": ("sgd", 0), "selective_recompute": (True, 0), "cache": ("static", 0),
+              "kv_cache_dtype": ("fp8", 0)},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_complexity_keeps_its_scores(mode):
+    base = Knobs(mode=mode)
+    assert complexity(base) == 0
+    for name in KNOB_FIELDS:
+        value, score = COMPLEXITY[mode].get(name, (_sample(name), 0))
+        assert complexity(base.copy(**{name: value})) == score, (mode, name, value)
+    assert complexity(base.copy(optimizer="adamw_torch")) == 0  # every AdamW implementation is plain
+    everything = base.copy(**{name: value for name, (value, _) in COMPLEXITY[mode].items()})
+    assert complexity(everything) == sum(score for _, score in COMPLEXITY[mode].values())
+
+
+def test_plan_table_prints_todays_knobs_as_before_and_any_knob_off_its_default():
+    train = Knobs(batch=4, accum=2, precision="bf16-mixed", checkpointing=True, zero=3, tp=2, pp=2).as_dict()
+    assert plan_tables._knob_text(train, "train") == (
+        "precision=bf16-mixed optimizer=adamw_torch_fused checkpointing attn=sdpa batch=4 accum=2 zero=3 tp=2 pp=2")
+    infer = Knobs(mode="infer", batch=8, prompt=8, new_tokens=8, precision="bf16").as_dict()
+    assert plan_tables._knob_text(infer, "infer") == "precision=bf16 attn=sdpa batch=8 tp=1 cache=dynamic kv_cache_dtype=auto"
+    lora = Knobs(lora_r=16, lora_targets=("q_proj", "v_proj")).as_dict()
+    assert "lora_r=16 lora_targets=q_proj,v_proj" in plan_tables._knob_text(lora, "train")
+    def printed(knobs: Knobs, mode: str) -> set[str]:
+        return {part.split("=")[0] for part in plan_tables._knob_text(knobs.as_dict(), mode).split()}
+
+    for mode in MODES:  # a field the estimate honours in the mode, e.g. a new one, is printed when off its default
+        for name in plan_tables._SHOWN[mode]:
+            if name in KNOB_DEFAULTS and name not in plan_tables._ALWAYS[mode]:
+                assert name in printed(Knobs(mode=mode, **{name: _sample(name)}), mode), (mode, name)
+                assert name not in printed(Knobs(mode=mode), mode), (mode, name)

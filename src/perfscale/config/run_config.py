@@ -3,8 +3,10 @@
 The same object is the Python API, the JSON format and the CLI flags of trace, plan, bench and
 compare: each field's docstring (the string under it) is its `--help`, its choices are CHOICES,
 and cli/knobs.py generates the options from the fields. estimate/knobs.Knobs (the hot path's
-unvalidated copy), tune/plan.KNOB_NAMES and compare's inline keys derive from the same fields, so
-a new knob is one field here plus the engine code that reads it (tests/test_one_config.py).
+unvalidated copy), tune/plan.KNOB_NAMES, compare's inline keys, plan's open knobs and pinned defaults
+(tune/space.TRAIN_OPEN, tune/plan.SECONDARY_DEFAULTS), the ranking's tie-break (tune/rank.complexity)
+and the plan table's columns derive from the same fields and their _knob metadata, so a new knob is
+one field here plus the engine code that reads it (tests/test_one_config.py).
 All problems are reported at once, each with the valid choices.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from perfscale.config.optimizer import (
+    ADAMW,
     ADAPTIVE,
     DEFAULT_OPTIMIZER,
     OPTIMIZER_ALIASES,
@@ -89,14 +92,34 @@ def _check_choice(name: str, value: Any, choices: tuple, problems: list[str]) ->
 ENGINES = ("estimate", "trace", "measure")
 
 
-def _knob(default: Any, *engines: str, mode: str | None = None, flag: str | None = None) -> Any:
+MODES = ("train", "infer")
+
+
+def _knob(default: Any, *engines: str, mode: str | None = None, flag: str | None = None,
+          search: str | tuple[str, ...] = (), core: bool = False, weight: int | None = None,
+          plain: tuple | None = None) -> Any:
     """A knob's field: its default, the engines that honour it, its mode when it has one (train | infer:
-    ignored in the other; Knobs.as_dict leaves it out there), and its CLI flag when not --field-name."""
+    ignored in the other; Knobs.as_dict leaves it out there), and its CLI flag when not --field-name.
+
+    The decide layer reads the rest (tests/test_one_config.py keeps them consistent):
+    search: the modes whose plan search opens the knob (tune/space.TRAIN_OPEN / INFER_OPEN; the values
+    tried are tune/space.py's); core: it defines a configuration in those modes (all core knobs given:
+    plan evaluates that one configuration, the other searched knobs at their defaults, tune/plan.CORE_KNOBS);
+    weight: what a value other than `plain` (default: the field default) adds to tune/rank.complexity, the
+    tie-break towards the plain configuration, counted in the knob's mode only; a searched knob declares
+    one, 0 when no value is simpler than another."""
     metadata: dict[str, Any] = {"engines": engines}
     if mode:
         metadata["mode"] = mode
     if flag:
         metadata["flag"] = flag
+    if search:
+        metadata["search"] = (search,) if isinstance(search, str) else tuple(search)
+    if core:
+        metadata["core"] = True
+    if weight is not None:
+        metadata["weight"] = weight
+        metadata["plain"] = (default,) if plain is None else tuple(plain)
     return field(default=default, metadata=metadata)
 
 
@@ -109,54 +132,55 @@ class RunConfig:
 
     workload: TrainWorkload | InferWorkload
     """The work: TrainWorkload (batch, seq, grad_accum) or InferWorkload (batch, prompt, new_tokens)."""
-    precision: str = _knob("fp32", "estimate", "trace", "measure")
+    precision: str = _knob("fp32", "estimate", "trace", "measure", search=MODES, core=True, weight=0)
     """Weights and compute dtype (mixed: fp32 master weights + autocast in the 16-bit dtype)."""
-    optimizer: str = _knob(DEFAULT_OPTIMIZER, "estimate", "trace", "measure", mode="train")
+    optimizer: str = _knob(DEFAULT_OPTIMIZER, "estimate", "trace", "measure", mode="train", search="train", core=True,
+                           weight=1, plain=ADAMW)  # another algorithm changes what is trained
     """Trainer `optim` name, built as the Trainer builds it on the device (earlier names are aliases)."""
-    checkpointing: bool = _knob(False, "estimate", "trace", "measure", mode="train")
+    checkpointing: bool = _knob(False, "estimate", "trace", "measure", mode="train", search="train", core=True, weight=1)
     """Gradient (activation) checkpointing: keep layer inputs, recompute the forward in backward."""
-    attn: str = _knob("sdpa", "estimate", "trace", "measure")
+    attn: str = _knob("sdpa", "estimate", "trace", "measure", search=MODES, core=True, weight=0)
     """Attention implementation."""
     lora_r: int | None = _knob(None, "estimate", "trace", "measure")
     """LoRA rank (freezes the base model); none = full fine-tuning."""
     lora_targets: tuple[str, ...] = _knob((), "estimate", "trace", "measure")
     """Comma-separated module names for LoRA, e.g. q_proj,v_proj (default: every linear layer)."""
-    zero: int = _knob(0, "estimate", "measure", mode="train")
+    zero: int = _knob(0, "estimate", "measure", mode="train", search="train", weight=1)
     """DeepSpeed ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded); bench measures it with --strategy deepspeed."""
-    fsdp: int | None = _knob(None, "estimate", "trace", mode="train")
+    fsdp: int | None = _knob(None, "estimate", "trace", mode="train", search="train", weight=1)
     """FSDP full-shard degree (ranks the model is sharded over); none = no FSDP."""
-    tp: int = _knob(1, "estimate")
+    tp: int = _knob(1, "estimate", search=MODES, core=True, weight=1)
     """Tensor-parallel degree."""
-    pp: int = _knob(1, "estimate")
+    pp: int = _knob(1, "estimate", search="train", core=True, weight=1)
     """Pipeline-parallel degree."""
-    offload: str = _knob("none", "estimate", mode="train")
+    offload: str = _knob("none", "estimate", mode="train", search="train", weight=2)
     """CPU offload of the optimizer state (and parameters) with ZeRO/FSDP."""
     compile: bool = _knob(False, "estimate", "measure")
     """torch.compile the model."""
-    quantization: str = _knob("none", "estimate", "trace", "measure")
+    quantization: str = _knob("none", "estimate", "trace", "measure", search="infer", weight=1)
     """Weight quantization (inference, or the frozen QLoRA base when training with LoRA)."""
-    cache: str = _knob("dynamic", "estimate", "trace", "measure", mode="infer")
+    cache: str = _knob("dynamic", "estimate", "trace", "measure", mode="infer", search="infer", weight=0)
     """KV cache implementation for generation."""
-    kv_cache_dtype: str = _knob("auto", "estimate", mode="infer")
+    kv_cache_dtype: str = _knob("auto", "estimate", mode="infer", search="infer", weight=0)
     """KV cache dtype for generation (fp8 halves it against 16-bit)."""
     # Interleaved 1F1B (Narayanan et al. 2021, section 2.2.2): bubble (p-1)/(V m + p-1) instead of
     # (p-1)/(m+p-1), at V x the point-to-point traffic.
-    pp_virtual: int = _knob(1, "estimate", mode="train")
+    pp_virtual: int = _knob(1, "estimate", mode="train", search="train", weight=1)
     """Interleaved 1F1B: model chunks per pipeline device (1 = plain 1F1B; V cuts the bubble to (p-1)/(V m + p-1) at V x the pipeline traffic). Needs pp >= 2."""
     # Context parallelism (Megatron-Core's context_parallel docs; Liu et al. 2023 "Ring Attention";
     # Llama 3, Dubey et al. 2024 section 3.3.2: 405B trained with CP 16 at 131,072 tokens): every
     # activation is split along the sequence over the CP group; attention passes K/V blocks around
     # the ring. world = dp x tp x pp x cp; load balancing cuts each sequence into 2 cp chunks.
-    cp: int = _knob(1, "estimate", mode="train")
+    cp: int = _knob(1, "estimate", mode="train", search="train", weight=1)
     """Context-parallel degree: each sequence split over cp ranks (ring attention passes K/V around them; activations / cp). Needs seq divisible by 2 x cp and attn sdpa."""
     # Korthikanti et al. 2022 (section 4.2.2): LayerNorm/dropout activations split over the TP group.
-    sequence_parallel: bool = _knob(False, "estimate")
+    sequence_parallel: bool = _knob(False, "estimate", search="train", weight=1)
     """Sequence parallelism with tensor parallelism (Megatron-LM): norm and dropout activations split over the tensor-parallel group."""
     # Korthikanti et al. 2022 (section 5): recompute attention's softmax/dropout only (no cost in
     # memory of the s^2 terms, ~2-4% more FLOPs); full recomputation is `checkpointing`.
-    selective_recompute: bool = _knob(False, "estimate", mode="train")
+    selective_recompute: bool = _knob(False, "estimate", mode="train", search="train", weight=1)
     """Selective activation recomputation (attention's softmax and dropout recomputed in backward; full recomputation is --checkpointing)."""
-    fused_kernels: bool = _knob(False, "estimate")
+    fused_kernels: bool = _knob(False, "estimate", search="train", weight=1)
     """Fused RMSNorm + SwiGLU kernels (Liger-Kernel; Megatron-LM with TransformerEngine): fewer saved activations."""
     # Megatron-LM --account-for-embedding/loss-in-pipeline-split; Llama 3 section 3.3.2.
     pp_embedding_as_layer: bool = _knob(False, "estimate", mode="train")
@@ -288,6 +312,12 @@ KNOB_MODE: dict[str, str] = {f.name: f.metadata["mode"] for f in fields(RunConfi
 KNOB_ENGINES: dict[str, tuple[str, ...]] = {f.name: f.metadata.get("engines", ()) for f in fields(RunConfig) if f.name != "workload"}
 KNOB_FLAGS: dict[str, str] = {f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-"))
                               for f in fields(RunConfig) if f.name != "workload"}
+# The decide layer's view of the knobs (_knob's search, core, weight): the modes plan's search opens each
+# searched knob in, the knobs that define a configuration, and each ranked knob's (weight, plain values).
+KNOB_SEARCH: dict[str, tuple[str, ...]] = {f.name: f.metadata["search"] for f in fields(RunConfig) if "search" in f.metadata}
+KNOB_CORE: frozenset[str] = frozenset(f.name for f in fields(RunConfig) if f.metadata.get("core"))
+KNOB_WEIGHT: dict[str, tuple[int, tuple]] = {f.name: (f.metadata["weight"], f.metadata["plain"])
+                                             for f in fields(RunConfig) if "weight" in f.metadata}
 # The fields stored documents had before pp_virtual (issue 13 moved the rest out of `extra`): always
 # written, so that old fingerprints stay; every later field is written only when not at its default.
 ALWAYS_WRITTEN = ("precision", "optimizer", "checkpointing", "attn", "lora_r", "lora_targets", "zero", "fsdp", "tp",
@@ -357,6 +387,7 @@ def parse_targets(text: str | None) -> tuple[str, ...]:
 
 
 __all__ = [
-    "CHOICES", "ENGINES", "INFER_PRECISIONS", "KNOB_DEFAULTS", "KNOB_ENGINES", "KNOB_FIELDS", "KNOB_FLAGS", "KNOB_MODE", "OPTIMIZERS", "TRAIN_PRECISIONS",
+    "CHOICES", "ENGINES", "INFER_PRECISIONS", "KNOB_CORE", "KNOB_DEFAULTS", "KNOB_ENGINES", "KNOB_FIELDS", "KNOB_FLAGS", "KNOB_MODE",
+    "KNOB_SEARCH", "KNOB_WEIGHT", "MODES", "OPTIMIZERS", "TRAIN_PRECISIONS",
     "RunConfig", "choices_text", "field_help", "parse_targets",
 ]

@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+from perfscale.config.run_config import KNOB_CORE, KNOB_DEFAULTS, KNOB_ENGINES, KNOB_FIELDS, KNOB_MODE, KNOB_SEARCH, MODES
 from perfscale.report.bars import bar
 from perfscale.units import gib, seconds
 
-_SHOWN_TRAIN = ("precision", "optimizer", "checkpointing", "attn", "batch", "accum", "zero", "fsdp", "tp", "pp", "pp_virtual", "cp",
-                "pp_embedding_as_layer", "offload", "sequence_parallel", "fused_kernels", "selective_recompute", "lora_r")
-_SHOWN_INFER = ("precision", "quantization", "kv_cache_dtype", "cache", "attn", "batch", "tp")
+# The workload's sizes, printed in every row after the attention implementation.
+_SIZES = {"train": ("batch", "accum"), "infer": ("batch",)}
+
+
+def _shown(mode: str) -> tuple[str, ...]:
+    """The knobs a plan row prints: every RunConfig field the estimate engine honours in `mode`, in
+    declaration order, with the workload's sizes after `attn`."""
+    names = [name for name in KNOB_FIELDS if "estimate" in KNOB_ENGINES[name] and KNOB_MODE.get(name, mode) == mode]
+    at = names.index("attn") + 1
+    return (*names[:at], *_SIZES[mode], *names[at:])
+
+
+def _means_off(value) -> bool:
+    """A default that means the knob is not used: False, None, "none", 0, a degree of 1, an empty list."""
+    return value is None or value is False or (not isinstance(value, bool) and value in ("none", 0, 1, ()))
+
+
+_SHOWN = {mode: _shown(mode) for mode in MODES}
+# Printed even at their default: the core knobs (a degree of 1 says the layout), and the searched knobs whose
+# default is a choice rather than "off" (kv_cache_dtype auto, cache dynamic). Every other knob (including any
+# new field) is printed only when not at its default; a true switch prints as its name.
+_ALWAYS = {mode: frozenset(name for name in _SHOWN[mode] if name in KNOB_DEFAULTS
+                           and not isinstance(KNOB_DEFAULTS[name], bool) and mode in KNOB_SEARCH.get(name, ())
+                           and (name in KNOB_CORE or not _means_off(KNOB_DEFAULTS[name])))
+           for mode in MODES}
 
 
 def _knob_text(knobs: dict, mode: str) -> str:
     parts = []
-    for name in _SHOWN_TRAIN if mode == "train" else _SHOWN_INFER:
-        value = knobs.get(name)
-        if value in (None, False, "none", 0) and name not in ("batch",):
+    for name in _SHOWN[mode]:
+        if name not in knobs:
             continue
-        if name in ("pp_virtual", "cp") and value == 1:
+        value = knobs[name]
+        if isinstance(value, (list, tuple)):
+            value = tuple(value)
+        if name not in _SIZES[mode] and name not in _ALWAYS[mode] and value == KNOB_DEFAULTS[name]:
             continue
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))  # as --lora-targets takes them
         parts.append(name if value is True else f"{name}={value}")
     return " ".join(parts)
 

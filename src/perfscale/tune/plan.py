@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfscale.config.run_config import KNOB_FIELDS
+from perfscale.config.run_config import KNOB_CORE, KNOB_DEFAULTS, KNOB_FIELDS, KNOB_SEARCH, MODES
 from perfscale.errors import InvalidConfigError, TopologyError
 from perfscale.estimate import cpu_step
 from perfscale.estimate.core import constants_for, evaluate, hardware_problems, layout_problems, to_estimate
@@ -85,12 +85,13 @@ def _resolve_model(model):
     return model
 
 
-# Knobs that define a configuration: when all are given, plan evaluates that one configuration
-# instead of searching, and the secondary knobs left open take their defaults (SECONDARY_DEFAULTS).
-CORE_KNOBS = {"train": ("precision", "optimizer", "checkpointing", "attn", "tp", "pp"), "infer": ("precision", "tp", "attn")}
-SECONDARY_DEFAULTS = {"zero": 0, "pp_virtual": 1, "cp": 1, "offload": "none", "quantization": "none", "cache": "dynamic",
-                      "kv_cache_dtype": "auto", "sequence_parallel": False, "fused_kernels": False,
-                      "selective_recompute": False}
+# Knobs that define a configuration (RunConfig's _knob(core=True), per mode searched): when all are given,
+# plan evaluates that one configuration instead of searching, and the secondary knobs left open (the other
+# searched knobs) take their field defaults (SECONDARY_DEFAULTS). A default of None is no value to pin: fsdp
+# stays open, and zero pinned at 0 is what keeps FSDP out of the space.
+CORE_KNOBS = {mode: tuple(name for name in KNOB_FIELDS if name in KNOB_CORE and mode in KNOB_SEARCH[name]) for mode in MODES}
+SECONDARY_DEFAULTS = {name: KNOB_DEFAULTS[name] for name in KNOB_FIELDS
+                      if name in KNOB_SEARCH and name not in KNOB_CORE and KNOB_DEFAULTS[name] is not None}
 
 
 def pin_secondary_knobs(fixed: dict[str, Any], workload) -> dict[str, Any]:

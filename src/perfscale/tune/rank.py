@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from perfscale.config.optimizer import ADAMW
+from perfscale.config.run_config import KNOB_MODE, KNOB_WEIGHT, MODES
 
 OBJECTIVES = ("throughput", "memory", "cost")
 
+# Per mode, the (knob, weight, plain values) that complexity counts: RunConfig's _knob(weight=..., plain=...),
+# a knob of one mode counted in that mode only.
+_TERMS = {mode: tuple((name, weight, plain) for name, (weight, plain) in KNOB_WEIGHT.items()
+                      if weight and KNOB_MODE.get(name, mode) == mode) for mode in MODES}
+
 
 def complexity(k) -> int:
-    """How far a configuration is from the plain default (fewer changes first on ties)."""
-    score = 0
-    score += k.checkpointing if k.mode == "train" else 0
-    score += (k.zero > 0) + bool(k.fsdp) + (k.offload != "none") * 2 if k.mode == "train" else 0
-    score += (k.tp > 1) + (k.pp > 1) + (k.pp_virtual > 1) + (k.cp > 1) + (k.quantization != "none")
-    score += 0 if k.mode != "train" or k.optimizer in ADAMW else 1
-    score += k.sequence_parallel + k.fused_kernels + (k.selective_recompute if k.mode == "train" else 0)
-    return score
+    """How far a configuration is from the plain default (fewer changes first on ties): the weight of
+    every knob not at a plain value, e.g. ZeRO, FSDP, each parallel degree > 1, quantization, an optimizer
+    other than AdamW, each memory saver switched on; CPU offload counts 2."""
+    return sum(weight for name, weight, plain in _TERMS[k.mode] if getattr(k, name) not in plain)
 
 
 def sort_key(objective: str, numbers, k) -> tuple:

@@ -10,17 +10,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from perfscale.config.run_config import CACHE_IMPLEMENTATIONS, KV_CACHE_DTYPES, QUANTIZATION
+from perfscale.config.run_config import CACHE_IMPLEMENTATIONS, KNOB_FIELDS, KNOB_SEARCH, KV_CACHE_DTYPES, QUANTIZATION
 from perfscale.config.run_config import OFFLOAD as OFFLOAD_CHOICES
 from perfscale.estimate.knobs import Knobs
 
-TRAIN_OPEN = ("precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp", "pp_virtual", "cp", "offload",
-              "micro_batch", "sequence_parallel", "fused_kernels", "selective_recompute")
+# The knobs the search opens in each mode (the RunConfig fields with _knob(search=...), in declaration order;
+# the values tried are below). micro_batch is no field: the workload's batch x accumulation split (train_space).
+TRAIN_OPEN = (*(name for name in KNOB_FIELDS if "train" in KNOB_SEARCH.get(name, ())), "micro_batch")
+INFER_OPEN = tuple(name for name in KNOB_FIELDS if "infer" in KNOB_SEARCH.get(name, ()))
 # Memory savers, switched on one after another (memory_savers) only while a configuration does not fit.
 # Interleaved 1F1B chunks per pipeline device tried when pp_virtual is open (Narayanan et al. 2021
 # section 2.2.2: the bubble falls as 1/v, the point-to-point traffic grows as v).
 PP_VIRTUAL_CHOICES = (1, 2, 4, 8)
-INFER_OPEN = ("precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache")
 # Deepest pipeline searched: the deepest in Megatron-LM's scaling table (1T parameters on 3072 GPUs:
 # tensor 8 x pipeline 64; Narayanan et al. 2021, table 1). Llama 3 405B trained with pipeline 16.
 MAX_PIPELINE_STAGES = 64
