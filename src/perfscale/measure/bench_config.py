@@ -72,23 +72,24 @@ _RUN_KNOBS_AT_TOP = {"threads": "torch_num_threads", "dataloader_workers": "data
                      "pin_memory": "dataloader_pin_memory"}
 
 
-def split_backend(backend: str, compile: bool | None = None) -> tuple[str, bool]:
+def split_backend(backend: str, run_compile: bool | None = None) -> tuple[str, bool]:
     """A `backend` name (BACKENDS: eager | compile | onnxruntime | openvino) -> (runtime, RunConfig.compile).
 
-    compile: the run's own compile knob where one was given; compile=True with backend eager is torch.compile
-    (as --compile always was), backend compile with compile=False is a contradiction."""
+    run_compile: the run's own compile knob where one was given: compile=true with backend eager is torch.compile
+    (as --compile always was); backend compile with compile=false is a contradiction."""
     if backend not in BACKENDS:
         raise InvalidConfigError(f"backend {backend!r} is not one of: {', '.join(BACKENDS)} "
                                  "(compile = torch.compile; onnxruntime and openvino run the encode scenario).")
     compiled = backend == "compile"
-    if compiled and compile is False:
+    if compiled and run_compile is False:
         raise InvalidConfigError("backend 'compile' contradicts compile=false: give one of them.")
-    return (TORCH if backend in ("eager", "compile") else backend), compiled or compile is True
+    return (TORCH if backend in ("eager", "compile") else backend), compiled or run_compile is True
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure. Knobs not in RunConfig live here; RunConfig's multi-device knobs are refused.
+    """What to measure. Knobs not in RunConfig live here (nothing RunConfig holds: torch.compile is run.compile,
+    and `backend` is derived from it and `runtime`); RunConfig's multi-device knobs are refused.
 
     Threads, DataLoader workers and pin_memory are RunConfig knobs (run.torch_num_threads, ...): `threads`,
     `dataloader_workers` and `pin_memory` read them, and the JSON keeps them at the top level as before."""
