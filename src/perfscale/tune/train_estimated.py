@@ -13,7 +13,9 @@ from perfscale.tune.result import TrainTuneResult
 
 
 # ----------------------------------------------------------------- estimated only (--hardware)
-def estimated_only(ranked, *, confirm, options, spec, topology, space, records, notes, clock, baseline, stage_times, capacity) -> TrainTuneResult:
+def estimated_only(ranked, *, confirm, estimates, options, spec, topology, space, records, notes, clock, baseline, stage_times,
+                   capacity) -> TrainTuneResult:
+    """`estimates`: each candidate's TrainEstimate (train_screening.py); `confirm`: train_trace.trace_confirm."""
     device = "cuda" if topology.hardware.kind == "gpu" else "cpu"
     trace_top = 1 if options.trace_top is None else options.trace_top
     if trace_top:
@@ -27,14 +29,13 @@ def estimated_only(ranked, *, confirm, options, spec, topology, space, records, 
     if not ranked:
         return nothing_fits(options, spec, topology, space, records, notes, clock, capacity)
     best = ranked[0]
-    b_est = records[baseline].estimate or {}
-    w_est = records[best].estimate
-    ratio = w_est["tokens_per_s"] / b_est["tokens_per_s"] if b_est.get("fits") and b_est.get("tokens_per_s") else None
+    b_est, w_est = estimates[baseline], estimates[best]
+    ratio = w_est.tokens_per_s / b_est.tokens_per_s if b_est.fits and b_est.tokens_per_s else None
     why = [f"{k}: {b} -> {w}" for k, (b, w) in best.differences(baseline).items()] or ["the defaults are the best estimate"]
-    runners = [{"name": c.name, "knobs": c.knobs(), "estimated_tokens_per_s": records[c].estimate["tokens_per_s"]} for c in ranked[1:4]]
+    runners = [{"name": c.name, "knobs": c.knobs(), "estimated_tokens_per_s": estimates[c].tokens_per_s} for c in ranked[1:4]]
     est_doc = lambda c: {"name": c.name, "knobs": c.knobs(), "run_config": c.run_config(space.seq).to_dict(),  # noqa: E731
-                         "estimated_tokens_per_s": records[c].estimate.get("tokens_per_s"), "estimated_peak_bytes": records[c].estimate.get("peak_bytes"),
-                         "fits": records[c].estimate.get("fits"), "throughput": None}
+                         "estimated_tokens_per_s": estimates[c].tokens_per_s, "estimated_peak_bytes": estimates[c].peak_bytes,
+                         "fits": estimates[c].fits, "throughput": None}
     return TrainTuneResult(
         model=spec.name, hardware=topology.label, measured_here=False, ranking="estimated",
         workload={"seq": space.seq, "global_batch": space.global_batch, "tokens_per_step": space.seq * space.global_batch},
