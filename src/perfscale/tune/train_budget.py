@@ -96,7 +96,7 @@ def final_plan(costs: Costs, options, clock: Clock) -> dict[str, Any]:
     in the tune worker (its model classes already imported)."""
     left = clock.left()
     target = options.final_stop
-    pairs = target.min_iters  # default MIN_PAIRS (train.FINAL_STOP)
+    pairs = target.min_iters  # default MIN_PAIRS (train_options.FINAL_STOP)
     choices = [(k, "process") for k in range(options.repeats, 1, -1)] + [(k, "trial") for k in range(options.repeats, 0, -1)]
     for processes, isolation in choices:  # fresh processes sample process-to-process variation: preferred
         if costs.final(processes, isolation, pairs) <= left:

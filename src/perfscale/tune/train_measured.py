@@ -255,7 +255,7 @@ def _record_rung(record: TrialRecord, rung: int, result, reused: bool) -> None:
         "rung": rung, "status": result.status, "reason": result.reason, "tokens_per_s": tp.get("median"),
         "ci_low": tp.get("ci_low"), "ci_high": tp.get("ci_high"), "iterations": len(result.samples),
         "peak_memory_bytes": result.peak_memory_bytes, "wall_s": result.wall_s, "store_id": result.store_id, "reused": reused,
-        "compile_s": result.compile_s if result.config.backend == "compile" else None,  # first compile, reported apart
+        "compile_s": result.compile_s if result.config.run.compile else None,  # first compile, reported apart
     })
     record.status = "measured" if result.ok else result.status if result.status in ("oom", "timeout") else "failed"
     record.reason = None if result.ok else result.reason

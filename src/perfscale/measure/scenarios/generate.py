@@ -42,7 +42,7 @@ def setup(config, device: str) -> Scenario:
         eos_token_id=None, cache_implementation=run.cache if run.cache == "static" else None,
     )
     notes = ["MFU: prefill counted over all prompt positions (transformers computes logits for the last one only)"]
-    if config.backend == "compile":
+    if run.compile:
         # Compile the forward once; with a static cache the decode shapes are fixed (no recompiles).
         # transformers' own auto-compile is disabled so that exactly one compile is measured.
         gconf.disable_compile = True

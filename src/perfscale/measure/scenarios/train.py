@@ -82,7 +82,7 @@ def setup(config, device: str) -> Scenario:
     )
     batches = _cycle(loader)
 
-    forward = torch.compile(model) if config.backend == "compile" else model
+    forward = torch.compile(model) if run.compile else model
     amp_dtype = run.prec.torch_autocast_dtype()  # None without autocast
     scaler = torch.amp.GradScaler(device) if run.prec.loss_scaling and device == "cuda" else None
 
