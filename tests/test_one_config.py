@@ -216,22 +216,22 @@ def test_the_derived_lists_are_todays():
     fails here until it is added, after checking that tune/space.py tries its values."""
     assert set(space.TRAIN_OPEN) == {"precision", "optimizer", "checkpointing", "attn", "zero", "fsdp", "tp", "pp",
                                      "pp_virtual", "cp", "offload", "micro_batch", "sequence_parallel", "fused_kernels",
-                                     "selective_recompute"}
+                                     "selective_recompute", "pp_embedding_as_layer"}
     assert space.TRAIN_OPEN[-1] == "micro_batch" and len(set(space.TRAIN_OPEN)) == len(space.TRAIN_OPEN)
     assert set(space.INFER_OPEN) == {"precision", "quantization", "kv_cache_dtype", "tp", "attn", "cache"}
     assert set(CORE_KNOBS["train"]) == {"precision", "optimizer", "checkpointing", "attn", "tp", "pp"} == KNOB_CORE
     assert set(CORE_KNOBS["infer"]) == {"precision", "tp", "attn"}
     assert SECONDARY_DEFAULTS == {"zero": 0, "pp_virtual": 1, "cp": 1, "offload": "none", "quantization": "none",
                                   "cache": "dynamic", "kv_cache_dtype": "auto", "sequence_parallel": False,
-                                  "fused_kernels": False, "selective_recompute": False}
+                                  "fused_kernels": False, "selective_recompute": False,
+                                  "pp_embedding_as_layer": False}
 
 
 def test_plan_search_tries_every_open_knob():
     """The metadata and tune/space.py agree: on 8 H100s at 16,384 tokens (long enough for cp 2) the training
     space and its memory savers vary every knob of TRAIN_OPEN, and nothing else of RunConfig's; the inference
     space every knob of INFER_OPEN. attn stays sdpa in the estimated space (space.attention_choices: eager
-    is never faster there; tune measures it). pp_embedding_as_layer is opened with pp > 1
-    (space.parallel_layouts) without being listed open or pinned, as before issue 13."""
+    is never faster there; tune measures it)."""
     hw = parse_topology("8xH100-80GB").hardware
     seen: dict[str, set] = {name: set() for name in (*KNOB_FIELDS, "micro_batch")}
     for k in space.train_space(Knobs(batch=4, seq=16384, accum=2), {}, 32, 32, 8, 8, hw):
@@ -240,7 +240,7 @@ def test_plan_search_tries_every_open_knob():
                 seen[name].add(getattr(v, name))
             seen["micro_batch"].add(v.batch)
     varied = {name for name, values in seen.items() if len(values) > 1}
-    assert varied == set(space.TRAIN_OPEN) - {"attn"} | {"pp_embedding_as_layer"}
+    assert varied == set(space.TRAIN_OPEN) - {"attn"}
     seen = {name: set() for name in KNOB_FIELDS}
     for k in space.infer_space(Knobs(mode="infer", batch=8, prompt=8, new_tokens=8, seq=16), {}, 32, 8, 8, hw):
         for name in KNOB_FIELDS:

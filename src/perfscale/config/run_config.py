@@ -183,7 +183,8 @@ class RunConfig:
     fused_kernels: bool = _knob(False, "estimate", search="train", weight=1)
     """Fused RMSNorm + SwiGLU kernels (Liger-Kernel; Megatron-LM with TransformerEngine): fewer saved activations."""
     # Megatron-LM --account-for-embedding/loss-in-pipeline-split; Llama 3 section 3.3.2.
-    pp_embedding_as_layer: bool = _knob(False, "estimate", mode="train")
+    # Searched with pp > 1 (tune/space.parallel_layouts); counts as no complexity (a split, not a method).
+    pp_embedding_as_layer: bool = _knob(False, "estimate", mode="train", search="train", weight=0)
     """Pipeline split counts the embedding and the head/loss as one layer slot each (Megatron-LM, Llama 3)."""
     torch_num_threads: int | None = _knob(None, "measure", flag="--threads")
     """Intra-op threads (torch.set_num_threads; ONNX Runtime's intra_op_num_threads when encoding); none = the library's default."""
