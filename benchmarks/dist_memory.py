@@ -10,6 +10,12 @@ table shows the largest rank. gloo has no native reduce-scatter / all-gather-int
 them through a full-size temporary (measured: 16 MiB for a 16 MiB input, both ops), which the fake
 process group does not allocate; the column "trace + gloo temporary" adds the largest FSDP unit's
 unsharded bytes (the root: embeddings, head and final norm).
+
+    python benchmarks/dist_memory.py --deepspeed --out benchmarks/results/dist_memory_deepspeed.json
+
+`--deepspeed`: DeepSpeed ZeRO-2 and ZeRO-3 through accelerate (bench --strategy deepspeed), against the plan
+(`estimate` of the same RunConfig with zero=S on N local ranks, CPU program): the trace does not run DeepSpeed.
+The plan counts DeepSpeed's reduction buckets as the bench configures them (config/deepspeed.py: `auto`, h^2).
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dist_memory.json"))
     parser.add_argument("--worlds", default="2,4")
+    parser.add_argument("--deepspeed", action="store_true", help="ZeRO-2/3 through DeepSpeed vs the plan, instead")
     args = parser.parse_args()
+    if args.deepspeed:
+        deepspeed_rows(args)
+        return
     from perfscale.config import RunConfig
     from perfscale.measure.bench_config import BenchConfig, MeasureOptions
     from perfscale.measure.runner import measure
@@ -79,6 +89,45 @@ def main() -> None:
                   f"{r['trace_plus_gloo_temporary']:,} | {r['gap_vs_trace_plus_gloo']:+.1%} |")
         else:
             print(f"| {r['world']} | {r['strategy']} | {r['status']}: {r['reason']} |")
+
+
+def deepspeed_rows(args) -> None:
+    from perfscale.config import RunConfig
+    from perfscale.estimate import estimate
+    from perfscale.measure.bench_config import BenchConfig, MeasureOptions
+    from perfscale.measure.runner import measure
+    from perfscale.measure.stats import StopRule
+    from perfscale.specs import load_model_spec, parse_topology
+    from perfscale.specs.workload import TrainWorkload
+
+    model = "perfscale-tiny-llama"
+    spec = load_model_spec(model)
+    opts = MeasureOptions(stop=StopRule(min_iters=3, min_time=0.1, max_time=2.0), warmup=1, gate=False, time_limit=900)
+    rows = []
+    for world in [int(w) for w in args.worlds.split(",")]:
+        for zero in (2, 3):
+            run = RunConfig(TrainWorkload(batch=2, seq=32), zero=zero)
+            t0 = time.time()
+            result = measure(BenchConfig(model=model, run=run, nproc=world, strategy="deepspeed"), opts)
+            planned = estimate(spec, run, parse_topology(f"{world}xlocal"))
+            measured = [r["peak_live_tensor_bytes"] for r in result.ranks]
+            row = {"world": world, "zero": zero, "status": result.status, "reason": result.reason,
+                   "measured_per_rank": measured, "plan": planned.memory.peak_bytes, "plan_total_with_overheads": planned.memory.total_bytes,
+                   "plan_breakdown": planned.memory.breakdown,
+                   "gap_vs_plan": max(measured) / planned.memory.peak_bytes - 1 if measured else None,
+                   "wall_s": time.time() - t0}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": model, "batch": 2, "seq": 32, "rows": rows}, indent=1))
+    print("| ranks | ZeRO | measured per rank | plan | gap (largest rank) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if r["measured_per_rank"]:
+            print(f"| {r['world']} | {r['zero']} | {' / '.join(f'{m:,}' for m in r['measured_per_rank'])} | {r['plan']:,} | "
+                  f"{r['gap_vs_plan']:+.1%} |")
+        else:
+            print(f"| {r['world']} | {r['zero']} | {r['status']}: {r['reason']} |")
 
 
 if __name__ == "__main__":

@@ -89,11 +89,19 @@ def test_deepspeed_config_is_valid(tmp_path):
     else:
         # Outside a process group DeepSpeed sees one rank: validate every key with one rank's share of the batch
         # (DeepSpeedConfig lost its world_size argument; the identity at 16 ranks is asserted below).
-        DeepSpeedConfig(document | {"train_batch_size": document["train_batch_size"] // 16})
+        # `auto` is what the Trainer and accelerate fill from the model's hidden size (llama-3.1-8b: 4096) before
+        # DeepSpeed reads the file; DeepSpeed itself takes numbers.
+        h = 4096
+        filled = {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
+                  "stage3_param_persistence_threshold": 10 * h}
+        zero = {key: filled.get(key, value) if value == "auto" else value for key, value in document["zero_optimization"].items()}
+        DeepSpeedConfig(document | {"train_batch_size": document["train_batch_size"] // 16, "zero_optimization": zero})
     # DeepSpeed requires train_batch_size == micro x accumulation x data-parallel world size.
     assert document["train_batch_size"] == 4 * 8 * 16
     assert document["zero_optimization"]["stage"] == 3
     assert document["zero_optimization"]["offload_param"]["device"] == "cpu"
+    # the buckets the plan counts (config/deepspeed.py): sized by the model, not DeepSpeed's 5e8 default
+    assert document["zero_optimization"]["reduce_bucket_size"] == "auto" and document["zero_optimization"]["overlap_comm"]
     assert document["bf16"]["enabled"] and not document["fp16"]["enabled"]
     trainer = json.loads((tmp_path / "trainer_args.json").read_text())
     assert trainer["deepspeed"] == "ds_config.json"

@@ -94,8 +94,9 @@ def test_help_mentions_detected_device():
     (["--model", "llama-3.1-8b", "--hardware", "H999"], "H999"),
     (["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
       "--offload", "none"], "short by"),
-    # offload everything, and even the LoRA fallback's frozen 405B base (~765 GiB) exceeds 512 GiB of host RAM
-    (["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "4096",
+    # offload everything, and even the LoRA fallback's frozen 405B base (~765 GiB) exceeds 512 GiB of host RAM (at
+    # 4096 tokens the device no longer fits first: DeepSpeed's reduction buckets, 16384^2 elements each, are counted)
+    (["--model", "llama-3.1-405b", "--hardware", "H100-80GB", "--train", "--batch", "1", "--seq", "2048",
       "--offload", "optimizer+params", "--host-memory-gib", "512"], "of host RAM per node"),
     (["--model", "llama-3.1-8b", "--hardware", "8xH100-80GB", "--pp", "4", "--pp-virtual", "16"], "layer slots"),
     (["--model", "perfscale-tiny-llama", "--hardware", "H100-80GB", "--lora-r", "8", "--lora-targets", "nope"], "nope"),

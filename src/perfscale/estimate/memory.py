@@ -23,6 +23,7 @@ and adds the pieces up into the peak candidates above.
 
 from __future__ import annotations
 
+from perfscale.config.deepspeed import bucket_bytes
 from perfscale.estimate.activations import (
     RING_BUFFERS,
     RING_TENSORS,
@@ -153,6 +154,11 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     kept = kept_logits(mc, k, cb, tokens) if last else 0.0
     if kept:  # a custom loop's `outputs`: alive from the forward to the next forward, every phase
         cands = {c: (total + kept, a + kept, t) for c, (total, a, t) in cands.items()}
+    # DeepSpeed's gradient-reduction buckets (config/deepspeed.py): allocated whole and kept from the first
+    # backward on, so in every phase's peak after the first step.
+    buckets = 0.0 if k.fsdp else bucket_bytes(k.zero, mc.h, t_gb)
+    if buckets:
+        cands = {c: (total + buckets, a, t) for c, (total, a, t) in cands.items()}
     phase = max(cands, key=lambda c: cands[c][0])
     peak, act_bytes, temps = cands[phase]
     if phase in ("backward-end", "optimizer") or grads_in_static:
@@ -169,7 +175,7 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
             "activations": act_bytes,
             "temporaries": temps,
             "kv_cache": 0.0,
-            "other": 0.0,
+            "other": buckets,
         },
         "trainable": trainable * (pp * tp),
         "optimizer_peak": cands["optimizer"][0],

@@ -79,7 +79,10 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
     saved for backward. DeepSpeed ZeRO with mixed precision: 16-bit params and grads, fp32 master
     + optimizer states = 12 bytes/param for Adam (Rajbhandari et al. 2020, section 3.1).
     FSDP2 MixedPrecisionPolicy(param_dtype=16-bit): fp32 sharded params/grads/states, the model
-    runs in 16 bits on the all-gathered copies.
+    runs in 16 bits on the all-gathered copies. DeepSpeed ZeRO in fp32 still keeps its fp32 master partition,
+    a copy beside the (fp32) model weights: 4 more bytes a parameter, sharded with the optimizer state
+    (DeepSpeed 0.19 stage_1_and_2.py: `single_partition_of_fp32_groups` is `.clone().float()` of the partition
+    whatever the dtype; stage3.py likewise `fp32_partitioned_groups_flat`).
     """
     prec = k.prec
     pb, mixed = prec.weight_bytes, prec.mixed
@@ -88,7 +91,7 @@ def regime(k: Knobs) -> tuple[float, float, float, float, float, str]:
         return 2, 2, 4, 4, half, "deepspeed-mixed"
     if mixed and k.fsdp:
         return 4, 4, 4, 0, half, "fsdp-mixed"
-    return pb, pb, pb, 0, prec.name, "autocast" if mixed else "plain"
+    return pb, pb, pb, 4 if (k.zero and pb == 4) else 0, prec.name, "autocast" if mixed else "plain"
 
 
 # The engine's hot path: the helpers below return plain tuples (a NamedTuple costs ~0.6 us to build here, x 8 per

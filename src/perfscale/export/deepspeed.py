@@ -1,7 +1,8 @@
 """DeepSpeed config JSON for a RunConfig's ZeRO settings.
 
-Keys follow the DeepSpeed configuration reference (deepspeed.ai/docs/config-json). Bucket sizes
-are DeepSpeed's documented defaults (5e8 elements), stated so a user can tune them.
+Keys follow the DeepSpeed configuration reference (deepspeed.ai/docs/config-json). The communication buckets are
+the ones the plan counts and the bench measures (config/deepspeed.py): `auto`, which the Trainer and accelerate fill
+from the model's hidden size (h^2 elements), instead of DeepSpeed's own 5e8 (2 GB of fp32 buffers on any model).
 """
 
 from __future__ import annotations
@@ -10,26 +11,18 @@ import json
 from typing import Any
 
 from perfscale.config import RunConfig
+from perfscale.config.deepspeed import zero_communication
 from perfscale.specs.hardware import Topology
-
-BUCKET_ELEMENTS = 500_000_000  # DeepSpeed default reduce/allgather bucket size (elements)
 
 
 def deepspeed_config(config: RunConfig, topology: Topology) -> dict[str, Any]:
     stage = config.zero
-    zero: dict[str, Any] = {
-        "stage": stage,
-        "overlap_comm": True,
-        "contiguous_gradients": True,
-        "reduce_bucket_size": BUCKET_ELEMENTS,
-        "allgather_bucket_size": BUCKET_ELEMENTS,
-    }
+    zero: dict[str, Any] = {"stage": stage} | zero_communication(stage)
     if config.offload in ("optimizer", "optimizer+params") and stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if config.offload == "optimizer+params" and stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if stage == 3:
-        zero["stage3_prefetch_bucket_size"] = BUCKET_ELEMENTS
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     micro = config.workload.batch
     accumulation = config.workload.grad_accum

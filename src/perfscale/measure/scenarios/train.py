@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from perfscale.config import optimizer as optimizers
+from perfscale.config.deepspeed import zero_communication
 from perfscale.errors import UnsupportedModelError
 from perfscale.measure.scenarios.common import Scenario, build_lm, peak_dtype, train_flops
 from perfscale.specs import heads
@@ -189,7 +190,8 @@ def deepspeed_config(config, world_size: int) -> dict:
     ds: dict = {
         "train_micro_batch_size_per_gpu": wl.batch, "gradient_accumulation_steps": wl.grad_accum,
         "train_batch_size": wl.batch * wl.grad_accum * world_size,
-        "zero_optimization": {"stage": run.zero}, "zero_allow_untested_optimizer": True,
+        # the buckets the plan counts and the emitted config sets (config/deepspeed.py; accelerate fills `auto`)
+        "zero_optimization": {"stage": run.zero} | zero_communication(run.zero), "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9, "wall_clock_breakdown": False,
     }
     autocast = run.prec.torch_autocast_dtype()
