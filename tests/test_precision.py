@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "perfscale"
 # A comparison of a precision *name* with a literal ("precision == 'fp32'", "precision.name != 'bf16'",
 # "precision in ('bf16', 'bf16-mixed')"): decoding the string outside config/precision.py.
 NAME_TEST = re.compile(r"""precision(\.name)?["']?\)?\s*(==|!=|\bnot in\b|\bin\b)\s*\(?\s*["'](fp|bf|tf|int)\d""")
-# Known ones in modules owned by other work in flight (issue 13); remove an entry when its module reads Precision.
-KNOWN = {"measure/scenarios/load.py"}
+# None left (issue 13): every module reads the Precision value object.
+KNOWN: set[str] = set()
 
 
 def test_is_fp32_and_in_dtype_follow_the_table():

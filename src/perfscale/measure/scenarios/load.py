@@ -148,7 +148,7 @@ def _write_random(spec, seed: int) -> str:
 def load_kwargs(path: str, precision, weight_bytes: int, offload_dir: str) -> dict[str, Any]:
     """from_pretrained kwargs of a loading path on CPU (dtype as a torch attribute name)."""
     kwargs: dict[str, Any] = {}
-    if path == "dtype" or precision.name != "fp32":
+    if path == "dtype" or not precision.is_fp32:
         kwargs["dtype"] = precision.torch_weight_dtype_name
     if path == "offload":  # a quarter of the weights cannot stay in RAM: accelerate puts them on disk
         kwargs |= {"device_map": "auto", "max_memory": {"cpu": max(1, weight_bytes * 3 // 4)}, "offload_folder": offload_dir}
