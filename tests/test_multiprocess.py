@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -187,6 +188,18 @@ def test_ddp_and_two_node_fsdp2_train_the_tiny_llama(tmp_path):
         assert loss["last"] < loss["first"], loss
     assert [row["node"] for row in fsdp.ranks] == [0, 1] and [row["node"] for row in ddp.ranks] == [0, 0]
     assert max(x["peak_live_tensor_bytes"] for x in fsdp.ranks) < 0.92 * min(x["peak_live_tensor_bytes"] for x in ddp.ranks)
+    # Per rank against the plan (CPU program, 2 local ranks), issue 18's 5%: DDP is the one-process step; FSDP2's plan
+    # counts one of gloo's root-sized collective temporaries, and at times a second one is alive on one rank
+    # (benchmarks/LOG.md 2026-12-02 04:00 and 16:40), so the lighter rank is held to 5% and the heavier to one more root.
+    from perfscale.estimate import estimate
+    from perfscale.specs import load_model_spec, parse_topology
+
+    def planned(fsdp):
+        return estimate(load_model_spec("perfscale-tiny-llama"), replace(base.run, fsdp=fsdp), parse_topology("2xlocal")).memory.peak_bytes
+
+    assert all(abs(x["peak_live_tensor_bytes"] / planned(None) - 1) < 0.01 for x in ddp.ranks), ddp.ranks
+    fsdp_peaks = sorted(x["peak_live_tensor_bytes"] for x in fsdp.ranks)
+    assert abs(fsdp_peaks[0] / planned(2) - 1) < 0.05 and fsdp_peaks[1] < 1.25 * planned(2), (fsdp_peaks, planned(2))
     assert any("all_gather" in op or "allgather" in op for op in fsdp.ranks[0]["comm_ops"]), fsdp.ranks[0]["comm_ops"]
     assert result.rows[1].speedup is not None  # compare's ratio and verdict work on torchrun rows
     json.dumps(result.to_dict())

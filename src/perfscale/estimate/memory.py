@@ -38,6 +38,7 @@ from perfscale.estimate.activations import (
 from perfscale.estimate.constants import PRECISION_BYTES, ModelConstants
 from perfscale.estimate.knobs import Knobs
 from perfscale.estimate.states import (
+    fsdp_root,
     QUANT_BYTES,
     UNITS_IN_FLIGHT,
     gathered_units,
@@ -122,6 +123,8 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     _p_dev, head_w, trainable, frozen, t_pb, t_gb, t_stb = stage_weights(mc, k, first, last, layers_stage, pb, gb, stb)
     params, grads, opt, host = sharded_states(mc, k, trainable, frozen, t_pb, t_gb, t_stb, master, shard)
     gather, gather_bwd = gathered_units(mc, k, t_pb, label, first, cb, pb, tokens)
+    root, root_reduce, root_grads = (fsdp_root(mc, k, first, last, label, t_pb, cb, t_gb, shard) if (k.fsdp and not lora)
+                                     else (0.0, 0.0, 0.0))
     saved, recompute, bottom_acts = stage_activations(mc, k, act_key, label, program, first, layers_stage, live, tokens, sb, cb)
     head_saved, head_trans = head_activations(mc, k, act_key, label, tokens, cb) if last else (0.0, 0.0)
     gshard = shard if (k.zero >= 2 or k.fsdp) else 1  # gradients sharded (ZeRO-2/3, FSDP)
@@ -139,21 +142,38 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     g_embed = 0.0 if (lora or tied or not first) else mc.params_embed / tp * t_gb / gshard
     bottom_grads = grads if grads_in_static else max(0.0, grads - g_layer - g_embed)
     # phase: (total, activations, temporaries)
+    # FSDP's root (fsdp_root): gathered through forward and backward; at the loss it is the only unit gathered (every
+    # layer resharded after its forward). At the end of backward the root's unsharded gradients wait for its
+    # reduce-scatter (its sharded ones do not exist yet) beside the bottom layer's (gather_bwd); in fp32 its
+    # gathered parameters are still there, under mixed precision they are resharded and the gradients are
+    # reduced from an fp32 copy. Checked against the FSDP2 trace (benchmarks/LOG.md 2026-12-02 16:40).
+    at_loss = root if root else gather
+    if root:
+        at_end = (root_reduce if root_reduce else root) + root - (0.0 if grads_in_static else root_grads) + gather_bwd
+    else:
+        at_end = gather
     cands = {
-        "backward-bottom": (params + opt + gather + bottom_grads + bottom_acts + layer_trans + in_layer, bottom_acts,
+        "backward-bottom": (params + opt + gather + root + bottom_grads + bottom_acts + layer_trans + in_layer, bottom_acts,
                             layer_trans),
-        "backward": (static + gather + gather_bwd + saved + head_saved + head_trans, saved + head_saved,
+        "backward": (static + at_loss + gather_bwd + saved + head_saved + head_trans, saved + head_saved,
                      head_trans + gather_bwd),
-        "backward-layers": (static + gather + saved + head_grad + layer_trans + recompute + in_layer,
+        "backward-layers": (static + gather + root + saved + head_grad + layer_trans + recompute + in_layer,
                             saved + recompute, layer_trans),
         # (the tied weight's gradient is not accumulated yet: a temporary, as the trace counts it)
-        "backward-end": (static + gather + (0.0 if grads_in_static else grads) + emb_trans, 0.0,
-                         emb_trans + (0.0 if grads_in_static else tied_grad)),
+        "backward-end": (static + at_end + (0.0 if grads_in_static else grads) + emb_trans, 0.0,
+                         emb_trans + root + (0.0 if grads_in_static else tied_grad)),
         "optimizer": (params + grads + opt + opt_temp, 0.0, opt_temp),
     }
     kept = kept_logits(mc, k, cb, tokens) if last else 0.0
     if kept:  # a custom loop's `outputs`: alive from the forward to the next forward, every phase
         cands = {c: (total + kept, a + kept, t) for c, (total, a, t) in cands.items()}
+    if root and program == "cpu":
+        # gloo (the CPU backend) has no native reduce-scatter / all-gather-into-tensor: c10d runs them through a
+        # full-size temporary, the largest unit's (measured under torchrun: benchmarks/LOG.md 2026-12-02 04:00, one
+        # and at times two alive at a rank's peak; NCCL has none). One is counted.
+        gloo = max(root_reduce or root, mc.params_layer / tp * t_pb)
+        cands = {c: (total + (gloo if c != "optimizer" else 0.0), a, t + (gloo if c != "optimizer" else 0.0))
+                 for c, (total, a, t) in cands.items()}
     # DeepSpeed's gradient-reduction buckets (config/deepspeed.py): allocated whole and kept from the first
     # backward on, so in every phase's peak after the first step.
     buckets = 0.0 if k.fsdp else bucket_bytes(k.zero, mc.h, t_gb)
@@ -169,7 +189,8 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
         "peak": peak,
         "phase": "optimizer" if phase == "optimizer" else "backward",  # every other candidate is in backward
         "breakdown": {
-            "parameters": params + (gather if phase != "optimizer" else 0.0),
+            "parameters": params + {"backward": at_loss, "backward-end": (0.0 if root_reduce else root) if root else gather,
+                                    "optimizer": 0.0}.get(phase, gather + root),
             "gradients": grads_at,
             "optimizer_state": opt,
             "activations": act_bytes,

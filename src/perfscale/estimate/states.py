@@ -174,6 +174,22 @@ def gathered_units(mc: ModelConstants, k: Knobs, param_b: float, label: str, fir
     return gather, gather_bwd
 
 
+def fsdp_root(mc: ModelConstants, k: Knobs, first: bool, last: bool, label: str, param_b: float, cb: float,
+              grad_b: float, shard: int) -> tuple[float, float, float]:
+    """Bytes of FSDP2's root unit unsharded on this stage: the embedding (first stage) and an untied output head
+    (last), everything outside the per-layer units (trace/fsdp.py wraps each layer, then the model). fully_shard
+    does not reshard the root after forward, so its all-gathered copy (the param_dtype: 16-bit under mixed
+    precision) lives from the first forward op to the end of backward, and its unsharded gradients, the same size,
+    wait for the root's reduce-scatter, the step's last (FSDP2 _fsdp_state: the root's post_forward_mesh_info is
+    None). Measured by the FSDP2 trace: the whole root, and no layer unit, is gathered at the loss.
+    Returns (unsharded bytes, the fp32 copy its 16-bit gradients are reduced in (MixedPrecisionPolicy
+    reduce_dtype=fp32; 0 without mixed precision), the root's sharded gradient bytes: not yet there before its
+    reduce-scatter)."""
+    n = ((mc.params_embed if first else 0) + (mc.params_head if last else 0)) / k.tp
+    mixed = label == "fsdp-mixed"
+    return n * (cb if mixed else param_b), n * 4 if mixed else 0.0, n * grad_b / shard
+
+
 def optimizer_temporaries(mc: ModelConstants, k: Knobs, trainable: float, param_b: float, state_b: float, label: str,
                           program: str, shard: int) -> float:
     """Temporaries of the optimizer step (config/optimizer.py: as the Trainer builds the optimizer on `program`)."""
@@ -195,5 +211,5 @@ def optimizer_temporaries(mc: ModelConstants, k: Knobs, trainable: float, param_
     return 0.0
 
 
-__all__ = ["QUANT_BYTES", "UNITS_IN_FLIGHT", "gathered_units", "is_lora_target", "lora_params", "model_states",
+__all__ = ["QUANT_BYTES", "UNITS_IN_FLIGHT", "fsdp_root", "gathered_units", "is_lora_target", "lora_params", "model_states",
            "optimizer_bytes", "optimizer_temporaries", "regime", "sharded_states", "stage_weights"]
