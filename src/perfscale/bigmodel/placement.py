@@ -210,12 +210,13 @@ class _Planner:
 
     def decode(self, uses: list[DeviceUse], disk_bandwidth: float) -> dict[str, Any]:
         """Seconds per decode step of this placement: HBM reads per GPU, offloaded weights over PCIe / from disk."""
-        from perfscale.estimate.time import BANDWIDTH_EFFICIENCY, PCIE_BANDWIDTH, effective_peak, flops_per_token
+        from perfscale.estimate.time import (
+            ASSUMED_MEMORY_BANDWIDTH, BANDWIDTH_EFFICIENCY, PCIE_BANDWIDTH, effective_peak, flops_per_token)
 
         k = self.knobs
         avg_ctx = k.prompt + k.new_tokens / 2
         kv_read_layer = self.kv_per_token_layer * avg_ctx * k.batch
-        hbm = (self.hw.memory_bandwidth.value or 1e11) * BANDWIDTH_EFFICIENCY
+        hbm = (self.hw.memory_bandwidth.value or ASSUMED_MEMORY_BANDWIDTH) * BANDWIDTH_EFFICIENCY
         split = {"gpu_memory": 0.0, "host_link": 0.0, "disk": 0.0, "compute": 0.0}
         gpu_uses = [u for u in uses if isinstance(u, DeviceUse) and isinstance(u.device, int)]
         cpu = next(u for u in uses if u.device == "cpu")
