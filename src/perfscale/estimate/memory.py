@@ -161,7 +161,8 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
                             saved + recompute, layer_trans),
         # (the tied weight's gradient is not accumulated yet: a temporary, as the trace counts it)
         "backward-end": (static + at_end + (0.0 if grads_in_static else grads) + emb_trans, 0.0,
-                         emb_trans + root + (0.0 if grads_in_static else tied_grad)),
+                         emb_trans + (0.0 if grads_in_static else tied_grad)
+                         + (root + root_reduce + gather_bwd if root else 0.0)),
         "optimizer": (params + grads + opt + opt_temp, 0.0, opt_temp),
     }
     kept = kept_logits(mc, k, cb, tokens) if last else 0.0
@@ -182,7 +183,8 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     phase = max(cands, key=lambda c: cands[c][0])
     peak, act_bytes, temps = cands[phase]
     if phase in ("backward-end", "optimizer") or grads_in_static:
-        grads_at = grads - (tied_grad if phase == "backward-end" and not grads_in_static else 0.0)
+        # at the end of backward: the tied weight's gradient and FSDP's root's sharded ones are not there yet
+        grads_at = grads - ((tied_grad + root_grads) if phase == "backward-end" and not grads_in_static else 0.0)
     else:
         grads_at = {"backward-layers": head_grad, "backward-bottom": bottom_grads}.get(phase, 0.0)
     return {
