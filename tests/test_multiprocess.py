@@ -40,11 +40,19 @@ def test_layout_fields_validate_and_keep_old_fingerprints():
     assert two.strategy == "ddp" and two.world_size == 2 and two.distributed
     assert two.fingerprint() != BenchConfig().fingerprint()
     assert BenchConfig.from_dict(two.to_dict()) == two
-    fsdp = parse_inline("strategy=fsdp2,fsdp_reshard=false,fsdp_mp=bf16,nnodes=2", two)
-    assert (fsdp.strategy, fsdp.fsdp_reshard, fsdp.fsdp_mp, fsdp.world_size) == ("fsdp2", False, "bf16", 4)
-    assert "fsdp2x4 (2 nodes)" in fsdp.display
+    fsdp = parse_inline("strategy=fsdp2,fsdp_reshard=false,precision=bf16-mixed,offload=optimizer+params,nnodes=2", two)
+    assert (fsdp.strategy, fsdp.run.fsdp_reshard, fsdp.run.precision, fsdp.run.offload, fsdp.world_size) == (
+        "fsdp2", False, "bf16-mixed", "optimizer+params", 4)
+    assert "fsdp2x4 (2 nodes) fsdp_reshard=False offload=optimizer+params" in fsdp.display and "bf16-mixed" in fsdp.display
+    assert BenchConfig.from_dict(fsdp.to_dict()) == fsdp
+    layouts = {replace(fsdp, run=replace(fsdp.run, **change)).fingerprint()
+               for change in ({}, {"fsdp_reshard": True}, {"offload": "none"}, {"precision": "fp32"})}
+    assert len(layouts) == 4  # each FSDP2 knob is part of what is measured
+    run = two.run
     for bad, fragment in [({"nproc": 0}, "nproc must be an integer from 1 to 256"), ({"strategy": "zero3"}, "ddp, fsdp2"),
-                          ({"nproc": 2, "fsdp_mp": "bf16"}, "apply to strategy fsdp2 only"),
+                          ({"nproc": 2, "run": replace(run, fsdp_reshard=False)}, "fsdp_reshard=False apply to strategy fsdp2 only"),
+                          ({"nproc": 2, "run": replace(run, offload="optimizer+params")}, "apply to strategy fsdp2 only"),
+                          ({"strategy": "fsdp2", "run": replace(run, offload="optimizer")}, "use offload optimizer[+]params"),
                           ({"nproc": 2, "strategy": "fsdp"}, "use --strategy fsdp2, the same full shard"),
                           ({"nnodes": 99}, "nnodes must be an integer from 1 to 16")]:
         with pytest.raises(InvalidConfigError, match=fragment):
@@ -106,7 +114,10 @@ def test_cli_refuses_bad_layouts():
     base = ["bench", "--batch", "1", "--seq", "16", "--max-time", "1"]
     assert_user_error(run_cli(*base, "--nproc", "0"), "nproc must be an integer from 1 to 256")
     assert_user_error(run_cli(*base, "--nproc", "2", "--strategy", "zero", "--json"), "ddp, fsdp2")
-    assert_user_error(run_cli(*base, "--fsdp-offload"), "apply to strategy fsdp2 only")
+    assert_user_error(run_cli(*base, "--no-fsdp-reshard"), "fsdp_reshard=False apply to strategy fsdp2 only")
+    # the removed BenchConfig flags name what replaced them
+    assert_user_error(run_cli(*base, "--fsdp-offload"), "--fsdp-offload was removed: use --offload optimizer+params")
+    assert_user_error(run_cli(*base, "--fsdp-mp", "bf16", "--json"), "--fsdp-mp bf16 was removed: use --precision bf16-mixed")
 
 
 # ----- with processes -----

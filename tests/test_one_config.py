@@ -53,7 +53,11 @@ VERBS = cli_knobs.VERB_ENGINE
 # Knobs that are only valid beside another one (RunConfig.problems says why).
 COMPANIONS = {"pp_virtual": {"pp": 2}, "lora_targets": {"lora_r": 8}, "quantization": {"lora_r": 8}}
 # Keys beside a knob in compare's inline syntax that the knob needs there (a ZeRO stage is measured by DeepSpeed).
-INLINE_COMPANIONS = {"zero": {"strategy": "deepspeed", "nproc": 2}}
+# FSDP2's knobs (reshard_after_forward, CPUOffloadPolicy) are measured with strategy fsdp2.
+INLINE_COMPANIONS = {"zero": {"strategy": "deepspeed", "nproc": 2}, "fsdp_reshard": {"strategy": "fsdp2"},
+                     "offload": {"strategy": "fsdp2"}}
+# A value bench measures where the round-trip's sample is not one (FSDP2 has no optimizer-only offload policy).
+INLINE_SAMPLES = {"offload": "optimizer+params"}
 
 
 def _sample(name: str):
@@ -140,6 +144,7 @@ def test_a_non_default_value_round_trips_everywhere(name):
     assert Knobs(**{k: getattr(knobs, k) for k in Knobs.FIELDS}).to_run_config() == config
     assert (name in knobs.as_dict()) == (KNOB_MODE.get(name, config.mode) == config.mode)
     if "measure" in KNOB_ENGINES[name] and KNOB_MODE.get(name) != "infer":  # compare's inline syntax
+        value = INLINE_SAMPLES.get(name, value)
         text = f"{name}={'+'.join(value) if isinstance(value, tuple) else value}"
         companions = ",".join(f"{k}={v}" for k, v in (COMPANIONS.get(name, {}) | INLINE_COMPANIONS.get(name, {})).items())
         scenario = "scenario=train,batch=2,seq=16,grad_accum=2"

@@ -100,6 +100,23 @@ def test_fsdp_shards_parameters():
     assert r8.world_size == 8
 
 
+def test_fsdp_reshard_after_forward_false_keeps_every_layer_gathered():
+    """reshard_after_forward=False (RunConfig.fsdp_reshard) keeps each layer's all-gathered 16-bit parameters
+    from its forward to its backward: at the peak the parameters hold the unsharded bf16 copy of every layer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        layer_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(SPEC.config_object()).model.layers.parameters())
+    resharded = t(precision="bf16-mixed", fsdp=2)
+    kept = t(precision="bf16-mixed", fsdp=2, fsdp_reshard=False)
+    assert kept.breakdown["parameters"] - resharded.breakdown["parameters"] == 2 * layer_params
+    assert kept.peak_bytes > resharded.peak_bytes
+    assert any("reshard_after_forward=False" in note for note in kept.notes)
+    with pytest.raises(InvalidConfigError, match="applies to FSDP: add --fsdp N"):
+        t(fsdp_reshard=False)
+
+
 def test_inference_kv_cache_bytes():
     b, p, n = 2, 32, 6
     kv_heads, head_dim, layers = 2, 16, 2

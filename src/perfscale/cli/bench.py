@@ -20,7 +20,7 @@ CONFIG = typer.Option(None, "--config", help="Measure the configuration in this 
 # The flags that define what is measured; with --config the file does, so these are refused alongside it.
 CONFIG_FLAGS = (
     "scenario", "model", "batch", "seq", "grad_accum", "prompt", "new_tokens", *knobs.knob_names("measure"),
-    "backend", "encoder_quant", "device", "sentences", "nproc", "nnodes", "strategy", "fsdp_reshard", "fsdp_mp", "fsdp_offload",
+    "backend", "encoder_quant", "device", "sentences", "nproc", "nnodes", "strategy",
 )
 
 

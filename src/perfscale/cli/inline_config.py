@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from perfscale.config.run_config import INT_RANGES, KNOB_DEFAULTS, KNOB_FIELDS, RunConfig, parse_targets
+from perfscale.cli.measure_flags import mixed_for
 from perfscale.errors import InvalidConfigError, closest
 from perfscale.measure.bench_config import DEFAULT_MODELS, DEFAULT_WORKLOADS, BenchConfig, load_config_file, split_backend
 from perfscale.specs.workload import InferWorkload, TrainWorkload
@@ -30,9 +31,15 @@ INLINE_KEYS = {
     "batch": ("workload.batch", int), "seq": ("workload.seq", int), "grad_accum": ("workload.grad_accum", int),
     "prompt": ("workload.prompt", int), "new_tokens": ("workload.new_tokens", int),
     "nproc": ("nproc", int), "nnodes": ("nnodes", int), "strategy": ("strategy", str),
-    "fsdp_reshard": ("fsdp_reshard", bool), "fsdp_mp": ("fsdp_mp", str), "fsdp_offload": ("fsdp_offload", bool),
     "load": ("extra.load", str),
     **{name: (f"run.{name}", _run_key_type(name)) for name in KNOB_FIELDS},
+}
+# Keys that were BenchConfig's FSDP2 knobs until they became RunConfig's (issue 13; fsdp_reshard= is the
+# knob's own key now): refused with the key that replaces them.
+REMOVED_KEYS = {
+    "fsdp_mp": "fsdp_mp={value} was removed: use precision={mixed} (FSDP2's MixedPrecisionPolicy(param_dtype=16-bit, "
+               "reduce_dtype=fp32) plus autocast, as accelerate sets FSDP2 up).",
+    "fsdp_offload": "fsdp_offload={value} was removed: use offload=optimizer+params (FSDP2's CPUOffloadPolicy).",
 }
 INLINE_HELP = (
     "A configuration is a JSON file (written by `perfscale bench --save-config` or `tune`, or a bench --json "
@@ -104,6 +111,8 @@ def parse_inline(text: str, base: BenchConfig) -> BenchConfig:
         key = key.strip().replace("-", "_")
         if not sep:
             raise InvalidConfigError(f"Configuration item {item!r} is not key=value. {INLINE_HELP}")
+        if key in REMOVED_KEYS:
+            raise InvalidConfigError(REMOVED_KEYS[key].format(value=value.strip(), mixed=mixed_for(value.strip())))
         if key not in INLINE_KEYS:
             hint = closest(key, INLINE_KEYS)
             raise InvalidConfigError(

@@ -36,9 +36,6 @@ OPTIONS: dict[str, Any] = {
     "nproc": typer.Option(None, "--nproc", help="Processes per node (torchrun --nproc-per-node): measure training in that many ranks; --batch is per rank. Default 1 (one plain process)."),
     "nnodes": typer.Option(None, "--nnodes", help="torchrun agents on this machine joined by a c10d rendezvous on 127.0.0.1 (a real multi-node run without a cluster). Default 1."),
     "strategy": typer.Option(None, "--strategy", help="ddp | fsdp2 (fully_shard per transformer block) | deepspeed (ZeRO stage --zero through accelerate; perfscale[deepspeed]) | none. Default ddp with --nproc/--nnodes above 1, else none."),
-    "fsdp_reshard": typer.Option(True, "--fsdp-reshard/--no-fsdp-reshard", help="fsdp2: reshard_after_forward (free gathered parameters after forward; off keeps them until backward)."),
-    "fsdp_mp": typer.Option("none", "--fsdp-mp", help="fsdp2: MixedPrecisionPolicy param dtype, none | bf16 | fp16 (fp32 master weights, gradients reduced in fp32)."),
-    "fsdp_offload": typer.Option(False, "--fsdp-offload", help="fsdp2: CPUOffloadPolicy (parameters, gradients and the optimizer step on the CPU)."),
     "min_iters": typer.Option(10, "--min-iters", help="Stop rule: at least this many timed iterations."),
     "min_time": typer.Option(3.0, "--min-time", help="Stop rule: and at least this many seconds."),
     "max_time": typer.Option(60.0, "--max-time", help="Stop rule: time cap (seconds) even if the CI target is not met (then said so)."),
@@ -49,6 +46,33 @@ OPTIONS: dict[str, Any] = {
     "store": typer.Option(None, "--store", help="SQLite results file. Default $XDG_CACHE_HOME/perfscale/results.sqlite (~/.cache/...)."),
     "as_json": typer.Option(False, "--json", help="Print one JSON document on stdout (no progress bar)."),
 }
+
+
+# Flags that were BenchConfig's FSDP2 knobs until they became RunConfig's (issue 13): hidden, and refused
+# with the flag that replaces them (exit 2). --fsdp-reshard/--no-fsdp-reshard is RunConfig.fsdp_reshard's own flag.
+REMOVED: dict[str, tuple[Any, str]] = {
+    "fsdp_mp": (typer.Option(None, "--fsdp-mp", hidden=True),
+                "--fsdp-mp {value} was removed: use --precision {mixed} (FSDP2's MixedPrecisionPolicy(param_dtype=16-bit, "
+                "reduce_dtype=fp32) over fp32 weights, plus autocast, as accelerate sets FSDP2 up)."),
+    "fsdp_offload": (typer.Option(False, "--fsdp-offload", hidden=True),
+                     "--fsdp-offload was removed: use --offload optimizer+params (FSDP2's CPUOffloadPolicy: parameters, "
+                     "gradients and the optimizer step on the CPU)."),
+}
+
+
+def refuse_removed(given: dict[str, Any]) -> None:
+    """Raise for a removed flag that was given (its value is not the hidden option's default), naming its replacement."""
+    from perfscale.errors import InvalidConfigError
+
+    for name, (option, message) in REMOVED.items():
+        value = given.get(name)
+        if value is not None and value != option.default:
+            raise InvalidConfigError(message.format(value=value, mixed=mixed_for(value)))
+
+
+def mixed_for(fsdp_mp: Any) -> str:
+    """The precision that replaces a removed fsdp_mp value: bf16 -> bf16-mixed."""
+    return f"{fsdp_mp}-mixed" if fsdp_mp in ("bf16", "fp16") else "bf16-mixed or fp16-mixed"
 
 
 @dataclass(frozen=True)
@@ -71,9 +95,6 @@ class MeasureFlags:
     nproc: int | None
     nnodes: int | None
     strategy: str | None
-    fsdp_reshard: bool
-    fsdp_mp: str
-    fsdp_offload: bool
     min_iters: int
     min_time: float
     max_time: float
@@ -128,8 +149,7 @@ class MeasureFlags:
         """The multi-process fields of BenchConfig these flags give (defaults where not given)."""
         from perfscale.measure.bench_config import DIST_DEFAULTS
 
-        given = {"nproc": self.nproc, "nnodes": self.nnodes, "strategy": self.strategy, "fsdp_reshard": self.fsdp_reshard,
-                 "fsdp_mp": self.fsdp_mp, "fsdp_offload": self.fsdp_offload}
+        given = {"nproc": self.nproc, "nnodes": self.nnodes, "strategy": self.strategy}
         return {k: DIST_DEFAULTS[k] if v is None else v for k, v in given.items()}
 
     def measure_options(self):
@@ -142,6 +162,7 @@ class MeasureFlags:
 
 _HINTS = typing.get_type_hints(MeasureFlags)
 _OPTION_TYPES = {f.name: knobs.option_type(_HINTS[f.name]) for f in fields(MeasureFlags)}
+_REMOVED_TYPES = {"fsdp_mp": str, "fsdp_offload": bool}
 
 
 def with_measure_flags(command: Callable) -> Callable:
@@ -154,6 +175,8 @@ def with_measure_flags(command: Callable) -> Callable:
         if p.name == "flags":
             params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_OPTION_TYPES[name])
                        for name, option in OPTIONS.items()]
+            params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_REMOVED_TYPES[name])
+                       for name, (option, _) in REMOVED.items()]
         elif p.kind is inspect.Parameter.VAR_KEYWORD:
             params.append(p)
         else:  # keyword-only, as Typer calls it, so that the order of defaults does not matter
@@ -161,6 +184,7 @@ def with_measure_flags(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        refuse_removed({name: kwargs.pop(name) for name in REMOVED})
         flags = MeasureFlags(**{name: kwargs.pop(name) for name in OPTIONS})
         return command(*args, flags=flags, **kwargs)
 

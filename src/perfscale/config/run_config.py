@@ -153,8 +153,8 @@ class RunConfig:
     """Tensor-parallel degree."""
     pp: int = _knob(1, "estimate", search="train", core=True, weight=1)
     """Pipeline-parallel degree."""
-    offload: str = _knob("none", "estimate", mode="train", search="train", weight=2)
-    """CPU offload of the optimizer state (and parameters) with ZeRO/FSDP."""
+    offload: str = _knob("none", "estimate", "measure", mode="train", search="train", weight=2)
+    """CPU offload of the optimizer state (and parameters) with ZeRO/FSDP; bench measures optimizer+params with --strategy fsdp2 (FSDP2's CPUOffloadPolicy)."""
     compile: bool = _knob(False, "estimate", "measure")
     """torch.compile the model."""
     quantization: str = _knob("none", "estimate", "trace", "measure", search="infer", weight=1)
@@ -194,6 +194,11 @@ class RunConfig:
     """DataLoader pin_memory (Trainer dataloader_pin_memory; has an effect on CUDA only)."""
     loop: str = _knob("trainer", "estimate", "trace", mode="train")
     """Training loop: trainer (outputs freed before backward) or custom (a loop that keeps `outputs` holds the logits through backward and the optimizer step)."""
+    # FSDP2 fully_shard(reshard_after_forward=...): True frees each unit's all-gathered parameters after its
+    # forward and gathers them again in backward; False keeps them from forward to backward (one all-gather
+    # fewer per unit, at the unsharded parameters of every unit held at once). The estimate does not model it.
+    fsdp_reshard: bool = _knob(True, "trace", "measure", mode="train")
+    """FSDP2 reshard_after_forward (trace --fsdp N, bench --strategy fsdp2): free gathered parameters after forward; off keeps them until backward."""
 
     def __post_init__(self) -> None:
         if isinstance(self.precision, Precision):

@@ -22,7 +22,7 @@ def fsdp_settings(config: RunConfig) -> dict[str, Any]:
     """accelerate's fsdp_config block (FSDP2, full shard, transformer-layer auto wrap)."""
     return {
         "fsdp_version": 2,
-        "fsdp_reshard_after_forward": True,
+        "fsdp_reshard_after_forward": config.fsdp_reshard,
         "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "fsdp_cpu_ram_efficient_loading": True,
         "fsdp_offload_params": config.offload != "none",
@@ -110,7 +110,7 @@ def accelerate_config(config: RunConfig, topology: Topology, deepspeed_path: str
 
 def layout_of_accelerate(loaded) -> dict[str, Any]:
     """The layout an accelerate config (as accelerate's load_config_from_file reads it) will run:
-    processes, machines, tp, the FSDP shard degree, ZeRO's file, offload, checkpointing."""
+    processes, machines, tp, the FSDP shard degree, ZeRO's file, offload, checkpointing, reshard_after_forward."""
     dtype = str(getattr(loaded.distributed_type, "value", loaded.distributed_type))
     fsdp = loaded.fsdp_config or {}
     parallel = getattr(loaded, "parallelism_config", None) or {}
@@ -123,6 +123,7 @@ def layout_of_accelerate(loaded) -> dict[str, Any]:
             "deepspeed": (loaded.deepspeed_config or {}).get("deepspeed_config_file") if dtype == "DEEPSPEED" else None,
             "offload_params": bool(fsdp.get("fsdp_offload_params")) if fsdp else None,
             "checkpointing": bool(fsdp.get("fsdp_activation_checkpointing")) if fsdp else None,
+            "reshard_after_forward": bool(fsdp.get("fsdp_reshard_after_forward", True)) if fsdp else None,
             "mixed_precision": str(loaded.mixed_precision)}
 
 

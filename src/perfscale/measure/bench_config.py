@@ -60,13 +60,19 @@ EXTRA_KEYS = {
 # Multi-process layouts measured under torchrun (measure/launcher.py): DDP, FSDP2 (`fully_shard` per
 # decoder layer and the root), or DeepSpeed ZeRO stage `zero` through accelerate (optional extra). `none` is
 # one plain process; more than one rank without a strategy is DDP.
+# FSDP2's knobs are RunConfig's: a "-mixed" precision is MixedPrecisionPolicy(param_dtype=16-bit,
+# reduce_dtype=fp32) plus autocast (accelerate's FSDP2 setup, as the trace and the estimate mean it),
+# offload optimizer+params is CPUOffloadPolicy, fsdp_reshard is reshard_after_forward.
 STRATEGIES = ("none", "ddp", "fsdp2", "deepspeed")
-FSDP_MIXED_PRECISION = ("none", "bf16", "fp16")  # FSDP2 MixedPrecisionPolicy param_dtype (reduce in fp32)
 MAX_NPROC = 256  # ranks per node: beyond any machine's cores (a typo, not a plan)
 MAX_NNODES = 16  # torchrun agents on this one machine (a localhost rendezvous), not a cluster
 # Multi-process fields and their defaults: documents leave them out at the default, so that the
 # fingerprints of one-process configurations stay what they were before these fields existed.
-DIST_DEFAULTS = {"nproc": 1, "nnodes": 1, "strategy": "none", "fsdp_reshard": True, "fsdp_mp": "none", "fsdp_offload": False}
+DIST_DEFAULTS = {"nproc": 1, "nnodes": 1, "strategy": "none"}
+# The FSDP2 knobs bench documents kept at their top level before they were RunConfig's (issue 13): from_dict
+# maps them (_legacy_fsdp). fsdp_mp was MixedPrecisionPolicy(param_dtype=fsdp_mp, reduce_dtype=fp32).
+LEGACY_FSDP_KEYS = ("fsdp_reshard", "fsdp_mp", "fsdp_offload")
+_LEGACY_FSDP_MP = ("none", "bf16", "fp16")
 # RunConfig knobs that bench documents keep at their top level (under these names) since before they were knobs.
 _RUN_KNOBS_AT_TOP = {"threads": "torch_num_threads", "dataloader_workers": "dataloader_num_workers",
                      "pin_memory": "dataloader_pin_memory"}
@@ -107,9 +113,6 @@ class BenchConfig:
     nproc: int = 1  # processes per node (torchrun --nproc-per-node); the workload is per rank
     nnodes: int = 1  # torchrun agents on this machine, joined by a c10d rendezvous on 127.0.0.1
     strategy: str = "none"  # none | ddp | fsdp2 (STRATEGIES); several ranks without one: ddp
-    fsdp_reshard: bool = True  # fsdp2: reshard_after_forward (free the gathered parameters after forward)
-    fsdp_mp: str = "none"  # fsdp2: MixedPrecisionPolicy param_dtype (none | bf16 | fp16; gradients reduced in fp32)
-    fsdp_offload: bool = False  # fsdp2: CPUOffloadPolicy (parameters, gradients and optimizer step on the CPU)
 
     def __post_init__(self) -> None:
         if self.strategy == "none" and isinstance(self.nproc, int) and isinstance(self.nnodes, int) and self.nproc * self.nnodes > 1:
@@ -205,16 +208,14 @@ class BenchConfig:
                      "use --strategy fsdp2, the same full shard")
         elif self.strategy not in STRATEGIES:
             p.append(f"strategy {self.strategy!r} is not one of: {', '.join(STRATEGIES)}")
-        if self.fsdp_mp not in FSDP_MIXED_PRECISION:
-            p.append(f"fsdp_mp {self.fsdp_mp!r} is not one of: {', '.join(FSDP_MIXED_PRECISION)}")
-        for name in ("fsdp_reshard", "fsdp_offload"):
-            if not isinstance(getattr(self, name), bool):
-                p.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if p:
             return p
-        fsdp_knobs = [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
+        fsdp_knobs = self._fsdp_knobs()
         if fsdp_knobs and self.strategy != "fsdp2":
             p.append(f"{', '.join(fsdp_knobs)} apply to strategy fsdp2 only, not {self.strategy}: add --strategy fsdp2 or drop them")
+        elif self.run.offload == "optimizer":
+            p.append("offload optimizer (the optimizer state alone) has no FSDP2 policy: CPUOffloadPolicy moves parameters, "
+                     "gradients and the optimizer step to the CPU: use offload optimizer+params, or `perfscale plan` for it")
         if self.strategy in ("fsdp2", "deepspeed") and self.scenario == "selftest":
             p.append("the selftest scenario has no model to shard: use strategy ddp")
         if self.strategy == "deepspeed":
@@ -228,9 +229,6 @@ class BenchConfig:
         if self.distributed and self.scenario not in ("train", "selftest"):
             p.append(f"--nproc/--nnodes/--strategy measure training (DDP, FSDP2) under torchrun; {self.scenario} runs in one process: "
                      "drop them, or use --scenario train")
-        if self.fsdp_mp != "none" and not self.run.prec.is_fp32:
-            p.append(f"fsdp_mp {self.fsdp_mp} is FSDP2's own mixed precision (fp32 master weights, {self.fsdp_mp} compute); "
-                     f"precision {self.run.precision} would stack autocast on it: keep precision fp32 with fsdp_mp, or drop fsdp_mp")
         if self.distributed and self.device == "cuda":
             import torch
 
@@ -238,6 +236,12 @@ class BenchConfig:
             if self.nproc > have:
                 p.append(f"nproc {self.nproc} on cuda needs one GPU per rank (NCCL); this machine has {have}: use --nproc {max(have, 1)} or --device cpu")
         return p
+
+    def _fsdp_knobs(self) -> list[str]:
+        """The RunConfig knobs off their default that only the fsdp2 strategy measures (reshard_after_forward,
+        CPU offload), as key=value: the layout's part of `display`."""
+        r = self.run
+        return [f"{k}={getattr(r, k)}" for k in ("fsdp_reshard", "offload") if getattr(r, k) != KNOB_DEFAULTS[k]]
 
     @property
     def world_size(self) -> int:
@@ -252,7 +256,7 @@ class BenchConfig:
     def unsupported(self) -> str | None:
         """Knobs a single-process benchmark cannot run; None when all is runnable."""
         r = self.run
-        multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1), ("offload", "none"))
+        multi = [f"{k}={getattr(r, k)}" for k, default in (("zero", 0), ("fsdp", None), ("tp", 1), ("pp", 1))
                  if getattr(r, k) != default and not (k == "zero" and self.strategy == "deepspeed")]
         if multi:
             return (
@@ -310,7 +314,7 @@ class BenchConfig:
         if self.distributed:
             strategy = f"zero{self.run.zero}" if self.strategy == "deepspeed" else self.strategy  # DeepSpeed: its stage
             parts.append(f"{strategy}x{self.world_size}" + (f" ({self.nnodes} nodes)" if self.nnodes > 1 else ""))
-            parts += [f"{k}={getattr(self, k)}" for k in ("fsdp_reshard", "fsdp_mp", "fsdp_offload") if getattr(self, k) != DIST_DEFAULTS[k]]
+            parts += self._fsdp_knobs()
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,7 +337,7 @@ class BenchConfig:
         if not isinstance(data, dict):
             raise InvalidConfigError(f"A bench configuration is a JSON object, got {type(data).__name__}: {data!r:.200}.")
         data = dict(data)
-        known = ({f.name for f in fields(cls)} - {"runtime"}) | {"backend"} | set(_RUN_KNOBS_AT_TOP)
+        known = ({f.name for f in fields(cls)} - {"runtime"}) | {"backend"} | set(_RUN_KNOBS_AT_TOP) | set(LEGACY_FSDP_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidConfigError(f"Unknown bench configuration keys: {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
@@ -342,6 +346,7 @@ class BenchConfig:
         at_top = {knob: data.pop(top) for top, knob in _RUN_KNOBS_AT_TOP.items() if top in data}
         at_top = {knob: value for knob, value in at_top.items() if value != KNOB_DEFAULTS[knob]}
         run = data.get("run")
+        at_top |= _legacy_fsdp({key: data.pop(key) for key in LEGACY_FSDP_KEYS if key in data}, (run or {}).get("precision", "fp32"))
         data["runtime"], compiled = split_backend(data.pop("backend", "eager"), run.get("compile") if run else None)
         if run is not None or at_top or compiled:
             run = run or {"workload": DEFAULT_WORKLOADS.get(data.get("scenario", "train"), DEFAULT_WORKLOADS["train"]).to_dict()}
@@ -356,6 +361,33 @@ class BenchConfig:
         # hashed as before, so that stored runs are still found.
         data["run"].setdefault("extra", {})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _legacy_fsdp(old: dict[str, Any], precision: Any) -> dict[str, Any]:
+    """The RunConfig values an old document's top-level FSDP2 keys stand for: fsdp_reshard -> fsdp_reshard,
+    fsdp_offload true -> offload optimizer+params (CPUOffloadPolicy), fsdp_mp bf16|fp16 (MixedPrecisionPolicy over
+    fp32 weights, which was refused with any other precision) -> precision bf16-mixed|fp16-mixed."""
+    out: dict[str, Any] = {}
+    if "fsdp_reshard" in old and old["fsdp_reshard"] is not True:
+        out["fsdp_reshard"] = old["fsdp_reshard"]  # RunConfig refuses a value that is not a bool
+    offload = old.get("fsdp_offload", False)
+    if not isinstance(offload, bool):
+        raise InvalidConfigError(f"fsdp_offload must be true or false, got {offload!r:.100} (it is offload optimizer+params now).")
+    if offload:
+        out["offload"] = "optimizer+params"
+    mp = old.get("fsdp_mp", "none")
+    if mp not in _LEGACY_FSDP_MP:
+        raise InvalidConfigError(f"fsdp_mp {mp!r:.100} is not one of: {', '.join(_LEGACY_FSDP_MP)}; FSDP2's mixed precision is "
+                                 "precision bf16-mixed or fp16-mixed now: write that under run.precision and drop fsdp_mp.")
+    if mp != "none":
+        mixed = f"{mp}-mixed"
+        if precision not in ("fp32", mixed):
+            raise InvalidConfigError(
+                f"fsdp_mp {mp!r} with precision {precision!r} cannot be mapped: fsdp_mp (FSDP2's MixedPrecisionPolicy("
+                f"param_dtype={mp}, reduce_dtype=fp32) over fp32 weights) is precision {mixed} now (with autocast, as "
+                f"accelerate sets FSDP2 up): write precision {mixed} and drop fsdp_mp.")
+        out["precision"] = mixed
+    return out
 
 
 @dataclass(frozen=True)

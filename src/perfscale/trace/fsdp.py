@@ -4,7 +4,7 @@ A fake process group (torch.testing's FakeStore, backend "fake") lets `fully_sha
 ranks while only rank 0 runs; collectives return fake tensors of the right size. Each repeated
 layer is its own FSDP unit (the usual auto-wrap), the root holds embeddings and head.
 Mixed precision follows accelerate's FSDP2 setup: `MixedPrecisionPolicy(param_dtype=16-bit,
-reduce_dtype=fp32)` plus autocast. `FSDPMemTracker` categorises sharded/unsharded parameters and
+reduce_dtype=fp32)` plus autocast; RunConfig.fsdp_reshard is `reshard_after_forward`. `FSDPMemTracker` categorises sharded/unsharded parameters and
 gradients and the all-gather / reduce-scatter buffers.
 """
 
@@ -95,9 +95,10 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
         mp = MixedPrecisionPolicy()
         if config.prec.mixed:
             mp = MixedPrecisionPolicy(param_dtype=config.prec.torch_autocast_dtype(), reduce_dtype=torch.float32)
+        reshard = config.fsdp_reshard  # reshard_after_forward (the root is never resharded after forward)
         for layer in layers:
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)
+            fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
         params = [p for p in model.parameters() if p.requires_grad]
         _warm_up_sharding_propagation(params, config, spec, program)
         opt = make_optimizer(config.optimizer, params, spec.name, program)
@@ -111,7 +112,8 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
         except FAKE_FAILURES as exc:
             raise unsupported(spec, exc) from exc
     raw = RawTrace(regions=regions_of(tracker), module_peaks=dict(tracker.module_peaks), num_layers=num_layers)
-    raw.notes.append(f"FSDP2 fully_shard per layer + root, world size {n}, fake process group; per-rank bytes")
+    raw.notes.append(f"FSDP2 fully_shard per layer + root, world size {n}, fake process group; per-rank bytes"
+                     + ("" if config.fsdp_reshard else "; reshard_after_forward=False"))
     return raw
 
 

@@ -52,6 +52,8 @@ def check_train_config(config: RunConfig) -> None:
         raise InvalidConfigError("zero stages are traced as FSDP full shard: use --fsdp N instead of --zero, or `perfscale plan`.")
     if config.offload != "none":
         raise InvalidConfigError("offload: the trace engine tracks device memory without CPU offload; use `perfscale plan`.")
+    if not config.fsdp_reshard and not config.fsdp:
+        raise InvalidConfigError("--no-fsdp-reshard (FSDP2 reshard_after_forward=False) applies to FSDP: add --fsdp N, or drop it.")
 
 
 def make_optimizer(name: str, params: list, model_name: str, program: str):

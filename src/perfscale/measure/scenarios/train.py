@@ -150,6 +150,29 @@ def transformer_blocks(model) -> list:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def fsdp_kwargs(run, device: str) -> tuple[dict, list[str]]:
+    """fully_shard's keyword arguments for a RunConfig, and what the result should say about them.
+
+    The knobs are RunConfig's, meaning what the trace (trace/fsdp.py) and the estimate mean by them:
+    a "-mixed" precision is accelerate's FSDP2 setup, MixedPrecisionPolicy(param_dtype=16-bit,
+    reduce_dtype=fp32) over the fp32 sharded parameters, with the step's autocast on top; offload
+    optimizer+params is CPUOffloadPolicy (parameters, gradients and the optimizer step on the CPU);
+    fsdp_reshard is reshard_after_forward."""
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    notes: list[str] = []
+    kwargs: dict = {"reshard_after_forward": run.fsdp_reshard}
+    if run.prec.mixed:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=run.prec.torch_autocast_dtype(), reduce_dtype=torch.float32)
+    if run.offload == "optimizer+params":  # BenchConfig refuses "optimizer" alone: FSDP2 has no such policy
+        # pin_memory needs an accelerator; on a CPU device the offload moves nothing (the policy's cost only).
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device == "cuda")
+        if device == "cpu":
+            notes.append("offload optimizer+params on CPU: parameters already live in CPU memory; this measures the policy's overhead only")
+    return kwargs, notes
+
+
 def wrap_for_strategy(model, config, device: str):
     """DDP(model), or FSDP2: fully_shard on every transformer block, then on the root (DeepSpeed:
     prepare_deepspeed, which needs the optimizer too)."""
@@ -161,17 +184,9 @@ def wrap_for_strategy(model, config, device: str):
 
         ids = [torch.cuda.current_device()] if device == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids), notes
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    kwargs = {"reshard_after_forward": config.fsdp_reshard}
-    if config.fsdp_mp != "none":
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.fsdp_mp]
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    if config.fsdp_offload:
-        # pin_memory needs an accelerator; on a CPU device the offload moves nothing (the policy's cost only).
-        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device == "cuda")
-        if device == "cpu":
-            notes.append("fsdp_offload on CPU: parameters already live in CPU memory; this measures the policy's overhead only")
+    kwargs, notes = fsdp_kwargs(config.run, device)
     blocks = transformer_blocks(model)
     if not blocks:
         notes.append("no transformer blocks found (_no_split_modules): the whole model is one FSDP unit")
