@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perfscale.config.precision import PRECISIONS
 from perfscale.config.run_config import KNOB_DEFAULTS, RunConfig
 from perfscale.errors import InvalidConfigError, UnsupportedModelError
 from perfscale.measure.stats import StopRule
@@ -381,7 +382,7 @@ def _legacy_fsdp(old: dict[str, Any], precision: Any) -> dict[str, Any]:
                                  "precision bf16-mixed or fp16-mixed now: write that under run.precision and drop fsdp_mp.")
     if mp != "none":
         mixed = f"{mp}-mixed"
-        if precision not in ("fp32", mixed):
+        if not (precision == mixed or (precision in PRECISIONS and PRECISIONS[precision].is_fp32)):
             raise InvalidConfigError(
                 f"fsdp_mp {mp!r} with precision {precision!r} cannot be mapped: fsdp_mp (FSDP2's MixedPrecisionPolicy("
                 f"param_dtype={mp}, reduce_dtype=fp32) over fp32 weights) is precision {mixed} now (with autocast, as "

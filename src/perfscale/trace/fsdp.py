@@ -95,10 +95,11 @@ def _trace_sharded(spec: ModelSpec, config: RunConfig, device: str, emulation, n
         mp = MixedPrecisionPolicy()
         if config.prec.mixed:
             mp = MixedPrecisionPolicy(param_dtype=config.prec.torch_autocast_dtype(), reduce_dtype=torch.float32)
-        reshard = config.fsdp_reshard  # reshard_after_forward (the root is never resharded after forward)
+        reshard = config.fsdp_reshard  # reshard_after_forward of the layers
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        # The root keeps fully_shard's default (None: not resharded after forward); an explicit True would reshard it.
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         params = [p for p in model.parameters() if p.requires_grad]
         _warm_up_sharding_propagation(params, config, spec, program)
         opt = make_optimizer(config.optimizer, params, spec.name, program)

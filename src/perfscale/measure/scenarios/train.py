@@ -192,7 +192,9 @@ def wrap_for_strategy(model, config, device: str):
         notes.append("no transformer blocks found (_no_split_modules): the whole model is one FSDP unit")
     for block in blocks:
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    # The root keeps FSDP2's default (None: the root is not resharded after forward, its backward starts at once);
+    # an explicit True would reshard it and gather it again (trace/fsdp.py does the same).
+    fully_shard(model, **{k: v for k, v in kwargs.items() if k != "reshard_after_forward"})
     return model, notes
 
 
