@@ -168,18 +168,16 @@ def stage_memory(mc: ModelConstants, k: Knobs, world: int, program: str, stage: 
     kept = kept_logits(mc, k, cb, tokens) if last else 0.0
     if kept:  # a custom loop's `outputs`: alive from the forward to the next forward, every phase
         cands = {c: (total + kept, a + kept, t) for c, (total, a, t) in cands.items()}
-    if root and program == "cpu":
-        # gloo (the CPU backend) has no native reduce-scatter / all-gather-into-tensor: c10d runs them through a
-        # full-size temporary, the largest unit's (measured under torchrun: benchmarks/LOG.md 2026-12-02 04:00, one
-        # and at times two alive at a rank's peak; NCCL has none). One is counted.
-        gloo = max(root_reduce or root, mc.params_layer / tp * t_pb)
-        cands = {c: (total + (gloo if c != "optimizer" else 0.0), a, t + (gloo if c != "optimizer" else 0.0))
-                 for c, (total, a, t) in cands.items()}
+    # gloo (the CPU backend) has no native reduce-scatter / all-gather-into-tensor: c10d runs them through a
+    # full-size temporary, the largest unit's (measured under torchrun: benchmarks/LOG.md 2026-12-02 04:00, one
+    # and at times two alive at a rank's peak; NCCL has none). One is counted, outside the optimizer step.
+    gloo = max(root_reduce or root, mc.params_layer / tp * t_pb) if (root and program == "cpu") else 0.0
     # DeepSpeed's gradient-reduction buckets (config/deepspeed.py): allocated whole and kept from the first
     # backward on, so in every phase's peak after the first step.
     buckets = 0.0 if k.fsdp else bucket_bytes(k.zero, mc.h, t_gb)
-    if buckets:
-        cands = {c: (total + buckets, a, t) for c, (total, a, t) in cands.items()}
+    if gloo or buckets:
+        cands = {c: (total + buckets + (0.0 if c == "optimizer" else gloo), a, t + (0.0 if c == "optimizer" else gloo))
+                 for c, (total, a, t) in cands.items()}
     phase = max(cands, key=lambda c: cands[c][0])
     peak, act_bytes, temps = cands[phase]
     if phase in ("backward-end", "optimizer") or grads_in_static:

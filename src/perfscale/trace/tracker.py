@@ -110,7 +110,11 @@ class RegionMixin:
             return handle
 
         _mod_tracker_module.register_multi_grad_hook = recording
-        return super().__enter__()  # type: ignore[misc]
+        try:
+            return super().__enter__()  # type: ignore[misc]
+        except BaseException:  # __exit__ will not run: put torch's function back here
+            _mod_tracker_module.register_multi_grad_hook = original
+            raise
 
     def __exit__(self, *args) -> None:  # noqa: ANN002
         try:
