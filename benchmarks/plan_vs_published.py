@@ -29,6 +29,10 @@ Sources
   TP, PP, NNODES x 8 GPUs; --num-layers-per-virtual-pipeline-stage 5, 5, 3 and 1 for 76B, 145B, 310B and 530B,
   i.e. 3, 2, 2 and 3 chunks per stage; none for 1T). Full recomputation (--recompute-method uniform) and 16-bit
   mixed precision as in the paper.
+- Every [MEG21] row: attn "eager" (2021, before FlashAttention: Megatron materialises the b x heads x s x s scores
+  and runs its fused scale-mask-softmax kernel over them) and fused_kernels (the paper's section 4.2 "Fused
+  operators": bias + GeLU, bias + dropout + add, scale + mask + softmax), which the GPU step prices by part
+  (estimate/gpu_step.py).
 """
 
 from __future__ import annotations
@@ -55,14 +59,15 @@ def megatron_tflops(spec, tokens_per_s_per_gpu: float, s: int = 2048) -> float:
 
 def megatron_config(micro: int, accum: int, tp: int) -> RunConfig:
     """[MEG21] Table 1: fp16 mixed precision, full activation recomputation, no pipeline."""
-    return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw", checkpointing=True, tp=tp)
+    return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw", checkpointing=True, tp=tp,
+                     attn="eager", fused_kernels=True)
 
 
 def megatron_pp_config(micro: int, accum: int, tp: int, pp: int, virtual: int = 1) -> RunConfig:
     """[MEG21] Table 1 pipelined rows: as megatron_config, 1F1B over pp stages, interleaved over `virtual` chunks
     per stage where [MEG21-SC] sets --num-layers-per-virtual-pipeline-stage (layers per stage / that number)."""
     return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw", checkpointing=True, tp=tp, pp=pp,
-                     pp_virtual=virtual)
+                     pp_virtual=virtual, attn="eager", fused_kernels=True)
 
 
 def llama3_config() -> RunConfig:

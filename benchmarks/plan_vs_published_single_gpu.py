@@ -32,7 +32,8 @@ Sources
   n_layers; expansion ratio 4, vocab 50368, no biases, ALiBi, flash attention), amp_bf16, FSDP FULL_SHARD (mixed
   precision DEFAULT: fp32 master weights), no activation checkpointing, MicroBatchSize and GradAccum as listed,
   measured throughput in tokens/s/GPU. submit_benchmarks.py sets norm_type low_precision_layernorm. Modelled as a
-  GPT-2-shaped config (same widths, depths and heads; tied embeddings; dropout 0) with bf16-mixed and fsdp=8; the
+  GPT-2-shaped config (same widths, depths and heads; tied embeddings; dropout 0) with bf16-mixed, fsdp=8 and
+  fused_kernels (flash attention, low-precision LayerNorm: a tuned stack, not HF's eager modules); the
   optimizer is decoupled AdamW (composer), modelled as adamw_torch. The estimate's memory is reported but not
   compared (the source gives none); it models HF eager modules, which keep more activations than MPT's fused
   flash/low-precision-LayerNorm code, so several rows do not "fit" in the estimate although they ran.
@@ -67,7 +68,7 @@ def torchtune_3b(compile_: bool, checkpointing: bool) -> RunConfig:
 
 def mpt_fsdp(micro: int, accum: int) -> RunConfig:
     """[LF] amp_bf16, FSDP FULL_SHARD over the node's 8 GPUs, no activation checkpointing, seq 2048."""
-    return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw_torch", fsdp=8)
+    return RunConfig(TrainWorkload(micro, 2048, accum), precision="bf16-mixed", optimizer="adamw_torch", fsdp=8, fused_kernels=True)
 
 
 MPT_SHAPES = {"125m": (768, 12, 12), "350m": (1024, 24, 16), "760m": (1536, 24, 12), "1b": (2048, 24, 16),

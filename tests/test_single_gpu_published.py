@@ -21,20 +21,15 @@ _SPEC.loader.exec_module(bench)
 TOLERANCE = 0.15  # the bar
 # Rows outside it today, with a bound a little above today's |error| so that they do not get worse (LOG.md):
 KNOWN_GAP = {
-    # torch.compile is a knob the closed form does not price: the same time as eager (-32%); with activation
-    # checkpointing on top the recompute is charged at full price as well (-37%).
-    "Llama-3.2-3B, 1xA100, bf16, + compile": 0.35,
-    "Llama-3.2-3B, 1xA100, bf16, + compile + AC": 0.40,
-    # compile and checkpointing again, on a GeForce card (efficiency not generation-specific).
+    # torch.compile is a knob the closed form does not price: the same time as eager (-30%); with activation
+    # checkpointing on top the recompute is charged at full price as well (-33%).
+    "Llama-3.2-3B, 1xA100, bf16, + compile": 0.33,
+    "Llama-3.2-3B, 1xA100, bf16, + compile + AC": 0.36,
+    # compile and checkpointing again, on a GeForce card (no GEMM table row: the default plateau).
     "Llama-3.1-8B, 1xRTX-4090, bf16, AC, 8-bit": 0.30,
-    # One GPU efficiency for every generation: MPT on A100 reached 45-64% MFU (estimate 36-48%), on H100 35-46%.
-    "MPT-125m, 8xA100-80GB, mb40 x2": 0.22,
-    "MPT-350m, 8xA100-80GB, mb32 x2": 0.28,
-    "MPT-760m, 8xA100-80GB, mb24 x2": 0.28,
-    "MPT-1b, 8xA100-80GB, mb14 x4": 0.28,
-    "MPT-3b, 8xA100-80GB, mb10 x2": 0.29,
-    "MPT-7b, 8xA100-80GB, mb6 x2": 0.28,
-    "MPT-760m, 8xH100-80GB, mb24 x2": 0.25,
+    # H100 reached less of its peak than A100 in llm-foundry's table (35-46% vs 45-64% MFU); one software efficiency
+    # for both generations leaves the smallest H100 model fast (+17.5%).
+    "MPT-760m, 8xH100-80GB, mb24 x2": 0.20,
 }
 # Peaks outside 15%: compile's fused elementwise memory and torchtune's chunked cross-entropy are not modelled.
 KNOWN_PEAK_GAP = {

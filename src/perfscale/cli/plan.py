@@ -15,7 +15,7 @@ HARDWARE = typer.Option(
 )
 TOP = typer.Option(5, "--top", help="How many ranked configurations to show.")
 OBJECTIVE = typer.Option("throughput", "--objective", help="throughput | memory | cost.")
-EFFICIENCY = typer.Option(None, "--efficiency", help="Fraction of peak FLOP/s reached (default: 0.45 GPU, 0.28 CPU).")
+EFFICIENCY = typer.Option(None, "--efficiency", help="Fraction of peak FLOP/s reached, replacing the default model (GPU training: its parts, estimate/gpu_step.py; GPU inference 0.45; CPU 0.28).")
 TOKENS = typer.Option(None, "--token-budget", help="Tokens to train on: report time (and cost) to train.")
 PRICE = typer.Option(None, "--price", help="Price per device-hour, for the cost of the token budget.")
 JSON = typer.Option(False, "--json", help="Print one JSON document (list `configs`).")

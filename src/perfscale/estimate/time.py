@@ -1,4 +1,4 @@
-"""Step time: FLOPs from the architecture, compute at peak x efficiency, communication, bubble.
+"""Step time: FLOPs from the architecture, compute at peak x efficiency (GPU: gpu_step.py), communication, bubble.
 
 FLOPs per token, forward: 2 x (matmul weights a token passes through, incl. the LM head) +
 attention 2 x 2 x s x (heads x head_dim) per layer (QK^T and PV; no causal discount, the
@@ -24,7 +24,7 @@ section 2.2.1); interleaved 1F1B with v chunks per device: (p-1)/(v m + p-1), at
 point-to-point traffic (same paper, section 2.2.2).
 CP (context parallel, ring attention): K/V blocks passed around the cp ranks per layer, overlapped with
 the attention compute (constants below); the compute, TP and PP traffic per device divide by cp, and the
-gradient reduction spans DP x CP. The GPU efficiency scales with the layer GEMM's size (gemm_size_scale).
+gradient reduction spans DP x CP. On a GPU the compute is estimate/gpu_step.py's sum of parts.
 Groups: TP innermost, then CP, then PP, then DP; a group uses NVLink-class bandwidth while it fits in a node,
 else the inter-node bandwidth (per device).
 """
@@ -34,6 +34,7 @@ from __future__ import annotations
 from perfscale.config.precision import Precision
 from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate import tpu_time
+from perfscale.estimate.gpu_step import gpu_compute
 from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
 
@@ -52,38 +53,15 @@ from perfscale.estimate.knobs import Knobs
 # (benchmarks/plan_vs_published_tpu.py, benchmarks/LOG.md 2026-12-02). A well-tuned JAX/XLA stack: PyTorch/XLA
 # programs with host syncs or recompilations reach less (--efficiency).
 DEFAULT_EFFICIENCY = {"gpu": 0.45, "tpu": 0.81, "cpu": 0.28}
-# The GPU efficiency above is one number for every model; a GEMM with a short K loop runs further from peak
-# than a long one. The closed form scales it by the K term of the cited GEMM table (specs/gemm_efficiency.py,
-# the curve the op model uses), weighted by the layer's GEMM FLOPs (Q/K/V and MLP-in: K = hidden; attention
-# output: K = q / tp; MLP-out: K = intermediate / tp), relative to the same weighting for GPT 1.7B of
-# Narayanan et al. 2021 Table 1 (h 2304, MLP 4h, TP 1), the published at-scale run the 0.45 matches (+0.8%,
-# benchmarks/plan_vs_published.py), so that run keeps its number.
-GEMM_REFERENCE = (2304, 2304, 4 * 2304, 1)  # (hidden, q, intermediate, tp)
+# On a GPU, training's compute is not peak x 0.45 but the sum of its parts (estimate/gpu_step.py: GEMMs at the cited
+# table, attention by kernel, memory-bound work at the bandwidth, the optimizer step, the host's dispatch floor); the
+# 0.45 applies to inference's prefill and where a GPU has no native peak for the precision.
 # Context parallelism (ring attention; Megatron-Core context_parallel docs, Liu et al. 2023 "Ring Attention";
 # Llama 3, Dubey et al. 2024 section 3.3.2): each of the cp ranks holds seq / cp tokens of every sequence and
 # passes its K and V blocks around the ring, cp - 1 steps per layer in the forward; the backward passes K/V
 # again and their gradients back (2x). The transfers overlap the blockwise attention compute of the step
 # before them; only what exceeds that compute is exposed.
 CP_BACKWARD_FACTOR = 2.0
-
-
-def _layer_k_factor(h: float, q: float, i: float, tp: int, matmul_layer: float) -> float:
-    from perfscale.specs.gemm_efficiency import k_factor
-
-    out, down = q * h, i * h
-    inward = max(matmul_layer - out - down, 0.0)
-    total = inward + out + down
-    if total <= 0:
-        return 1.0
-    return (inward * k_factor(h) + out * k_factor(q / tp) + down * k_factor(i / tp)) / total
-
-
-def gemm_size_scale(mc: ModelConstants, k: Knobs) -> float:
-    """Factor on the GPU efficiency for this model's layer GEMMs' K vs the reference layer (see above)."""
-    h, q, i, tp = GEMM_REFERENCE
-    ref = _layer_k_factor(h, q, i, tp, 12.0 * h * h)
-    mine = _layer_k_factor(mc.h, mc.q or mc.h, mc.i or 4 * mc.h, k.tp, mc.matmul_layer_active)
-    return mine / ref if ref > 0 else 1.0
 
 
 # Achieved fraction of peak memory bandwidth in decode (weights + KV streamed once per token).
@@ -143,8 +121,6 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     cp = max(1, getattr(k, "cp", 1))
     dp = max(1, world // (tp * pp * cp))
     peak, eff, native = effective_peak(hw, k.prec, efficiency)
-    if efficiency is None and hw.kind == "gpu":
-        eff *= gemm_size_scale(mc, k)
     rate = peak * eff
     fwd = flops_per_token(mc, k.seq)
     tpu = getattr(hw, "torus", None)  # a TPU chip in a slice: padded matmuls, torus collectives (tpu_time.py)
@@ -156,6 +132,14 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     recompute = tokens_replica * fwd_run / shards / rate if k.checkpointing else 0.0
     if k.selective_recompute and not k.checkpointing:
         recompute = tokens_replica * 4.0 * k.seq * mc.q * mc.layers / shards / rate
+    gpu = None
+    if efficiency is None and hw.kind == "gpu" and native:
+        # by part (gpu_step.py): GEMMs at the cited table, attention by kernel, memory-bound work at the bandwidth
+        on_device = trainable / (tp * pp) / (dp * cp if (k.zero or k.fsdp) else 1)
+        gpu = gpu_compute(mc, k, hw, peak, tokens_replica, shards, backward_factor, on_device)
+        compute, recompute = gpu.compute, gpu.recompute
+        eff = tokens_replica * fwd * (1 + backward_factor) / shards / compute / peak if compute > 0 else eff
+        rate = peak * eff
     measured = uncalibrated = None
     if calibration_applies(calibration, hw, world, efficiency):
         measured = calibrated_compute(mc, k, calibration)
