@@ -16,7 +16,8 @@ instant search (thousands of layouts a second), with the same parts:
               the saved-activation bytes below carry (their "hs" unit);
   memory      MEMORY_TRAFFIC x the layer's saved-activation bytes per token (estimate/activations.py: the same
               recipe the peak memory uses, so precision, attention implementation, dropout, fused kernels, TP and
-              sequence parallelism all move it) over MEMORY_BANDWIDTH_EFFICIENCY x the HBM bandwidth: norms,
+              sequence parallelism all move it; fused kernels or torch.compile: the fused traffic) over
+              MEMORY_BANDWIDTH_EFFICIENCY x the HBM bandwidth: norms,
               residual adds, activations, casts, dropout, softmax are bandwidth-bound (Ivanov et al. 2021, "Data
               Movement Is All You Need", section 3: they are a third of BERT's training time on a V100);
               plus the LM head's loss over the logits (LOSS_BYTES per vocabulary entry per token);
@@ -135,7 +136,10 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
         attn_f, attn_b = attn_fwd / attn_rate, 2 * attn_fwd / attn_rate
     attention = tokens * (attn_f + (attn_b if backward_factor >= 2 else attn_b / 2))
     # layer_act_bytes is per token of one layer on this device (already / tp); a device holds layers / pp
-    per_token_layer = (MEMORY_TRAFFIC_FUSED if k.fused_kernels else MEMORY_TRAFFIC) * layer_act_bytes(mc, k)
+    # torch.compile (inductor) fuses the pointwise and normalisation ops into generated kernels, as fused_kernels
+    # names for hand-written stacks: the same fused traffic (torchtune Llama 3.2 3B: compile +27% over eager, LOG).
+    fused = k.fused_kernels or k.compile
+    per_token_layer = (MEMORY_TRAFFIC_FUSED if fused else MEMORY_TRAFFIC) * layer_act_bytes(mc, k)
     lm_loss = LOSS_BYTES * mc.vocab if mc.has_lm_head else 0.0
     memory_fwd_share = 1.0 / 3.0  # the forward's share of a layer's memory-bound traffic (backward ~2x)
     memory = tokens_replica / max(1, k.cp) * (mc.layers / k.pp * per_token_layer + lm_loss / (k.tp * k.pp)) / bw
