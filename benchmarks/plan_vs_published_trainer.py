@@ -1,7 +1,7 @@
 """Estimated Trainer speed of an encoder fine-tune on one GPU vs the transformers guide's published runs (issue 14 item 5).
 
-Held out: nothing in the time model was chosen with these rows (estimate/gpu_step.py says what its two fitted constants
-were fitted on). Each row rebuilds one experiment of the guide as a spec + RunConfig on a V100-16GB and compares the
+Held out: none of the time model's constants was chosen with these rows (estimate/gpu_step.py says what its two fitted
+constants were fitted on); the fp32 rows motivated the form of gpu_step.software_efficiency, which has no constant. Each row rebuilds one experiment of the guide as a spec + RunConfig on a V100-16GB and compares the
 closed-form estimate with the published Trainer `train_samples_per_second`; the guide's "GPU memory occupied" (what
 nvidia-smi shows: the CUDA context + PyTorch's reserved cache) is reported next to the estimate's device total
 (allocated peak + context + fragmentation margin), not tested.
