@@ -133,7 +133,7 @@ def test_bench_cli_train_json_document(tmp_path):
     save = tmp_path / "cfg.json"
     doc = run_json("bench", "--scenario", "train", "--model", _tiny_llama_dir(tmp_path), "--batch", "2", "--seq", "32",
                    "--optimizer", "sgd", "--min-iters", "3", "--min-time", "0.2", "--max-time", "2", "--warmup", "1",
-                   "--store", str(store), "--save-config", str(save), "--label", "cli-run")
+                   "--store", str(store), "--save-config", str(save), "--label", "cli-run", "--tf32")
     (conf,) = doc["configurations"]
     assert conf["status"] == "ok" and conf["label"] == "cli-run" and conf["unit"] == "tokens/s"
     assert conf["ci_low"] <= conf["median"] <= conf["ci_high"]
@@ -146,6 +146,8 @@ def test_bench_cli_train_json_document(tmp_path):
     assert conf["environment"]["packages"]["transformers"] and conf["store_id"] == 1
     assert json.loads(save.read_text())["label"] == "cli-run"
     assert doc["store"] == str(store)
+    # --tf32 reaches the worker, as TrainingArguments(tf32=True) sets it (CUDA's flag; no effect on this CPU run)
+    assert conf["environment"]["allow_tf32"] == {"cuda_matmul": True, "cudnn": True}
 
 
 def test_a_local_folder_with_weights_is_measured_with_them(tmp_path):

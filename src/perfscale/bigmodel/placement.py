@@ -228,7 +228,7 @@ class _Planner:
             off_layers = cpu.layers + (disk.layers if disk else 0)
             split["gpu_memory"] += (offloaded + off_layers * kv_read_layer) / hbm
             split["host_link"] = offloaded / PCIE_BANDWIDTH  # every offloaded weight crosses PCIe each token
-            peak, eff, _ = effective_peak(self.hw, k.prec, None)
+            peak, eff, _ = effective_peak(self.hw, k.prec, None, k.tf32)
             split["compute"] = k.batch * flops_per_token(self.mc, avg_ctx) / (peak * eff)
         else:
             from perfscale.estimate.time import HOST_BANDWIDTH

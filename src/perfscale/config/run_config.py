@@ -192,6 +192,10 @@ class RunConfig:
     """DataLoader worker processes (Trainer dataloader_num_workers); 0 = load in the main process."""
     dataloader_pin_memory: bool = _knob(False, "measure", mode="train", flag="--pin-memory")
     """DataLoader pin_memory (Trainer dataloader_pin_memory; has an effect on CUDA only)."""
+    # TrainingArguments(tf32=True) sets torch.backends.cuda.matmul.allow_tf32 (torch's default: off since 1.12):
+    # fp32 matmuls on the TF32 tensor cores of Ampere and later GPUs (8x fp32's peak on an A100).
+    tf32: bool = _knob(False, "estimate", "measure")
+    """TF32 tensor cores for fp32 matmuls (TrainingArguments tf32; torch.backends.cuda.matmul.allow_tf32); no effect on 16-bit matmuls or where the hardware has no TF32."""
     loop: str = _knob("trainer", "estimate", "trace", mode="train")
     """Training loop: trainer (outputs freed before backward) or custom (a loop that keeps `outputs` holds the logits through backward and the optimizer step)."""
     # FSDP2 fully_shard(reshard_after_forward=...): True frees each unit's all-gathered parameters after its

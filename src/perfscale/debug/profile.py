@@ -450,11 +450,12 @@ def debug_profile(config, *, steps: int = 3, warmup: int = 1, out_dir: str | os.
     from perfscale.debug.quiet import quiet_transformers
     from perfscale.measure.preflight import preflight
     from perfscale.measure.scenarios import SCENARIO_MODULES
-    from perfscale.measure.scenarios.common import resolve_device
+    from perfscale.measure.scenarios.common import resolve_device, set_tf32
 
     preflight(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    set_tf32(config.run.tf32)
     device = resolve_device(config.device)
     try:
         with quiet_transformers():

@@ -109,6 +109,13 @@ def layer_k_factor(h: float, q: float, i: float, tp: int, matmul_layer: float, s
     return (inward * k_factor(h) + out * k_factor(q / tp) + down * k_factor(i / tp)) / total
 
 
+def matmul_key(hw, precision, tf32: bool = False) -> str:
+    """The catalogue peak the matmuls run at: the precision's compute dtype, or "tf32" for fp32 matmuls with
+    TF32 allowed (RunConfig.tf32) on hardware that has it."""
+    key = precision.peak_key
+    return "tf32" if tf32 and key == "fp32" and hw.peak("tf32") else key
+
+
 def _slowness(hw, peak: float) -> float:
     """The dtype's peak over the 16-bit tensor cores' (1 for bf16/fp16; fp32 on a V100: 15.7 / 125)."""
     fast = hw.peak("bf16") or hw.peak("fp16") or peak
@@ -129,7 +136,7 @@ def gemm_rate(mc: ModelConstants, k: Knobs, hw, peak: float) -> float:
     with a slower peak than the 16-bit tensor cores amortises it over a K loop that many times shorter."""
     slow = _slowness(hw, peak)
     kf = layer_k_factor(mc.h, mc.q or mc.h, mc.i or 4 * mc.h, k.tp, mc.matmul_layer_active, slow)
-    return peak * plateau(hw.name, k.prec.peak_key) * kf * software_efficiency(slow)
+    return peak * plateau(hw.name, matmul_key(hw, k.prec, k.tf32)) * kf * software_efficiency(slow)
 
 
 def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: float, shards: int,
@@ -146,7 +153,7 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
         attn_rate = peak * ATTENTION_EFFICIENCY * SOFTWARE_EFFICIENCY
         attn_f, attn_b = attn_fwd * causal / attn_rate, FLASH_BACKWARD * attn_fwd * causal / attn_rate
     else:
-        attn_rate = peak * plateau(hw.name, k.prec.peak_key) * software_efficiency(_slowness(hw, peak))
+        attn_rate = peak * plateau(hw.name, matmul_key(hw, k.prec, k.tf32)) * software_efficiency(_slowness(hw, peak))
         attn_f, attn_b = attn_fwd / attn_rate, 2 * attn_fwd / attn_rate
     attention = tokens * (attn_f + (attn_b if backward_factor >= 2 else attn_b / 2))
     # layer_act_bytes is per token of one layer on this device (already / tp); a device holds layers / pp
@@ -170,4 +177,4 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
     return GpuCompute(gemm, attention, memory, optimizer, recompute, host)
 
 
-__all__ = ["GpuCompute", "gpu_compute", "gemm_rate", "layer_k_factor", "software_efficiency"]
+__all__ = ["GpuCompute", "gpu_compute", "gemm_rate", "layer_k_factor", "matmul_key", "software_efficiency"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 from perfscale.config.precision import Precision
 from perfscale.estimate.constants import ModelConstants
 from perfscale.estimate import tpu_time
-from perfscale.estimate.gpu_step import gpu_compute
+from perfscale.estimate.gpu_step import gpu_compute, matmul_key
 from perfscale.estimate.cpu_step import calibrated_compute, calibration_applies, unsupported
 from perfscale.estimate.knobs import Knobs
 
@@ -92,9 +92,9 @@ def flops_per_token(mc: ModelConstants, seq: float) -> float:
     return 2.0 * matmul + 4.0 * seq * mc.q * mc.layers
 
 
-def effective_peak(hw, precision: Precision, efficiency: float | None) -> tuple[float, float, bool]:
+def effective_peak(hw, precision: Precision, efficiency: float | None, tf32: bool = False) -> tuple[float, float, bool]:
     """(peak FLOP/s for the precision's matmul dtype, efficiency, native?)."""
-    peak = hw.peak(precision.peak_key)
+    peak = hw.peak(matmul_key(hw, precision, tf32))
     eff = efficiency if efficiency is not None else DEFAULT_EFFICIENCY.get(hw.kind, 0.45)
     if peak:
         return peak, eff, True
@@ -120,7 +120,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     tp, pp = k.tp, k.pp
     cp = max(1, getattr(k, "cp", 1))
     dp = max(1, world // (tp * pp * cp))
-    peak, eff, native = effective_peak(hw, k.prec, efficiency)
+    peak, eff, native = effective_peak(hw, k.prec, efficiency, k.tf32)
     rate = peak * eff
     fwd = flops_per_token(mc, k.seq)
     tpu = getattr(hw, "torus", None)  # a TPU chip in a slice: padded matmuls, torus collectives (tpu_time.py)
@@ -204,7 +204,7 @@ def train_time(mc: ModelConstants, k: Knobs, hw, nodes: int, per_node: int, effi
     tokens_global = tokens_replica * dp
     tps = tokens_global / step if step > 0 else 0.0
     model_flops = 3 * fwd * tps
-    mfu = model_flops / (world * hw.peak(k.prec.peak_key)) if native and hw.peak(k.prec.peak_key) else None
+    mfu = model_flops / (world * peak) if native and peak else None
     return {
         "step": step,
         "split": {"compute": compute, "exposed_comm": exposed, "bubble": bubble, "recompute": recompute},
@@ -247,7 +247,7 @@ def infer_time(mc: ModelConstants, k: Knobs, hw, weights: float, kv_per_token: f
     """TTFT = prefill FLOPs at peak x efficiency; each decode step reads the weights and the KV
     cache once: max(bytes / (bandwidth x 0.8), FLOPs / (peak x efficiency)) (roofline, Williams et
     al. 2009; decode memory-bound, Pope et al. 2022). TP adds 2 all-reduces per layer per token."""
-    peak, eff, native = effective_peak(hw, k.prec, efficiency)
+    peak, eff, native = effective_peak(hw, k.prec, efficiency, k.tf32)
     rate = peak * eff / k.tp
     tpu = getattr(hw, "torus", None)
 

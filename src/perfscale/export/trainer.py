@@ -31,6 +31,8 @@ def trainer_kwargs(config: RunConfig, topology: Topology, deepspeed_path: str | 
         kwargs["use_cpu"] = True
     if config.fused_kernels:  # fused RMSNorm / SwiGLU / cross-entropy: Liger-Kernel, as TrainingArguments names it
         kwargs["use_liger_kernel"] = True
+    if config.tf32:
+        kwargs["tf32"] = True
     if config.dataloader_num_workers:
         kwargs["dataloader_num_workers"] = config.dataloader_num_workers
     if config.dataloader_pin_memory:

@@ -77,6 +77,8 @@ def collect_environment(device: str = "cpu") -> dict[str, Any]:
         "git": git_commit(),
         "device": device,
         "gpus": [],
+        # RunConfig.tf32 as the worker set it (read back here, so a run says what its fp32 matmuls ran as)
+        "allow_tf32": {"cuda_matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
     }
     if device == "cuda" and torch.cuda.is_available():
         env["gpus"] = [

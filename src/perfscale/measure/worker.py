@@ -128,13 +128,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     from perfscale.measure.bench_config import BenchConfig, MeasureOptions
     from perfscale.measure.scenarios import SCENARIO_MODULES
-    from perfscale.measure.scenarios.common import resolve_device, sync
+    from perfscale.measure.scenarios.common import resolve_device, set_tf32, sync
     from perfscale.measure.stats import StopChecker
 
     config = BenchConfig.from_dict(job["config"])
     options = MeasureOptions.from_dict(job["options"])
     if config.threads:
         torch.set_num_threads(config.threads)
+    set_tf32(config.run.tf32)
     device = resolve_device(config.device)
     out: dict[str, Any] = {"device": device, "notes": []}
     group = None

@@ -46,6 +46,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def set_tf32(enabled: bool) -> None:
+    """RunConfig.tf32 as TrainingArguments(tf32=...) sets it: fp32 matmuls and convolutions on TF32 tensor cores
+    (CUDA only; torch ignores the flags elsewhere)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def peak_dtype(precision: Precision, device: str) -> str:
     """The hardware peak an MFU figure divides by: the dtype the matmuls run in."""
     base = precision.peak_key
