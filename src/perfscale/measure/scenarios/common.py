@@ -47,11 +47,13 @@ def sync(device: str) -> None:
 
 
 def set_tf32(enabled: bool) -> None:
-    """RunConfig.tf32 as TrainingArguments(tf32=...) sets it: fp32 matmuls and convolutions on TF32 tensor cores
-    (CUDA only; torch ignores the flags elsewhere)."""
+    """RunConfig.tf32 as TrainingArguments(tf32=True) sets it: fp32 matmuls and convolutions on TF32 tensor cores
+    (CUDA only; torch ignores the flags elsewhere). Off is the Trainer's default (tf32=None): torch's own defaults,
+    matmuls in full fp32 and cuDNN's convolutions allowed TF32."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def peak_dtype(precision: Precision, device: str) -> str:
