@@ -23,7 +23,8 @@ Sources
   standard Megatron TP mode) and fused RMSNorm/SwiGLU kernels (production stacks; the default
   recipe models transformers' eager modules, whose fp32 norm upcasts do not fit 8K tokens here).
   Micro-batch 1 sequence, so 32 micro-batches per step.
-- [MEG21] Table 1, the rows not above (3.6B and 39.1B-1008B, held out of every fit): sizes, GPU count and
+- [MEG21] Table 1, the rows not above (3.6B and 39.1B-1008B; "held out" of the GEMM table's fit, but the by-part
+  model's two constants, estimate/gpu_step.py, were chosen on every row here, so they are fits now): sizes, GPU count and
   TFLOP/s as published. Every row's layout (TP, PP, micro-batch, global batch, interleaving) is the one of
   [MEG21-SC], the paper's own reproduction script: NVIDIA/Megatron-LM examples/sc21/run_table_1.sh (MBS, GBS,
   TP, PP, NNODES x 8 GPUs; --num-layers-per-virtual-pipeline-stage 5, 5, 3 and 1 for 76B, 145B, 310B and 530B,

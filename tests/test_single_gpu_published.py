@@ -4,7 +4,8 @@
 The rows, their configurations and sources are in benchmarks/plan_vs_published_single_gpu.py: torchtune's Llama 3.2 3B
 single-device table on an A100 and its Llama 3.1 8B row on an RTX 4090 (pytorch/torchtune README.md), and
 llm-foundry's MPT throughput on one 8-GPU A100 / H100 node (mosaicml/llm-foundry scripts/train/benchmarking/README.md).
-Every row is held out (nothing was fitted to them). Logged in benchmarks/LOG.md (2026-12-02)."""
+The GPU step's two fitted constants (estimate/gpu_step.py) were chosen on these rows with the at-scale ones, so they
+are fits, not held-out checks. Logged in benchmarks/LOG.md (2026-12-02, 2026-12-03)."""
 
 from __future__ import annotations
 
