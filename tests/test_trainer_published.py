@@ -20,10 +20,9 @@ _SPEC.loader.exec_module(bench)
 TOLERANCE = 0.15  # the bar
 # Rows outside it today, with a bound a little above today's |error| so that they do not get worse (LOG.md):
 KNOWN_GAP = {
-    # fp16 at batch 4 without checkpointing: the estimate is fast; the Trainer's per-step overheads (the guide's
-    # samples/s include data loading and the first step's warm-up; max_grad_norm's norm pass; adamw_hf's loop over
-    # ~390 tensors) are not modelled.
-    "b4, fp16": 0.29,
+    # fp16 at batch 4 without checkpointing: the estimate is fast (+16.1%); what of the Trainer's step is not priced
+    # (the guide's samples/s include data loading and the first step's warm-up; adamw_hf's loop over ~390 tensors).
+    "b4, fp16": 0.18,
 }
 
 

@@ -22,7 +22,8 @@ instant search (thousands of layouts a second), with the same parts:
               Movement Is All You Need", section 3: they are a third of BERT's training time on a V100);
               plus the LM head's loss over the logits (LOSS_BYTES per vocabulary entry per token);
   optimizer   the step's parameter, gradient and state traffic (OPTIMIZER_BYTES per trainable parameter on the
-              device) over the bandwidth, once per step;
+              device) over the bandwidth, once per step, with gradient clipping and fp16's unscale; autocast's
+              weight and gradient casts every micro-step;
   host        eager PyTorch dispatches each forward op from Python: a micro-step takes at least
               FORWARD_OPS_PER_LAYER x layers x DISPATCH_SECONDS (op_time.py's fitted per-op cost).
 
@@ -67,6 +68,18 @@ LOSS_BYTES = 24.0
 # AdamW reads and writes 1-byte moments.
 OPTIMIZER_BYTES = {"adamw_torch_fused": 28.0, "adamw_torch": 80.0, "sgd": 12.0, "adafactor": 68.0,
                    "adamw_bnb_8bit": 16.0}
+# Per-parameter traffic around the optimizer step that scales with the parameters, not the tokens:
+# the Trainer's gradient clipping (max_grad_norm 1.0 by default; Megatron-LM and composer clip at 1.0 too): the
+# norm reads each gradient, the scaling reads and writes it (12 B per fp32 gradient, once per step);
+# fp16 autocast's GradScaler.unscale_ reads and writes each fp32 gradient (8 B, once per step);
+# autocast casts each fp32 weight to the 16-bit copy the matmuls read (4 B read + 2 B written) every forward, and
+# its 16-bit gradient back into the fp32 .grad in backward (2 + 4 B): 12 B per parameter per micro-step.
+# Counted over the trainable parameters on the device (LoRA's frozen base is cast too: not counted). With
+# fused_kernels (Megatron-LM / TransformerEngine stacks) once a step: Megatron keeps 16-bit weight copies
+# (Float16Module) and TransformerEngine caches the cast over a step's micro-batches (is_first_microbatch).
+GRAD_CLIP_BYTES = 12.0
+UNSCALE_BYTES = 8.0
+AUTOCAST_BYTES = 12.0
 # Host dispatch: eager PyTorch issues each forward op from Python (DISPATCH_SECONDS, op_time.py's fitted per-op
 # cost), each backward op from autograd's C++ engine (BACKWARD_DISPATCH_SECONDS: assumed, a kernel launch and the
 # engine's bookkeeping). Ops per layer as the op model records them for HF's GPT-2 / BERT (20 forward, 32 backward;
@@ -165,10 +178,16 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
     memory_fwd_share = 1.0 / 3.0  # the forward's share of a layer's memory-bound traffic (backward ~2x)
     memory = tokens_replica / max(1, k.cp) * (mc.layers / k.pp * per_token_layer + lm_loss / (k.tp * k.pp)) / bw
     w_scale = k.prec.weight_bytes / 4.0
-    optimizer = trainable_on_device * OPTIMIZER_BYTES.get(k.optimizer, 28.0) * w_scale / bw
+    per_param = OPTIMIZER_BYTES.get(k.optimizer, 28.0) * w_scale + GRAD_CLIP_BYTES * w_scale
+    if k.prec.loss_scaling:
+        per_param += UNSCALE_BYTES
+    casts = 1 if k.fused_kernels else k.accum  # production stacks cast once a step (see AUTOCAST_BYTES)
+    cast = AUTOCAST_BYTES * casts * trainable_on_device / bw if k.prec.mixed else 0.0
+    optimizer = trainable_on_device * per_param / bw + cast
     recompute = 0.0
     if k.checkpointing:
-        recompute = tokens * gemm_fwd / gemm_rate(mc, k, hw, peak) + tokens * attn_f + memory * memory_fwd_share
+        recompute = (tokens * gemm_fwd / gemm_rate(mc, k, hw, peak) + tokens * attn_f + memory * memory_fwd_share
+                     + cast / 2)  # the recomputed forward casts the weights again
     elif k.selective_recompute:
         recompute = tokens * attn_f
     kind = ("rope" if mc.rms_norm and mc.model_type != "t5" else "plain") + ("-autocast" if k.prec.mixed else "")
