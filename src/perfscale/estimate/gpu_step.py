@@ -22,12 +22,12 @@ instant search (thousands of layouts a second), with the same parts:
               Movement Is All You Need", section 3: they are a third of BERT's training time on a V100);
               plus the LM head's loss over the logits (LOSS_BYTES per vocabulary entry per token);
   optimizer   the step's parameter, gradient and state traffic (OPTIMIZER_BYTES per trainable parameter on the
-              device) over the bandwidth, once per step, with gradient clipping and fp16's unscale; autocast's
-              weight and gradient casts every micro-step;
+              device) over the bandwidth, once per step, with gradient clipping and fp16's unscale;
+  casts       autocast's weight and gradient casts, every micro-step (AUTOCAST_BYTES);
   host        eager PyTorch dispatches each forward op from Python: a micro-step takes at least
               FORWARD_OPS_PER_LAYER x layers x DISPATCH_SECONDS (op_time.py's fitted per-op cost).
 
-MEMORY_TRAFFIC and SOFTWARE_EFFICIENCY are the two fitted constants; what they were fitted on and what is held out is
+MEMORY_TRAFFIC_FUSED and SOFTWARE_EFFICIENCY are the two fitted constants; what they were fitted on and what is held out is
 in their comments and benchmarks/LOG.md.
 """
 
@@ -100,12 +100,13 @@ class GpuCompute:
     attention: float
     memory: float
     optimizer: float
+    casts: float
     recompute: float
     host_floor: float
 
     @property
     def compute(self) -> float:
-        return max(self.gemm + self.attention + self.memory + self.optimizer, self.host_floor)
+        return max(self.gemm + self.attention + self.memory + self.optimizer + self.casts, self.host_floor)
 
 
 def layer_k_factor(h: float, q: float, i: float, tp: int, matmul_layer: float, speed: float = 1.0) -> float:
@@ -181,19 +182,19 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
     per_param = OPTIMIZER_BYTES.get(k.optimizer, 28.0) * w_scale + GRAD_CLIP_BYTES * w_scale
     if k.prec.loss_scaling:
         per_param += UNSCALE_BYTES
-    casts = 1 if k.fused_kernels else k.accum  # production stacks cast once a step (see AUTOCAST_BYTES)
-    cast = AUTOCAST_BYTES * casts * trainable_on_device / bw if k.prec.mixed else 0.0
-    optimizer = trainable_on_device * per_param / bw + cast
+    cast_passes = 1 if k.fused_kernels else k.accum  # production stacks cast once a step (see AUTOCAST_BYTES)
+    casts = AUTOCAST_BYTES * cast_passes * trainable_on_device / bw if k.prec.mixed else 0.0
+    optimizer = trainable_on_device * per_param / bw
     recompute = 0.0
     if k.checkpointing:
         recompute = (tokens * gemm_fwd / gemm_rate(mc, k, hw, peak) + tokens * attn_f + memory * memory_fwd_share
-                     + cast / 2)  # the recomputed forward casts the weights again
+                     + casts / 2)  # the recomputed forward casts the weights again
     elif k.selective_recompute:
         recompute = tokens * attn_f
     kind = ("rope" if mc.rms_norm and mc.model_type != "t5" else "plain") + ("-autocast" if k.prec.mixed else "")
     forward_host = FORWARD_OPS[kind] * DISPATCH_SECONDS * (2 if k.checkpointing else 1)
     host = k.accum * mc.layers / k.pp * (forward_host + BACKWARD_OPS[kind] * BACKWARD_DISPATCH_SECONDS)
-    return GpuCompute(gemm, attention, memory, optimizer, recompute, host)
+    return GpuCompute(gemm, attention, memory, optimizer, casts, recompute, host)
 
 
 __all__ = ["GpuCompute", "gpu_compute", "gemm_rate", "layer_k_factor", "matmul_key", "software_efficiency"]
