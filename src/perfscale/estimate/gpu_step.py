@@ -27,8 +27,8 @@ instant search (thousands of layouts a second), with the same parts:
   host        eager PyTorch dispatches each forward op from Python: a micro-step takes at least
               FORWARD_OPS_PER_LAYER x layers x DISPATCH_SECONDS (op_time.py's fitted per-op cost).
 
-MEMORY_TRAFFIC_FUSED and SOFTWARE_EFFICIENCY are the two fitted constants; what they were fitted on and what is held out is
-in their comments and benchmarks/LOG.md.
+MEMORY_TRAFFIC_FUSED and SOFTWARE_EFFICIENCY are the two fitted constants; what they were fitted on and what is held
+out is in their comments and benchmarks/LOG.md.
 """
 
 from __future__ import annotations
