@@ -1,8 +1,8 @@
 """Estimated Trainer speed of an encoder fine-tune on one GPU vs the transformers guide's published runs (issue 14 item 5).
 
 Held out: none of the time model's constants was chosen with these rows (estimate/gpu_step.py says what its two fitted
-constants were fitted on); the fp32 rows motivated the form of gpu_step.software_efficiency, which has no constant. Each row rebuilds one experiment of the guide as a spec + RunConfig on a V100-16GB and compares the
-closed-form estimate with the published Trainer `train_samples_per_second`; the guide's "GPU memory occupied" (what
+constants were fitted on); the fp32 rows motivated the form of gpu_step.software_efficiency, which has no constant.
+Each row rebuilds one experiment of the guide as a spec + RunConfig on a V100-16GB and compares the closed-form estimate with the published Trainer `train_samples_per_second`; the guide's "GPU memory occupied" (what
 nvidia-smi shows: the CUDA context + PyTorch's reserved cache) is reported next to the estimate's device total
 (allocated peak + context + fragmentation margin), not tested.
 Writes benchmarks/results/plan_vs_published_trainer.json. Run: python benchmarks/plan_vs_published_trainer.py
@@ -33,7 +33,7 @@ from perfscale.specs import TrainWorkload, load_model_spec, parse_topology
 
 MIB = 2**20
 HARDWARE = "V100-16GB"
-SAMPLES, SEQ = 512, 512
+SEQ = 512  # the guide's 512 sequences of 512 tokens; samples/s does not depend on how many
 
 
 def trainer_run(batch: int, accum: int = 1, checkpointing: bool = False, fp16: bool = False,

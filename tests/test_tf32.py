@@ -24,8 +24,8 @@ def test_tf32_runs_fp32_matmuls_at_the_tf32_peak_on_an_a100(bert):
     hw = get_hardware("A100-80GB")
     assert hw.peak("tf32") > 4 * hw.peak("fp32")
     fp32, tf32 = _run(bert, "A100-80GB", precision="fp32"), _run(bert, "A100-80GB", precision="fp32", tf32=True)
-    # faster, but the memory-bound work and the optimizer step do not speed up with the matmuls
-    assert 2 * fp32.time.step_seconds > 2 * tf32.time.step_seconds > fp32.time.step_seconds / 4
+    # faster, but by less than the peaks' ratio (8x): the memory-bound work and the optimizer step do not speed up
+    assert fp32.time.step_seconds > tf32.time.step_seconds > fp32.time.step_seconds / 8
     # MFU divides by the peak the matmuls ran at
     flops_fp32 = fp32.time.mfu * hw.peak("fp32") / fp32.time.tokens_per_second
     flops_tf32 = tf32.time.mfu * hw.peak("tf32") / tf32.time.tokens_per_second

@@ -5,15 +5,11 @@ one row (16B on one v5e-256) and every other row is held out. Logged in benchmar
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_vs_published_tpu.py"
-_SPEC = importlib.util.spec_from_file_location("plan_vs_published_tpu", _PATH)
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+from bench_module import load_benchmark
+
+bench = load_benchmark("plan_vs_published_tpu")
 
 TOLERANCE = 0.15  # the bar
 

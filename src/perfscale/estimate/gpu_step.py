@@ -145,12 +145,17 @@ def software_efficiency(slow: float) -> float:
     return 1.0 - (1.0 - SOFTWARE_EFFICIENCY) * slow
 
 
+def _plateau_rate(k: Knobs, hw, peak: float, slow: float) -> float:
+    """FLOP/s of a long-K GEMM in training: peak x the table's plateau x the software efficiency."""
+    return peak * plateau(hw.name, matmul_key(hw, k.prec, k.tf32)) * software_efficiency(slow)
+
+
 def gemm_rate(mc: ModelConstants, k: Knobs, hw, peak: float) -> float:
     """FLOP/s the layer's GEMMs run at on `hw`. The K term's overhead is a fixed time per output tile: a dtype
     with a slower peak than the 16-bit tensor cores amortises it over a K loop that many times shorter."""
     slow = _slowness(hw, peak)
     kf = layer_k_factor(mc.h, mc.q or mc.h, mc.i or 4 * mc.h, k.tp, mc.matmul_layer_active, slow)
-    return peak * plateau(hw.name, matmul_key(hw, k.prec, k.tf32)) * kf * software_efficiency(slow)
+    return _plateau_rate(k, hw, peak, slow) * kf
 
 
 def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: float, shards: int,
@@ -160,14 +165,15 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
     tokens = tokens_replica / shards  # token-layers of work on this device, in units of a full model's tokens
     passes = 1 + backward_factor
     gemm_fwd = 2.0 * (mc.layers * mc.matmul_layer_active + mc.head_matmul)
-    gemm = tokens * gemm_fwd * passes / gemm_rate(mc, k, hw, peak)
+    rate = gemm_rate(mc, k, hw, peak)
+    gemm = tokens * gemm_fwd * passes / rate
     attn_fwd = 4.0 * k.seq * mc.q * mc.layers
     if k.attn == "sdpa":
         causal = 0.5 if mc.model_type not in ENCODER_FAMILIES else 1.0
         attn_rate = peak * ATTENTION_EFFICIENCY * SOFTWARE_EFFICIENCY
         attn_f, attn_b = attn_fwd * causal / attn_rate, FLASH_BACKWARD * attn_fwd * causal / attn_rate
     else:
-        attn_rate = peak * plateau(hw.name, matmul_key(hw, k.prec, k.tf32)) * software_efficiency(_slowness(hw, peak))
+        attn_rate = _plateau_rate(k, hw, peak, _slowness(hw, peak))
         attn_f, attn_b = attn_fwd / attn_rate, 2 * attn_fwd / attn_rate
     attention = tokens * (attn_f + (attn_b if backward_factor >= 2 else attn_b / 2))
     # layer_act_bytes is per token of one layer on this device (already / tp); a device holds layers / pp
@@ -187,7 +193,7 @@ def gpu_compute(mc: ModelConstants, k: Knobs, hw, peak: float, tokens_replica: f
     optimizer = trainable_on_device * per_param / bw
     recompute = 0.0
     if k.checkpointing:
-        recompute = (tokens * gemm_fwd / gemm_rate(mc, k, hw, peak) + tokens * attn_f + memory * memory_fwd_share
+        recompute = (tokens * gemm_fwd / rate + tokens * attn_f + memory * memory_fwd_share
                      + casts / 2)  # the recomputed forward casts the weights again
     elif k.selective_recompute:
         recompute = tokens * attn_f
